@@ -1,0 +1,153 @@
+"""Typed model catalog entries: what a model is, where its files come from, what a job may ask of it."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+
+
+class Family(StrEnum):
+    SD15 = "sd15"
+    SDXL = "sdxl"
+    LLM = "llm"
+
+
+class JobKind(StrEnum):
+    IMAGE = "image"
+    TEXT = "text"
+
+
+class VramClass(StrEnum):
+    """GPU memory tiers; a model's class is the least VRAM (GB) that serves it."""
+
+    VRAM8 = "vram8"
+    VRAM12 = "vram12"
+    VRAM16 = "vram16"
+    VRAM24 = "vram24"
+    VRAM48 = "vram48"
+    VRAM80 = "vram80"
+
+    @property
+    def gb(self) -> int:
+        return int(self.value.removeprefix("vram"))
+
+
+class SourceKind(StrEnum):
+    HF = "hf"  # a Hugging Face hub id, loaded on miners that have (or may fetch) it
+    PATH = "path"  # a local directory or file
+    PACKAGE = "package"  # files shipped inside an installed Python package
+    BUILD = "build"  # built locally by a named builder (e.g. tiny-sd from config, fixed seed)
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Source(Frozen):
+    kind: SourceKind
+    ref: str = Field(min_length=1, description="Hub id, path, package name or builder name.")
+    gguf_file: str | None = Field(None, description="GGUF file inside the source, for LLMs shipped as GGUF.")
+    single_file: str | None = Field(None, description="One-file checkpoint inside the source (SD .safetensors).")
+
+
+class ImageLimits(Frozen):
+    max_width: int = Field(gt=0, multiple_of=8)
+    max_height: int = Field(gt=0, multiple_of=8)
+    min_size: int = Field(64, gt=0, multiple_of=8)
+    default_width: int = Field(gt=0, multiple_of=8)
+    default_height: int = Field(gt=0, multiple_of=8)
+    min_steps: int = Field(1, ge=1)
+    max_steps: int = Field(100, ge=1)
+    default_steps: int = Field(20, ge=1)
+    min_guidance: float = Field(0.0, ge=0)
+    max_guidance: float = Field(20.0, ge=0)
+    default_guidance: float = Field(7.5, ge=0)
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> ImageLimits:
+        if not self.min_steps <= self.default_steps <= self.max_steps:
+            raise ValueError("default_steps must lie within min_steps..max_steps")
+        if not self.min_guidance <= self.default_guidance <= self.max_guidance:
+            raise ValueError("default_guidance must lie within min_guidance..max_guidance")
+        if self.default_width > self.max_width or self.default_height > self.max_height:
+            raise ValueError("default size must not exceed max_width/max_height")
+        return self
+
+
+class TextLimits(Frozen):
+    max_tokens: int = Field(gt=0)
+    default_max_tokens: int = Field(gt=0)
+    max_prompt_chars: int = Field(8000, gt=0)
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> TextLimits:
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError("default_max_tokens must not exceed max_tokens")
+        return self
+
+
+class Deadline(Frozen):
+    """A job's deadline: ``base_s + per_unit_s * units``; a completion past it earns nothing."""
+
+    base_s: float = Field(gt=0)
+    per_unit_s: float = Field(ge=0)
+
+    def seconds(self, units: float) -> float:
+        return self.base_s + self.per_unit_s * units
+
+
+class ModelSpec(Frozen):
+    id: str
+    family: Family
+    vram: VramClass
+    coefficient: float = Field(gt=0, description="Points per standard unit of work for this model.")
+    coefficient_source: str = Field(min_length=1, description="The benchmark or rule that set coefficient.")
+    source: Source
+    files: dict[str, str] = Field(default_factory=dict, description="Relative path -> sha256 of weight files.")
+    image: ImageLimits | None = None
+    text: TextLimits | None = None
+    deadline: Deadline
+    description: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_slug(cls, value: str) -> str:
+        if not MODEL_ID_RE.match(value):
+            raise ValueError("must be lowercase letters, digits, '.' or '-' (e.g. 'sd15', 'smollm2-135m')")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _hashes_are_sha256(cls, value: dict[str, str]) -> dict[str, str]:
+        for path, digest in value.items():
+            if not SHA256_RE.match(digest):
+                raise ValueError(f"sha256 of {path!r} must be 64 lowercase hex digits")
+        return value
+
+    @model_validator(mode="after")
+    def _limits_match_family(self) -> ModelSpec:
+        if self.kind is JobKind.IMAGE and self.image is None:
+            raise ValueError(f"family {self.family.value} needs an [image] limits table")
+        if self.kind is JobKind.TEXT and self.text is None:
+            raise ValueError("family llm needs a [text] limits table")
+        if self.source.kind is not SourceKind.BUILD and self.source.kind is not SourceKind.HF and not self.files:
+            raise ValueError("files: local and packaged sources must pin the sha256 of their weight files")
+        return self
+
+    @property
+    def kind(self) -> JobKind:
+        return JobKind.TEXT if self.family is Family.LLM else JobKind.IMAGE
+
+    @property
+    def queue(self) -> str:
+        """The one queue this model's jobs travel on, named by tier: ``vram8.sd15``."""
+        return f"{self.vram.value}.{self.id}"
+
+    @property
+    def private_queue(self) -> str:
+        return f"private.{self.queue}"

@@ -1,0 +1,33 @@
+"""Errors users see. Each message names what is wrong and how to fix it; the CLI prints them, no traceback."""
+
+
+class HeuristError(Exception):
+    """Base of every error meant for a person to read."""
+
+
+class CatalogError(HeuristError):
+    """The catalog file has a bad entry."""
+
+
+class UnknownModelError(HeuristError):
+    """A job or miner named a model the catalog does not have."""
+
+
+class InvalidJobError(HeuristError):
+    """A submission breaks its model's limits; nothing was enqueued."""
+
+
+class ModelIntegrityError(HeuristError):
+    """A model file's sha256 does not match the catalog: refused before loading."""
+
+
+class JobFailedError(HeuristError):
+    """A job ended without a credited result."""
+
+
+class JobTimeoutError(HeuristError):
+    """A job did not finish within the time the caller waited."""
+
+
+class ConfigError(HeuristError):
+    """A setting is missing or malformed."""

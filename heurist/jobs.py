@@ -1,0 +1,137 @@
+"""Typed job payloads and completions: what travels on the broker between client, miner and ledger."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from heurist.catalog.schema import JobKind
+
+SHA256_HEX = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+ADDRESS = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"  # recorded and sent to the model's queue
+    COMPLETED = "completed"  # verified completion, points credited
+    LATE = "late"  # verified but past its deadline: output kept, no points
+    REJECTED = "rejected"  # a registered miner's completion failed verification
+    FAILED = "failed"  # the miner reported an error
+
+    @property
+    def terminal(self) -> bool:
+        return self is not JobState.QUEUED
+
+    @property
+    def has_output(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.LATE)
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def canonical_json(model: BaseModel) -> bytes:
+    """Canonical bytes of a model for signing: sorted-key compact JSON."""
+    return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+
+
+class ImageParams(Frozen):
+    kind: Literal[JobKind.IMAGE] = JobKind.IMAGE
+    prompt: str = Field(min_length=1)
+    negative_prompt: str = ""
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int = Field(ge=0, lt=2**32)
+
+
+class TextParams(Frozen):
+    kind: Literal[JobKind.TEXT] = JobKind.TEXT
+    prompt: str = Field(min_length=1)
+    max_tokens: int
+    temperature: float = Field(0.0, ge=0, le=2)
+    seed: int = Field(0, ge=0, lt=2**32)
+
+
+JobParams = Annotated[ImageParams | TextParams, Field(discriminator="kind")]
+
+
+class JobMessage(Frozen):
+    """The whole of what a miner learns about a job: no database URL, no storage keys."""
+
+    job_id: str
+    model_id: str
+    params: JobParams
+    output_url: str = Field(description="Presigned PUT URL for the output object.")
+    deadline_at: float = Field(description="Unix time after which the job earns nothing.")
+
+
+class DeviceInfo(Frozen):
+    kind: str  # "cuda" or "cpu"
+    name: str
+    vram_gb: float
+    torch_threads: int | None = None
+
+
+class Timings(Frozen):
+    load_s: float = 0.0  # time spent loading (0: pipelines are loaded at worker start)
+    run_s: float
+    upload_s: float
+    total_s: float
+
+
+class Completion(Frozen):
+    """A miner's claim that it did a job. Signed; the ledger checks everything it can."""
+
+    job_id: str
+    model_id: str
+    miner: ADDRESS
+    output_sha256: SHA256_HEX
+    output_bytes: int = Field(ge=0)
+    content_type: str
+    input_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+    timings: Timings
+    device: DeviceInfo
+    finished_at: float
+
+    def signing_payload(self) -> bytes:
+        return canonical_json(self)
+
+
+class SignedCompletion(Frozen):
+    completion: Completion
+    signature: str = Field(pattern=r"^(0x)?[0-9a-fA-F]{130}$")
+
+
+class TextOutput(Frozen):
+    """The JSON object a text job stores: the answer and its token counts (and ids, for the audit)."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    output_token_ids: list[int]
+    finish_reason: Literal["stop", "length", "deadline"]
+
+
+class MinerHello(Frozen):
+    """A miner announcing itself at worker start; signed, so registration proves key possession."""
+
+    miner: ADDRESS
+    models: list[str]
+    queues: list[str]
+    device: DeviceInfo
+    started_at: float
+
+    def signing_payload(self) -> bytes:
+        return canonical_json(self)
+
+
+class SignedHello(Frozen):
+    hello: MinerHello
+    signature: str = Field(pattern=r"^(0x)?[0-9a-fA-F]{130}$")

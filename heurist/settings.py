@@ -1,0 +1,52 @@
+"""The one settings object. Read once at process start (``get_settings``), never at import time."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path(".heurist")
+
+
+class Settings(BaseSettings):
+    """Every knob of the network, from env vars prefixed ``HEURIST_`` (or a ``.env`` file).
+
+    Defaults give the embedded network: SQLite broker and ledger under ``data_dir``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HEURIST_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Where embedded state lives (SQLite files, models).")
+    broker_url: str | None = Field(None, description="Celery broker; default: SQLite file in data_dir.")
+    database_url: str | None = Field(None, description="Ledger database; default: SQLite file in data_dir.")
+    catalog_path: Path | None = Field(None, description="Model catalog TOML; default: the shipped one.")
+    models_dir: Path | None = Field(None, description="Where locally built/cached model files live.")
+
+    s3_endpoint: str | None = Field(None, description="S3-compatible endpoint URL (SeaweedFS, MinIO, R2, AWS).")
+    s3_access_key: SecretStr = SecretStr("heurist")
+    s3_secret_key: SecretStr = SecretStr("heurist-secret")
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "heurist-outputs"
+    presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
+
+    miner_key: SecretStr | None = Field(None, description="Miner private key (hex). Prefer --key-file.")
+    ledger_queue: str = "ledger"
+    result_poll_interval_s: float = Field(0.1, gt=0, le=5)
+
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'ledger.sqlite').resolve()}"
+
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.data_dir / "models").resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,7 @@
+"""Shared fixtures, one module per concern under tests/fixtures/ (real services: no mocks on the job path)."""
+
+pytest_plugins = [
+    "tests.fixtures.db",
+    "tests.fixtures.s3",
+    "tests.fixtures.broker",
+]
