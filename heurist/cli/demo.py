@@ -1,0 +1,100 @@
+"""``heurist demo``: the whole network on this machine, a batch of jobs, and the points they earned."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from heurist.cli.common import err_console, print_json
+from heurist.client import Client, ImageRequest, JobResult, TextRequest
+from heurist.embedded import EmbeddedNetwork, wait_until
+
+IMAGE_PROMPTS = ["a lighthouse at dawn", "a red fox in snow", "a city of glass", "a bowl of ramen",
+                 "a sailing ship in a storm", "a cat astronaut"]
+TEXT_PROMPTS = ["What is a GPU? Answer in one sentence.", "Name three primary colors.",
+                "Why is the sky blue? One sentence.", "Say hello in French."]
+
+
+def demo(
+    image_jobs: int = typer.Option(4, "--image-jobs", min=0, help="tiny-sd 64x64 image jobs to submit."),
+    text_jobs: int = typer.Option(2, "--text-jobs", min=0, help="SmolLM2 text jobs to submit."),
+    max_tokens: int = typer.Option(24, "--max-tokens", min=1, max=512, help="Tokens per text job."),
+    json_out: bool = typer.Option(False, "--json", help="End with one JSON line: jobs, points, miners."),
+    output: Path = typer.Option(Path("demo-output"), "--output", help="Where images and answers are saved."),
+    data_dir: Path = typer.Option(Path(".heurist/demo"), "--data-dir", help="Embedded state (reset each run)."),
+    models_dir: Path = typer.Option(Path(".heurist/models"), "--models-dir", help="Built models (kept)."),
+    timeout: float = typer.Option(900.0, "--timeout", help="Seconds to wait for all jobs."),
+) -> None:
+    """Run the embedded network (SQLite broker and ledger, SeaweedFS, one CPU miner), submit jobs, show points."""
+    started = time.monotonic()
+    with EmbeddedNetwork(data_dir.resolve(), models_dir=models_dir.resolve()) as net:
+        wallet = net.start_miner()
+        with Client(net.settings()) as client:
+            with err_console.status("miner: verifying model files and loading pipelines"):
+                wait_until(lambda: client.ledger.is_registered(wallet.address), 600, "the miner to start",
+                           check=net.check_alive)
+            requests = _requests(image_jobs, text_jobs, max_tokens)
+            results = client.map(requests, timeout=timeout, progress=True)
+            saved = _save(client, results, output)
+            summary = _summary(client, results, saved, output, time.monotonic() - started)
+    _print_tables(summary, results)
+    if json_out:
+        print_json(summary)
+
+
+def _requests(image_jobs: int, text_jobs: int, max_tokens: int) -> list[ImageRequest | TextRequest]:
+    images: list[ImageRequest | TextRequest] = [
+        ImageRequest(IMAGE_PROMPTS[i % len(IMAGE_PROMPTS)], "tiny-sd", seed=i) for i in range(image_jobs)
+    ]
+    texts = [TextRequest(TEXT_PROMPTS[i % len(TEXT_PROMPTS)], "smollm2-135m", max_tokens=max_tokens)
+             for i in range(text_jobs)]
+    return images + texts
+
+
+def _save(client: Client, results: list[JobResult], output: Path) -> dict[str, str]:
+    """Download every output under ``output``; text answers are also written as plain .txt."""
+    output.mkdir(parents=True, exist_ok=True)
+    saved: dict[str, str] = {}
+    for result in results:
+        if not result.state.has_output:
+            continue
+        data = client.store.get(result.output_key)
+        path = output / Path(result.output_key).name
+        path.write_bytes(data)
+        if path.suffix == ".json":
+            path.with_suffix(".txt").write_text(json.loads(data)["text"] + "\n")
+        saved[result.job_id] = str(path)
+    return saved
+
+
+def _summary(client: Client, results: list[JobResult], saved: dict[str, str], output: Path,
+             elapsed: float) -> dict[str, object]:
+    miners = [{"address": m.address, "jobs": m.jobs, "points": m.points} for m in client.ledger.miner_points()]
+    return {
+        "jobs": len(results),
+        "completed": sum(r.state.has_output for r in results),
+        "failed": sum(not r.state.has_output for r in results),
+        "points_total": sum(r.points for r in results),
+        "miners": miners,
+        "outputs": str(output),
+        "elapsed_s": round(elapsed, 1),
+        "results": [{"job_id": r.job_id, "model": r.model_id, "state": r.state.value, "points": r.points,
+                     "miner": r.miner, "file": saved.get(r.job_id)} for r in results],
+    }
+
+
+def _print_tables(summary: dict[str, object], results: list[JobResult]) -> None:
+    jobs = Table("job", "model", "state", "points", "miner", title="jobs")
+    for r in results:
+        jobs.add_row(r.job_id[:8], r.model_id, r.state.value, f"{r.points:.6f}", (r.miner or "-")[:12])
+    miners = Table("miner", "jobs", "points", title="miners")
+    for m in summary["miners"]:  # type: ignore[attr-defined]
+        miners.add_row(m["address"], str(m["jobs"]), f"{m['points']:.6f}")
+    err_console.print(jobs, miners)
+    err_console.print(f"{summary['completed']}/{summary['jobs']} jobs completed, "
+                      f"{summary['points_total']:.6f} points, outputs in {summary['outputs']}/ "
+                      f"({summary['elapsed_s']}s)")

@@ -1,0 +1,41 @@
+"""The ``heurist`` command: one entry point for miners, clients, ledger operators and demos."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from heurist.cli import demo, network, submit, wallet
+from heurist.cli.common import err_console
+from heurist.errors import HeuristError
+
+app = typer.Typer(
+    help="Heurist: a decentralized AI compute network on Celery. Miners host models, applications "
+    "submit jobs, a trusted ledger credits points.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+network.register(app)
+app.add_typer(submit.app, name="submit")
+app.add_typer(wallet.app, name="wallet")
+app.add_typer(network.models_app, name="models")
+app.add_typer(network.db_app, name="db")
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    """Run the CLI; errors meant for people are printed as one line, never as a traceback."""
+    try:
+        app()
+    except HeuristError as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

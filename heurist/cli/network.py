@@ -1,0 +1,122 @@
+"""Commands that run or inspect the network: routes, miner, ledger, points, models, db."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from heurist.catalog import load_catalog
+from heurist.cli.common import console, print_json, settings_with, split_csv
+from heurist.errors import ConfigError
+from heurist.identity import Wallet
+from heurist.routing import route_table
+
+models_app = typer.Typer(help="Model files: build local models, pin hashes.", no_args_is_help=True)
+db_app = typer.Typer(help="Ledger database schema (Alembic).", no_args_is_help=True)
+
+
+def routes(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Print the queue table: which queue each model's jobs travel on, by VRAM tier."""
+    rows = route_table(load_catalog(settings_with().catalog_path))
+    if json_out:
+        print_json([row.__dict__ for row in rows])
+        return
+    table = Table("model", "family", "tier", "queue", "coefficient")
+    for row in rows:
+        table.add_row(row.model_id, row.family, f"{row.vram} ({row.vram_gb} GB)", row.queue, f"{row.coefficient:g}")
+    console.print(table)
+
+
+def miner(
+    key_file: Path | None = typer.Option(None, "--key-file", help="Miner key file (or set HEURIST_MINER_KEY)."),
+    models: str | None = typer.Option(None, "--models", help="Comma-separated model ids (default: all that fit)."),
+    vram: float | None = typer.Option(None, "--vram", help="VRAM in GB to plan for (default: detected)."),
+    broker: str | None = typer.Option(None, "--broker", help="Broker URL (default: HEURIST_BROKER_URL)."),
+    device: str | None = typer.Option(None, "--device", help="Force 'cpu' or 'cuda' (default: detect)."),
+    loglevel: str = typer.Option("INFO", "--loglevel"),
+) -> None:
+    """Run a miner: verify and load models once, then consume their queues and earn points."""
+    from workers.launch import run_miner  # torch is imported only on the miner side
+
+    settings = settings_with(broker_url=broker)
+    catalog = load_catalog(settings.catalog_path)
+    wallet = _miner_wallet(key_file, settings.miner_key.get_secret_value() if settings.miner_key else None)
+    wanted = split_csv(models) or list(catalog)
+    run_miner(settings, catalog, wallet, wanted, vram_gb=vram, device_kind=device, loglevel=loglevel)
+
+
+def _miner_wallet(key_file: Path | None, env_key: str | None) -> Wallet:
+    if key_file is not None:
+        return Wallet.from_file(key_file)
+    if env_key:
+        return Wallet.from_key(env_key)
+    raise ConfigError("no miner key: pass --key-file PATH or set HEURIST_MINER_KEY (create one: `heurist wallet new`)")
+
+
+def ledger(
+    concurrency: int = typer.Option(2, "--concurrency", min=1, help="Ledger worker threads."),
+    loglevel: str = typer.Option("INFO", "--loglevel"),
+) -> None:
+    """Run the trusted ledger consumer: verify completions and credit points exactly once."""
+    from heurist.ledger.consumer import run_ledger
+
+    settings = settings_with()
+    run_ledger(settings, load_catalog(settings.catalog_path), concurrency=concurrency, loglevel=loglevel)
+
+
+def points(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Points per miner, from the append-only ledger."""
+    from heurist.ledger.factory import open_ledger
+    from heurist.storage import make_store
+
+    settings = settings_with()
+    catalog = load_catalog(settings.catalog_path)
+    rows = open_ledger(settings, catalog, make_store(settings)).miner_points()
+    if json_out:
+        print_json([{"miner": r.address, "jobs": r.jobs, "points": r.points} for r in rows])
+        return
+    table = Table("miner", "jobs", "points")
+    for r in rows:
+        table.add_row(r.address, str(r.jobs), f"{r.points:.6f}")
+    console.print(table)
+
+
+@models_app.command("build")
+def build(model: str = typer.Argument("tiny-sd", help="A catalog model with a local builder.")) -> None:
+    """Build a locally built model (tiny-sd) and record its sha256 in the catalog lock."""
+    from workers.pipelines import BUILDERS
+
+    settings = settings_with()
+    spec = load_catalog(settings.catalog_path)[model]
+    builder = BUILDERS.get(spec.source.ref)
+    if builder is None:
+        raise ConfigError(f"model {model!r} is not built locally (its source is {spec.source.kind.value})")
+    hashes = builder(settings.resolved_models_dir() / spec.id)
+    console.print(f"built {model}: {len(hashes)} files recorded in {settings.resolved_models_dir()}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Migrate the ledger database up (default: to the newest schema)."""
+    from heurist.ledger.migrate import upgrade
+
+    upgrade(settings_with().resolved_database_url(), revision)
+    console.print(f"ledger database at {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. 'base'.")) -> None:
+    """Migrate the ledger database down."""
+    from heurist.ledger.migrate import downgrade
+
+    downgrade(settings_with().resolved_database_url(), revision)
+    console.print(f"ledger database at {revision}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("routes")(routes)
+    app.command("miner")(miner)
+    app.command("ledger")(ledger)
+    app.command("points")(points)

@@ -1,0 +1,268 @@
+"""The application-side client: validate, record, presign, enqueue; then read the verified result."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+from celery.canvas import Signature
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from heurist.catalog import Catalog, JobKind, ModelSpec, load_catalog
+from heurist.celery_app import create_app
+from heurist.errors import JobFailedError, JobTimeoutError
+from heurist.jobs import ImageParams, JobMessage, JobState, TextParams
+from heurist.points import image_work_units, text_work_units
+from heurist.settings import Settings, get_settings
+from heurist.storage import make_store
+from heurist.storage.backend import ObjectStore
+from heurist.submission import image_params, text_params
+from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RUN_JOB
+
+if TYPE_CHECKING:
+    from heurist.ledger.service import JobView, Ledger
+
+EXTENSIONS = {"image/png": ".png", "application/json": ".json"}
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A finished job as the ledger verified it."""
+
+    job_id: str
+    model_id: str
+    state: JobState
+    points: float
+    miner: str | None
+    url: str | None
+    output_key: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    prompt: str
+    model: str
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    negative_prompt: str = ""
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    prompt: str
+    model: str
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    seed: int | None = None
+
+
+class JobHandle:
+    """A submitted job: poll it, wait for it, download its output."""
+
+    def __init__(self, client: Client, job_id: str, spec: ModelSpec, output_key: str) -> None:
+        self.client = client
+        self.id = job_id
+        self.spec = spec
+        self.output_key = output_key
+
+    def __repr__(self) -> str:
+        return f"JobHandle(id={self.id!r}, model={self.spec.id!r})"
+
+    @property
+    def url(self) -> str:
+        """A presigned GET URL for the output (valid once the job has completed)."""
+        return self.client.store.presign_get(self.output_key, self.client.settings.presign_expiry_s)
+
+    def state(self) -> JobState:
+        view = self.client.ledger.job(self.id)
+        return JobState.QUEUED if view is None else view.state
+
+    def result(self, timeout: float | None = 300.0) -> JobResult:
+        """Wait until the ledger has a verdict; raise if the job failed or the wait runs out."""
+        view = self.client.wait_for(self.id, timeout)
+        result = self.client.to_result(view)
+        if not view.state.has_output:
+            raise JobFailedError(f"job {self.id} ended {view.state.value}: {view.error or 'no detail'}")
+        return result
+
+    def download(self, directory: Path | None = None, timeout: float | None = 300.0) -> bytes | Path:
+        """The output bytes, or with ``directory`` the path of the file written there."""
+        self.result(timeout)
+        data = self.client.store.get(self.output_key)
+        if directory is None:
+            return data
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / Path(self.output_key).name
+        path.write_bytes(data)
+        return path
+
+
+class Client:
+    """Submit jobs to the network. Holds the trusted side's credentials (ledger DB, S3 keys, broker)."""
+
+    def __init__(self, settings: Settings | None = None, *, catalog: Catalog | None = None,
+                 store: ObjectStore | None = None, ledger: Ledger | None = None, app: Celery | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings or get_settings()
+        self.catalog = catalog or load_catalog(self.settings.catalog_path)
+        self.clock = clock
+        # Connections open on first use, so a request that fails validation touches nothing.
+        if store is not None:
+            self.store = store
+        if ledger is not None:
+            self.ledger = ledger
+        if app is not None:
+            self.app = app
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        return make_store(self.settings)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        from heurist.ledger.factory import open_ledger
+
+        return open_ledger(self.settings, self.catalog, self.store)
+
+    @cached_property
+    def app(self) -> Celery:
+        return create_app(self.settings)
+
+    def submit_image(self, prompt: str, *, model: str = "sd15", width: int | None = None,
+                     height: int | None = None, steps: int | None = None, guidance: float | None = None,
+                     seed: int | None = None, negative_prompt: str = "") -> JobHandle:
+        """Validate against the model's limits and enqueue; nothing is sent if validation fails."""
+        spec = self.catalog[model]
+        params = image_params(spec, prompt, negative_prompt=negative_prompt, width=width, height=height,
+                              steps=steps, guidance=guidance, seed=_seed(seed))
+        return self._submit(spec, params)
+
+    def submit_text(self, prompt: str, *, model: str = "smollm2-135m", max_tokens: int | None = None,
+                    temperature: float = 0.0, seed: int | None = None) -> JobHandle:
+        """Validate against the model's limits and enqueue; nothing is sent if validation fails."""
+        spec = self.catalog[model]
+        params = text_params(spec, prompt, max_tokens=max_tokens, temperature=temperature, seed=_seed(seed))
+        return self._submit(spec, params)
+
+    def submit(self, request: ImageRequest | TextRequest) -> JobHandle:
+        if isinstance(request, ImageRequest):
+            return self.submit_image(request.prompt, model=request.model, width=request.width,
+                                     height=request.height, steps=request.steps, guidance=request.guidance,
+                                     seed=request.seed, negative_prompt=request.negative_prompt)
+        return self.submit_text(request.prompt, model=request.model, max_tokens=request.max_tokens,
+                                temperature=request.temperature, seed=request.seed)
+
+    def map(self, requests: Sequence[ImageRequest | TextRequest], *, timeout: float = 600.0,
+            progress: bool = True) -> list[JobResult]:
+        """Submit many jobs, then wait for all with a progress bar; failed jobs come back with their state."""
+        handles = [self.submit(r) for r in requests]
+        deadline = self.clock() + timeout
+        results: dict[str, JobResult] = {}
+        with _progress(progress) as bar:
+            task = bar.add_task("jobs", total=len(handles))
+            while len(results) < len(handles):
+                self._collect(handles, results)
+                bar.update(task, completed=len(results))
+                if len(results) < len(handles) and self.clock() > deadline:
+                    raise JobTimeoutError(
+                        f"{len(handles) - len(results)} of {len(handles)} jobs unfinished after {timeout:g}s"
+                    )
+                time.sleep(self.settings.result_poll_interval_s)
+        return [results[h.id] for h in handles]
+
+    def _collect(self, handles: Iterable[JobHandle], results: dict[str, JobResult]) -> None:
+        for handle in handles:
+            if handle.id in results:
+                continue
+            view = self.ledger.job(handle.id)
+            if view is not None and view.state.terminal:
+                results[handle.id] = self.to_result(view)
+
+    def wait_for(self, job_id: str, timeout: float | None) -> JobView:
+        """Poll the ledger until the job is terminal."""
+        give_up = None if timeout is None else self.clock() + timeout
+        while True:
+            view = self.ledger.job(job_id)
+            if view is not None and view.state.terminal:
+                return view
+            if give_up is not None and self.clock() > give_up:
+                raise JobTimeoutError(
+                    f"job {job_id} not finished after {timeout:g}s; is a miner serving its queue? "
+                    "(see `heurist routes`)"
+                )
+            time.sleep(self.settings.result_poll_interval_s)
+
+    def to_result(self, view: JobView) -> JobResult:
+        url = self.store.presign_get(view.output_key, self.settings.presign_expiry_s) if view.state.has_output else None
+        return JobResult(job_id=view.job_id, model_id=view.model_id, state=view.state, points=view.points,
+                         miner=view.miner, url=url, output_key=view.output_key, error=view.error)
+
+    def _submit(self, spec: ModelSpec, params: ImageParams | TextParams) -> JobHandle:
+        job_id = str(uuid.uuid4())
+        output_key = f"outputs/{spec.id}/{job_id}{EXTENSIONS[_content_type(spec)]}"
+        deadline_at = self.clock() + spec.deadline.seconds(_work_units(params))
+        message = JobMessage(
+            job_id=job_id, model_id=spec.id, params=params,
+            output_url=self.store.presign_put(output_key, self.settings.presign_expiry_s),
+            deadline_at=deadline_at,
+        )
+        self.ledger.create_job(job_id, spec, params, output_key, spec.queue, deadline_at)
+        try:
+            self._send(message, spec.queue)
+        except Exception:
+            self.ledger.record_failure(job_id, "could not enqueue: broker unreachable")
+            raise
+        return JobHandle(self, job_id, spec, output_key)
+
+    def _send(self, message: JobMessage, queue: str) -> None:
+        ledger_queue = self.settings.ledger_queue
+        self.app.send_task(
+            RUN_JOB,
+            args=[message.model_dump(mode="json")],
+            task_id=message.job_id,
+            queue=queue,
+            link=Signature(RECORD_COMPLETION, app=self.app, queue=ledger_queue),
+            link_error=Signature(RECORD_FAILURE, app=self.app, queue=ledger_queue),
+        )
+
+    def close(self) -> None:
+        if "app" in self.__dict__:
+            self.app.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _seed(seed: int | None) -> int:
+    """An explicit seed, or a fresh random one; either way it is recorded so an audit can replay."""
+    return secrets.randbelow(2**32) if seed is None else seed
+
+
+def _content_type(spec: ModelSpec) -> str:
+    return "image/png" if spec.kind is JobKind.IMAGE else "application/json"
+
+
+def _work_units(params: ImageParams | TextParams) -> float:
+    if isinstance(params, ImageParams):
+        return image_work_units(params)
+    return text_work_units(len(params.prompt.encode()), params.max_tokens)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled)

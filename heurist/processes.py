@@ -1,0 +1,65 @@
+"""Child processes that never outlive their parent: own process group, SIGTERM then SIGKILL, and on
+Linux a parent-death signal so even a SIGKILLed parent leaves no orphan."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask the kernel to SIGTERM us when the parent dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_path: Path | None = None,
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session (Ctrl-C reaches only us; we stop it in order), output to a log."""
+    log: IO[bytes] | int = subprocess.DEVNULL
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")  # noqa: SIM115 - the child owns it; closed below after fork
+    try:
+        return subprocess.Popen(list(argv), env=dict(env) if env is not None else None, cwd=cwd,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+    finally:
+        if not isinstance(log, int):
+            log.close()
+
+
+def stop(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> int | None:
+    """SIGTERM the child's whole group (Celery does a warm shutdown), SIGKILL it after ``grace_s``."""
+    if proc.poll() is not None:
+        return proc.returncode
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        return proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+        return proc.wait(5)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log, for error messages that explain why a child died."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

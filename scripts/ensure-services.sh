@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Make sure PostgreSQL and RabbitMQ answer on 127.0.0.1; start them (as this machine's image does) if not.
+set -u
+
+up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() {
+  local name=$1 port=$2
+  for _ in $(seq 1 60); do up "$port" && { echo "$name is up on port $port"; return 0; }; sleep 1; done
+  echo "error: $name did not come up on 127.0.0.1:$port" >&2
+  return 1
+}
+
+if ! up 5432; then
+  echo "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+fi
+if ! up 5672; then
+  echo "starting RabbitMQ"
+  rabbitmq-server -detached || true
+fi
+wait_for PostgreSQL 5432 && wait_for RabbitMQ 5672

@@ -1,0 +1,53 @@
+"""The ledger's task contracts, consumed from the trusted ``ledger`` queue only."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+
+from heurist.errors import StorageError
+from heurist.jobs import SignedCompletion, SignedHello
+from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, REGISTER_MINER
+
+log = logging.getLogger(__name__)
+
+# Database or storage hiccups are retried by Celery itself; verification failures are verdicts, not errors.
+TRANSIENT = (OperationalError, StorageError)
+RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 30, "max_retries": 20}
+
+
+def _parse(model: type[SignedCompletion] | type[SignedHello], payload: Any) -> Any:
+    try:
+        return model.model_validate(payload)
+    except ValidationError as err:
+        log.warning("rejected malformed %s: %s", model.__name__, err.errors()[0])
+        return None
+
+
+def register_ledger_tasks(app: Celery) -> None:
+    """Declare the ledger tasks on an app whose ``ledger`` attribute is a ``heurist.ledger.Ledger``."""
+
+    @app.task(name=RECORD_COMPLETION, bind=True, acks_late=True, **RETRY)
+    def record_completion(self: Task, signed: Any) -> dict[str, Any]:
+        """Verify a miner's signed completion and credit its job once."""
+        parsed = _parse(SignedCompletion, signed)
+        if parsed is None:
+            return {"accepted": False, "reason": "malformed"}
+        verdict = self.app.ledger.record_completion(parsed)  # type: ignore[attr-defined]
+        return {"accepted": verdict.accepted, "reason": str(verdict.reason), "points": verdict.points}
+
+    @app.task(name=RECORD_FAILURE, bind=True, acks_late=True, **RETRY)
+    def record_failure(self: Task, job_id: str) -> None:
+        """A miner's task raised: the job ends failed (a later valid completion is still verified)."""
+        self.app.ledger.record_failure(job_id, "the miner reported an error")  # type: ignore[attr-defined]
+
+    @app.task(name=REGISTER_MINER, bind=True, acks_late=True, **RETRY)
+    def register_miner(self: Task, signed: Any) -> None:
+        """Record a miner that proved it holds its key; completions from unknown keys are rejected."""
+        parsed = _parse(SignedHello, signed)
+        if parsed is not None:
+            self.app.ledger.register_miner(parsed)  # type: ignore[attr-defined]

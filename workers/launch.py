@@ -1,0 +1,102 @@
+"""Start a miner: detect the device, verify and load pipelines once, announce, then consume.
+
+Pipelines are loaded in this process before the worker starts, and the worker uses the ``solo`` pool, so
+nothing ever forks after CUDA is initialised and no task ever loads a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from celery import Celery
+from rich.console import Console
+
+from heurist.catalog import Catalog, ModelSpec
+from heurist.celery_app import create_app
+from heurist.errors import ConfigError, HeuristError
+from heurist.identity import Wallet
+from heurist.jobs import MinerHello, SignedHello
+from heurist.routing import servable
+from heurist.settings import Settings
+from tasks.miner import register_miner_tasks
+from tasks.names import REGISTER_MINER
+from workers.device import Device, detect_device
+from workers.pipelines import load_pipeline
+from workers.pipelines.backend import Pipeline
+from workers.runtime import MinerRuntime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MinerPlan:
+    """What this miner will serve and why the rest was left out."""
+
+    device: Device
+    vram_gb: float
+    models: list[ModelSpec]
+    refused: list[str]
+
+    @property
+    def queues(self) -> list[str]:
+        return [m.queue for m in self.models]
+
+
+def plan_miner(catalog: Catalog, model_ids: Sequence[str], vram_gb: float | None, device: Device) -> MinerPlan:
+    """Pick the models that fit this device (an explicit ``vram_gb`` overrides what was detected)."""
+    vram = device.info.vram_gb if vram_gb is None else vram_gb
+    fits, refused = servable(catalog, model_ids, vram)
+    if not fits:
+        raise ConfigError("this miner can serve none of the requested models: " + "; ".join(refused))
+    return MinerPlan(device=device, vram_gb=vram, models=fits, refused=refused)
+
+
+def load_pipelines(plan: MinerPlan, models_dir: Path, console: Console) -> dict[str, Pipeline]:
+    """Verify each model's files against the catalog sha256, then load it, once."""
+    loaded: dict[str, Pipeline] = {}
+    for spec in plan.models:
+        with console.status(f"verifying and loading {spec.id} on {plan.device.torch_device}"):
+            started = time.perf_counter()
+            loaded[spec.id] = load_pipeline(spec, plan.device, models_dir)
+        console.print(f"loaded [bold]{spec.id}[/] ({spec.queue}) in {time.perf_counter() - started:.1f}s")
+    return loaded
+
+
+def announce(app: Celery, wallet: Wallet, plan: MinerPlan, ledger_queue: str) -> None:
+    """Send a signed hello to the ledger before consuming, so our first completion finds us registered."""
+    hello = MinerHello(miner=wallet.address, models=[m.id for m in plan.models], queues=plan.queues,
+                       device=plan.device.info, started_at=time.time())
+    signed = SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload()))
+    app.send_task(REGISTER_MINER, args=[signed.model_dump(mode="json")], queue=ledger_queue)
+
+
+def worker_hostname(wallet: Wallet, plan: MinerPlan) -> str:
+    """``miner-<address>-<tier>@host``: Flower and `celery inspect` show who serves what."""
+    tier = max(plan.models, key=lambda m: m.vram.gb).vram.value
+    return f"miner-{wallet.address.lower()}-{tier}@{socket.gethostname()}"
+
+
+def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, model_ids: Sequence[str],
+              vram_gb: float | None = None, device_kind: str | None = None, loglevel: str = "INFO",
+              console: Console | None = None) -> None:
+    """Load everything, announce, and consume this miner's queues until stopped."""
+    console = console or Console(stderr=True)
+    plan = plan_miner(catalog, model_ids, vram_gb, detect_device(device_kind))
+    for reason in plan.refused:
+        console.print(f"[yellow]not serving[/] {reason}")
+    pipelines = load_pipelines(plan, settings.resolved_models_dir(), console)
+    runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines)
+    app = create_app(settings, miner_runtime=runtime)
+    register_miner_tasks(app)
+    announce(app, wallet, plan, settings.ledger_queue)
+    console.print(f"miner {wallet.address} consuming {', '.join(plan.queues)}")
+    worker = app.Worker(hostname=worker_hostname(wallet, plan), queues=plan.queues, pool="solo",
+                        concurrency=1, prefetch_multiplier=1, loglevel=loglevel, quiet=True)
+    worker.start()
+    if worker.exitcode:
+        raise HeuristError(f"miner worker exited with code {worker.exitcode}")

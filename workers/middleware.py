@@ -1,0 +1,57 @@
+"""Miner middleware: cross-cutting behaviour around each job, one class each (no ``if`` in the task).
+
+A middleware sees the job before it runs and the finished completion after; the runtime calls them in
+order. Later issues add metrics, audit attestation and privacy here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from heurist.errors import HeuristError
+from heurist.jobs import Completion, JobMessage
+
+log = logging.getLogger(__name__)
+
+
+class DeadlineExceededError(HeuristError):
+    """The job's deadline passed: running it would earn nothing, so the miner refuses it."""
+
+
+class Middleware:
+    """Hooks around one job; override what you need."""
+
+    def before_job(self, job: JobMessage) -> None:
+        """Called before the pipeline runs; raise to refuse the job."""
+
+    def after_job(self, job: JobMessage, completion: Completion) -> None:
+        """Called once the output is stored and the completion built, before it is signed."""
+
+
+class DeadlineMiddleware(Middleware):
+    """Refuse a job whose deadline has already passed (it sat in the queue too long)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+
+    def before_job(self, job: JobMessage) -> None:
+        late = self.clock() - job.deadline_at
+        if late > 0:
+            raise DeadlineExceededError(f"job {job.job_id} is {late:.1f}s past its deadline; not run")
+
+
+class LoggingMiddleware(Middleware):
+    """One log line per job: what ran, how long, what it produced."""
+
+    def after_job(self, job: JobMessage, completion: Completion) -> None:
+        log.info(
+            "job %s model=%s run=%.2fs upload=%.3fs bytes=%d tokens=%d+%d",
+            job.job_id, job.model_id, completion.timings.run_s, completion.timings.upload_s,
+            completion.output_bytes, completion.input_tokens, completion.output_tokens,
+        )
+
+
+def default_middleware() -> list[Middleware]:
+    return [DeadlineMiddleware(), LoggingMiddleware()]

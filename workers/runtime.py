@@ -1,0 +1,56 @@
+"""The miner runtime: pipelines loaded once at start, one job at a time, output PUT, completion signed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import requests
+
+from heurist.errors import UnknownModelError
+from heurist.identity import Wallet
+from heurist.jobs import Completion, DeviceInfo, JobMessage, SignedCompletion, Timings
+from heurist.storage.presigned import put_presigned
+from workers.middleware import Middleware, default_middleware
+from workers.pipelines.backend import Pipeline
+
+
+@dataclass
+class MinerRuntime:
+    """Everything a miner's task needs, built before the worker consumes anything."""
+
+    wallet: Wallet
+    device: DeviceInfo
+    pipelines: Mapping[str, Pipeline]
+    middleware: list[Middleware] = field(default_factory=default_middleware)
+    http: requests.Session = field(default_factory=requests.Session)
+
+    def execute(self, job: JobMessage) -> SignedCompletion:
+        """Run ``job`` on its loaded pipeline, store the output, and sign what was done."""
+        pipeline = self.pipelines.get(job.model_id)
+        if pipeline is None:
+            raise UnknownModelError(f"this miner does not serve {job.model_id!r} (misrouted job {job.job_id})")
+        for mw in self.middleware:
+            mw.before_job(job)
+        started = time.perf_counter()
+        output = pipeline.run(job.params, job.deadline_at)
+        ran = time.perf_counter()
+        digest = put_presigned(job.output_url, output.data, output.content_type, session=self.http)
+        uploaded = time.perf_counter()
+        completion = Completion(
+            job_id=job.job_id,
+            model_id=job.model_id,
+            miner=self.wallet.address,
+            output_sha256=digest,
+            output_bytes=len(output.data),
+            content_type=output.content_type,
+            input_tokens=output.input_tokens,
+            output_tokens=output.output_tokens,
+            timings=Timings(run_s=ran - started, upload_s=uploaded - ran, total_s=uploaded - started),
+            device=self.device,
+            finished_at=time.time(),
+        )
+        for mw in self.middleware:
+            mw.after_job(job, completion)
+        return SignedCompletion(completion=completion, signature=self.wallet.sign(completion.signing_payload()))
