@@ -24,6 +24,7 @@ from heurist.processes import spawn, stop, tail
 from heurist.settings import Settings
 from heurist.storage.seaweed import SeaweedServer
 
+
 def _clean_env() -> dict[str, str]:
     """The parent's environment without any HEURIST_ variable: children get exactly what we give them."""
     return {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}

@@ -31,3 +31,7 @@ class JobTimeoutError(HeuristError):
 
 class ConfigError(HeuristError):
     """A setting is missing or malformed."""
+
+
+class StorageError(HeuristError):
+    """The S3 object store is unreachable, refused our credentials, or failed a request."""

@@ -3,28 +3,37 @@ Linux a parent-death signal so even a SIGKILLed parent leaves no orphan."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask the kernel to SIGTERM us when the parent dies."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent(sig: int) -> Callable[[], None]:
+    """A pre-exec hook asking the kernel to send ``sig`` to the child when its parent dies."""
+
+    def hook() -> None:
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+
+    return hook
 
 
 def spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_path: Path | None = None,
-          cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own session (Ctrl-C reaches only us; we stop it in order), output to a log."""
+          cwd: Path | None = None, death_signal: int = signal.SIGTERM) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session (Ctrl-C reaches only us; we stop it in order), output to a log.
+
+    ``death_signal`` reaches the child if we die first: SIGTERM lets a Celery worker finish or requeue its
+    job; a server whose graceful stop is slow (SeaweedFS, ~15 s) should get SIGKILL.
+    Spawn from the main thread: the kernel sends it when the *thread* that forked the child exits.
+    """
     log: IO[bytes] | int = subprocess.DEVNULL
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +41,7 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_path
     try:
         return subprocess.Popen(list(argv), env=dict(env) if env is not None else None, cwd=cwd,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                start_new_session=True, preexec_fn=_die_with_parent(death_signal))
     finally:
         if not isinstance(log, int):
             log.close()
@@ -51,10 +60,8 @@ def stop(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> int | None:
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def tail(path: Path, lines: int = 20) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from pydantic import ValidationError
 
 from heurist.catalog.schema import ImageLimits, JobKind, ModelSpec, TextLimits
@@ -70,7 +72,10 @@ def text_params(spec: ModelSpec, prompt: str, *, max_tokens: int | None = None, 
     return _build(TextParams, prompt=prompt, max_tokens=max_tokens, temperature=temperature, seed=seed)
 
 
-def _build(model: type[ImageParams] | type[TextParams], **values: object) -> ImageParams | TextParams:
+P = TypeVar("P", ImageParams, TextParams)
+
+
+def _build(model: type[P], **values: object) -> P:
     try:
         return model.model_validate(values)
     except ValidationError as err:

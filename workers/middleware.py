@@ -10,14 +10,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from heurist.errors import HeuristError
 from heurist.jobs import Completion, JobMessage
+from workers.pipelines.backend import DeadlineExceeded
 
 log = logging.getLogger(__name__)
-
-
-class DeadlineExceededError(HeuristError):
-    """The job's deadline passed: running it would earn nothing, so the miner refuses it."""
 
 
 class Middleware:
@@ -39,7 +35,7 @@ class DeadlineMiddleware(Middleware):
     def before_job(self, job: JobMessage) -> None:
         late = self.clock() - job.deadline_at
         if late > 0:
-            raise DeadlineExceededError(f"job {job.job_id} is {late:.1f}s past its deadline; not run")
+            raise DeadlineExceeded(f"job {job.job_id} is {late:.1f}s past its deadline; not run")
 
 
 class LoggingMiddleware(Middleware):

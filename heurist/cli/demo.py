@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from heurist.cli.common import err_console, print_json
+from heurist.cli.common import console, err_console, print_json
 from heurist.client import Client, ImageRequest, JobResult, TextRequest
 from heurist.embedded import EmbeddedNetwork, wait_until
 
@@ -30,6 +32,7 @@ def demo(
     timeout: float = typer.Option(900.0, "--timeout", help="Seconds to wait for all jobs."),
 ) -> None:
     """Run the embedded network (SQLite broker and ledger, SeaweedFS, one CPU miner), submit jobs, show points."""
+    signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` cleans up like Ctrl-C
     started = time.monotonic()
     with EmbeddedNetwork(data_dir.resolve(), models_dir=models_dir.resolve()) as net:
         wallet = net.start_miner()
@@ -41,9 +44,13 @@ def demo(
             results = client.map(requests, timeout=timeout, progress=True)
             saved = _save(client, results, output)
             summary = _summary(client, results, saved, output, time.monotonic() - started)
-    _print_tables(summary, results)
+    _print_tables(summary, results, err_console if json_out else console)
     if json_out:
         print_json(summary)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _requests(image_jobs: int, text_jobs: int, max_tokens: int) -> list[ImageRequest | TextRequest]:
@@ -87,14 +94,14 @@ def _summary(client: Client, results: list[JobResult], saved: dict[str, str], ou
     }
 
 
-def _print_tables(summary: dict[str, object], results: list[JobResult]) -> None:
+def _print_tables(summary: dict[str, object], results: list[JobResult], out: Console) -> None:
     jobs = Table("job", "model", "state", "points", "miner", title="jobs")
     for r in results:
         jobs.add_row(r.job_id[:8], r.model_id, r.state.value, f"{r.points:.6f}", (r.miner or "-")[:12])
     miners = Table("miner", "jobs", "points", title="miners")
     for m in summary["miners"]:  # type: ignore[attr-defined]
         miners.add_row(m["address"], str(m["jobs"]), f"{m['points']:.6f}")
-    err_console.print(jobs, miners)
-    err_console.print(f"{summary['completed']}/{summary['jobs']} jobs completed, "
+    out.print(jobs, miners)
+    out.print(f"{summary['completed']}/{summary['jobs']} jobs completed, "
                       f"{summary['points_total']:.6f} points, outputs in {summary['outputs']}/ "
                       f"({summary['elapsed_s']}s)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
 
 from heurist.cli import demo, network, submit, wallet
@@ -28,13 +29,17 @@ app.command("demo")(demo.demo)
 def main() -> None:
     """Run the CLI; errors meant for people are printed as one line, never as a traceback."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except HeuristError as err:
         err_console.print(f"[bold red]error:[/] {err}")
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        err_console.print("interrupted: every process this command started has been stopped")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,183 @@
+"""The ledger schema (SQLAlchemy 2.0 declarative), portable between SQLite and PostgreSQL.
+
+Times are unix seconds (float, UTC by definition), the same unit as ``JobMessage.deadline_at`` and the
+ledger's clock, so deadline checks compare like with like on both databases. Points are integer
+micro-points (``heurist.points.MICRO``): exact sums on both databases, no floating-point drift.
+Enumerations are stored as their string values (no native enum types): later issues add entry kinds and
+rejection reasons without a type migration.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Double,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from heurist.catalog.schema import JobKind
+from heurist.jobs import JobState
+
+# Deterministic constraint names: Alembic batch migrations on SQLite need names to drop or alter them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ADDRESS_LEN = 42  # 0x + 40 hex digits
+ID_LEN = 64
+KEY_LEN = 1024  # S3 keys are at most 1024 bytes
+ENUM_LEN = 32
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class EntryKind(StrEnum):
+    """What a points entry records. Entries are never edited: corrections are new entries."""
+
+    JOB_CREDIT = "job_credit"
+
+
+class Reason(StrEnum):
+    """Why a completion earned nothing (rejections), or why a verdict is not a plain credit."""
+
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_SIGNER = "unknown_signer"
+    UNKNOWN_JOB = "unknown_job"
+    UNKNOWN_MODEL = "unknown_model"  # the job's model left the catalog: trusted-side problem, job untouched
+    WRONG_MODEL = "wrong_model"
+    DUPLICATE = "duplicate"
+    OUTPUT_MISSING = "output_missing"
+    SHA256_MISMATCH = "sha256_mismatch"
+    SIZE_MISMATCH = "size_mismatch"
+    LATE = "late"
+
+
+class StrEnumType(TypeDecorator[Any]):
+    """A ``StrEnum`` stored as its value in a VARCHAR: plain strings in the database, enums in Python."""
+
+    impl = String(ENUM_LEN)
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> StrEnum | None:
+        return None if value is None else self.enum(value)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Miner(Base):
+    """A miner that proved it holds its key (a signed hello)."""
+
+    __tablename__ = "miners"
+
+    address: Mapped[str] = mapped_column(String(ADDRESS_LEN), primary_key=True)
+    first_seen: Mapped[float] = mapped_column(Double())
+    last_seen: Mapped[float] = mapped_column(Double())
+    models: Mapped[list[str]] = mapped_column(JSON())
+    device: Mapped[dict[str, Any]] = mapped_column(JSON())
+
+
+class Job(Base):
+    """A job as the client recorded it: the only source of its parameters."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(ID_LEN), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(ID_LEN))
+    kind: Mapped[JobKind] = mapped_column(StrEnumType(JobKind))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON())
+    queue: Mapped[str] = mapped_column(String(255))
+    state: Mapped[JobState] = mapped_column(StrEnumType(JobState), index=True)
+    output_key: Mapped[str] = mapped_column(String(KEY_LEN))
+    created_at: Mapped[float] = mapped_column(Double())
+    deadline_at: Mapped[float] = mapped_column(Double())
+    miner_address: Mapped[str | None] = mapped_column(
+        String(ADDRESS_LEN), ForeignKey("miners.address"), index=True
+    )
+    finished_at: Mapped[float | None] = mapped_column(Double())
+    error: Mapped[str | None] = mapped_column(Text())
+
+
+class Completion(Base):
+    """The one accepted completion of a job (its primary key is the job id: a second cannot be inserted)."""
+
+    __tablename__ = "completions"
+
+    job_id: Mapped[str] = mapped_column(String(ID_LEN), ForeignKey("jobs.id"), primary_key=True)
+    miner_address: Mapped[str] = mapped_column(String(ADDRESS_LEN), ForeignKey("miners.address"), index=True)
+    output_sha256: Mapped[str] = mapped_column(String(64))
+    output_bytes: Mapped[int] = mapped_column(BigInteger())
+    content_type: Mapped[str] = mapped_column(Text())
+    input_tokens: Mapped[int] = mapped_column(Integer())  # as claimed (and signed); credit clamps them
+    output_tokens: Mapped[int] = mapped_column(Integer())
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON())
+    device: Mapped[dict[str, Any]] = mapped_column(JSON())
+    finished_at: Mapped[float] = mapped_column(Double())  # the miner's claim; kept so the signature verifies
+    signature: Mapped[str] = mapped_column(String(132))
+    received_at: Mapped[float] = mapped_column(Double())
+
+
+class PointsEntry(Base):
+    """The append-only points ledger. A database trigger refuses UPDATE and DELETE (see migration 0001)."""
+
+    __tablename__ = "points_entries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    miner_address: Mapped[str] = mapped_column(String(ADDRESS_LEN), ForeignKey("miners.address"), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(ID_LEN), ForeignKey("jobs.id"), index=True)
+    kind: Mapped[EntryKind] = mapped_column(StrEnumType(EntryKind))
+    amount_micro: Mapped[int] = mapped_column(BigInteger())
+    created_at: Mapped[float] = mapped_column(Double())
+
+
+class Rejection(Base):
+    """A completion that earned nothing, and why. ``job_id`` is as claimed: it may name no job."""
+
+    __tablename__ = "rejections"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(ID_LEN), index=True)
+    miner_address: Mapped[str | None] = mapped_column(String(ADDRESS_LEN))
+    reason: Mapped[Reason] = mapped_column(StrEnumType(Reason))
+    detail: Mapped[str] = mapped_column(Text())
+    received_at: Mapped[float] = mapped_column(Double())
+
+
+metadata = Base.metadata
+
+__all__ = [
+    "Base",
+    "Completion",
+    "EntryKind",
+    "Job",
+    "Miner",
+    "PointsEntry",
+    "Reason",
+    "Rejection",
+    "metadata",
+]

@@ -1,0 +1,91 @@
+"""One job from client to miner to S3 to ledger, on RabbitMQ + PostgreSQL + SeaweedFS.
+
+The ledger and the miner run as real `heurist` processes; the miner's environment holds only the broker
+URL and its key file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from heurist.client import Client
+from heurist.embedded import EmbeddedNetwork, wait_until
+from heurist.jobs import JobState
+from heurist.points import job_points
+from heurist.submission import image_params
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def network(rabbit_url: str, module_postgres_url: str, seaweed, shared_models_dir: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNetwork]:
+    root = tmp_path_factory.mktemp("net")
+    with EmbeddedNetwork(root, broker_url=rabbit_url, database_url=module_postgres_url, seaweed=seaweed,
+                         models_dir=shared_models_dir) as net:
+        yield net
+
+
+@pytest.fixture(scope="module")
+def client(network: EmbeddedNetwork) -> Iterator[Client]:
+    with Client(network.settings()) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def miner_address(network: EmbeddedNetwork, client: Client) -> str:
+    wallet = network.start_miner(["tiny-sd", "smollm2-135m"])
+    wait_until(lambda: client.ledger.is_registered(wallet.address), 300, "the miner to register",
+               check=network.check_alive)
+    return wallet.address
+
+
+def test_miner_environment_has_no_trusted_secrets(network: EmbeddedNetwork) -> None:
+    env = network.miner_env()
+    assert "HEURIST_DATABASE_URL" not in env and "HEURIST_S3_SECRET_KEY" not in env
+    assert "HEURIST_S3_ACCESS_KEY" not in env and env["HEURIST_BROKER_URL"].startswith("amqp://")
+
+
+def test_image_job_end_to_end(client: Client, miner_address: str) -> None:
+    handle = client.submit_image("a lighthouse at dawn", model="tiny-sd", seed=3)
+    result = handle.result(timeout=300)
+    assert result.state is JobState.COMPLETED and result.miner == miner_address
+    png = handle.download()
+    assert isinstance(png, bytes) and png.startswith(PNG_MAGIC)
+    assert Image.open(io.BytesIO(png)).size == (64, 64)
+    view = client.ledger.job(handle.id)
+    assert view is not None and view.output_sha256 == hashlib.sha256(png).hexdigest()
+    spec = client.catalog["tiny-sd"]
+    expected = job_points(spec, image_params(spec, "a lighthouse at dawn", seed=3))
+    assert result.points == pytest.approx(expected, abs=1e-6)
+    assert result.url is not None and result.url.startswith(client.settings.s3_endpoint or "")
+
+
+def test_text_job_end_to_end(client: Client, miner_address: str) -> None:
+    handle = client.submit_text("Name three primary colors.", model="smollm2-135m", max_tokens=8)
+    result = handle.result(timeout=300)
+    assert result.state is JobState.COMPLETED
+    output = json.loads(handle.download())
+    assert output["text"] and 1 <= output["output_tokens"] <= 8
+    spec = client.catalog["smollm2-135m"]
+    expected = (output["input_tokens"] + output["output_tokens"]) / 1000 * spec.coefficient
+    assert result.points == pytest.approx(expected, abs=1e-6)
+
+
+def test_many_jobs_each_credited_once(client: Client, miner_address: str) -> None:
+    from heurist.client import ImageRequest
+
+    results = client.map([ImageRequest("a red fox", "tiny-sd", seed=s, steps=4) for s in range(6)],
+                         timeout=300, progress=False)
+    assert [r.state for r in results] == [JobState.COMPLETED] * 6
+    shas = {client.ledger.job(r.job_id).output_sha256 for r in results}  # type: ignore[union-attr]
+    assert len(shas) == 6  # six seeds, six different images
+    for r in results:
+        assert client.ledger.points_entries(r.job_id) == 1

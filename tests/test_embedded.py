@@ -1,0 +1,62 @@
+"""The embedded network (SQLite broker and ledger, SeaweedFS, CPU miner) through `heurist demo`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from heurist.catalog import load_catalog
+from heurist.points import job_points
+from heurist.submission import image_params
+
+
+def test_demo_runs_jobs_credits_points_and_leaves_no_orphans(tmp_path: Path, shared_models_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
+    argv = [sys.executable, "-m", "heurist.cli.main", "demo", "--json", "--image-jobs", "3", "--text-jobs", "1",
+            "--max-tokens", "8", "--data-dir", str(tmp_path / "state"), "--models-dir", str(shared_models_dir),
+            "--output", str(tmp_path / "out")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["jobs"] == 4 and summary["completed"] == 4 and summary["failed"] == 0
+    assert len(summary["miners"]) == 1 and summary["miners"][0]["jobs"] == 4
+    catalog = load_catalog()
+    spec = catalog["tiny-sd"]
+    image_points = [r["points"] for r in summary["results"] if r["model"] == "tiny-sd"]
+    assert image_points == [pytest.approx(job_points(spec, image_params(spec, "x")), abs=1e-6)] * 3
+    assert summary["points_total"] == pytest.approx(summary["miners"][0]["points"], abs=1e-6)
+    files = sorted(p.suffix for p in (tmp_path / "out").iterdir())
+    assert files.count(".png") == 3 and files.count(".json") == 1 and files.count(".txt") == 1
+    assert (tmp_path / "state" / "broker.sqlite").exists() and (tmp_path / "state" / "ledger.sqlite").exists()
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert leftovers == []
+
+
+def test_ctrl_c_stops_every_process(tmp_path: Path, shared_models_dir: Path) -> None:
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
+    argv = [sys.executable, "-m", "heurist.cli.main", "demo", "--image-jobs", "200", "--text-jobs", "0",
+            "--data-dir", str(tmp_path / "state"), "--models-dir", str(shared_models_dir),
+            "--output", str(tmp_path / "out")]
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    miner_log = tmp_path / "state" / "logs" / "miner0.log"
+    give_up = time.monotonic() + 120
+    while not miner_log.exists() and time.monotonic() < give_up:
+        time.sleep(0.2)
+    time.sleep(3)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 3  # SeaweedFS, ledger, miner
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr.decode(errors="replace")
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []

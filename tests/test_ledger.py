@@ -1,0 +1,525 @@
+"""The ledger on real databases (SQLite and PostgreSQL) and a real S3 store (SeaweedFS): verification,
+exactly-once credit (also under concurrent delivery), deadlines, and the read side."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pytest
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import DBAPIError
+
+from heurist.catalog import Catalog, ModelSpec, load_catalog
+from heurist.errors import InvalidJobError
+from heurist.identity import Wallet
+from heurist.jobs import (
+    Completion,
+    DeviceInfo,
+    ImageParams,
+    JobState,
+    MinerHello,
+    SignedCompletion,
+    SignedHello,
+    TextParams,
+    Timings,
+)
+from heurist.ledger import tables
+from heurist.ledger.db import make_engine, session_scope
+from heurist.ledger.migrate import upgrade
+from heurist.ledger.service import CompletionVerdict, Ledger, Reason, RegistrationVerdict
+from heurist.points import MICRO, job_points, to_micro
+from heurist.storage.backend import ObjectInfo, ObjectStore
+
+DEVICE = DeviceInfo(kind="cpu", name="test-cpu", vram_gb=0.0)
+PNG = b"\x89PNG\r\n\x1a\n" + b"pretend image bytes" * 50
+
+
+@dataclass
+class Clock:
+    """The ledger's notion of now, moved by the test (deadlines without sleeping)."""
+
+    now: float = field(default_factory=time.time)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    spec: ModelSpec
+    params: ImageParams | TextParams
+    output_key: str
+    deadline_at: float
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def migrated_url(db_url: str) -> str:
+    upgrade(db_url)
+    return db_url
+
+
+@pytest.fixture
+def engine(migrated_url: str) -> Iterator[Engine]:
+    engine = make_engine(migrated_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def ledger(engine: Engine, catalog: Catalog, object_store: ObjectStore, clock: Clock) -> Ledger:
+    return Ledger(engine, catalog, object_store, clock=clock)
+
+
+@pytest.fixture
+def miner(ledger: Ledger) -> Wallet:
+    wallet = Wallet.create()
+    assert register(ledger, wallet).accepted
+    return wallet
+
+
+def register(ledger: Ledger, wallet: Wallet,
+             models: tuple[str, ...] = ("sd15", "smollm2-135m")) -> RegistrationVerdict:
+    hello = MinerHello(miner=wallet.address, models=list(models), queues=[], device=DEVICE,
+                       started_at=time.time())
+    return ledger.register_miner(SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload())))
+
+
+def image_job(ledger: Ledger, catalog: Catalog, clock: Clock, *, model: str = "sd15", width: int = 1024,
+              height: int = 1024, steps: int = 40, deadline_s: float = 60.0) -> Job:
+    spec = catalog[model]
+    params = ImageParams(prompt="a lighthouse at dawn", width=width, height=height, steps=steps, guidance=7.5,
+                         seed=7)
+    return _create(ledger, spec, params, ".png", clock.now + deadline_s)
+
+
+def text_job(ledger: Ledger, catalog: Catalog, clock: Clock, *, prompt: str = "Name three primary colors.",
+             max_tokens: int = 32, model: str = "smollm2-135m") -> Job:
+    spec = catalog[model]
+    params = TextParams(prompt=prompt, max_tokens=max_tokens, temperature=0.0, seed=0)
+    return _create(ledger, spec, params, ".json", clock.now + 60.0)
+
+
+def _create(ledger: Ledger, spec: ModelSpec, params: ImageParams | TextParams, ext: str,
+            deadline: float) -> Job:
+    job_id = str(uuid.uuid4())
+    key = f"outputs/{spec.id}/{job_id}{ext}"
+    ledger.create_job(job_id, spec, params, key, spec.queue, deadline)
+    return Job(job_id, spec, params, key, deadline)
+
+
+def completion(job: Job, wallet: Wallet, data: bytes, *, input_tokens: int = 0, output_tokens: int = 0,
+               model_id: str | None = None, output_bytes: int | None = None,
+               miner: str | None = None) -> Completion:
+    return Completion(
+        job_id=job.id, model_id=model_id or job.spec.id, miner=miner or wallet.address,
+        output_sha256=hashlib.sha256(data).hexdigest(),
+        output_bytes=len(data) if output_bytes is None else output_bytes,
+        content_type="image/png" if job.output_key.endswith(".png") else "application/json",
+        input_tokens=input_tokens, output_tokens=output_tokens,
+        timings=Timings(run_s=1.0, upload_s=0.01, total_s=1.01), device=DEVICE, finished_at=time.time(),
+    )
+
+
+def sign(c: Completion, wallet: Wallet) -> SignedCompletion:
+    return SignedCompletion(completion=c, signature=wallet.sign(c.signing_payload()))
+
+
+def deliver(ledger: Ledger, store: ObjectStore, job: Job, wallet: Wallet, data: bytes = PNG, *,
+            input_tokens: int = 0, output_tokens: int = 0) -> tuple[SignedCompletion, CompletionVerdict]:
+    """What an honest miner does: PUT the output, then send the signed completion."""
+    store.put(job.output_key, data, "image/png")
+    claim = completion(job, wallet, data, input_tokens=input_tokens, output_tokens=output_tokens)
+    signed = sign(claim, wallet)
+    return signed, ledger.record_completion(signed)
+
+
+def credited_entries(engine: Engine, job_id: str) -> list[tables.PointsEntry]:
+    with session_scope(engine) as session:
+        return list(session.scalars(select(tables.PointsEntry).where(tables.PointsEntry.job_id == job_id)))
+
+
+def outcome(verdict: CompletionVerdict) -> tuple[bool, Reason | None, JobState | None]:
+    return verdict.accepted, verdict.reason, verdict.state
+
+
+def assert_nothing_credited(ledger: Ledger, job: Job) -> None:
+    assert ledger.points_entries(job.id) == 0
+    view = ledger.job(job.id)
+    assert view is not None and view.points == 0
+
+
+# ------------------------------------------------------------------------------------------- credit
+
+
+def test_image_completion_credits_exactly_the_formula(ledger: Ledger, engine: Engine, catalog: Catalog,
+                                                      clock: Clock, object_store: ObjectStore,
+                                                      miner: Wallet) -> None:
+    job = image_job(ledger, catalog, clock)  # sd15, 1024x1024, 40 steps: the seed's 8-unit example
+    _, verdict = deliver(ledger, object_store, job, miner)
+    assert verdict.accepted and verdict.reason is None and not verdict.duplicate
+    assert verdict.points == 8.0 and verdict.points_micro == 8 * MICRO
+    assert verdict.state is JobState.COMPLETED
+    view = ledger.job(job.id)
+    assert view is not None
+    assert (view.state, view.points, view.points_micro, view.miner) == (JobState.COMPLETED, 8.0, 8 * MICRO,
+                                                                       miner.address)
+    assert view.output_sha256 == hashlib.sha256(PNG).hexdigest() and view.output_key == job.output_key
+    assert view.error is None and view.finished_at == clock.now
+    [entry] = credited_entries(engine, job.id)
+    assert entry.idempotency_key == f"job:{job.id}" and entry.kind is tables.EntryKind.JOB_CREDIT
+    assert entry.amount_micro == 8_000_000 and entry.miner_address == miner.address
+    standing = {m.address: m for m in ledger.miner_points()}[miner.address]
+    assert (standing.jobs, standing.points) == (1, 8.0)
+
+
+def test_sdxl_coefficient_applies(ledger: Ledger, catalog: Catalog, clock: Clock, object_store: ObjectStore,
+                                  miner: Wallet) -> None:
+    job = image_job(ledger, catalog, clock, model="sdxl", width=1024, height=1024, steps=30)
+    _, verdict = deliver(ledger, object_store, job, miner)
+    expected = (1024 * 1024 / 512**2) * (30 / 20) * catalog["sdxl"].coefficient
+    assert verdict.points_micro == to_micro(expected) and verdict.points == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m", "mixtral-8x7b"])
+def test_text_completion_credits_tokens_times_coefficient(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                                          object_store: ObjectStore, miner: Wallet,
+                                                          model: str) -> None:
+    job = text_job(ledger, catalog, clock, model=model)
+    _, verdict = deliver(ledger, object_store, job, miner, b'{"text": "red, blue, yellow"}',
+                         input_tokens=12, output_tokens=20)
+    coefficient = catalog[model].coefficient
+    assert verdict.accepted and verdict.points_micro == to_micro((12 + 20) / 1000 * coefficient)
+    view = ledger.job(job.id)
+    assert view is not None and (view.input_tokens, view.output_tokens, view.tokens) == (12, 20, 32)
+
+
+def test_text_token_claims_are_clamped_to_the_job(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                                  object_store: ObjectStore, miner: Wallet) -> None:
+    prompt = "héllo"  # 6 UTF-8 bytes: no tokenizer makes more than 6 + 64 prompt tokens of it
+    job = text_job(ledger, catalog, clock, prompt=prompt, max_tokens=16)
+    _, verdict = deliver(ledger, object_store, job, miner, b'{"text": "x"}',
+                         input_tokens=1_000_000, output_tokens=1_000_000)
+    spec = catalog["smollm2-135m"]
+    assert verdict.points_micro == to_micro(job_points(spec, job.params, 6 + 64, 16))
+    view = ledger.job(job.id)
+    assert view is not None and view.output_tokens == 1_000_000  # the claim is kept for the audit
+
+
+def test_params_come_from_the_job_record_not_the_miner(ledger: Ledger, engine: Engine, catalog: Catalog,
+                                                       clock: Clock, object_store: ObjectStore,
+                                                       miner: Wallet) -> None:
+    """A miner can claim tokens on an image job or pad its timings: credit still follows the job record."""
+    job = image_job(ledger, catalog, clock, width=512, height=512, steps=20)
+    _, verdict = deliver(ledger, object_store, job, miner, input_tokens=10**9, output_tokens=10**9)
+    assert verdict.points == 1.0
+    # The record's params are what the job was created with, whatever the miner ran.
+    with session_scope(engine) as session:
+        row = session.get(tables.Job, job.id)
+        assert row is not None and row.params == job.params.model_dump(mode="json")
+
+
+# ------------------------------------------------------------------------------------- exactly once
+
+
+def test_same_completion_delivered_twice_credits_once(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                                      object_store: ObjectStore, miner: Wallet) -> None:
+    job = image_job(ledger, catalog, clock)
+    signed, first = deliver(ledger, object_store, job, miner)
+    clock.now += 1
+    second = ledger.record_completion(signed)
+    assert second.duplicate and second.reason is Reason.DUPLICATE
+    assert (second.accepted, second.points, second.state) == (first.accepted, first.points, first.state)
+    assert ledger.points_entries(job.id) == 1 and ledger.job(job.id).points == 8.0  # type: ignore[union-attr]
+    assert ledger.rejections(job.id) == [(Reason.DUPLICATE, miner.address)]
+    assert ledger.totals().points_total == 8.0
+
+
+class BarrierStore(ObjectStore):
+    """The real store, but each HEAD waits for the other delivery: both pass every read before either
+    writes, which is the race a read-then-write check alone would lose."""
+
+    def __init__(self, inner: ObjectStore, barrier: threading.Barrier) -> None:
+        self.inner, self.barrier, self.bucket = inner, barrier, inner.bucket
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        self.barrier.wait(timeout=30)
+        return self.inner.stat(key)
+
+    def ensure_bucket(self) -> None:
+        self.inner.ensure_bucket()
+
+    def presign_put(self, key: str, expires_s: int) -> str:
+        return self.inner.presign_put(key, expires_s)
+
+    def presign_get(self, key: str, expires_s: int) -> str:
+        return self.inner.presign_get(key, expires_s)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.inner.put(key, data, content_type)
+
+
+def _race(migrated_url: str, catalog: Catalog, object_store: ObjectStore, clock: Clock,
+          deliveries: list[SignedCompletion]) -> list[CompletionVerdict]:
+    """Each delivery on its own ledger worker (own engine, own thread), forced to interleave."""
+    barrier = threading.Barrier(len(deliveries))
+    engines = [make_engine(migrated_url) for _ in deliveries]
+    workers = [Ledger(e, catalog, BarrierStore(object_store, barrier), clock=clock) for e in engines]
+    try:
+        with ThreadPoolExecutor(len(deliveries)) as pool:
+            return list(pool.map(lambda w, s: w.record_completion(s), workers, deliveries))
+    finally:
+        for e in engines:
+            e.dispose()
+
+
+def test_concurrent_deliveries_credit_once(migrated_url: str, ledger: Ledger, catalog: Catalog, clock: Clock,
+                                           object_store: ObjectStore, miner: Wallet) -> None:
+    job = image_job(ledger, catalog, clock)
+    object_store.put(job.output_key, PNG, "image/png")
+    signed = sign(completion(job, miner, PNG), miner)
+    verdicts = _race(migrated_url, catalog, object_store, clock, [signed, signed])
+    assert sorted(v.duplicate for v in verdicts) == [False, True]
+    assert all(v.accepted and v.points == 8.0 and v.state is JobState.COMPLETED for v in verdicts)
+    assert ledger.points_entries(job.id) == 1
+    assert ledger.totals().points_total == 8.0
+
+
+def test_two_miners_racing_on_one_job_credit_one(migrated_url: str, ledger: Ledger, catalog: Catalog,
+                                                 clock: Clock, object_store: ObjectStore,
+                                                 miner: Wallet) -> None:
+    other = Wallet.create()
+    register(ledger, other)
+    job = image_job(ledger, catalog, clock)
+    object_store.put(job.output_key, PNG, "image/png")
+    deliveries = [sign(completion(job, w, PNG), w) for w in (miner, other)]
+    verdicts = _race(migrated_url, catalog, object_store, clock, deliveries)
+    assert sorted(v.duplicate for v in verdicts) == [False, True]
+    winner = next(d for d, v in zip(deliveries, verdicts, strict=True) if not v.duplicate).completion.miner
+    view = ledger.job(job.id)
+    assert view is not None and view.miner == winner and view.points == 8.0
+    points = {m.address: m.points for m in ledger.miner_points()}
+    assert sorted([points[miner.address], points[other.address]]) == [0.0, 8.0]
+
+
+def test_many_concurrent_redeliveries_credit_once(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                                  object_store: ObjectStore, miner: Wallet) -> None:
+    job = image_job(ledger, catalog, clock)
+    object_store.put(job.output_key, PNG, "image/png")
+    signed = sign(completion(job, miner, PNG), miner)
+    with ThreadPoolExecutor(8) as pool:
+        verdicts = list(pool.map(lambda _: ledger.record_completion(signed), range(8)))
+    assert [v.duplicate for v in verdicts].count(False) == 1
+    assert all(v.points == 8.0 for v in verdicts) and ledger.points_entries(job.id) == 1
+
+
+def test_points_entries_are_append_only_in_the_database(engine: Engine, ledger: Ledger, catalog: Catalog,
+                                                        clock: Clock, object_store: ObjectStore,
+                                                        miner: Wallet) -> None:
+    job = image_job(ledger, catalog, clock)
+    deliver(ledger, object_store, job, miner)
+    for statement in (update(tables.PointsEntry).values(amount_micro=10**12), delete(tables.PointsEntry)):
+        with pytest.raises(DBAPIError, match="append-only"), session_scope(engine) as session:
+            session.execute(statement.where(tables.PointsEntry.job_id == job.id))
+    assert ledger.job(job.id).points == 8.0  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------------------ refusals
+
+
+def test_bad_signature_is_rejected_and_leaves_the_job_alone(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                                            object_store: ObjectStore, miner: Wallet) -> None:
+    job = image_job(ledger, catalog, clock)
+    object_store.put(job.output_key, PNG, "image/png")
+    forger = Wallet.create()
+    register(ledger, forger)
+    claimed_by_miner = completion(job, miner, PNG)
+    forged = SignedCompletion(completion=claimed_by_miner,
+                              signature=forger.sign(claimed_by_miner.signing_payload()))
+    verdict = ledger.record_completion(forged)
+    assert (verdict.accepted, verdict.reason, verdict.points) == (False, Reason.BAD_SIGNATURE, 0.0)
+    # Tampering after signing (inflating tokens) breaks the signature too.
+    honest = sign(completion(job, miner, PNG), miner)
+    inflated = honest.completion.model_copy(update={"output_tokens": 99})
+    tampered = honest.model_copy(update={"completion": inflated})
+    assert ledger.record_completion(tampered).reason is Reason.BAD_SIGNATURE
+    view = ledger.job(job.id)
+    assert view is not None and view.state is JobState.QUEUED and view.miner is None
+    assert_nothing_credited(ledger, job)
+    assert ledger.rejections(job.id) == [(Reason.BAD_SIGNATURE, None)] * 2
+    # The real miner can still deliver.
+    assert ledger.record_completion(honest).points == 8.0
+
+
+def test_unknown_signer_is_rejected(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                    object_store: ObjectStore) -> None:
+    stranger = Wallet.create()  # signs correctly but never said hello
+    job = image_job(ledger, catalog, clock)
+    _, verdict = deliver(ledger, object_store, job, stranger)
+    assert (verdict.accepted, verdict.reason) == (False, Reason.UNKNOWN_SIGNER)
+    assert ledger.job(job.id).state is JobState.QUEUED  # type: ignore[union-attr]
+    assert_nothing_credited(ledger, job)
+    assert ledger.rejections(job.id) == [(Reason.UNKNOWN_SIGNER, stranger.address)]
+
+
+def test_unknown_job_is_rejected(ledger: Ledger, catalog: Catalog, clock: Clock, miner: Wallet) -> None:
+    params = ImageParams(prompt="x", width=512, height=512, steps=20, guidance=7.5, seed=0)
+    ghost = Job(str(uuid.uuid4()), catalog["sd15"], params, "outputs/none.png", 0)
+    verdict = ledger.record_completion(sign(completion(ghost, miner, PNG), miner))
+    assert outcome(verdict) == (False, Reason.UNKNOWN_JOB, None)
+    assert ledger.job(ghost.id) is None
+    assert ledger.rejections(ghost.id) == [(Reason.UNKNOWN_JOB, miner.address)]
+
+
+def test_wrong_model_is_rejected(ledger: Ledger, catalog: Catalog, clock: Clock, object_store: ObjectStore,
+                                 miner: Wallet) -> None:
+    job = image_job(ledger, catalog, clock, model="sdxl")
+    object_store.put(job.output_key, PNG, "image/png")
+    verdict = ledger.record_completion(sign(completion(job, miner, PNG, model_id="sd15"), miner))
+    assert (verdict.accepted, verdict.reason) == (False, Reason.WRONG_MODEL)
+    assert ledger.job(job.id).state is JobState.QUEUED  # type: ignore[union-attr]
+    assert_nothing_credited(ledger, job)
+
+
+def test_sha256_mismatch_rejects_the_job(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                         object_store: ObjectStore, miner: Wallet) -> None:
+    job = image_job(ledger, catalog, clock)
+    object_store.put(job.output_key, b"something else entirely", "image/png")
+    verdict = ledger.record_completion(sign(completion(job, miner, PNG), miner))
+    assert outcome(verdict) == (False, Reason.SHA256_MISMATCH, JobState.REJECTED)
+    view = ledger.job(job.id)
+    assert view is not None and view.state is JobState.REJECTED and view.miner == miner.address
+    assert view.error is not None and view.error.startswith("sha256_mismatch")
+    assert_nothing_credited(ledger, job)
+    assert ledger.rejections(job.id) == [(Reason.SHA256_MISMATCH, miner.address)]
+
+
+def test_missing_output_rejects_the_job(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                        miner: Wallet) -> None:
+    job = image_job(ledger, catalog, clock)  # nothing was uploaded
+    verdict = ledger.record_completion(sign(completion(job, miner, PNG), miner))
+    assert outcome(verdict) == (False, Reason.OUTPUT_MISSING, JobState.REJECTED)
+    assert_nothing_credited(ledger, job)
+
+
+def test_size_mismatch_rejects_the_job(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                       object_store: ObjectStore, miner: Wallet) -> None:
+    job = image_job(ledger, catalog, clock)
+    object_store.put(job.output_key, PNG, "image/png")
+    verdict = ledger.record_completion(sign(completion(job, miner, PNG, output_bytes=len(PNG) + 1), miner))
+    assert outcome(verdict) == (False, Reason.SIZE_MISMATCH, JobState.REJECTED)
+    assert_nothing_credited(ledger, job)
+
+
+def test_a_rejected_job_still_takes_a_valid_completion(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                                       object_store: ObjectStore, miner: Wallet) -> None:
+    """A botched upload is not the end: a redelivery with the object intact is verified and credited."""
+    job = image_job(ledger, catalog, clock)
+    assert ledger.record_completion(sign(completion(job, miner, PNG), miner)).reason is Reason.OUTPUT_MISSING
+    _, verdict = deliver(ledger, object_store, job, miner)
+    assert verdict.accepted and verdict.points == 8.0 and ledger.job(job.id).error is None  # type: ignore[union-attr]
+
+
+def test_completion_after_the_deadline_is_late_and_earns_nothing(ledger: Ledger, catalog: Catalog,
+                                                                 clock: Clock, object_store: ObjectStore,
+                                                                 miner: Wallet) -> None:
+    job = image_job(ledger, catalog, clock, deadline_s=30)
+    clock.now += 31
+    signed, verdict = deliver(ledger, object_store, job, miner)
+    assert (verdict.accepted, verdict.reason, verdict.points, verdict.state) == (
+        True, Reason.LATE, 0.0, JobState.LATE)
+    view = ledger.job(job.id)
+    assert view is not None and view.state is JobState.LATE and view.state.has_output
+    assert view.output_sha256 == hashlib.sha256(PNG).hexdigest()  # the output is kept
+    assert_nothing_credited(ledger, job)
+    again = ledger.record_completion(signed)
+    assert again.duplicate and again.state is JobState.LATE and again.points == 0
+
+
+# ------------------------------------------------------------------------------- failures, miners, reads
+
+
+def test_record_failure(ledger: Ledger, catalog: Catalog, clock: Clock, object_store: ObjectStore,
+                        miner: Wallet) -> None:
+    job = image_job(ledger, catalog, clock)
+    ledger.record_failure(job.id, "the miner reported an error")
+    view = ledger.job(job.id)
+    assert view is not None and view.state is JobState.FAILED and view.error == "the miner reported an error"
+    # A valid completion arriving later (a retry elsewhere) is still verified and credited.
+    _, verdict = deliver(ledger, object_store, job, miner)
+    assert verdict.accepted and verdict.points == 8.0
+    ledger.record_failure(job.id, "late failure report")  # a verdict is never undone by a failure
+    view = ledger.job(job.id)
+    assert view is not None and view.state is JobState.COMPLETED and view.error is None
+    ledger.record_failure("no-such-job", "ignored")
+
+
+def test_register_miner(ledger: Ledger, engine: Engine, clock: Clock) -> None:
+    wallet = Wallet.create()
+    assert not ledger.is_registered(wallet.address)
+    hello = MinerHello(miner=wallet.address, models=["sd15"], queues=["vram8.sd15"], device=DEVICE,
+                       started_at=clock.now)
+    forged = SignedHello(hello=hello, signature=Wallet.create().sign(hello.signing_payload()))
+    refused = ledger.register_miner(forged)
+    assert (refused.accepted, refused.reason) == (False, Reason.BAD_SIGNATURE)
+    assert not ledger.is_registered(wallet.address)
+    first_seen = clock.now
+    signed = SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload()))
+    assert ledger.register_miner(signed).accepted
+    clock.now += 100
+    verdict = register(ledger, wallet, models=("sd15", "sdxl"))
+    assert verdict.accepted and verdict.address == wallet.address
+    assert ledger.is_registered(wallet.address) and ledger.is_registered(wallet.address.lower())
+    assert not ledger.is_registered("not an address")
+    with session_scope(engine) as session:
+        row = session.get(tables.Miner, wallet.address)
+        assert row is not None and (row.first_seen, row.last_seen) == (first_seen, clock.now)
+        assert row.models == ["sd15", "sdxl"] and row.device["name"] == "test-cpu"
+
+
+def test_create_job_refuses_params_of_the_wrong_kind(ledger: Ledger, catalog: Catalog) -> None:
+    params = TextParams(prompt="x", max_tokens=4, temperature=0.0, seed=0)
+    with pytest.raises(InvalidJobError, match="image"):
+        ledger.create_job("j", catalog["sd15"], params, "k", "q", 0.0)
+    assert ledger.job("j") is None
+
+
+def test_read_side_totals(ledger: Ledger, engine: Engine, catalog: Catalog, clock: Clock,
+                          object_store: ObjectStore, miner: Wallet) -> None:
+    before = ledger.totals()
+    done = image_job(ledger, catalog, clock)
+    deliver(ledger, object_store, done, miner)
+    image_job(ledger, catalog, clock)
+    failed = image_job(ledger, catalog, clock)
+    ledger.record_failure(failed.id, "boom")
+    rejected = image_job(ledger, catalog, clock)
+    ledger.record_completion(sign(completion(rejected, miner, PNG), miner))
+    after = ledger.totals()
+    expected = {JobState.COMPLETED: 1, JobState.QUEUED: 1, JobState.FAILED: 1, JobState.REJECTED: 1,
+                JobState.LATE: 0}
+    assert {s: after.jobs[s] - before.jobs[s] for s in JobState} == expected
+    assert after.points_total - before.points_total == 8.0
+    assert after.rejections - before.rejections == 1 and after.miners >= 1
+    with session_scope(engine) as session:
+        total = session.scalar(select(func.sum(tables.PointsEntry.amount_micro)))
+    assert int(total or 0) == after.points_total_micro
+    assert ledger.job("never-created") is None

@@ -1,0 +1,48 @@
+"""Pipeline registry: verify a model's files, then load the backend its family needs.
+
+Backends import torch, diffusers and transformers only when a model of theirs is loaded, so importing
+this package (e.g. for ``BUILDERS`` in the CLI) stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from heurist.catalog.schema import Family, ModelSpec
+from workers.device import Device
+from workers.model_files import verify_model_files
+from workers.pipelines.backend import DeadlineExceeded, Pipeline, PipelineOutput
+from workers.tiny_sd import build_tiny_sd
+
+Builder = Callable[[Path], dict[str, str]]
+
+BUILDERS: dict[str, Builder] = {"tiny-sd": build_tiny_sd}
+
+
+def _load_diffusion(spec: ModelSpec, device: Device, root: Path) -> Pipeline:
+    from workers.pipelines.backends.diffusion import DiffusionPipeline
+
+    return DiffusionPipeline(spec, device, root)
+
+
+def _load_causal_lm(spec: ModelSpec, device: Device, root: Path) -> Pipeline:
+    from workers.pipelines.backends.causal_lm import CausalLMPipeline
+
+    return CausalLMPipeline(spec, device, root)
+
+
+LOADERS: dict[Family, Callable[[ModelSpec, Device, Path], Pipeline]] = {
+    Family.SD15: _load_diffusion,
+    Family.SDXL: _load_diffusion,
+    Family.LLM: _load_causal_lm,
+}
+
+
+def load_pipeline(spec: ModelSpec, device: Device, models_dir: Path) -> Pipeline:
+    """Verify ``spec``'s files against their pinned sha256 (``ModelIntegrityError`` if not), then load it."""
+    root = verify_model_files(spec, models_dir)
+    return LOADERS[spec.family](spec, device, root)
+
+
+__all__ = ["BUILDERS", "LOADERS", "DeadlineExceeded", "Pipeline", "PipelineOutput", "load_pipeline"]

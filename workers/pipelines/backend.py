@@ -1,0 +1,34 @@
+"""The pipeline interface every model backend implements: params in, output bytes out, by a deadline."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from heurist.catalog.schema import ModelSpec
+from heurist.errors import HeuristError
+from heurist.jobs import ImageParams, TextParams
+
+
+class DeadlineExceeded(HeuristError):
+    """The deadline passed while the job ran: the pipeline stopped early, as the output would earn nothing."""
+
+
+@dataclass(frozen=True)
+class PipelineOutput:
+    """What a job produced: the object to store and the token counts the ledger prices text by."""
+
+    data: bytes
+    content_type: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class Pipeline(ABC):
+    """A model loaded once at worker start; ``run`` does one job on it."""
+
+    spec: ModelSpec
+
+    @abstractmethod
+    def run(self, params: ImageParams | TextParams, deadline_at: float) -> PipelineOutput:
+        """Run one job; stop early once ``time.time()`` passes ``deadline_at`` (unix seconds)."""

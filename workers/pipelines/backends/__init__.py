@@ -1,0 +1,1 @@
+"""Model backends; each imports its heavy libraries itself, when loaded."""

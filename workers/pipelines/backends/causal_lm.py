@@ -1,0 +1,165 @@
+"""Causal language models through transformers (GGUF files are dequantized on load): one answer per job.
+
+The output is a JSON ``TextOutput`` with the generated token ids, so an auditor can teacher-force them and
+check the counts the ledger prices by.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
+
+from heurist.catalog.schema import ModelSpec
+from heurist.errors import InvalidJobError
+from heurist.jobs import ImageParams, TextOutput, TextParams
+from workers.device import Device
+from workers.pipelines.backend import Pipeline, PipelineOutput
+
+JSON = "application/json"
+
+
+class StopWhen(StoppingCriteria):
+    """Stop generating once the deadline passes or the caller cancels; remembers which one fired."""
+
+    def __init__(self, deadline_at: float, cancel: threading.Event | None = None) -> None:
+        self.deadline_at = deadline_at
+        self.cancel = cancel
+        self.deadline_hit = False
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        self.deadline_hit = self.deadline_hit or time.time() > self.deadline_at
+        stop = self.deadline_hit or (self.cancel is not None and self.cancel.is_set())
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+def load_causal_lm(spec: ModelSpec, device: Device, root: Path) -> tuple[Any, Any]:
+    """Tokenizer and model from ``root`` (a GGUF file in it when the source names one); never downloads."""
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if spec.source.gguf_file:
+        kwargs["gguf_file"] = spec.source.gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(str(root), **kwargs)
+    dtype = torch.float16 if device.is_cuda else torch.float32
+    model: Any = AutoModelForCausalLM.from_pretrained(str(root), dtype=dtype, **kwargs)
+    return tokenizer, model.to(device.torch_device).eval()
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+class CausalLMPipeline(Pipeline):
+    """A loaded chat LLM serving text jobs (greedy at temperature 0, seeded sampling above)."""
+
+    def __init__(self, spec: ModelSpec, device: Device, root: Path) -> None:
+        self.spec = spec
+        self.device = device
+        self.tokenizer, self.model = load_causal_lm(spec, device, root)
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """The prompt as the model sees it: one user message in its chat template (raw text without one)."""
+        if not self.tokenizer.chat_template:
+            return list(self.tokenizer(prompt)["input_ids"])
+        encoded = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return list(encoded["input_ids"])
+
+    def _generate_kwargs(self, params: TextParams, stop: StopWhen) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_tokens,
+            "stopping_criteria": StoppingCriteriaList([stop]),
+            "pad_token_id": self.pad_id,
+            "eos_token_id": sorted(self.eos_ids) or None,
+        }
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_k=0, top_p=1.0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        return kwargs
+
+    def _generate(self, prompt_ids: list[int], params: TextParams, stop: StopWhen, **extra: Any) -> list[int]:
+        """Generate the answer's token ids; sampling is seeded in a forked RNG (no global state changes)."""
+        inputs = torch.tensor([prompt_ids], device=self.device.torch_device)
+        kwargs = self._generate_kwargs(params, stop) | extra
+        cuda = [torch.device(self.device.torch_device).index or 0] if self.device.is_cuda else []
+        with torch.random.fork_rng(devices=cuda), torch.inference_mode():
+            torch.manual_seed(params.seed)
+            out = self.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **kwargs)
+        return [int(t) for t in out[0, len(prompt_ids):].tolist()]
+
+    def _finish_reason(self, ids: list[int], stop: StopWhen) -> str:
+        if ids and ids[-1] in self.eos_ids:
+            return "stop"
+        return "deadline" if stop.deadline_hit else "length"
+
+    def complete(self, params: TextParams, deadline_at: float) -> TextOutput:
+        """Answer one prompt; past the deadline (before or during generation) the reason is ``deadline``."""
+        prompt_ids = self.encode_prompt(params.prompt)
+        stop = StopWhen(deadline_at)
+        if time.time() > deadline_at:
+            return TextOutput(text="", input_tokens=len(prompt_ids), output_tokens=0, output_token_ids=[],
+                              finish_reason="deadline")
+        ids = self._generate(prompt_ids, params, stop)
+        return TextOutput(
+            text=self.tokenizer.decode(ids, skip_special_tokens=True),
+            input_tokens=len(prompt_ids),
+            output_tokens=len(ids),
+            output_token_ids=ids,
+            finish_reason=self._finish_reason(ids, stop),  # type: ignore[arg-type]
+        )
+
+    def run(self, params: ImageParams | TextParams, deadline_at: float) -> PipelineOutput:
+        if not isinstance(params, TextParams):
+            raise InvalidJobError(f"model {self.spec.id} writes text; it got a {params.kind.value} job")
+        result = self.complete(params, deadline_at)
+        data = json.dumps(result.model_dump(mode="json"), separators=(",", ":")).encode()
+        return PipelineOutput(data=data, content_type=JSON, input_tokens=result.input_tokens,
+                              output_tokens=result.output_tokens)
+
+    def stream(self, params: TextParams, deadline_at: float) -> Iterator[str]:
+        """Yield the answer's text as it is generated (for a streaming gateway); closing stops generation."""
+        prompt_ids = self.encode_prompt(params.prompt)
+        if time.time() > deadline_at:
+            return
+        cancel = threading.Event()
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self._generate(prompt_ids, params, StopWhen(deadline_at, cancel), streamer=streamer)
+            except BaseException as err:  # re-raised in the consumer's thread below
+                failure.append(err)
+                streamer.end()
+
+        thread = threading.Thread(target=work, name=f"stream-{self.spec.id}", daemon=True)
+        thread.start()
+        try:
+            yield from (piece for piece in streamer if piece)
+        finally:
+            cancel.set()
+            thread.join()
+        if failure:
+            raise failure[0]
