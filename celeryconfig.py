@@ -17,7 +17,8 @@ task_store_errors_even_if_ignored = False
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-task_acks_on_failure_or_timeout = True
+task_acks_on_failure = True
+task_acks_on_timeout = True
 
 # Every job names its model's queue explicitly (heurist.routing). Anything sent without one lands on
 # `unrouted`, which no miner consumes and monitoring shows, instead of on a miner that cannot serve it.
@@ -26,8 +27,6 @@ task_default_queue = "unrouted"
 
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = 10
-# The embedded SQLite transport polls; 0.1 s keeps a demo snappy. AMQP ignores this option.
-broker_transport_options = {"polling_interval": 0.1}
 
 worker_send_task_events = True
 task_send_sent_event = True

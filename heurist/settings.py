@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     result_poll_interval_s: float = Field(0.1, gt=0, le=5)
 
     def resolved_broker_url(self) -> str:
-        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+        return self.broker_url or f"embedded+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'ledger.sqlite').resolve()}"

@@ -72,7 +72,7 @@ def test_miner_refuses_models_it_cannot_fit(tmp_path: Path) -> None:
     key = tmp_path / "k"
     run("wallet", "new", "--out", str(key))
     done = run("miner", "--key-file", str(key), "--models", "sdxl", "--vram", "8",
-               env={"HEURIST_BROKER_URL": f"sqla+sqlite:///{tmp_path}/b.sqlite"})
+               env={"HEURIST_BROKER_URL": f"embedded+sqlite:///{tmp_path}/b.sqlite"})
     assert done.returncode == 2 and "sdxl needs vram12" in done.stderr
 
 
@@ -88,7 +88,7 @@ def test_miner_refuses_a_tampered_model_before_loading(tmp_path: Path, shared_mo
     key = tmp_path / "k"
     run("wallet", "new", "--out", str(key))
     done = run("miner", "--key-file", str(key), "--models", "tiny-sd", "--device", "cpu",
-               env={"HEURIST_BROKER_URL": f"sqla+sqlite:///{tmp_path}/b.sqlite", "HEURIST_MODELS_DIR": str(models)})
+               env={"HEURIST_BROKER_URL": f"embedded+sqlite:///{tmp_path}/b.sqlite", "HEURIST_MODELS_DIR": str(models)})
     assert done.returncode == 2, done.stderr
     assert "sha256" in done.stderr and "unet" in done.stderr
     assert "Traceback" not in done.stderr
