@@ -21,6 +21,10 @@ class ModelIntegrityError(HeuristError):
     """A model file's sha256 does not match the catalog: refused before loading."""
 
 
+class ModelNotPresentError(ModelIntegrityError):
+    """A model's files are not on this machine (nothing to verify or load)."""
+
+
 class JobFailedError(HeuristError):
     """A job ended without a credited result."""
 

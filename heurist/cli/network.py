@@ -9,7 +9,7 @@ from rich.table import Table
 
 from heurist.catalog import load_catalog
 from heurist.cli.common import console, print_json, settings_with, split_csv
-from heurist.errors import ConfigError
+from heurist.errors import ConfigError, HeuristError
 from heurist.identity import Wallet
 from heurist.routing import route_table
 
@@ -43,7 +43,7 @@ def miner(
     settings = settings_with(broker_url=broker)
     catalog = load_catalog(settings.catalog_path)
     wallet = _miner_wallet(key_file, settings.miner_key.get_secret_value() if settings.miner_key else None)
-    wanted = split_csv(models) or list(catalog)
+    wanted = split_csv(models) or None
     run_miner(settings, catalog, wallet, wanted, vram_gb=vram, device_kind=device, loglevel=loglevel)
 
 
@@ -95,6 +95,42 @@ def build(model: str = typer.Argument("tiny-sd", help="A catalog model with a lo
         raise ConfigError(f"model {model!r} is not built locally (its source is {spec.source.kind.value})")
     hashes = builder(settings.resolved_models_dir() / spec.id)
     console.print(f"built {model}: {len(hashes)} files recorded in {settings.resolved_models_dir()}")
+
+
+@models_app.command("pin")
+def pin(model: str = typer.Argument(..., help="A catalog model whose files are on this machine.")) -> None:
+    """Record the sha256 of a model's local files (for a model the catalog does not pin yet, e.g. Mixtral).
+
+    From then on the miner refuses the model if any of those files changes.
+    """
+    from workers.model_files import pin_model
+
+    settings = settings_with()
+    hashes = pin_model(load_catalog(settings.catalog_path)[model], settings.resolved_models_dir())
+    for path, digest in sorted(hashes.items()):
+        console.print(f"{digest}  {path}")
+    console.print(f"pinned {len(hashes)} files of {model} in {settings.resolved_models_dir()}")
+
+
+@models_app.command("verify")
+def verify(models: str | None = typer.Option(None, "--models", help="Comma-separated ids (default: all).")) -> None:
+    """Check model files on this machine against the catalog sha256 (what a miner does before loading)."""
+    from workers.model_files import verify_model_files
+
+    settings = settings_with()
+    catalog = load_catalog(settings.catalog_path)
+    table = Table("model", "status")
+    failed = 0
+    for model_id in split_csv(models) or list(catalog):
+        try:
+            root = verify_model_files(catalog[model_id], settings.resolved_models_dir())
+            table.add_row(model_id, f"[green]ok[/] {root}")
+        except HeuristError as err:
+            failed += 1
+            table.add_row(model_id, f"[red]{err}[/]")
+    console.print(table)
+    if failed:
+        raise typer.Exit(1)
 
 
 @db_app.command("upgrade")

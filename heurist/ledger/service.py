@@ -35,7 +35,7 @@ from heurist.storage.backend import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
-PARAMS: TypeAdapter[ImageParams | TextParams] = TypeAdapter(JobParams)
+PARAMS: TypeAdapter[ImageParams | TextParams] = TypeAdapter(JobParams)  # type: ignore[arg-type]
 # No tokenizer emits more tokens than the prompt has bytes; the slack covers chat-template tokens.
 PROMPT_TOKEN_SLACK = 64
 # A job may still take a completion in these states; COMPLETED and LATE already hold one.
@@ -434,7 +434,9 @@ class Ledger:
             row = session.execute(stmt).one_or_none()
         if row is None:
             return None
-        job, completion, micro = row
+        job: Job = row[0]
+        completion: Completion | None = row[1]
+        micro = row[2]
         return JobView(
             job_id=job.id, model_id=job.model_id, kind=job.kind, state=job.state, output_key=job.output_key,
             points_micro=_sum_micro(micro), miner=job.miner_address,
@@ -453,7 +455,7 @@ class Ledger:
                   .correlate(Miner).scalar_subquery())
         stmt: Select[Any] = select(Miner.address, jobs, points)
         with self._sessions() as session:
-            rows = session.execute(stmt).all()
+            rows: list[Any] = list(session.execute(stmt).all())
         result = [MinerPoints(address=a, jobs=int(j or 0), points_micro=_sum_micro(p)) for a, j, p in rows]
         return sorted(result, key=lambda m: (-m.points_micro, m.address))
 
