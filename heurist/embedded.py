@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -120,6 +121,12 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         self.procs[name] = spawn(argv, env=env, log_path=self.logs / f"{name}.log")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one child and its group, as a crash or power cut would (chaos tests)."""
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
     def check_alive(self) -> None:
         """Raise with the log tail of any child that died."""

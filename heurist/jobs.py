@@ -12,6 +12,7 @@ from heurist.catalog.schema import JobKind
 
 SHA256_HEX = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 ADDRESS = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
+SIGNATURE = Annotated[str, Field(pattern=r"^(0x)?[0-9a-fA-F]{130}$")]
 
 
 class JobState(StrEnum):
@@ -37,6 +38,13 @@ class Frozen(BaseModel):
 def canonical_json(model: BaseModel) -> bytes:
     """Canonical bytes of a model for signing: sorted-key compact JSON."""
     return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+
+
+class Signable(Frozen):
+    """A claim a miner signs with its key (EIP-191 over the canonical JSON)."""
+
+    def signing_payload(self) -> bytes:
+        return canonical_json(self)
 
 
 class ImageParams(Frozen):
@@ -85,7 +93,7 @@ class Timings(Frozen):
     total_s: float
 
 
-class Completion(Frozen):
+class Completion(Signable):
     """A miner's claim that it did a job. Signed; the ledger checks everything it can."""
 
     job_id: str
@@ -100,13 +108,10 @@ class Completion(Frozen):
     device: DeviceInfo
     finished_at: float
 
-    def signing_payload(self) -> bytes:
-        return canonical_json(self)
-
 
 class SignedCompletion(Frozen):
     completion: Completion
-    signature: str = Field(pattern=r"^(0x)?[0-9a-fA-F]{130}$")
+    signature: SIGNATURE
 
 
 class TextOutput(Frozen):
@@ -119,7 +124,7 @@ class TextOutput(Frozen):
     finish_reason: Literal["stop", "length", "deadline"]
 
 
-class MinerHello(Frozen):
+class MinerHello(Signable):
     """A miner announcing itself at worker start; signed, so registration proves key possession."""
 
     miner: ADDRESS
@@ -128,10 +133,7 @@ class MinerHello(Frozen):
     device: DeviceInfo
     started_at: float
 
-    def signing_payload(self) -> bytes:
-        return canonical_json(self)
-
 
 class SignedHello(Frozen):
     hello: MinerHello
-    signature: str = Field(pattern=r"^(0x)?[0-9a-fA-F]{130}$")
+    signature: SIGNATURE

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.broker",
     "tests.fixtures.models",
+    "tests.fixtures.network",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,29 +21,6 @@ from heurist.points import job_points
 from heurist.submission import image_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def network(rabbit_url: str, module_postgres_url: str, seaweed, shared_models_dir: Path,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNetwork]:
-    root = tmp_path_factory.mktemp("net")
-    with EmbeddedNetwork(root, broker_url=rabbit_url, database_url=module_postgres_url, seaweed=seaweed,
-                         models_dir=shared_models_dir) as net:
-        yield net
-
-
-@pytest.fixture(scope="module")
-def client(network: EmbeddedNetwork) -> Iterator[Client]:
-    with Client(network.settings()) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def miner_address(network: EmbeddedNetwork, client: Client) -> str:
-    wallet = network.start_miner(["tiny-sd", "smollm2-135m"])
-    wait_until(lambda: client.ledger.is_registered(wallet.address), 300, "the miner to register",
-               check=network.check_alive)
-    return wallet.address
 
 
 def test_miner_environment_has_no_trusted_secrets(network: EmbeddedNetwork) -> None:

@@ -44,9 +44,19 @@ def demo(
             results = client.map(requests, timeout=timeout, progress=True)
             saved = _save(client, results, output)
             summary = _summary(client, results, saved, output, time.monotonic() - started)
-    _print_tables(summary, results, err_console if json_out else console)
+    _print_tables(summary, results, saved, err_console if json_out else console)
     if json_out:
         print_json(summary)
+
+
+def _describe_output(path: str | None) -> str | None:
+    """The file name, and for a text answer its first words."""
+    if path is None:
+        return None
+    if path.endswith(".txt"):
+        answer = Path(path).read_text().strip()
+        return f"{Path(path).name}: {answer[:60]}{'…' if len(answer) > 60 else ''}"
+    return Path(path).name
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -63,7 +73,10 @@ def _requests(image_jobs: int, text_jobs: int, max_tokens: int) -> list[ImageReq
 
 
 def _save(client: Client, results: list[JobResult], output: Path) -> dict[str, str]:
-    """Download every output under ``output``; text answers are also written as plain .txt."""
+    """Download every output under ``output``; text answers are also written as plain .txt.
+
+    Returns job id -> saved file (for a text job, the .txt holding the answer).
+    """
     output.mkdir(parents=True, exist_ok=True)
     saved: dict[str, str] = {}
     for result in results:
@@ -73,7 +86,8 @@ def _save(client: Client, results: list[JobResult], output: Path) -> dict[str, s
         path = output / Path(result.output_key).name
         path.write_bytes(data)
         if path.suffix == ".json":
-            path.with_suffix(".txt").write_text(json.loads(data)["text"] + "\n")
+            path = path.with_suffix(".txt")
+            path.write_text(json.loads(data)["text"] + "\n")
         saved[result.job_id] = str(path)
     return saved
 
@@ -94,10 +108,12 @@ def _summary(client: Client, results: list[JobResult], saved: dict[str, str], ou
     }
 
 
-def _print_tables(summary: dict[str, object], results: list[JobResult], out: Console) -> None:
-    jobs = Table("job", "model", "state", "points", "miner", title="jobs")
+def _print_tables(summary: dict[str, object], results: list[JobResult], saved: dict[str, str],
+                  out: Console) -> None:
+    jobs = Table("job", "model", "state", "points", "miner", "output", title="jobs")
     for r in results:
-        jobs.add_row(r.job_id[:8], r.model_id, r.state.value, f"{r.points:.6f}", (r.miner or "-")[:12])
+        jobs.add_row(r.job_id[:8], r.model_id, r.state.value, f"{r.points:.6f}", (r.miner or "-")[:12],
+                     _describe_output(saved.get(r.job_id)) or r.error or "-")
     miners = Table("miner", "jobs", "points", title="miners")
     for m in summary["miners"]:  # type: ignore[attr-defined]
         miners.add_row(m["address"], str(m["jobs"]), f"{m['points']:.6f}")
