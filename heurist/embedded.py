@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from heurist.errors import HeuristError
 from heurist.identity import Wallet
 from heurist.processes import spawn, stop, tail
@@ -39,18 +41,17 @@ def heurist_cmd(*args: str) -> list[str]:
 class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
     """Start with ``with EmbeddedNetwork(root) as net:``; everything stops on exit, Ctrl-C included.
 
-    By default the broker and ledger are SQLite files under ``root`` and SeaweedFS is started here; give
-    ``broker_url``/``database_url`` (RabbitMQ, PostgreSQL) or a running ``seaweed`` to use those instead.
+    ``base`` settings choose the services: an unset broker or database URL becomes a SQLite file under
+    ``root``, an unset S3 endpoint a SeaweedFS started here. So the same demo runs embedded or against
+    RabbitMQ, PostgreSQL and any S3 service, by settings alone.
     """
 
     root: Path
+    base: Settings = field(default_factory=lambda: Settings(_env_file=None))  # type: ignore[call-arg]
     miner_models: Sequence[str] = ("tiny-sd", "smollm2-135m")
     fresh: bool = True
     models_dir: Path | None = None
-    broker_url: str | None = None
-    database_url: str | None = None
     seaweed: SeaweedServer | None = None
-    owns_seaweed: bool = False
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     wallets: list[Wallet] = field(default_factory=list)
 
@@ -60,12 +61,13 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
 
     def settings(self) -> Settings:
         """The trusted side's settings (client, ledger): database, S3 keys, broker."""
-        if self.seaweed is None:
+        updates: dict[str, Any] = {"data_dir": self.root, "models_dir": self.models_dir or self.root / "models"}
+        if self.seaweed is not None:
+            updates.update(s3_endpoint=self.seaweed.endpoint, s3_access_key=SecretStr(self.seaweed.access_key),
+                           s3_secret_key=SecretStr(self.seaweed.secret_key))
+        elif self.base.s3_endpoint is None:
             raise HeuristError("the embedded network is not started")
-        return Settings(data_dir=self.root, models_dir=self.models_dir or self.root / "models",
-                        broker_url=self.broker_url, database_url=self.database_url,
-                        s3_endpoint=self.seaweed.endpoint, s3_access_key=self.seaweed.access_key,
-                        s3_secret_key=self.seaweed.secret_key)
+        return self.base.model_copy(update=updates)
 
     def trusted_env(self) -> dict[str, str]:
         s = self.settings()
@@ -97,9 +99,8 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
             for name in ("broker.sqlite", "ledger.sqlite", "s3", "logs"):
                 _remove(self.root / name)
         self.root.mkdir(parents=True, exist_ok=True)
-        if self.seaweed is None:
+        if self.base.s3_endpoint is None:
             self.seaweed = SeaweedServer(self.root / "s3")
-            self.owns_seaweed = True
             self.seaweed.start()
         self.start_ledger()
 
@@ -139,7 +140,7 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         for name in sorted(self.procs, key=lambda n: n == "ledger"):
             stop(self.procs[name])
         self.procs.clear()
-        if self.seaweed is not None and self.owns_seaweed:
+        if self.seaweed is not None:
             self.seaweed.stop()
 
 

@@ -147,3 +147,30 @@ def test_bad_completions_over_the_broker_credit_nothing(client: Client, in_proce
     wait_until(lambda: client.ledger.rejections(job_id), 60, "the ledger's verdict")
     assert [r.value for r, _ in client.ledger.rejections(job_id)] == [reason]
     assert client.ledger.points_entries(job_id) == 0
+
+
+def _cli(network: EmbeddedNetwork, *args: str) -> dict | list:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "heurist.cli.main", *args], capture_output=True, text=True,
+                          timeout=300, env=network.trusted_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_cli_submit_wait_and_points(network: EmbeddedNetwork, client: Client, miner_address: str,
+                                    tmp_path: Path) -> None:
+    image = _cli(network, "submit", "image", "a boat", "--model", "tiny-sd", "--seed", "9", "--wait", "--json",
+                 "--out", str(tmp_path))
+    assert isinstance(image, dict) and image["state"] == "completed" and image["miner"] == miner_address
+    assert Path(image["file"]).read_bytes().startswith(PNG_MAGIC)
+    text = _cli(network, "submit", "text", "Say hi.", "--model", "smollm2-135m", "--max-tokens", "4", "--wait",
+                "--json", "--out", str(tmp_path))
+    assert isinstance(text, dict) and text["state"] == "completed"
+    assert json.loads(Path(text["file"]).read_text())["output_tokens"] <= 4
+    points = _cli(network, "points", "--json")
+    mine = [row for row in points if row["miner"] == miner_address]  # type: ignore[index, union-attr]
+    assert mine and mine[0]["jobs"] >= 2
+    ledger = {m.address: m.points for m in client.ledger.miner_points()}
+    assert mine[0]["points"] == pytest.approx(ledger[miner_address], abs=1e-6) and mine[0]["points"] > 0

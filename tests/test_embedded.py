@@ -16,26 +16,42 @@ from heurist.points import job_points
 from heurist.submission import image_params
 
 
-def test_demo_runs_jobs_credits_points_and_leaves_no_orphans(tmp_path: Path, shared_models_dir: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
+def _run_demo(tmp_path: Path, models_dir: Path, services: dict[str, str]) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")} | services
     argv = [sys.executable, "-m", "heurist.cli.main", "demo", "--json", "--image-jobs", "3", "--text-jobs", "1",
-            "--max-tokens", "8", "--data-dir", str(tmp_path / "state"), "--models-dir", str(shared_models_dir),
+            "--max-tokens", "8", "--data-dir", str(tmp_path / "state"), "--models-dir", str(models_dir),
             "--output", str(tmp_path / "out")]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["jobs"] == 4 and summary["completed"] == 4 and summary["failed"] == 0
     assert len(summary["miners"]) == 1 and summary["miners"][0]["jobs"] == 4
-    catalog = load_catalog()
-    spec = catalog["tiny-sd"]
+    spec = load_catalog()["tiny-sd"]
     image_points = [r["points"] for r in summary["results"] if r["model"] == "tiny-sd"]
     assert image_points == [pytest.approx(job_points(spec, image_params(spec, "x")), abs=1e-6)] * 3
     assert summary["points_total"] == pytest.approx(summary["miners"][0]["points"], abs=1e-6)
     files = sorted(p.suffix for p in (tmp_path / "out").iterdir())
     assert files.count(".png") == 3 and files.count(".json") == 1 and files.count(".txt") == 1
-    assert (tmp_path / "state" / "broker.sqlite").exists() and (tmp_path / "state" / "ledger.sqlite").exists()
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
     assert leftovers == []
+    return summary
+
+
+def test_demo_embedded_sqlite_and_seaweedfs(tmp_path: Path, shared_models_dir: Path) -> None:
+    _run_demo(tmp_path, shared_models_dir, {})
+    assert (tmp_path / "state" / "broker.sqlite").exists() and (tmp_path / "state" / "ledger.sqlite").exists()
+    assert (tmp_path / "state" / "s3").is_dir()
+
+
+def test_demo_on_rabbitmq_postgresql_and_an_external_s3(tmp_path: Path, shared_models_dir: Path, rabbit_url: str,
+                                                        postgres_url: str, seaweed) -> None:
+    services = {"HEURIST_BROKER_URL": rabbit_url, "HEURIST_DATABASE_URL": postgres_url,
+                "HEURIST_S3_ENDPOINT": seaweed.endpoint, "HEURIST_S3_ACCESS_KEY": seaweed.access_key,
+                "HEURIST_S3_SECRET_KEY": seaweed.secret_key, "HEURIST_S3_BUCKET": "demo-external"}
+    _run_demo(tmp_path, shared_models_dir, services)
+    state = tmp_path / "state"
+    assert not (state / "broker.sqlite").exists() and not (state / "ledger.sqlite").exists()
+    assert not (state / "s3").exists()
 
 
 def test_ctrl_c_stops_every_process(tmp_path: Path, shared_models_dir: Path) -> None:

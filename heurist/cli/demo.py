@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from heurist.cli.common import console, err_console, print_json
+from heurist.cli.common import console, err_console, print_json, settings_with
 from heurist.client import Client, ImageRequest, JobResult, TextRequest
 from heurist.embedded import EmbeddedNetwork, wait_until
 
@@ -31,10 +31,14 @@ def demo(
     models_dir: Path = typer.Option(Path(".heurist/models"), "--models-dir", help="Built models (kept)."),
     timeout: float = typer.Option(900.0, "--timeout", help="Seconds to wait for all jobs."),
 ) -> None:
-    """Run the embedded network (SQLite broker and ledger, SeaweedFS, one CPU miner), submit jobs, show points."""
+    """Run the embedded network (SQLite broker and ledger, SeaweedFS, one CPU miner), submit jobs, show points.
+
+    HEURIST_BROKER_URL, HEURIST_DATABASE_URL and HEURIST_S3_ENDPOINT (with its keys) put the same demo on
+    RabbitMQ, PostgreSQL and an S3 service you run.
+    """
     signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` cleans up like Ctrl-C
     started = time.monotonic()
-    with EmbeddedNetwork(data_dir.resolve(), models_dir=models_dir.resolve()) as net:
+    with EmbeddedNetwork(data_dir.resolve(), base=settings_with(), models_dir=models_dir.resolve()) as net:
         wallet = net.start_miner()
         with Client(net.settings()) as client:
             with err_console.status("miner: verifying model files and loading pipelines"):
