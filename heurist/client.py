@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -182,13 +182,13 @@ class Client:
                 time.sleep(self.settings.result_poll_interval_s)
         return [results[h.id] for h in handles]
 
-    def _collect(self, handles: Iterable[JobHandle], results: dict[str, JobResult]) -> None:
-        for handle in handles:
-            if handle.id in results:
-                continue
-            view = self.ledger.job(handle.id)
-            if view is not None and view.state.terminal:
-                results[handle.id] = self.to_result(view)
+    def _collect(self, handles: Sequence[JobHandle], results: dict[str, JobResult]) -> None:
+        """One ledger query for every unfinished job (in chunks, to keep IN lists short)."""
+        pending = [h.id for h in handles if h.id not in results]
+        for start in range(0, len(pending), 500):
+            for view in self.ledger.jobs(pending[start:start + 500]):
+                if view.state.terminal:
+                    results[view.job_id] = self.to_result(view)
 
     def wait_for(self, job_id: str, timeout: float | None) -> JobView:
         """Poll the ledger until the job is terminal."""

@@ -74,14 +74,19 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         values = {"BROKER_URL": s.resolved_broker_url(), "DATABASE_URL": s.resolved_database_url(),
                   "S3_ENDPOINT": s.s3_endpoint or "", "S3_ACCESS_KEY": s.s3_access_key.get_secret_value(),
                   "S3_SECRET_KEY": s.s3_secret_key.get_secret_value(), "S3_BUCKET": s.s3_bucket,
-                  "DATA_DIR": str(s.data_dir), "MODELS_DIR": str(s.resolved_models_dir())}
+                  "DATA_DIR": str(s.data_dir), "MODELS_DIR": str(s.resolved_models_dir()), **self._catalog()}
         return {**_clean_env(), **{f"HEURIST_{k}": v for k, v in values.items()}}
+
+    def _catalog(self) -> dict[str, str]:
+        """The catalog is public: both sides get its path when it is not the shipped one."""
+        return {} if self.base.catalog_path is None else {"CATALOG_PATH": str(self.base.catalog_path)}
 
     def miner_env(self) -> dict[str, str]:
         """Broker and model directory only: the trust boundary, enforced by construction."""
         s = self.settings()
-        return {**_clean_env(), "HEURIST_BROKER_URL": s.resolved_broker_url(),
-                "HEURIST_DATA_DIR": str(self.root / "miner"), "HEURIST_MODELS_DIR": str(s.resolved_models_dir())}
+        values = {"BROKER_URL": s.resolved_broker_url(), "DATA_DIR": str(self.root / "miner"),
+                  "MODELS_DIR": str(s.resolved_models_dir()), **self._catalog()}
+        return {**_clean_env(), **{f"HEURIST_{k}": v for k, v in values.items()}}
 
     def __enter__(self) -> EmbeddedNetwork:
         try:
@@ -105,22 +110,28 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         self.start_ledger()
 
     def start_ledger(self) -> None:
-        self._spawn("ledger", heurist_cmd("ledger", "--loglevel", "WARNING"), self.trusted_env())
+        self.spawn("ledger", heurist_cmd("ledger", "--loglevel", "WARNING"), self.trusted_env())
 
     def start_miner(self, models: Sequence[str] | None = None, name: str | None = None) -> Wallet:
         """A CPU miner serving ``models``, with a fresh key written to a 0600 file."""
-        wallet = Wallet.create()
         name = name or f"miner{len(self.wallets)}"
+        wallet, key_file = self.new_key_file(name)
+        argv = heurist_cmd("miner", "--key-file", str(key_file), "--models", ",".join(models or self.miner_models),
+                           "--device", "cpu", "--loglevel", "WARNING")
+        self.spawn(name, argv, self.miner_env())
+        return wallet
+
+    def new_key_file(self, name: str) -> tuple[Wallet, Path]:
+        """A fresh miner key written to a 0600 file under ``root/keys``."""
+        wallet = Wallet.create()
         key_file = self.root / "keys" / f"{name}.key"
         _remove(key_file)
         wallet.save(key_file)
-        argv = heurist_cmd("miner", "--key-file", str(key_file), "--models", ",".join(models or self.miner_models),
-                           "--device", "cpu", "--loglevel", "WARNING")
-        self._spawn(name, argv, self.miner_env())
         self.wallets.append(wallet)
-        return wallet
+        return wallet, key_file
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        """Start a child that this network stops on exit; its output goes to ``root/logs/<name>.log``."""
         self.procs[name] = spawn(argv, env=env, log_path=self.logs / f"{name}.log")
 
     def kill(self, name: str) -> None:

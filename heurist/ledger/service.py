@@ -426,17 +426,21 @@ class Ledger:
 
     def job(self, job_id: str) -> JobView | None:
         """The job's state, output, points and miner; None if the ledger never recorded it."""
+        found = self.jobs([job_id])
+        return found[0] if found else None
+
+    def jobs(self, job_ids: Sequence[str]) -> list[JobView]:
+        """Many jobs in one query (those the ledger knows; any order): what a client polling a batch needs."""
         points = (select(func.sum(PointsEntry.amount_micro)).where(PointsEntry.job_id == Job.id)
                   .correlate(Job).scalar_subquery())
         stmt = (select(Job, Completion, points).outerjoin(Completion, Completion.job_id == Job.id)
-                .where(Job.id == job_id))
+                .where(Job.id.in_(list(job_ids))))
         with self._sessions() as session:
-            row = session.execute(stmt).one_or_none()
-        if row is None:
-            return None
-        job: Job = row[0]
-        completion: Completion | None = row[1]
-        micro = row[2]
+            rows = session.execute(stmt).all()
+        return [self._view(row[0], row[1], row[2]) for row in rows]
+
+    @staticmethod
+    def _view(job: Job, completion: Completion | None, micro: Any) -> JobView:
         return JobView(
             job_id=job.id, model_id=job.model_id, kind=job.kind, state=job.state, output_key=job.output_key,
             points_micro=_sum_micro(micro), miner=job.miner_address,
