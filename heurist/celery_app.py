@@ -20,3 +20,18 @@ def create_app(settings: Settings, **attributes: Any) -> Celery:
     for name, value in attributes.items():
         setattr(app, name, value)
     return app
+
+
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def worker_pool(broker_url: str, concurrency: int) -> tuple[str, int]:
+    """A pool that never forks and is fast on this broker, with its concurrency (measured here).
+
+    AMQP: ``threads`` (at prefetch 1 Celery 5.7's solo pool stalls ~0.5 s between tasks: 40 no-op tasks
+    took 26 s solo, 0.07 s threads). Polling transports (the embedded SQLite broker): ``solo``, one task at
+    a time (each thread waits a polling interval per task: 9.7 vs 121 presigned-PUT tasks/s).
+    """
+    if broker_url.split("://", 1)[0].split("+", 1)[0] in AMQP_SCHEMES:
+        return "threads", concurrency
+    return "solo", 1

@@ -16,13 +16,13 @@ from rich.console import Console
 
 from heurist.bench.path import BENCH_MODEL, PUT_QUEUE, PUT_TASK
 from heurist.catalog import Catalog
-from heurist.celery_app import create_app
+from heurist.celery_app import create_app, worker_pool
 from heurist.identity import Wallet
 from heurist.jobs import ImageParams, TextOutput, TextParams
 from heurist.settings import Settings
 from heurist.storage.presigned import put_presigned
 from workers.device import detect_device
-from workers.launch import MINER_POOL, MinerPlan, serve
+from workers.launch import MinerPlan, serve
 from workers.pipelines.backend import Pipeline, PipelineOutput
 
 
@@ -59,6 +59,7 @@ def register_put_task(app: Celery) -> None:
 def run_put_worker(settings: Settings) -> None:
     app = create_app(settings)
     register_put_task(app)
-    worker = app.Worker(hostname=f"bench-put@{socket.gethostname()}", queues=[PUT_QUEUE], pool=MINER_POOL,
-                        concurrency=1, prefetch_multiplier=1, loglevel="WARNING", quiet=True)
+    pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
+    worker = app.Worker(hostname=f"bench-put@{socket.gethostname()}", queues=[PUT_QUEUE], pool=pool,
+                        concurrency=concurrency, prefetch_multiplier=1, loglevel="WARNING", quiet=True)
     worker.start()

@@ -1,9 +1,8 @@
 """Start a miner: detect the device, verify and load pipelines once, announce, then consume.
 
-Pipelines are loaded in this process before the worker starts, and the worker runs jobs on one thread of
-this process (the ``threads`` pool, concurrency 1), so nothing ever forks after CUDA is initialised and no
-task ever loads a model. Not ``solo``: with prefetch 1 on AMQP, Celery 5.7's solo pool stalls ~0.5 s
-between tasks (40 no-op tasks: 26 s solo, 0.07 s threads; measured here).
+Pipelines are loaded in this process before the worker starts, and jobs run one at a time in this same
+process (``solo`` or ``threads`` pool, concurrency 1), so nothing ever forks after CUDA is initialised and
+no task ever loads a model.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from celery import Celery
 from rich.console import Console
 
 from heurist.catalog import Catalog, ModelSpec
-from heurist.celery_app import create_app
+from heurist.celery_app import create_app, worker_pool
 from heurist.errors import ConfigError, HeuristError, ModelNotPresentError
 from heurist.identity import Wallet
 from heurist.jobs import MinerHello, SignedHello
@@ -33,10 +32,6 @@ from workers.pipelines.backend import Pipeline
 from workers.runtime import MinerRuntime
 
 log = logging.getLogger(__name__)
-
-# One job at a time on a thread of this process: no fork after CUDA, pipelines shared from memory.
-MINER_POOL = "threads"
-
 
 @dataclass(frozen=True)
 class MinerPlan:
@@ -124,8 +119,9 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     register_miner_tasks(app)
     announce(app, wallet, plan, settings.ledger_queue)
     console.print(f"miner {wallet.address} consuming {', '.join(plan.queues)}")
-    worker = app.Worker(hostname=worker_hostname(wallet, plan), queues=plan.queues, pool=MINER_POOL,
-                        concurrency=1, prefetch_multiplier=1, loglevel=loglevel, quiet=True)
+    pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
+    worker = app.Worker(hostname=worker_hostname(wallet, plan), queues=plan.queues, pool=pool,
+                        concurrency=concurrency, prefetch_multiplier=1, loglevel=loglevel, quiet=True)
     worker.start()
     if worker.exitcode:
         raise HeuristError(f"miner worker exited with code {worker.exitcode}")

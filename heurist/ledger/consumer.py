@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from heurist.catalog import Catalog
-from heurist.celery_app import create_app
+from heurist.celery_app import create_app, worker_pool
 from heurist.errors import HeuristError
 from heurist.ledger.factory import open_ledger
 from heurist.settings import Settings
@@ -14,14 +14,15 @@ from tasks.ledger import register_ledger_tasks
 
 
 def run_ledger(settings: Settings, catalog: Catalog, concurrency: int = 2, loglevel: str = "INFO") -> None:
-    """Verify completions and credit points until stopped. Threads: the work is I/O (S3 HEAD, DB)."""
+    """Verify completions and credit points until stopped. Threads on AMQP: the work is I/O (S3 HEAD, DB)."""
     store = make_store(settings)
     store.ensure_bucket()
     ledger = open_ledger(settings, catalog, store)
     app = create_app(settings, ledger=ledger)
     register_ledger_tasks(app)
+    pool, concurrency = worker_pool(settings.resolved_broker_url(), concurrency)
     worker = app.Worker(hostname=f"ledger@{socket.gethostname()}", queues=[settings.ledger_queue],
-                        pool="threads", concurrency=concurrency, loglevel=loglevel, quiet=True)
+                        pool=pool, concurrency=concurrency, loglevel=loglevel, quiet=True)
     worker.start()
     if worker.exitcode:
         raise HeuristError(f"ledger worker exited with code {worker.exitcode}")
