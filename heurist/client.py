@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 import uuid
@@ -44,6 +45,7 @@ class JobResult:
     miner: str | None
     url: str | None
     output_key: str
+    output_sha256: str | None = None
     error: str | None = None
 
 
@@ -99,8 +101,7 @@ class JobHandle:
 
     def download(self, directory: Path | None = None, timeout: float | None = 300.0) -> bytes | Path:
         """The output bytes, or with ``directory`` the path of the file written there."""
-        self.result(timeout)
-        data = self.client.store.get(self.output_key)
+        data = self.client.fetch_output(self.result(timeout))
         if directory is None:
             return data
         directory.mkdir(parents=True, exist_ok=True)
@@ -204,10 +205,22 @@ class Client:
                 )
             time.sleep(self.settings.result_poll_interval_s)
 
+    def fetch_output(self, result: JobResult) -> bytes:
+        """The output bytes, checked against the sha256 the ledger verified: a miner could reuse its
+        presigned URL to overwrite the object after it was credited."""
+        data = self.store.get(result.output_key)
+        if result.output_sha256 is None or hashlib.sha256(data).hexdigest() != result.output_sha256:
+            raise JobFailedError(
+                f"output of job {result.job_id} does not match the sha256 the ledger verified "
+                f"({result.output_sha256}); it was changed after delivery, report miner {result.miner}"
+            )
+        return data
+
     def to_result(self, view: JobView) -> JobResult:
         url = self.store.presign_get(view.output_key, self.settings.presign_expiry_s) if view.state.has_output else None
         return JobResult(job_id=view.job_id, model_id=view.model_id, state=view.state, points=view.points,
-                         miner=view.miner, url=url, output_key=view.output_key, error=view.error)
+                         miner=view.miner, url=url, output_key=view.output_key, output_sha256=view.output_sha256,
+                         error=view.error)
 
     def _submit(self, spec: ModelSpec, params: ImageParams | TextParams) -> JobHandle:
         job_id = str(uuid.uuid4())

@@ -174,3 +174,16 @@ def test_cli_submit_wait_and_points(network: EmbeddedNetwork, client: Client, mi
     assert mine and mine[0]["jobs"] >= 2
     ledger = {m.address: m.points for m in client.ledger.miner_points()}
     assert mine[0]["points"] == pytest.approx(ledger[miner_address], abs=1e-6) and mine[0]["points"] > 0
+
+
+def test_an_output_overwritten_after_crediting_is_refused_on_download(client: Client, miner_address: str) -> None:
+    from heurist.errors import JobFailedError
+
+    handle = client.submit_image("a mill", model="tiny-sd", seed=21, steps=2)
+    result = handle.result(timeout=300)
+    original = handle.download()
+    # The miner still holds its presigned PUT URL; pretend it overwrites the credited object.
+    client.store.put(result.output_key, b"not the image the ledger verified", "image/png")
+    with pytest.raises(JobFailedError, match="does not match the sha256 the ledger verified"):
+        handle.download()
+    assert isinstance(original, bytes) and original.startswith(PNG_MAGIC)

@@ -86,7 +86,7 @@ def _save(client: Client, results: list[JobResult], output: Path) -> dict[str, s
     for result in results:
         if not result.state.has_output:
             continue
-        data = client.store.get(result.output_key)
+        data = client.fetch_output(result)
         path = output / Path(result.output_key).name
         path.write_bytes(data)
         if path.suffix == ".json":
