@@ -92,3 +92,16 @@ def test_miner_refuses_a_tampered_model_before_loading(tmp_path: Path, shared_mo
     assert done.returncode == 2, done.stderr
     assert "sha256" in done.stderr and "unet" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_printed_urls_hide_passwords() -> None:
+    from heurist.cli.common import redacted
+
+    assert redacted("postgresql+psycopg://u:secret@h/db") == "postgresql+psycopg://u:***@h/db"
+    assert "secret" not in redacted("amqp://guest:secret@h:5672/v")
+
+
+def test_points_on_an_empty_ledger_needs_no_storage(tmp_path: Path) -> None:
+    done = run("points", env={"HEURIST_DATABASE_URL": f"sqlite:///{tmp_path}/l.sqlite"})
+    assert done.returncode == 0, done.stderr
+    assert "no miners yet" in done.stdout

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from heurist.cli.common import console, err_console, print_json, settings_with
+from heurist.cli.common import console, err_console, print_json, redacted, settings_with
 from heurist.client import Client, ImageRequest, JobResult, TextRequest
 from heurist.embedded import EmbeddedNetwork, wait_until
 
@@ -106,6 +106,7 @@ def _summary(client: Client, results: list[JobResult], saved: dict[str, str], ou
         "points_total": sum(r.points for r in results),
         "miners": miners,
         "outputs": str(output),
+        "ledger": redacted(client.settings.resolved_database_url()),
         "elapsed_s": round(elapsed, 1),
         "results": [{"job_id": r.job_id, "model": r.model_id, "state": r.state.value, "points": r.points,
                      "miner": r.miner, "file": saved.get(r.job_id)} for r in results],
@@ -125,3 +126,4 @@ def _print_tables(summary: dict[str, object], results: list[JobResult], saved: d
     out.print(f"{summary['completed']}/{summary['jobs']} jobs completed, "
                       f"{summary['points_total']:.6f} points, outputs in {summary['outputs']}/ "
                       f"({summary['elapsed_s']}s)")
+    out.print(f"the ledger stays in {summary['ledger']}: `HEURIST_DATABASE_URL={summary['ledger']} heurist points`")

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from heurist.catalog import load_catalog
-from heurist.cli.common import console, print_json, settings_with, split_csv
+from heurist.cli.common import console, print_json, redacted, settings_with, split_csv
 from heurist.errors import ConfigError, HeuristError
 from heurist.identity import Wallet
 from heurist.routing import route_table
@@ -69,13 +69,15 @@ def ledger(
 def points(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """Points per miner, from the append-only ledger."""
     from heurist.ledger.factory import open_ledger
-    from heurist.storage import make_store
 
     settings = settings_with()
-    catalog = load_catalog(settings.catalog_path)
-    rows = open_ledger(settings, catalog, make_store(settings)).miner_points()
+    rows = open_ledger(settings, load_catalog(settings.catalog_path), None).miner_points()
     if json_out:
         print_json([{"miner": r.address, "jobs": r.jobs, "points": r.points} for r in rows])
+        return
+    if not rows:
+        where = redacted(settings.resolved_database_url())
+        console.print(f"no miners yet in {where} (choose the ledger with HEURIST_DATABASE_URL)")
         return
     table = Table("miner", "jobs", "points")
     for r in rows:

@@ -10,8 +10,11 @@ from heurist.settings import Settings
 from heurist.storage.backend import ObjectStore
 
 
-def open_ledger(settings: Settings, catalog: Catalog, store: ObjectStore, *, migrate: bool = True) -> Ledger:
-    """A ``Ledger`` on the configured database; migrates it to the newest schema first by default."""
+def open_ledger(settings: Settings, catalog: Catalog, store: ObjectStore | None, *, migrate: bool = True) -> Ledger:
+    """A ``Ledger`` on the configured database, migrated to the newest schema first by default.
+
+    ``store`` None gives a read-only view for reports (no completion can be verified without storage).
+    """
     url = settings.resolved_database_url()
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from heurist.catalog import Catalog, JobKind, ModelSpec
-from heurist.errors import InvalidJobError
+from heurist.errors import ConfigError, InvalidJobError
 from heurist.identity import recover_signer
 from heurist.jobs import Completion as ClaimedCompletion
 from heurist.jobs import ImageParams, JobParams, JobState, SignedCompletion, SignedHello, TextParams
@@ -172,13 +172,21 @@ def _sum_micro(value: Any) -> int:
 class Ledger:
     """Verifies completions and keeps the append-only points ledger. Thread-safe: a session per call."""
 
-    def __init__(self, engine: Engine, catalog: Catalog, store: ObjectStore,
+    def __init__(self, engine: Engine, catalog: Catalog, store: ObjectStore | None,
                  clock: Callable[[], float] = time.time) -> None:
+        """``store`` None opens a read-only view (reports, `heurist points`): it cannot verify completions."""
         self.engine = engine
         self.catalog = catalog
-        self.store = store
+        self._store = store
         self.clock = clock
         self._sessions = session_factory(engine)
+
+    @property
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            raise ConfigError("this ledger was opened without object storage, so it cannot verify outputs: "
+                              "set HEURIST_S3_ENDPOINT and its keys")
+        return self._store
 
     # ------------------------------------------------------------------------------------ jobs, miners
 
