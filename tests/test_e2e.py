@@ -187,3 +187,21 @@ def test_an_output_overwritten_after_crediting_is_refused_on_download(client: Cl
     with pytest.raises(JobFailedError, match="does not match the sha256 the ledger verified"):
         handle.download()
     assert isinstance(original, bytes) and original.startswith(PNG_MAGIC)
+
+
+def test_a_job_the_miner_refuses_ends_failed_over_the_broker(client: Client, miner_address: str) -> None:
+    """The miner's task raises (here: deadline already passed); Celery's link_error tells the ledger."""
+    from heurist.client import JobHandle
+    from heurist.errors import JobFailedError
+    from heurist.jobs import JobMessage
+
+    spec = client.catalog["tiny-sd"]
+    params = image_params(spec, "too late", seed=1)
+    job_id = "expired-" + hashlib.sha256(str(id(params)).encode()).hexdigest()[:12]
+    key = f"outputs/tiny-sd/{job_id}.png"
+    client.ledger.create_job(job_id, spec, params, key, spec.queue, deadline_at=1.0)
+    client._send(JobMessage(job_id=job_id, model_id=spec.id, params=params, deadline_at=1.0,
+                            output_url=client.store.presign_put(key, 600)), spec.queue)
+    with pytest.raises(JobFailedError, match=f"job {job_id} ended failed: the miner reported an error"):
+        JobHandle(client, job_id, spec, key).result(timeout=120)
+    assert client.ledger.points_entries(job_id) == 0
