@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from heurist.errors import HeuristError
 from heurist.identity import Wallet
 from heurist.processes import spawn, stop, tail
-from heurist.settings import Settings
+from heurist.settings import Settings, settings_env
 from heurist.storage.seaweed import SeaweedServer
 
 
@@ -70,15 +70,15 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         return self.base.model_copy(update=updates)
 
     def trusted_env(self) -> dict[str, str]:
+        """Everything, resolved (broker, database, S3 keys, audit rates): for the ledger and auditor only."""
         s = self.settings()
-        values = {"BROKER_URL": s.resolved_broker_url(), "DATABASE_URL": s.resolved_database_url(),
-                  "S3_ENDPOINT": s.s3_endpoint or "", "S3_ACCESS_KEY": s.s3_access_key.get_secret_value(),
-                  "S3_SECRET_KEY": s.s3_secret_key.get_secret_value(), "S3_BUCKET": s.s3_bucket,
-                  "DATA_DIR": str(s.data_dir), "MODELS_DIR": str(s.resolved_models_dir()), **self._catalog()}
-        return {**_clean_env(), **{f"HEURIST_{k}": v for k, v in values.items()}}
+        resolved = s.model_copy(update={"broker_url": s.resolved_broker_url(),
+                                        "database_url": s.resolved_database_url(),
+                                        "models_dir": s.resolved_models_dir()})
+        return {**_clean_env(), **settings_env(resolved)}
 
     def _catalog(self) -> dict[str, str]:
-        """The catalog is public: both sides get its path when it is not the shipped one."""
+        """The catalog is public: miners get its path too when it is not the shipped one."""
         return {} if self.base.catalog_path is None else {"CATALOG_PATH": str(self.base.catalog_path)}
 
     def miner_env(self) -> dict[str, str]:
@@ -112,14 +112,20 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
     def start_ledger(self) -> None:
         self.spawn("ledger", heurist_cmd("ledger", "--loglevel", "WARNING"), self.trusted_env())
 
-    def start_miner(self, models: Sequence[str] | None = None, name: str | None = None) -> Wallet:
-        """A CPU miner serving ``models``, with a fresh key written to a 0600 file."""
+    def start_miner(self, models: Sequence[str] | None = None, name: str | None = None,
+                    cheat: str | None = None) -> Wallet:
+        """A CPU miner serving ``models``, with a fresh key written to a 0600 file (``cheat``: see workers.cheats)."""
         name = name or f"miner{len(self.wallets)}"
         wallet, key_file = self.new_key_file(name)
         argv = heurist_cmd("miner", "--key-file", str(key_file), "--models", ",".join(models or self.miner_models),
-                           "--device", "cpu", "--loglevel", "WARNING")
+                           "--device", "cpu", "--loglevel", "WARNING", *(["--cheat", cheat] if cheat else []))
         self.spawn(name, argv, self.miner_env())
         return wallet
+
+    def start_auditor(self, models: Sequence[str] | None = None) -> None:
+        """A trusted auditor replaying sampled jobs of ``models`` (it holds the database and S3 keys)."""
+        argv = heurist_cmd("auditor", "--models", ",".join(models or self.miner_models), "--loglevel", "WARNING")
+        self.spawn("auditor", argv, self.trusted_env())
 
     def new_key_file(self, name: str) -> tuple[Wallet, Path]:
         """A fresh miner key written to a 0600 file under ``root/keys``."""

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
 
     miner_key: SecretStr | None = Field(None, description="Miner private key (hex). Prefer --key-file.")
     ledger_queue: str = "ledger"
+    audit_queue_prefix: str = Field("audit", description="Sampled jobs go to '<prefix>.<model>'.")
+    audit_base_rate: float = Field(0.10, ge=0, le=1, description="Share of jobs audited for miners in good standing.")
+    audit_new_miner_rate: float = Field(0.5, ge=0, le=1)
+    audit_suspicious_rate: float = Field(1.0, ge=0, le=1)
+    audit_seed: int | None = Field(None, description="Fix to make sampling reproducible (tests); unset: secret.")
+    escrow_new_miners: bool = Field(True, description="Hold new miners' points until enough audits pass.")
     result_poll_interval_s: float = Field(0.1, gt=0, le=5)
 
     def resolved_broker_url(self) -> str:
@@ -44,6 +50,19 @@ class Settings(BaseSettings):
 
     def resolved_models_dir(self) -> Path:
         return (self.models_dir or self.data_dir / "models").resolve()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``HEURIST_*`` variables that recreate ``settings`` in a child process (secrets included: trusted only)."""
+    env: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"HEURIST_{name.upper()}"] = str(value)
+    return env
 
 
 @lru_cache(maxsize=1)

@@ -38,7 +38,10 @@ def register_ledger_tasks(app: Celery) -> None:
         if parsed is None:
             return {"accepted": False, "reason": "malformed"}
         verdict = self.app.ledger.record_completion(parsed)  # type: ignore[attr-defined]
-        return {"accepted": verdict.accepted, "reason": str(verdict.reason), "points": verdict.points}
+        claim = parsed.completion
+        return {"job_id": verdict.job_id, "miner": claim.miner, "model_id": claim.model_id,
+                "accepted": verdict.accepted, "duplicate": verdict.duplicate, "reason": str(verdict.reason),
+                "points": verdict.points}
 
     @app.task(name=RECORD_FAILURE, bind=True, acks_late=True, **RETRY)
     def record_failure(self: Task, job_id: str) -> None:

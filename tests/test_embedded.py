@@ -63,7 +63,7 @@ def test_ctrl_c_stops_every_process(tmp_path: Path, shared_models_dir: Path) -> 
             "--data-dir", str(tmp_path / "state"), "--models-dir", str(shared_models_dir),
             "--output", str(tmp_path / "out")]
     proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    miner_log = tmp_path / "state" / "logs" / "miner0.log"
+    miner_log = tmp_path / "state" / "logs" / "honest.log"
     give_up = time.monotonic() + 120
     while not miner_log.exists() and time.monotonic() < give_up:
         time.sleep(0.2)
@@ -76,3 +76,26 @@ def test_ctrl_c_stops_every_process(tmp_path: Path, shared_models_dir: Path) -> 
     assert "Traceback" not in stderr.decode(errors="replace")
     _, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
+
+
+def test_demo_with_cheater_flags_the_cheater_only(tmp_path: Path, shared_models_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
+    argv = [sys.executable, "-m", "heurist.cli.main", "demo", "--json", "--with-cheater", "--image-jobs", "6",
+            "--text-jobs", "1", "--max-tokens", "8", "--data-dir", str(tmp_path / "state"),
+            "--models-dir", str(shared_models_dir), "--output", str(tmp_path / "out")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    miners = {m["address"]: m for m in summary["miners"]}
+    cheaters = [m for m in miners.values() if m["audits_failed"]]
+    honest = [m for m in miners.values() if not m["audits_failed"]]
+    assert len(cheaters) == 1 and len(honest) == 1, miners
+    cheater, good = cheaters[0], honest[0]
+    assert cheater["flagged"] and cheater["points"] == 0 and cheater["clawed_back"] < 0
+    assert not good["flagged"] and good["points"] > 0 and good["audits_passed"] == good["jobs"]
+    report = subprocess.run([sys.executable, "-m", "heurist.cli.main", "audit", "report", "--json"],
+                            capture_output=True, text=True, timeout=60,
+                            env=env | {"HEURIST_DATABASE_URL": f"sqlite:///{tmp_path / 'state' / 'ledger.sqlite'}"})
+    assert report.returncode == 0, report.stderr
+    rows = {r["address"]: r for r in json.loads(report.stdout.strip().splitlines()[-1])}
+    assert rows[cheater["address"]]["flagged"] and not rows[good["address"]]["flagged"]

@@ -96,16 +96,21 @@ def worker_hostname(wallet: Wallet, plan: MinerPlan) -> str:
 
 def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, model_ids: Sequence[str] | None = None,
               vram_gb: float | None = None, device_kind: str | None = None, loglevel: str = "INFO",
-              console: Console | None = None) -> None:
+              console: Console | None = None, cheat: str | None = None) -> None:
     """Load everything, announce, and consume this miner's queues until stopped.
 
-    ``model_ids`` None means every catalog model that fits and whose files are on this machine.
+    ``model_ids`` None means every catalog model that fits and whose files are on this machine. ``cheat``
+    (tests and the cheater demo only) wraps the pipelines in one of ``workers.cheats.CHEATS``.
     """
     console = console or Console(stderr=True)
     plan = plan_miner(catalog, list(catalog) if model_ids is None else model_ids, vram_gb, detect_device(device_kind))
     for reason in plan.refused:
         console.print(f"[yellow]not serving[/] {reason}")
     pipelines = load_pipelines(plan, settings.resolved_models_dir(), console, skip_missing=model_ids is None)
+    if cheat is not None:
+        from workers.cheats import cheating
+
+        pipelines = cheating(pipelines, cheat)
     serve(settings, wallet, replace(plan, models=[m for m in plan.models if m.id in pipelines]), pipelines,
           loglevel, console)
 

@@ -11,9 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from heurist.audit.report import audit_report
 from heurist.cli.common import console, err_console, print_json, redacted, settings_with
 from heurist.client import Client, ImageRequest, JobResult, TextRequest
 from heurist.embedded import EmbeddedNetwork, wait_until
+from heurist.ledger.audit_service import AuditLedger
 
 IMAGE_PROMPTS = ["a lighthouse at dawn", "a red fox in snow", "a city of glass", "a bowl of ramen",
                  "a sailing ship in a storm", "a cat astronaut"]
@@ -30,6 +32,9 @@ def demo(
     data_dir: Path = typer.Option(Path(".heurist/demo"), "--data-dir", help="Embedded state (reset each run)."),
     models_dir: Path = typer.Option(Path(".heurist/models"), "--models-dir", help="Built models (kept)."),
     timeout: float = typer.Option(900.0, "--timeout", help="Seconds to wait for all jobs."),
+    with_cheater: bool = typer.Option(False, "--with-cheater", help="Add a miner that returns random images."),
+    audit_rate: float = typer.Option(1.0, "--audit-rate", min=0.0, max=1.0,
+                                     help="Share of jobs the auditor replays (production default: 10%)."),
 ) -> None:
     """Run the embedded network (SQLite broker and ledger, SeaweedFS, one CPU miner), submit jobs, show points.
 
@@ -38,16 +43,22 @@ def demo(
     """
     signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` cleans up like Ctrl-C
     started = time.monotonic()
-    with EmbeddedNetwork(data_dir.resolve(), base=settings_with(), models_dir=models_dir.resolve()) as net:
-        wallet = net.start_miner()
+    base = settings_with(audit_base_rate=audit_rate, audit_new_miner_rate=audit_rate, audit_suspicious_rate=1.0)
+    with EmbeddedNetwork(data_dir.resolve(), base=base, models_dir=models_dir.resolve()) as net:
+        wallets = [net.start_miner(name="honest")]
+        if with_cheater:
+            wallets.append(net.start_miner(["tiny-sd"], name="cheater", cheat="random-image"))
+        net.start_auditor()
         with Client(net.settings()) as client:
-            with err_console.status("miner: verifying model files and loading pipelines"):
-                wait_until(lambda: client.ledger.is_registered(wallet.address), 600, "the miner to start",
-                           check=net.check_alive)
-            requests = _requests(image_jobs, text_jobs, max_tokens)
-            results = client.map(requests, timeout=timeout, progress=True)
+            with err_console.status("miners: verifying model files and loading pipelines"):
+                wait_until(lambda: all(client.ledger.is_registered(w.address) for w in wallets), 600,
+                           "the miners to start", check=net.check_alive)
+            results = client.map(_requests(image_jobs, text_jobs, max_tokens), timeout=timeout, progress=True)
+            audits = AuditLedger(client.ledger.engine)
+            if audit_rate == 1.0:
+                _wait_for_audits(net, audits, results, timeout)
             saved = _save(client, results, output)
-            summary = _summary(client, results, saved, output, time.monotonic() - started)
+            summary = _summary(client, audits, results, saved, output, time.monotonic() - started)
     _print_tables(summary, results, saved, err_console if json_out else console)
     if json_out:
         print_json(summary)
@@ -65,6 +76,18 @@ def _describe_output(path: str | None) -> str | None:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _wait_for_audits(net: EmbeddedNetwork, audits: AuditLedger, results: list[JobResult], timeout: float) -> None:
+    """With every job sampled, wait until the auditor has a verdict on each credited one."""
+    miners = {r.miner for r in results if r.miner}
+    credited = sum(r.state.has_output for r in results)
+
+    def done() -> bool:
+        return sum(audits.standing(m).passed + audits.standing(m).failed for m in miners) >= credited
+
+    with err_console.status(f"auditor: replaying {credited} jobs"):
+        wait_until(done, timeout, "the audits", check=net.check_alive)
 
 
 def _requests(image_jobs: int, text_jobs: int, max_tokens: int) -> list[ImageRequest | TextRequest]:
@@ -96,14 +119,16 @@ def _save(client: Client, results: list[JobResult], output: Path) -> dict[str, s
     return saved
 
 
-def _summary(client: Client, results: list[JobResult], saved: dict[str, str], output: Path,
+def _summary(client: Client, audits: AuditLedger, results: list[JobResult], saved: dict[str, str], output: Path,
              elapsed: float) -> dict[str, object]:
-    miners = [{"address": m.address, "jobs": m.jobs, "points": m.points} for m in client.ledger.miner_points()]
+    jobs = {m.address: m.jobs for m in client.ledger.miner_points()}
+    report = audit_report(audits)
+    miners = [{**m.as_dict(), "jobs": jobs.get(m.address, 0)} for m in report]
     return {
         "jobs": len(results),
         "completed": sum(r.state.has_output for r in results),
         "failed": sum(not r.state.has_output for r in results),
-        "points_total": sum(r.points for r in results),
+        "points_total": round(sum(m.points for m in report), 6),  # after audits: clawbacks count
         "miners": miners,
         "outputs": str(output),
         "ledger": redacted(client.settings.resolved_database_url()),
@@ -119,9 +144,10 @@ def _print_tables(summary: dict[str, object], results: list[JobResult], saved: d
     for r in results:
         jobs.add_row(r.job_id[:8], r.model_id, r.state.value, f"{r.points:.6f}", (r.miner or "-")[:12],
                      _describe_output(saved.get(r.job_id)) or r.error or "-")
-    miners = Table("miner", "jobs", "points", title="miners")
+    miners = Table("miner", "jobs", "points", "escrowed", "audits ok/failed", "flagged", title="miners")
     for m in summary["miners"]:  # type: ignore[attr-defined]
-        miners.add_row(m["address"], str(m["jobs"]), f"{m['points']:.6f}")
+        miners.add_row(m["address"], str(m["jobs"]), f"{m['points']:.6f}", f"{m['escrowed']:.6f}",
+                       f"{m['audits_passed']}/{m['audits_failed']}", "[red]yes[/]" if m["flagged"] else "no")
     out.print(jobs, miners)
     out.print(f"{summary['completed']}/{summary['jobs']} jobs completed, "
                       f"{summary['points_total']:.6f} points, outputs in {summary['outputs']}/ "

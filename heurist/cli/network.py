@@ -36,6 +36,7 @@ def miner(
     broker: str | None = typer.Option(None, "--broker", help="Broker URL (default: HEURIST_BROKER_URL)."),
     device: str | None = typer.Option(None, "--device", help="Force 'cpu' or 'cuda' (default: detect)."),
     loglevel: str = typer.Option("INFO", "--loglevel"),
+    cheat: str | None = typer.Option(None, "--cheat", hidden=True, help="Tests and the cheater demo only."),
 ) -> None:
     """Run a miner: verify and load models once, then consume their queues and earn points."""
     from workers.launch import run_miner  # torch is imported only on the miner side
@@ -44,7 +45,7 @@ def miner(
     catalog = load_catalog(settings.catalog_path)
     wallet = _miner_wallet(key_file, settings.miner_key.get_secret_value() if settings.miner_key else None)
     wanted = split_csv(models) or None
-    run_miner(settings, catalog, wallet, wanted, vram_gb=vram, device_kind=device, loglevel=loglevel)
+    run_miner(settings, catalog, wallet, wanted, vram_gb=vram, device_kind=device, loglevel=loglevel, cheat=cheat)
 
 
 def _miner_wallet(key_file: Path | None, env_key: str | None) -> Wallet:
@@ -64,6 +65,17 @@ def ledger(
 
     settings = settings_with()
     run_ledger(settings, load_catalog(settings.catalog_path), concurrency=concurrency, loglevel=loglevel)
+
+
+def auditor(
+    models: str = typer.Option(..., "--models", help="Comma-separated model ids to replay (loaded once)."),
+    loglevel: str = typer.Option("INFO", "--loglevel"),
+) -> None:
+    """Run a trusted auditor: replay sampled jobs of these models and record verdicts and penalties."""
+    from workers.auditor import run_auditor
+
+    settings = settings_with()
+    run_auditor(settings, load_catalog(settings.catalog_path), split_csv(models), loglevel=loglevel)
 
 
 def points(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
@@ -158,3 +170,4 @@ def register(app: typer.Typer) -> None:
     app.command("miner")(miner)
     app.command("ledger")(ledger)
     app.command("points")(points)
+    app.command("auditor")(auditor)

@@ -20,4 +20,4 @@ def open_ledger(settings: Settings, catalog: Catalog, store: ObjectStore | None,
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     if migrate:
         upgrade(url)
-    return Ledger(make_engine(url), catalog, store)
+    return Ledger(make_engine(url), catalog, store, escrow_new_miners=settings.escrow_new_miners)

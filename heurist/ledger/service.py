@@ -23,11 +23,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from heurist.audit.sampler import NEW_MINER_AUDITS
 from heurist.catalog import Catalog, JobKind, ModelSpec
 from heurist.errors import ConfigError, InvalidJobError
 from heurist.identity import recover_signer
 from heurist.jobs import Completion as ClaimedCompletion
 from heurist.jobs import ImageParams, JobParams, JobState, SignedCompletion, SignedHello, TextParams
+from heurist.ledger.audit_service import read_banned, read_standing
 from heurist.ledger.db import session_factory, session_scope
 from heurist.ledger.tables import ID_LEN, Completion, EntryKind, Job, Miner, PointsEntry, Reason, Rejection
 from heurist.points import MICRO, from_micro, job_points, to_micro
@@ -150,6 +152,8 @@ class _Attempt:
     received_at: float
     signer: str | None = None
     registered: bool = False
+    banned: bool = False
+    escrow: bool = False  # credit as ESCROW: the miner has not passed enough audits yet
     job: Job | None = None
     has_completion: bool = False
     spec: ModelSpec | None = None
@@ -170,11 +174,20 @@ def _sum_micro(value: Any) -> int:
 
 
 class Ledger:
-    """Verifies completions and keeps the append-only points ledger. Thread-safe: a session per call."""
+    """Verifies completions and keeps the append-only points ledger. Thread-safe: a session per call.
+
+    Banned miners (``heurist.ledger.audit_service``) are refused: hellos and completions. With
+    ``escrow_new_miners``, a miner with fewer than ``new_miner_audits`` passed audits is credited ESCROW
+    entries (held until its audits pass) instead of JOB_CREDIT. Points totals (``miner_points``,
+    ``totals``, ``JobView.points``) are sums of all entries: they count escrowed points, net of clawbacks.
+    """
 
     def __init__(self, engine: Engine, catalog: Catalog, store: ObjectStore | None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, escrow_new_miners: bool = False,
+                 new_miner_audits: int = NEW_MINER_AUDITS) -> None:
         """``store`` None opens a read-only view (reports, `heurist points`): it cannot verify completions."""
+        self.escrow_new_miners = escrow_new_miners
+        self.new_miner_audits = new_miner_audits
         self.engine = engine
         self.catalog = catalog
         self._store = store
@@ -208,6 +221,10 @@ class Ledger:
         if signer is None or signer.lower() != hello.miner.lower():
             log.warning("refused hello claiming %s: signature does not recover to it", hello.miner)
             return RegistrationVerdict(accepted=False, address=hello.miner, reason=Reason.BAD_SIGNATURE)
+        with self._sessions() as session:
+            if read_banned(session, signer):
+                log.warning("refused hello from banned miner %s", signer)
+                return RegistrationVerdict(accepted=False, address=signer, reason=Reason.BANNED)
         now = self.clock()
         values = {"address": signer, "first_seen": now, "last_seen": now, "models": list(hello.models),
                   "device": hello.device.model_dump(mode="json")}
@@ -260,8 +277,9 @@ class Ledger:
     def _verify(self, attempt: _Attempt) -> _Refusal | None:
         """Run the checks in order, cheapest and least trusting first; the first refusal wins."""
         steps: Sequence[Callable[[_Attempt], _Refusal | None]] = (
-            self._check_signature, self._load, self._check_signer, self._check_job, self._check_model,
-            self._check_not_duplicate, self._check_output_exists, self._check_sha256, self._check_size,
+            self._check_signature, self._load, self._check_signer, self._check_not_banned, self._check_job,
+            self._check_model, self._check_not_duplicate, self._check_output_exists, self._check_sha256,
+            self._check_size,
         )
         for step in steps:
             refusal = step(attempt)
@@ -281,6 +299,9 @@ class Ledger:
         assert a.signer is not None
         with self._sessions() as session:
             a.registered = session.get(Miner, a.signer) is not None
+            a.banned = a.registered and read_banned(session, a.signer)
+            a.escrow = a.registered and self.escrow_new_miners and (
+                read_standing(session, a.signer).is_new(self.new_miner_audits))
             a.job = session.get(Job, a.job_id)
             a.has_completion = a.job is not None and session.get(Completion, a.job_id) is not None
         return None
@@ -288,6 +309,13 @@ class Ledger:
     def _check_signer(self, a: _Attempt) -> _Refusal | None:
         if not a.registered:
             return _Refusal(Reason.UNKNOWN_SIGNER, f"{a.signer} never sent a signed hello", miner=a.signer)
+        return None
+
+    def _check_not_banned(self, a: _Attempt) -> _Refusal | None:
+        """A banned miner's work earns nothing; its job is freed for a redelivery by someone else."""
+        if a.banned:
+            return _Refusal(Reason.BANNED, f"{a.signer} is banned after failed audits", miner=a.signer,
+                            marks_job=True)
         return None
 
     def _check_job(self, a: _Attempt) -> _Refusal | None:
@@ -365,7 +393,8 @@ class Ledger:
                 session.flush()  # first statement: the primary key refuses a second completion here
                 if not late:
                     session.add(PointsEntry(idempotency_key=f"job:{a.job_id}", miner_address=a.signer,
-                                            job_id=a.job_id, kind=EntryKind.JOB_CREDIT, amount_micro=micro,
+                                            job_id=a.job_id, amount_micro=micro,
+                                            kind=EntryKind.ESCROW if a.escrow else EntryKind.JOB_CREDIT,
                                             created_at=a.received_at))
                 session.execute(update(Job).where(Job.id == a.job_id).values(
                     state=state, miner_address=a.signer, finished_at=a.received_at,
@@ -406,7 +435,7 @@ class Ledger:
     def _earlier_verdict(self, session: Session, job_id: str) -> CompletionVerdict:
         state = session.scalar(select(Job.state).where(Job.id == job_id))
         credited = session.scalar(select(func.sum(PointsEntry.amount_micro)).where(
-            PointsEntry.job_id == job_id, PointsEntry.kind == EntryKind.JOB_CREDIT))
+            PointsEntry.job_id == job_id, PointsEntry.kind.in_((EntryKind.JOB_CREDIT, EntryKind.ESCROW))))
         return CompletionVerdict(job_id=job_id, accepted=state is not None and state.has_output,
                                  reason=Reason.LATE if state is JobState.LATE else None,
                                  points_micro=_sum_micro(credited), state=state)
@@ -431,6 +460,12 @@ class Ledger:
                                  state=state)
 
     # ---------------------------------------------------------------------------------------- read side
+
+    def job_params(self, job_id: str) -> ImageParams | TextParams | None:
+        """The parameters recorded at submit time: what an auditor replays (never the miner's claim)."""
+        with self._sessions() as session:
+            raw = session.scalar(select(Job.params).where(Job.id == job_id))
+        return None if raw is None else PARAMS.validate_python(raw)
 
     def job(self, job_id: str) -> JobView | None:
         """The job's state, output, points and miner; None if the ledger never recorded it."""

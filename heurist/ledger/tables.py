@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -48,9 +49,50 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class EntryKind(StrEnum):
-    """What a points entry records. Entries are never edited: corrections are new entries."""
+    """What a points entry records. Entries are never edited: corrections are new entries.
 
-    JOB_CREDIT = "job_credit"
+    A miner's points are the sum of all its entries (held or not, net of clawbacks). Each kind also moves
+    exactly one of two balances, so both are plain sums by kind (``heurist.ledger.audit_service``):
+    *credited* (available) = job_credit + escrow_release + clawback; *escrowed* (held) = escrow +
+    escrow_debit + escrow_clawback. A release is a zero-sum pair (escrow_debit -R, escrow_release +R).
+    """
+
+    JOB_CREDIT = "job_credit"  # + a verified job's points, available
+    ESCROW = "escrow"  # + a verified job's points, held: the miner has not passed enough audits yet
+    ESCROW_DEBIT = "escrow_debit"  # - the held balance leaving escrow (pairs with escrow_release)
+    ESCROW_RELEASE = "escrow_release"  # + the same amount arriving in the available balance
+    CLAWBACK = "clawback"  # - a failed audit takes back an available (or already released) credit
+    ESCROW_CLAWBACK = "escrow_clawback"  # - a failed audit takes back a credit still held in escrow
+
+
+CREDITED_KINDS = (EntryKind.JOB_CREDIT, EntryKind.ESCROW_RELEASE, EntryKind.CLAWBACK)
+ESCROWED_KINDS = (EntryKind.ESCROW, EntryKind.ESCROW_DEBIT, EntryKind.ESCROW_CLAWBACK)
+CLAWBACK_KINDS = (EntryKind.CLAWBACK, EntryKind.ESCROW_CLAWBACK)
+
+
+class AuditOutcome(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+
+
+class AuditReason(StrEnum):
+    """Why an audit failed (a passed audit has none)."""
+
+    IMAGE_MISMATCH = "image_mismatch"  # the replay does not match the miner's image
+    TEXT_MISMATCH = "text_mismatch"  # teacher-forcing finds tokens the model would not produce
+    WEIGHTS_TAMPERED = "weights_tampered"  # attested weight hashes differ from the catalog's
+    METRICS_IMPLAUSIBLE = "metrics_implausible"  # reported latency impossible for the claimed device
+    OUTPUT_MISSING = "output_missing"  # the output vanished before the auditor could read it
+
+
+class MinerEventKind(StrEnum):
+    """State changes of a miner that audits alone do not determine (a ban outlives a config change)."""
+
+    FLAGGED = "flagged"  # odd metrics: sample at the suspicious rate until unflagged
+    UNFLAGGED = "unflagged"
+    BANNED = "banned"
+    UNBANNED = "unbanned"  # an operator's decision; never automatic
+    SAMPLING_RAISED = "sampling_raised"  # informational: the sampler moved the miner to a higher rate
 
 
 class Reason(StrEnum):
@@ -66,6 +108,7 @@ class Reason(StrEnum):
     SHA256_MISMATCH = "sha256_mismatch"
     SIZE_MISMATCH = "size_mismatch"
     LATE = "late"
+    BANNED = "banned"  # the miner failed too many audits: its hellos and completions are refused
 
 
 class StrEnumType(TypeDecorator[Any]):
@@ -168,14 +211,52 @@ class Rejection(Base):
     received_at: Mapped[float] = mapped_column(Double())
 
 
+class Audit(Base):
+    """One auditor's verdict on one job (append-only; a database trigger refuses UPDATE and DELETE).
+    An auditor judges a job once: (job_id, auditor) is unique, so re-recording a verdict adds nothing."""
+
+    __tablename__ = "audits"
+    __table_args__ = (UniqueConstraint("job_id", "auditor", name="uq_audits_job_id_auditor"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(ID_LEN), ForeignKey("jobs.id"), index=True)
+    miner_address: Mapped[str] = mapped_column(String(ADDRESS_LEN), ForeignKey("miners.address"), index=True)
+    outcome: Mapped[AuditOutcome] = mapped_column(StrEnumType(AuditOutcome))
+    reason: Mapped[AuditReason | None] = mapped_column(StrEnumType(AuditReason))
+    detail: Mapped[str] = mapped_column(Text())
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON())
+    audited_at: Mapped[float] = mapped_column(Double())
+    auditor: Mapped[str] = mapped_column(String(255))
+
+
+class MinerEvent(Base):
+    """Append-only miner state changes (bans, metric flags); the latest of a pair wins (by id)."""
+
+    __tablename__ = "miner_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    miner_address: Mapped[str] = mapped_column(String(ADDRESS_LEN), ForeignKey("miners.address"), index=True)
+    kind: Mapped[MinerEventKind] = mapped_column(StrEnumType(MinerEventKind))
+    detail: Mapped[str] = mapped_column(Text())
+    created_at: Mapped[float] = mapped_column(Double())
+
+
 metadata = Base.metadata
 
 __all__ = [
+    "CLAWBACK_KINDS",
+    "CREDITED_KINDS",
+    "ESCROWED_KINDS",
+    "Audit",
+    "AuditOutcome",
+    "AuditReason",
     "Base",
     "Completion",
     "EntryKind",
     "Job",
     "Miner",
+    "MinerEvent",
+    "MinerEventKind",
     "PointsEntry",
     "Reason",
     "Rejection",

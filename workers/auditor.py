@@ -1,0 +1,121 @@
+"""The trusted auditor: replay a sampled job on hardware we trust and record the verdict in the ledger.
+
+Images are re-rendered with the recorded seed, size and steps and compared perceptually
+(``workers.audit.image_check``); text is teacher-forced through the model once (``workers.audit.text_check``).
+The verdict and its consequences (clawback, escrow, ban) are ledger entries (``AuditLedger``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+
+from heurist.audit.hook import audit_queue
+from heurist.catalog import Catalog, JobKind
+from heurist.celery_app import create_app, worker_pool
+from heurist.errors import HeuristError
+from heurist.jobs import ImageParams, TextOutput, TextParams
+from heurist.ledger.audit_service import AuditLedger
+from heurist.ledger.factory import open_ledger
+from heurist.ledger.service import Ledger
+from heurist.ledger.tables import AuditReason
+from heurist.settings import Settings
+from heurist.storage import make_store
+from tasks.audit import register_audit_tasks
+from workers.device import detect_device
+from workers.launch import load_pipelines, plan_miner
+from workers.pipelines.backend import Pipeline
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's outcome, before it becomes a ledger entry."""
+
+    passed: bool
+    reason: AuditReason | None
+    detail: str
+    metrics: dict[str, Any]
+
+
+def check_image(pipeline: Pipeline, params: ImageParams | TextParams, claimed: bytes) -> Finding:
+    from workers.audit.image_check import compare_images
+
+    reference = pipeline.run(params, math.inf).data
+    verdict = compare_images(reference, claimed)
+    metrics = {"phash_distance": verdict.phash_distance, "similarity": verdict.similarity}
+    reason = None if verdict.passed else AuditReason.IMAGE_MISMATCH
+    return Finding(verdict.passed, reason, verdict.reason or "", metrics)
+
+
+def check_text_output(pipeline: Pipeline, params: ImageParams | TextParams, claimed: bytes) -> Finding:
+    from workers.audit.text_check import check_text
+    from workers.pipelines.backends.causal_lm import CausalLMPipeline
+
+    if not isinstance(pipeline, CausalLMPipeline) or not isinstance(params, TextParams):
+        raise HeuristError(f"text audit needs a causal LM and text params, got {type(pipeline).__name__}")
+    try:
+        output = TextOutput.model_validate_json(claimed)
+    except ValueError as err:
+        return Finding(False, AuditReason.TEXT_MISMATCH, f"output is not a TextOutput: {err}", {})
+    verdict = check_text(pipeline, params, output)
+    metrics = {"mean_logprob": verdict.mean_logprob, "worst_rank": verdict.worst_rank,
+               "fraction_top1": verdict.fraction_top1, "tokens_checked": verdict.tokens_checked}
+    reason = None if verdict.passed else AuditReason.TEXT_MISMATCH
+    return Finding(verdict.passed, reason, verdict.reason or "", metrics)
+
+
+CHECKS: dict[JobKind, Callable[[Pipeline, ImageParams | TextParams, bytes], Finding]] = {
+    JobKind.IMAGE: check_image,
+    JobKind.TEXT: check_text_output,
+}
+
+
+@dataclass
+class Auditor:
+    """Replays jobs of the models it has loaded; one verdict per (job, auditor)."""
+
+    ledger: Ledger
+    audits: AuditLedger
+    pipelines: Mapping[str, Pipeline]
+    name: str = f"auditor@{socket.gethostname()}"
+
+    def audit(self, job_id: str) -> dict[str, Any]:
+        view = self.ledger.job(job_id)
+        params = self.ledger.job_params(job_id)
+        if view is None or params is None or view.output_sha256 is None:
+            raise HeuristError(f"job {job_id} has no accepted completion to audit")
+        pipeline = self.pipelines[view.model_id]
+        finding = self._check(pipeline, params, view.output_key, view.output_sha256)
+        result = self.audits.record_audit(job_id, finding.passed, finding.reason, finding.detail, finding.metrics,
+                                          auditor=self.name)
+        return {"job_id": job_id, "miner": result.miner, "passed": result.passed, "reason": finding.reason,
+                "clawback": result.clawback_micro, "banned": result.banned}
+
+    def _check(self, pipeline: Pipeline, params: ImageParams | TextParams, key: str, sha256: str) -> Finding:
+        claimed = self.ledger.store.get(key)
+        if hashlib.sha256(claimed).hexdigest() != sha256:
+            return Finding(False, AuditReason.OUTPUT_MISSING, "the stored output changed after it was credited", {})
+        return CHECKS[pipeline.spec.kind](pipeline, params, claimed)
+
+
+def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], loglevel: str = "INFO") -> None:
+    """Load the models to audit (verified like a miner's), then consume their audit queues."""
+    console = Console(stderr=True)
+    plan = plan_miner(catalog, model_ids, None, detect_device(None))
+    pipelines = load_pipelines(plan, settings.resolved_models_dir(), console)
+    ledger = open_ledger(settings, catalog, make_store(settings))
+    auditor = Auditor(ledger=ledger, audits=AuditLedger(ledger.engine), pipelines=pipelines)
+    app = create_app(settings, auditor=auditor)
+    register_audit_tasks(app)
+    queues = [audit_queue(settings.audit_queue_prefix, model_id) for model_id in pipelines]
+    console.print(f"auditor consuming {', '.join(queues)}")
+    pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
+    worker = app.Worker(hostname=auditor.name, queues=queues, pool=pool, concurrency=concurrency,
+                        prefetch_multiplier=1, loglevel=loglevel, quiet=True)
+    worker.start()
