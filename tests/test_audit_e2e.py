@@ -19,11 +19,6 @@ def network_settings() -> dict[str, Any]:
     return {"audit_base_rate": 1.0, "audit_new_miner_rate": 1.0, "audit_seed": 7}
 
 
-def _audited(audits: AuditLedger, miner: str) -> int:
-    standing = audits.standing(miner)
-    return standing.passed + standing.failed
-
-
 def test_random_image_cheater_is_caught_and_honest_miner_is_not(network: EmbeddedNetwork, client: Client) -> None:
     honest = network.start_miner(["tiny-sd"], name="honest")
     cheater = network.start_miner(["tiny-sd"], name="cheater", cheat="random-image")
@@ -40,7 +35,7 @@ def test_random_image_cheater_is_caught_and_honest_miner_is_not(network: Embedde
     by_miner = {w.address: sum(r.miner == w.address for r in completed) for w in (honest, cheater)}
     assert by_miner[honest.address] and by_miner[cheater.address], by_miner
     audits = AuditLedger(client.ledger.engine)
-    wait_until(lambda: sum(_audited(audits, m) for m in by_miner) == len(completed), 300,
+    wait_until(lambda: sum(audits.standing(m).audited for m in by_miner) == len(completed), 300,
                "every credited job to be audited", check=network.check_alive)
     assert audits.standing(honest.address).failed == 0
     assert audits.standing(honest.address).passed == by_miner[honest.address]

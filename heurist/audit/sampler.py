@@ -31,6 +31,11 @@ class MinerStanding:
         return self.passed < new_miner_audits
 
     @property
+    def audited(self) -> int:
+        """Audits with a verdict, passed or failed."""
+        return self.passed + self.failed
+
+    @property
     def suspicious(self) -> bool:
         return self.banned or self.recent_failed > 0 or self.odd_metrics
 

@@ -84,7 +84,7 @@ def _wait_for_audits(net: EmbeddedNetwork, audits: AuditLedger, results: list[Jo
     credited = sum(r.state.has_output for r in results)
 
     def done() -> bool:
-        return sum(audits.standing(m).passed + audits.standing(m).failed for m in miners) >= credited
+        return sum(audits.standing(m).audited for m in miners) >= credited
 
     with err_console.status(f"auditor: replaying {credited} jobs"):
         wait_until(done, timeout, "the audits", check=net.check_alive)
