@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     s3_bucket: str = "heurist-outputs"
     presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
 
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads of a miner or auditor; default: torch's (all cores). Set it "
+        "when several torch processes share the cores: two with 2 threads each on 2 cores ran a job 35x slower.")
+
     miner_key: SecretStr | None = Field(None, description="Miner private key (hex). Prefer --key-file.")
     ledger_queue: str = "ledger"
     audit_queue_prefix: str = Field("audit", description="Sampled jobs go to '<prefix>.<model>'.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,7 @@ class Auditor:
     audits: AuditLedger
     pipelines: Mapping[str, Pipeline]
     name: str = f"auditor@{socket.gethostname()}"
+    on_ban: Sequence[Callable[[str], None]] = ()  # called with the miner's address when an audit bans it
 
     def audit(self, job_id: str) -> dict[str, Any]:
         view = self.ledger.job(job_id)
@@ -94,6 +95,9 @@ class Auditor:
         finding = self._check(pipeline, params, view.output_key, view.output_sha256)
         result = self.audits.record_audit(job_id, finding.passed, finding.reason, finding.detail, finding.metrics,
                                           auditor=self.name)
+        if result.banned and not result.duplicate:
+            for hook in self.on_ban:
+                hook(result.miner)
         return {"job_id": job_id, "miner": result.miner, "passed": result.passed, "reason": finding.reason,
                 "clawback": result.clawback_micro, "banned": result.banned}
 
@@ -107,7 +111,7 @@ class Auditor:
 def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], loglevel: str = "INFO") -> None:
     """Load the models to audit (verified like a miner's), then consume their audit queues."""
     console = Console(stderr=True)
-    plan = plan_miner(catalog, model_ids, None, detect_device(None))
+    plan = plan_miner(catalog, model_ids, None, detect_device(None, settings.torch_threads))
     pipelines = load_pipelines(plan, settings.resolved_models_dir(), console)
     ledger = open_ledger(settings, catalog, make_store(settings))
     auditor = Auditor(ledger=ledger, audits=AuditLedger(ledger.engine), pipelines=pipelines)

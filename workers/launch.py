@@ -103,7 +103,8 @@ def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, model_ids: S
     (tests and the cheater demo only) wraps the pipelines in one of ``workers.cheats.CHEATS``.
     """
     console = console or Console(stderr=True)
-    plan = plan_miner(catalog, list(catalog) if model_ids is None else model_ids, vram_gb, detect_device(device_kind))
+    plan = plan_miner(catalog, list(catalog) if model_ids is None else model_ids, vram_gb,
+                      detect_device(device_kind, settings.torch_threads))
     for reason in plan.refused:
         console.print(f"[yellow]not serving[/] {reason}")
     pipelines = load_pipelines(plan, settings.resolved_models_dir(), console, skip_missing=model_ids is None)

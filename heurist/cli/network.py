@@ -35,13 +35,15 @@ def miner(
     vram: float | None = typer.Option(None, "--vram", help="VRAM in GB to plan for (default: detected)."),
     broker: str | None = typer.Option(None, "--broker", help="Broker URL (default: HEURIST_BROKER_URL)."),
     device: str | None = typer.Option(None, "--device", help="Force 'cpu' or 'cuda' (default: detect)."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="torch threads (default: HEURIST_TORCH_THREADS, else all cores)."),
     loglevel: str = typer.Option("INFO", "--loglevel"),
     cheat: str | None = typer.Option(None, "--cheat", hidden=True, help="Tests and the cheater demo only."),
 ) -> None:
     """Run a miner: verify and load models once, then consume their queues and earn points."""
     from workers.launch import run_miner  # torch is imported only on the miner side
 
-    settings = settings_with(broker_url=broker)
+    settings = settings_with(broker_url=broker, torch_threads=threads)
     catalog = load_catalog(settings.catalog_path)
     wallet = _miner_wallet(key_file, settings.miner_key.get_secret_value() if settings.miner_key else None)
     wanted = split_csv(models) or None
@@ -69,12 +71,14 @@ def ledger(
 
 def auditor(
     models: str = typer.Option(..., "--models", help="Comma-separated model ids to replay (loaded once)."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="torch threads (default: HEURIST_TORCH_THREADS, else all cores)."),
     loglevel: str = typer.Option("INFO", "--loglevel"),
 ) -> None:
     """Run a trusted auditor: replay sampled jobs of these models and record verdicts and penalties."""
     from workers.auditor import run_auditor
 
-    settings = settings_with()
+    settings = settings_with(torch_threads=threads)
     run_auditor(settings, load_catalog(settings.catalog_path), split_csv(models), loglevel=loglevel)
 
 
