@@ -106,6 +106,8 @@ class Completion(Signable):
     output_tokens: int = Field(0, ge=0)
     timings: Timings
     device: DeviceInfo
+    weights_sha256: SHA256_HEX = Field(description="Attestation of the model files loaded "
+                                                   "(heurist.catalog.attestation.weights_digest).")
     finished_at: float
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import DBAPIError
 
 from heurist.catalog import Catalog, ModelSpec, load_catalog
+from heurist.catalog.attestation import WeightPins, weights_digest
 from heurist.errors import InvalidJobError
 from heurist.identity import Wallet
 from heurist.jobs import (
@@ -84,7 +85,7 @@ def engine(migrated_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def ledger(engine: Engine, catalog: Catalog, object_store: ObjectStore, clock: Clock) -> Ledger:
-    return Ledger(engine, catalog, object_store, clock=clock)
+    return Ledger(engine, catalog, object_store, clock=clock, pins=WeightPins(None))
 
 
 @pytest.fixture
@@ -126,14 +127,15 @@ def _create(ledger: Ledger, spec: ModelSpec, params: ImageParams | TextParams, e
 
 def completion(job: Job, wallet: Wallet, data: bytes, *, input_tokens: int = 0, output_tokens: int = 0,
                model_id: str | None = None, output_bytes: int | None = None,
-               miner: str | None = None) -> Completion:
+               miner: str | None = None, weights_sha256: str | None = None) -> Completion:
     return Completion(
         job_id=job.id, model_id=model_id or job.spec.id, miner=miner or wallet.address,
         output_sha256=hashlib.sha256(data).hexdigest(),
         output_bytes=len(data) if output_bytes is None else output_bytes,
         content_type="image/png" if job.output_key.endswith(".png") else "application/json",
         input_tokens=input_tokens, output_tokens=output_tokens,
-        timings=Timings(run_s=1.0, upload_s=0.01, total_s=1.01), device=DEVICE, finished_at=time.time(),
+        timings=Timings(run_s=1.0, upload_s=0.01, total_s=1.01), device=DEVICE,
+        weights_sha256=weights_sha256 or weights_digest(job.spec.files), finished_at=time.time(),
     )
 
 
@@ -411,6 +413,19 @@ def test_sha256_mismatch_rejects_the_job(ledger: Ledger, catalog: Catalog, clock
     assert view.error is not None and view.error.startswith("sha256_mismatch")
     assert_nothing_credited(ledger, job)
     assert ledger.rejections(job.id) == [(Reason.SHA256_MISMATCH, miner.address)]
+
+
+def test_attested_weights_other_than_the_pinned_ones_reject_the_job(
+        ledger: Ledger, catalog: Catalog, clock: Clock, object_store: ObjectStore, miner: Wallet) -> None:
+    """A miner whose signed attestation names modified model files earns nothing for the job."""
+    job = image_job(ledger, catalog, clock)
+    object_store.put(job.output_key, PNG, "image/png")
+    modified = weights_digest({**job.spec.files, "v1-5-pruned-emaonly.safetensors": "0" * 64})
+    verdict = ledger.record_completion(sign(completion(job, miner, PNG, weights_sha256=modified), miner))
+    assert outcome(verdict) == (False, Reason.WEIGHTS_MISMATCH, JobState.REJECTED)
+    assert_nothing_credited(ledger, job)
+    _, honest = deliver(ledger, object_store, job, miner)  # the same job with the pinned files still pays
+    assert honest.accepted and honest.points_micro > 0
 
 
 def test_missing_output_rejects_the_job(ledger: Ledger, catalog: Catalog, clock: Clock,

@@ -19,6 +19,7 @@ from heurist.ledger.tables import metadata
 
 LEDGER_TABLES = {"miners", "jobs", "completions", "points_entries", "rejections", "audits", "miner_events"}
 REPO = Path(__file__).resolve().parents[1]
+HEAD = "0003"  # the newest revision: a new migration must be listed here on purpose
 
 
 def table_names(url: str) -> set[str]:
@@ -44,14 +45,14 @@ def schema_diff(url: str) -> list[object]:
 def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert migrate.current(db_url) is None
     migrate.upgrade(db_url)
-    assert migrate.current(db_url) == migrate.head() == "0002"
+    assert migrate.current(db_url) == migrate.head() == HEAD
     assert table_names(db_url) >= LEDGER_TABLES
     migrate.upgrade(db_url)  # idempotent: every process start may call it
     migrate.downgrade(db_url, "base")
     assert migrate.current(db_url) is None
     assert table_names(db_url) & LEDGER_TABLES == set()
     migrate.upgrade(db_url)
-    assert table_names(db_url) >= LEDGER_TABLES and migrate.current(db_url) == "0002"
+    assert table_names(db_url) >= LEDGER_TABLES and migrate.current(db_url) == HEAD
 
 
 def test_orm_metadata_matches_the_migrated_schema(db_url: str) -> None:
@@ -80,7 +81,7 @@ def test_concurrent_upgrades_do_not_collide(db_url: str) -> None:
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-    assert migrate.current(db_url) == "0002" and schema_diff(db_url) == []
+    assert migrate.current(db_url) == HEAD and schema_diff(db_url) == []
 
 
 def test_migrations_are_found_without_the_repo_as_cwd(db_url: str, tmp_path: Path,
@@ -89,7 +90,7 @@ def test_migrations_are_found_without_the_repo_as_cwd(db_url: str, tmp_path: Pat
     assert (migrate.script_location() / "env.py").is_file()
     assert (migrate.script_location() / "versions" / "0001_spine.py").is_file()
     migrate.upgrade(db_url)
-    assert migrate.current(db_url) == "0002"
+    assert migrate.current(db_url) == HEAD
 
 
 def test_alembic_command_line_from_the_repo(sqlite_url: str) -> None:
@@ -100,4 +101,4 @@ def test_alembic_command_line_from_the_repo(sqlite_url: str) -> None:
         done = subprocess.run([*alembic, *args], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0, done.stderr
-    assert migrate.current(sqlite_url) == "0002"
+    assert migrate.current(sqlite_url) == HEAD

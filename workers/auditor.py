@@ -16,12 +16,15 @@ from typing import Any
 
 from rich.console import Console
 
+from heurist.access import broker_access
 from heurist.audit.hook import audit_queue
+from heurist.audit.metrics import check_metrics
 from heurist.catalog import Catalog, JobKind
 from heurist.celery_app import create_app, worker_pool
 from heurist.errors import HeuristError
 from heurist.jobs import ImageParams, TextOutput, TextParams
 from heurist.ledger.audit_service import AuditLedger
+from heurist.ledger.claims import AcceptedClaim, read_claim
 from heurist.ledger.factory import open_ledger
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import AuditReason
@@ -88,24 +91,32 @@ class Auditor:
 
     def audit(self, job_id: str) -> dict[str, Any]:
         view = self.ledger.job(job_id)
-        params = self.ledger.job_params(job_id)
-        if view is None or params is None or view.output_sha256 is None:
+        claim = read_claim(self.ledger.engine, job_id)
+        if view is None or claim is None or view.output_sha256 is None:
             raise HeuristError(f"job {job_id} has no accepted completion to audit")
-        pipeline = self.pipelines[view.model_id]
-        finding = self._check(pipeline, params, view.output_key, view.output_sha256)
+        finding = self._check(self.pipelines[claim.model_id], claim, view.output_key, view.output_sha256)
         result = self.audits.record_audit(job_id, finding.passed, finding.reason, finding.detail, finding.metrics,
                                           auditor=self.name)
         if result.banned and not result.duplicate:
             for hook in self.on_ban:
                 hook(result.miner)
+        if result.passed and result.standing.odd_metrics:
+            self.audits.unflag(result.miner, f"job {job_id} passed its audit, metrics included")
         return {"job_id": job_id, "miner": result.miner, "passed": result.passed, "reason": finding.reason,
                 "clawback": result.clawback_micro, "banned": result.banned}
 
-    def _check(self, pipeline: Pipeline, params: ImageParams | TextParams, key: str, sha256: str) -> Finding:
+    def _check(self, pipeline: Pipeline, claim: AcceptedClaim, key: str, sha256: str) -> Finding:
+        """Cheapest first: the stored bytes, the weight attestation, the reported metrics, then the replay."""
         claimed = self.ledger.store.get(key)
         if hashlib.sha256(claimed).hexdigest() != sha256:
             return Finding(False, AuditReason.OUTPUT_MISSING, "the stored output changed after it was credited", {})
-        return CHECKS[pipeline.spec.kind](pipeline, params, claimed)
+        if claim.weights_sha256 is not None and claim.weights_sha256 != pipeline.weights_sha256:
+            return Finding(False, AuditReason.WEIGHTS_TAMPERED, f"attests weights {claim.weights_sha256[:12]}…; "
+                           f"the auditor's verified files hash to {pipeline.weights_sha256[:12]}…", {})
+        metrics = check_metrics(pipeline.spec, claim.params, claim.reported())
+        if not metrics.plausible:
+            return Finding(False, AuditReason.METRICS_IMPLAUSIBLE, metrics.detail, metrics.metrics)
+        return CHECKS[pipeline.spec.kind](pipeline, claim.params, claimed)
 
 
 def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], loglevel: str = "INFO") -> None:
@@ -114,7 +125,8 @@ def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], logl
     plan = plan_miner(catalog, model_ids, None, detect_device(None, settings.torch_threads))
     pipelines = load_pipelines(plan, settings.resolved_models_dir(), console)
     ledger = open_ledger(settings, catalog, make_store(settings))
-    auditor = Auditor(ledger=ledger, audits=AuditLedger(ledger.engine), pipelines=pipelines)
+    auditor = Auditor(ledger=ledger, audits=AuditLedger(ledger.engine), pipelines=pipelines,
+                      on_ban=[broker_access(settings).revoke])
     app = create_app(settings, auditor=auditor)
     register_audit_tasks(app)
     queues = [audit_queue(settings.audit_queue_prefix, model_id) for model_id in pipelines]

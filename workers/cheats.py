@@ -1,77 +1,198 @@
-"""Cheating pipelines, for the audit's tests and `heurist demo --with-cheater` only.
+"""Cheating miners, for the audit's tests and `heurist demo --with-cheater` only.
 
-Each wraps an honest pipeline and cheats one way the seed names: a random image, fewer steps, a different
-seed, garbage text, a truncated answer. A miner runs one only when started with the hidden ``--cheat``.
+One cheat per kind the seed names, each a small change to an honest miner: a pipeline wrapper (what is
+computed) or a middleware (what is claimed about it). A miner runs one only when started with the hidden
+``--cheat``. Which check catches each is the cheater suite's business (tests/test_cheaters.py).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from heurist.catalog import JobKind
+from heurist.catalog.attestation import weights_digest
 from heurist.errors import ConfigError
-from heurist.jobs import ImageParams, TextParams
+from heurist.jobs import Completion, DeviceInfo, ImageParams, JobMessage, TextParams
+from workers.middleware import Middleware
 from workers.pipelines.backend import Pipeline, PipelineOutput
+
+Params = ImageParams | TextParams
+Run = Callable[[Pipeline, Params, float], PipelineOutput]
 
 
 @dataclass
-class Cheat(Pipeline):
-    """An honest pipeline with one dishonest step."""
+class Rigged(Pipeline):
+    """An honest pipeline with one dishonest step; it attests the honest pipeline's weights."""
 
     honest: Pipeline
-    how: Callable[[Pipeline, ImageParams | TextParams, float], PipelineOutput]
+    how: Run
 
     def __post_init__(self) -> None:
         self.spec = self.honest.spec
+        self.weights_sha256 = self.honest.weights_sha256
 
-    def run(self, params: ImageParams | TextParams, deadline_at: float) -> PipelineOutput:
+    def run(self, params: Params, deadline_at: float) -> PipelineOutput:
         return self.how(self.honest, params, deadline_at)
 
 
-def _random_image(honest: Pipeline, params: ImageParams | TextParams, deadline_at: float) -> PipelineOutput:
+def _png(image: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")  # type: ignore[attr-defined]
+    return buf.getvalue()
+
+
+def _random_image(honest: Pipeline, params: Params, deadline_at: float) -> PipelineOutput:
     from PIL import Image
 
     assert isinstance(params, ImageParams)
     rng = random.Random(params.seed)
     image = Image.frombytes("RGB", (params.width, params.height), rng.randbytes(params.width * params.height * 3))
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return PipelineOutput(buf.getvalue(), "image/png")
+    return PipelineOutput(_png(image), "image/png")
 
 
-def _fewer_steps(honest: Pipeline, params: ImageParams | TextParams, deadline_at: float) -> PipelineOutput:
+def _fewer_steps(honest: Pipeline, params: Params, deadline_at: float) -> PipelineOutput:
     assert isinstance(params, ImageParams)
     return honest.run(params.model_copy(update={"steps": max(1, params.steps // 4)}), deadline_at)
 
 
-def _other_seed(honest: Pipeline, params: ImageParams | TextParams, deadline_at: float) -> PipelineOutput:
+def _other_seed(honest: Pipeline, params: Params, deadline_at: float) -> PipelineOutput:
     assert isinstance(params, ImageParams)
     return honest.run(params.model_copy(update={"seed": (params.seed + 1) % 2**32}), deadline_at)
 
 
-def _garbage_text(honest: Pipeline, params: ImageParams | TextParams, deadline_at: float) -> PipelineOutput:
+def _low_res(honest: Pipeline, params: Params, deadline_at: float) -> PipelineOutput:
+    """A cheaper computation passed off as the model's: half the size, upscaled (a quarter of the work)."""
+    from PIL import Image
+
+    assert isinstance(params, ImageParams)
+    small = params.model_copy(update={"width": max(32, params.width // 2), "height": max(32, params.height // 2)})
+    with Image.open(io.BytesIO(honest.run(small, deadline_at).data)) as image:
+        return PipelineOutput(_png(image.resize((params.width, params.height), Image.Resampling.BICUBIC)),
+                              "image/png")
+
+
+def _edit_text(honest: Pipeline, params: Params, deadline_at: float,
+               edit: Callable[[dict[str, object]], None]) -> PipelineOutput:
     real = honest.run(params, deadline_at)
     output = json.loads(real.data)
-    rng = random.Random(len(output["output_token_ids"]))
-    output["output_token_ids"] = [rng.randrange(1000, 40000) for _ in output["output_token_ids"]]
-    output["text"] = "lorem ipsum " * max(1, len(output["output_token_ids"]) // 2)
-    return PipelineOutput(json.dumps(output).encode(), real.content_type, real.input_tokens, real.output_tokens)
+    edit(output)
+    return PipelineOutput(json.dumps(output).encode(), real.content_type, real.input_tokens,
+                          int(output["output_tokens"]))
 
 
-CHEATS: dict[str, Callable[[Pipeline, ImageParams | TextParams, float], PipelineOutput]] = {
-    "random-image": _random_image,
-    "fewer-steps": _fewer_steps,
-    "other-seed": _other_seed,
-    "garbage-text": _garbage_text,
+def _garble(output: dict[str, object]) -> None:
+    ids = list(output["output_token_ids"])  # type: ignore[call-overload]
+    rng = random.Random(len(ids))
+    output["output_token_ids"] = [rng.randrange(1000, 40000) for _ in ids]
+    output["text"] = "lorem ipsum " * max(1, len(ids) // 2)
+
+
+def _truncate(output: dict[str, object]) -> None:
+    """Keep the first quarter of the answer and call it finished, claiming the full token count."""
+    ids = list(output["output_token_ids"])  # type: ignore[call-overload]
+    output["output_token_ids"] = ids[: max(1, len(ids) // 4)]
+    output["text"] = str(output["text"])[: max(1, len(str(output["text"])) // 4)]
+    output["finish_reason"] = "stop"
+
+
+def _garbage_text(honest: Pipeline, params: Params, deadline_at: float) -> PipelineOutput:
+    return _edit_text(honest, params, deadline_at, _garble)
+
+
+def _truncated_text(honest: Pipeline, params: Params, deadline_at: float) -> PipelineOutput:
+    return _edit_text(honest, params, deadline_at, _truncate)
+
+
+def perturbed(honest: Pipeline, scale: float = 0.1, seed: int = 0) -> Pipeline:
+    """A copy of ``honest`` whose weight matrices carry Gaussian noise (``scale`` of each one's std): a
+    different, cheaper or tampered model behind the same interface. The honest pipeline is untouched.
+
+    At 5% noise SmolLM2 still gave the honest answer to 1 prompt in 10 (nothing to catch, nothing gained);
+    at 10% every answer measured changed."""
+    import torch
+
+    cheap = copy.deepcopy(honest)
+    generator = torch.Generator().manual_seed(seed)
+    modules = [m for m in vars(cheap).values() if isinstance(m, torch.nn.Module)]
+    pipe = getattr(cheap, "pipe", None)
+    if pipe is not None:
+        modules += [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    with torch.no_grad():
+        for module in modules:
+            for weight in module.parameters():
+                if weight.dim() >= 2 and weight.is_floating_point():
+                    noise = torch.randn(weight.shape, generator=generator, dtype=weight.dtype)
+                    weight.add_(noise.to(weight.device) * weight.std() * scale)
+    return cheap
+
+
+def _tampered_weights(honest: Pipeline) -> Pipeline:
+    """Modified weights, attesting the pinned ones: only the replay can tell."""
+    return perturbed(honest)
+
+
+def _modified_weights(honest: Pipeline) -> Pipeline:
+    """Modified weights, attesting what it really loaded: the attestation itself gives it away."""
+    cheap = perturbed(honest)
+    cheap.weights_sha256 = weights_digest({"model.safetensors (modified)": honest.weights_sha256})
+    return cheap
+
+
+class FakeLatency(Middleware):
+    """Reports fifty times faster than it ran (a miner showing off for routing or reward tiers)."""
+
+    def after_job(self, job: JobMessage, completion: Completion) -> Completion:
+        t = completion.timings
+        fast = t.model_copy(update={"run_s": t.run_s / 50, "total_s": t.run_s / 50 + t.upload_s})
+        return completion.model_copy(update={"timings": fast})
+
+
+class FakeDevice(Middleware):
+    """Claims a data-centre GPU while running on whatever it has."""
+
+    CLAIMED = DeviceInfo(kind="cuda", name="NVIDIA H100 80GB HBM3", vram_gb=80.0)
+
+    def after_job(self, job: JobMessage, completion: Completion) -> Completion:
+        return completion.model_copy(update={"device": self.CLAIMED})
+
+
+@dataclass(frozen=True)
+class CheatSpec:
+    """Which models a cheat touches (``kind`` None: all) and how: a new pipeline or a lying middleware."""
+
+    kind: JobKind | None
+    wrap: Callable[[Pipeline], Pipeline] | None = None
+    middleware: Callable[[], Middleware] | None = None
+
+
+def _rigged(how: Run) -> Callable[[Pipeline], Pipeline]:
+    return lambda honest: Rigged(honest, how)
+
+
+CHEATS: dict[str, CheatSpec] = {
+    "random-image": CheatSpec(JobKind.IMAGE, _rigged(_random_image)),
+    "fewer-steps": CheatSpec(JobKind.IMAGE, _rigged(_fewer_steps)),
+    "other-seed": CheatSpec(JobKind.IMAGE, _rigged(_other_seed)),
+    "low-res": CheatSpec(JobKind.IMAGE, _rigged(_low_res)),
+    "garbage-text": CheatSpec(JobKind.TEXT, _rigged(_garbage_text)),
+    "truncated-text": CheatSpec(JobKind.TEXT, _rigged(_truncated_text)),
+    "tampered-weights": CheatSpec(None, _tampered_weights),
+    "modified-weights": CheatSpec(None, _modified_weights),
+    "fake-latency": CheatSpec(None, middleware=FakeLatency),
+    "fake-device": CheatSpec(None, middleware=FakeDevice),
 }
 
 
-def cheating(pipelines: dict[str, Pipeline], how: str) -> dict[str, Pipeline]:
-    """Wrap every pipeline of the kind ``how`` applies to (image cheats on image models, text on text)."""
-    if how not in CHEATS:
+def cheating(pipelines: dict[str, Pipeline], how: str) -> tuple[dict[str, Pipeline], list[Middleware]]:
+    """The pipelines with the cheat applied to those of its kind, and the middleware it adds."""
+    spec = CHEATS.get(how)
+    if spec is None:
         raise ConfigError(f"unknown cheat {how!r}: one of {', '.join(CHEATS)}")
-    kind = "text" if how.endswith("-text") else "image"
-    return {mid: Cheat(p, CHEATS[how]) if p.spec.kind.value == kind else p for mid, p in pipelines.items()}
+    wrap = spec.wrap
+    changed = {mid: wrap(p) if wrap and spec.kind in (None, p.spec.kind) else p for mid, p in pipelines.items()}
+    return changed, [spec.middleware()] if spec.middleware else []

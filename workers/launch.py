@@ -17,6 +17,7 @@ from pathlib import Path
 from celery import Celery
 from rich.console import Console
 
+from heurist.access.miner_app import confine_miner
 from heurist.catalog import Catalog, ModelSpec
 from heurist.celery_app import create_app, worker_pool
 from heurist.errors import ConfigError, HeuristError, ModelNotPresentError
@@ -27,6 +28,7 @@ from heurist.settings import Settings
 from tasks.miner import register_miner_tasks
 from tasks.names import REGISTER_MINER
 from workers.device import Device, detect_device
+from workers.middleware import Middleware, default_middleware
 from workers.pipelines import load_pipeline
 from workers.pipelines.backend import Pipeline
 from workers.runtime import MinerRuntime
@@ -108,26 +110,31 @@ def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, model_ids: S
     for reason in plan.refused:
         console.print(f"[yellow]not serving[/] {reason}")
     pipelines = load_pipelines(plan, settings.resolved_models_dir(), console, skip_missing=model_ids is None)
+    extra: list[Middleware] = []
     if cheat is not None:
         from workers.cheats import cheating
 
-        pipelines = cheating(pipelines, cheat)
+        pipelines, extra = cheating(pipelines, cheat)
     serve(settings, wallet, replace(plan, models=[m for m in plan.models if m.id in pipelines]), pipelines,
-          loglevel, console)
+          loglevel, console, middleware=extra)
 
 
 def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[str, Pipeline],
-          loglevel: str = "INFO", console: Console | None = None) -> None:
-    """Announce, then consume the plan's queues with loaded pipelines until stopped (one thread: no fork)."""
+          loglevel: str = "INFO", console: Console | None = None, middleware: Sequence[Middleware] = ()) -> None:
+    """Announce, then consume the plan's queues with loaded pipelines until stopped (one thread: no fork).
+    ``middleware`` runs after the defaults."""
     console = console or Console(stderr=True)
-    runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines)
+    runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines,
+                           middleware=[*default_middleware(), *middleware])
     app = create_app(settings, miner_runtime=runtime)
     register_miner_tasks(app)
+    confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue)
     announce(app, wallet, plan, settings.ledger_queue)
     console.print(f"miner {wallet.address} consuming {', '.join(plan.queues)}")
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
     worker = app.Worker(hostname=worker_hostname(wallet, plan), queues=plan.queues, pool=pool,
-                        concurrency=concurrency, prefetch_multiplier=1, loglevel=loglevel, quiet=True)
+                        concurrency=concurrency, prefetch_multiplier=1, loglevel=loglevel, quiet=True,
+                        without_gossip=True, without_mingle=True)  # both need rights a miner user lacks
     worker.start()
     if worker.exitcode:
         raise HeuristError(f"miner worker exited with code {worker.exitcode}")

@@ -22,8 +22,10 @@ class Middleware:
     def before_job(self, job: JobMessage) -> None:
         """Called before the pipeline runs; raise to refuse the job."""
 
-    def after_job(self, job: JobMessage, completion: Completion) -> None:
-        """Called once the output is stored and the completion built, before it is signed."""
+    def after_job(self, job: JobMessage, completion: Completion) -> Completion:
+        """Called once the output is stored and the completion built, before it is signed; returns the
+        completion to sign (the same one, unless the middleware adds to what it claims)."""
+        return completion
 
 
 class DeadlineMiddleware(Middleware):
@@ -41,12 +43,13 @@ class DeadlineMiddleware(Middleware):
 class LoggingMiddleware(Middleware):
     """One log line per job: what ran, how long, what it produced."""
 
-    def after_job(self, job: JobMessage, completion: Completion) -> None:
+    def after_job(self, job: JobMessage, completion: Completion) -> Completion:
         log.info(
             "job %s model=%s run=%.2fs upload=%.3fs bytes=%d tokens=%d+%d",
             job.job_id, job.model_id, completion.timings.run_s, completion.timings.upload_s,
             completion.output_bytes, completion.input_tokens, completion.output_tokens,
         )
+        return completion
 
 
 def default_middleware() -> list[Middleware]:

@@ -49,8 +49,9 @@ class MinerRuntime:
             output_tokens=output.output_tokens,
             timings=Timings(run_s=ran - started, upload_s=uploaded - ran, total_s=uploaded - started),
             device=self.device,
+            weights_sha256=pipeline.weights_sha256,
             finished_at=time.time(),
         )
         for mw in self.middleware:
-            mw.after_job(job, completion)
+            completion = mw.after_job(job, completion)
         return SignedCompletion(completion=completion, signature=self.wallet.sign(completion.signing_payload()))

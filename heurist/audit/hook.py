@@ -1,19 +1,25 @@
-"""Audit sampling as a Celery signal on the ledger: every accepted completion is a candidate.
+"""Audit hooks on the ledger, as Celery signals: every first acceptance of a completion is a candidate.
 
-Hooked to ``task_success`` of the ledger's record-completion task, so crediting stays one job and sampling
-another; the task body has no ``if`` for it. A sampled job goes to the trusted ``audit`` queue.
+Hooked to ``task_success`` of the ledger's record-completion task, so crediting stays one job and each
+audit concern another; the task body has no ``if`` for them. Receivers run in the order they were
+connected: ``install_metrics_flagging`` first, so a miner flagged for this very completion's metrics is
+sampled at the suspicious rate by ``install_audit_sampling``. A sampled job goes to a trusted audit queue.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
 from celery.signals import task_success
 
+from heurist.audit.metrics import MetricsVerdict, check_metrics
 from heurist.audit.sampler import AuditSampler
+from heurist.catalog import Catalog
 from heurist.ledger.audit_service import AuditLedger
+from heurist.ledger.claims import read_claim
 from tasks.names import AUDIT_JOB, RECORD_COMPLETION
 
 log = logging.getLogger(__name__)
@@ -24,17 +30,44 @@ def audit_queue(prefix: str, model_id: str) -> str:
     return f"{prefix}.{model_id}"
 
 
-def install_audit_sampling(app: Celery, sampler: AuditSampler, audits: AuditLedger, prefix: str = "audit") -> None:
-    """After each first acceptance of a completion on ``app``, maybe send the job to its audit queue."""
+def _on_first_acceptance(app: Celery, handle: Callable[[dict[str, Any]], object]) -> None:
+    """Call ``handle(result)`` after each completion ``app``'s ledger accepted for the first time."""
 
     def on_success(sender: Task | None = None, result: Any = None, **_: Any) -> None:
         if sender is None or sender.name != RECORD_COMPLETION or sender.app is not app:
             return
-        if not isinstance(result, dict) or not result.get("accepted") or result.get("duplicate"):
-            return
+        if isinstance(result, dict) and result.get("accepted") and not result.get("duplicate"):
+            handle(result)
+
+    task_success.connect(on_success, weak=False)
+
+
+def flag_odd_metrics(catalog: Catalog, audits: AuditLedger, job_id: str) -> MetricsVerdict | None:
+    """Flag the miner of ``job_id`` if its reported latency or device is implausible; None: no claim."""
+    claim = read_claim(audits.engine, job_id)
+    spec = catalog.models.get(claim.model_id) if claim is not None else None
+    if claim is None or spec is None:
+        return None
+    verdict = check_metrics(spec, claim.params, claim.reported())
+    if not verdict.plausible:
+        audits.flag(claim.miner, f"job {claim.job_id}: {verdict.detail}")
+        log.warning("miner %s flagged: %s", claim.miner, verdict.detail)
+    return verdict
+
+
+def install_metrics_flagging(app: Celery, catalog: Catalog, audits: AuditLedger) -> None:
+    """Flag miners with implausible metrics (``heurist.audit.metrics``) as their completions are accepted:
+    the sampler then audits them at the suspicious rate, and the auditor fails the job on the same check."""
+    _on_first_acceptance(app, lambda result: flag_odd_metrics(catalog, audits, result["job_id"]))
+
+
+def install_audit_sampling(app: Celery, sampler: AuditSampler, audits: AuditLedger, prefix: str = "audit") -> None:
+    """After each first acceptance of a completion on ``app``, maybe send the job to its audit queue."""
+
+    def maybe_audit(result: dict[str, Any]) -> None:
         job_id, miner = result["job_id"], result["miner"]
         if sampler.should_audit(job_id, audits.standing(miner)):
             app.send_task(AUDIT_JOB, args=[job_id], queue=audit_queue(prefix, result["model_id"]))
             log.info("job %s of %s sampled for audit", job_id, miner)
 
-    task_success.connect(on_success, weak=False)
+    _on_first_acceptance(app, maybe_audit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from heurist.audit import AuditSampler
-from heurist.audit.hook import install_audit_sampling
+from heurist.audit.hook import install_audit_sampling, install_metrics_flagging
 from heurist.catalog import Catalog
 from heurist.celery_app import create_app, worker_pool
 from heurist.errors import HeuristError
@@ -25,7 +25,9 @@ def run_ledger(settings: Settings, catalog: Catalog, concurrency: int = 2, logle
     register_ledger_tasks(app)
     sampler = AuditSampler(base_rate=settings.audit_base_rate, new_miner_rate=settings.audit_new_miner_rate,
                            suspicious_rate=settings.audit_suspicious_rate, seed=settings.audit_seed)
-    install_audit_sampling(app, sampler, AuditLedger(ledger.engine), settings.audit_queue_prefix)
+    audits = AuditLedger(ledger.engine)
+    install_metrics_flagging(app, catalog, audits)  # first: a flag raises this very job's sampling rate
+    install_audit_sampling(app, sampler, audits, settings.audit_queue_prefix)
     pool, concurrency = worker_pool(settings.resolved_broker_url(), concurrency)
     worker = app.Worker(hostname=f"ledger@{socket.gethostname()}", queues=[settings.ledger_queue],
                         pool=pool, concurrency=concurrency, loglevel=loglevel, quiet=True)

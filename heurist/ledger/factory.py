@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from heurist.catalog import Catalog
+from heurist.catalog.attestation import WeightPins
 from heurist.ledger.db import make_engine
 from heurist.ledger.migrate import upgrade
 from heurist.ledger.service import Ledger
@@ -20,4 +21,5 @@ def open_ledger(settings: Settings, catalog: Catalog, store: ObjectStore | None,
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     if migrate:
         upgrade(url)
-    return Ledger(make_engine(url), catalog, store, escrow_new_miners=settings.escrow_new_miners)
+    return Ledger(make_engine(url), catalog, store, escrow_new_miners=settings.escrow_new_miners,
+                  pins=WeightPins(settings.resolved_models_dir()))

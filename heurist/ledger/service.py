@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from heurist.audit.sampler import NEW_MINER_AUDITS
 from heurist.catalog import Catalog, JobKind, ModelSpec
+from heurist.catalog.attestation import WeightPins
 from heurist.errors import ConfigError, InvalidJobError
 from heurist.identity import recover_signer
 from heurist.jobs import Completion as ClaimedCompletion
@@ -184,8 +185,10 @@ class Ledger:
 
     def __init__(self, engine: Engine, catalog: Catalog, store: ObjectStore | None,
                  clock: Callable[[], float] = time.time, *, escrow_new_miners: bool = False,
-                 new_miner_audits: int = NEW_MINER_AUDITS) -> None:
-        """``store`` None opens a read-only view (reports, `heurist points`): it cannot verify completions."""
+                 new_miner_audits: int = NEW_MINER_AUDITS, pins: WeightPins | None = None) -> None:
+        """``store`` None opens a read-only view (reports, `heurist points`): it cannot verify completions.
+        ``pins`` None skips the weight attestation check (the auditor still makes it)."""
+        self.pins = pins
         self.escrow_new_miners = escrow_new_miners
         self.new_miner_audits = new_miner_audits
         self.engine = engine
@@ -278,8 +281,8 @@ class Ledger:
         """Run the checks in order, cheapest and least trusting first; the first refusal wins."""
         steps: Sequence[Callable[[_Attempt], _Refusal | None]] = (
             self._check_signature, self._load, self._check_signer, self._check_not_banned, self._check_job,
-            self._check_model, self._check_not_duplicate, self._check_output_exists, self._check_sha256,
-            self._check_size,
+            self._check_model, self._check_weights, self._check_not_duplicate, self._check_output_exists,
+            self._check_sha256, self._check_size,
         )
         for step in steps:
             refusal = step(attempt)
@@ -332,6 +335,15 @@ class Ledger:
         if a.spec is None:
             return _Refusal(Reason.UNKNOWN_MODEL, f"{a.job.model_id} is no longer in the catalog",
                             miner=a.signer)
+        return None
+
+    def _check_weights(self, a: _Attempt) -> _Refusal | None:
+        """A miner that attests other files than the pinned ones ran a modified model: no credit."""
+        assert a.spec is not None
+        expected = self.pins.expected(a.spec) if self.pins is not None else None
+        if expected is not None and a.claim.weights_sha256 != expected:
+            return _Refusal(Reason.WEIGHTS_MISMATCH, f"attests weights {a.claim.weights_sha256[:12]}…, "
+                            f"{a.spec.id} is pinned to {expected[:12]}…", miner=a.signer, marks_job=True)
         return None
 
     def _check_not_duplicate(self, a: _Attempt) -> _Refusal | None:
@@ -415,7 +427,8 @@ class Ledger:
                           output_bytes=c.output_bytes, content_type=c.content_type,
                           input_tokens=c.input_tokens, output_tokens=c.output_tokens,
                           timings=c.timings.model_dump(mode="json"), device=c.device.model_dump(mode="json"),
-                          finished_at=c.finished_at, signature=a.signed.signature, received_at=a.received_at)
+                          weights_sha256=c.weights_sha256, finished_at=c.finished_at,
+                          signature=a.signed.signature, received_at=a.received_at)
 
     def _has_completion(self, job_id: str) -> bool:
         with self._sessions() as session:

@@ -109,6 +109,7 @@ class Reason(StrEnum):
     SIZE_MISMATCH = "size_mismatch"
     LATE = "late"
     BANNED = "banned"  # the miner failed too many audits: its hellos and completions are refused
+    WEIGHTS_MISMATCH = "weights_mismatch"  # the miner attests model files other than the pinned ones
 
 
 class StrEnumType(TypeDecorator[Any]):
@@ -179,6 +180,7 @@ class Completion(Base):
     output_tokens: Mapped[int] = mapped_column(Integer())
     timings: Mapped[dict[str, Any]] = mapped_column(JSON())
     device: Mapped[dict[str, Any]] = mapped_column(JSON())
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))  # the miner's attestation (None before 0003)
     finished_at: Mapped[float] = mapped_column(Double())  # the miner's claim; kept so the signature verifies
     signature: Mapped[str] = mapped_column(String(132))
     received_at: Mapped[float] = mapped_column(Double())

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from heurist.catalog.attestation import weights_digest
 from heurist.catalog.schema import Family, ModelSpec
 from workers.device import Device
-from workers.model_files import verify_model_files
+from workers.model_files import expected_hashes, verify_model_files
 from workers.pipelines.backend import DeadlineExceeded, Pipeline, PipelineOutput
 from workers.tiny_sd import build_tiny_sd
 
@@ -42,7 +43,9 @@ LOADERS: dict[Family, Callable[[ModelSpec, Device, Path], Pipeline]] = {
 def load_pipeline(spec: ModelSpec, device: Device, models_dir: Path) -> Pipeline:
     """Verify ``spec``'s files against their pinned sha256 (``ModelIntegrityError`` if not), then load it."""
     root = verify_model_files(spec, models_dir)
-    return LOADERS[spec.family](spec, device, root)
+    pipeline = LOADERS[spec.family](spec, device, root)
+    pipeline.weights_sha256 = weights_digest(expected_hashes(spec, models_dir))  # verified equal just now
+    return pipeline
 
 
 __all__ = ["BUILDERS", "LOADERS", "DeadlineExceeded", "Pipeline", "PipelineOutput", "load_pipeline"]

@@ -28,6 +28,7 @@ class Pipeline(ABC):
     """A model loaded once at worker start; ``run`` does one job on it."""
 
     spec: ModelSpec
+    weights_sha256: str = ""  # the attestation of the files it was loaded from (set by load_pipeline)
 
     @abstractmethod
     def run(self, params: ImageParams | TextParams, deadline_at: float) -> PipelineOutput:
