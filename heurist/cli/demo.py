@@ -12,9 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from heurist.audit.report import audit_report
+from heurist.catalog import JobKind
 from heurist.cli.common import console, err_console, print_json, redacted, settings_with
 from heurist.client import Client, ImageRequest, JobResult, TextRequest
 from heurist.embedded import EmbeddedNetwork, wait_until
+from heurist.errors import ConfigError
 from heurist.ledger.audit_service import AuditLedger
 
 IMAGE_PROMPTS = ["a lighthouse at dawn", "a red fox in snow", "a city of glass", "a bowl of ramen",
@@ -32,7 +34,10 @@ def demo(
     data_dir: Path = typer.Option(Path(".heurist/demo"), "--data-dir", help="Embedded state (reset each run)."),
     models_dir: Path = typer.Option(Path(".heurist/models"), "--models-dir", help="Built models (kept)."),
     timeout: float = typer.Option(900.0, "--timeout", help="Seconds to wait for all jobs."),
-    with_cheater: bool = typer.Option(False, "--with-cheater", help="Add a miner that returns random images."),
+    with_cheater: bool = typer.Option(False, "--with-cheater", help="Add a second miner that cheats (see --cheat)."),
+    cheat: str = typer.Option("random-image", "--cheat", help="How the cheater cheats: "
+                              "random-image, fewer-steps, other-seed, low-res, garbage-text, truncated-text, "
+                              "tampered-weights, modified-weights, fake-latency or fake-device."),
     audit_rate: float = typer.Option(1.0, "--audit-rate", min=0.0, max=1.0,
                                      help="Share of jobs the auditor replays (production default: 10%)."),
 ) -> None:
@@ -43,11 +48,12 @@ def demo(
     """
     signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` cleans up like Ctrl-C
     started = time.monotonic()
+    cheater = cheater_models(cheat) if with_cheater else []  # a bad --cheat fails before anything starts
     base = settings_with(audit_base_rate=audit_rate, audit_new_miner_rate=audit_rate, audit_suspicious_rate=1.0)
     with EmbeddedNetwork(data_dir.resolve(), base=base, models_dir=models_dir.resolve()) as net:
         wallets = [net.start_miner(name="honest")]
         if with_cheater:
-            wallets.append(net.start_miner(["tiny-sd"], name="cheater", cheat="random-image"))
+            wallets.append(net.start_miner(cheater, name="cheater", cheat=cheat))
         net.start_auditor()
         with Client(net.settings()) as client:
             with err_console.status("miners: verifying model files and loading pipelines"):
@@ -62,6 +68,16 @@ def demo(
     _print_tables(summary, results, saved, err_console if json_out else console)
     if json_out:
         print_json(summary)
+
+
+def cheater_models(cheat: str) -> list[str]:
+    """The models a cheater serves: those its cheat applies to (an unknown cheat is a clear error)."""
+    from workers.cheats import CHEATS  # torch-free
+
+    spec = CHEATS.get(cheat)
+    if spec is None:
+        raise ConfigError(f"--cheat: unknown cheat {cheat!r}; one of {', '.join(CHEATS)}")
+    return [m for m, kind in (("tiny-sd", JobKind.IMAGE), ("smollm2-135m", JobKind.TEXT)) if spec.kind in (None, kind)]
 
 
 def _describe_output(path: str | None) -> str | None:
