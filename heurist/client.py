@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
-from celery.canvas import Signature
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from heurist.catalog import Catalog, JobKind, ModelSpec, load_catalog
 from heurist.celery_app import create_app
+from heurist.dispatch import job_message, send_job
 from heurist.errors import JobFailedError, JobTimeoutError
 from heurist.jobs import ImageParams, JobMessage, JobState, TextParams
 from heurist.points import image_work_units, text_work_units
@@ -26,7 +26,6 @@ from heurist.settings import Settings, get_settings
 from heurist.storage import make_store
 from heurist.storage.backend import ObjectStore
 from heurist.submission import image_params, text_params
-from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RUN_JOB
 
 if TYPE_CHECKING:
     from heurist.ledger.service import JobView, Ledger
@@ -226,11 +225,8 @@ class Client:
         job_id = str(uuid.uuid4())
         output_key = f"outputs/{spec.id}/{job_id}{EXTENSIONS[_content_type(spec)]}"
         deadline_at = self.clock() + spec.deadline.seconds(_work_units(params))
-        message = JobMessage(
-            job_id=job_id, model_id=spec.id, params=params,
-            output_url=self.store.presign_put(output_key, self.settings.presign_expiry_s),
-            deadline_at=deadline_at,
-        )
+        message = job_message(job_id, spec.id, params, output_key, deadline_at, self.store,
+                              self.settings.presign_expiry_s)
         self.ledger.create_job(job_id, spec, params, output_key, spec.queue, deadline_at)
         try:
             self._send(message, spec.queue)
@@ -240,15 +236,7 @@ class Client:
         return JobHandle(self, job_id, spec, output_key)
 
     def _send(self, message: JobMessage, queue: str) -> None:
-        ledger_queue = self.settings.ledger_queue
-        self.app.send_task(
-            RUN_JOB,
-            args=[message.model_dump(mode="json")],
-            task_id=message.job_id,
-            queue=queue,
-            link=Signature(RECORD_COMPLETION, app=self.app, queue=ledger_queue),
-            link_error=Signature(RECORD_FAILURE, app=self.app, queue=ledger_queue),
-        )
+        send_job(self.app, message, queue, self.settings.ledger_queue)
 
     def close(self) -> None:
         if "app" in self.__dict__:

@@ -9,18 +9,17 @@ sampled at the suspicious rate by ``install_audit_sampling``. A sampled job goes
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
-from celery import Celery, Task
-from celery.signals import task_success
+from celery import Celery
 
 from heurist.audit.metrics import MetricsVerdict, check_metrics
 from heurist.audit.sampler import AuditSampler
 from heurist.catalog import Catalog
 from heurist.ledger.audit_service import AuditLedger
 from heurist.ledger.claims import read_claim
-from tasks.names import AUDIT_JOB, RECORD_COMPLETION
+from heurist.ledger.signals import first_acceptance, on_verdict
+from tasks.names import AUDIT_JOB
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +27,6 @@ log = logging.getLogger(__name__)
 def audit_queue(prefix: str, model_id: str) -> str:
     """One audit queue per model, so an auditor consumes only jobs whose model it has loaded."""
     return f"{prefix}.{model_id}"
-
-
-def _on_first_acceptance(app: Celery, handle: Callable[[dict[str, Any]], object]) -> None:
-    """Call ``handle(result)`` after each completion ``app``'s ledger accepted for the first time."""
-
-    def on_success(sender: Task | None = None, result: Any = None, **_: Any) -> None:
-        if sender is None or sender.name != RECORD_COMPLETION or sender.app is not app:
-            return
-        if isinstance(result, dict) and result.get("accepted") and not result.get("duplicate"):
-            handle(result)
-
-    task_success.connect(on_success, weak=False)
 
 
 def flag_odd_metrics(catalog: Catalog, audits: AuditLedger, job_id: str) -> MetricsVerdict | None:
@@ -58,7 +45,7 @@ def flag_odd_metrics(catalog: Catalog, audits: AuditLedger, job_id: str) -> Metr
 def install_metrics_flagging(app: Celery, catalog: Catalog, audits: AuditLedger) -> None:
     """Flag miners with implausible metrics (``heurist.audit.metrics``) as their completions are accepted:
     the sampler then audits them at the suspicious rate, and the auditor fails the job on the same check."""
-    _on_first_acceptance(app, lambda result: flag_odd_metrics(catalog, audits, result["job_id"]))
+    on_verdict(app, lambda verdict: flag_odd_metrics(catalog, audits, verdict["job_id"]), first_acceptance)
 
 
 def install_audit_sampling(app: Celery, sampler: AuditSampler, audits: AuditLedger, prefix: str = "audit") -> None:
@@ -70,4 +57,4 @@ def install_audit_sampling(app: Celery, sampler: AuditSampler, audits: AuditLedg
             app.send_task(AUDIT_JOB, args=[job_id], queue=audit_queue(prefix, result["model_id"]))
             log.info("job %s of %s sampled for audit", job_id, miner)
 
-    _on_first_acceptance(app, maybe_audit)
+    on_verdict(app, maybe_audit, first_acceptance)

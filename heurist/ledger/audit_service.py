@@ -290,6 +290,10 @@ class AuditLedger:
     def unflag(self, miner: str, detail: str) -> None:
         self._event(miner, MinerEventKind.UNFLAGGED, detail)
 
+    def ban(self, miner: str, detail: str) -> None:
+        """An operator's ban (audits ban on their own past ``ban_threshold``): hellos and completions refused."""
+        self._event(miner, MinerEventKind.BANNED, detail)
+
     def unban(self, miner: str, detail: str) -> None:
         """An operator's pardon; the audit history stays, so the next failed audit bans again."""
         self._event(miner, MinerEventKind.UNBANNED, detail)

@@ -11,6 +11,7 @@ from heurist.celery_app import create_app, worker_pool
 from heurist.errors import HeuristError
 from heurist.ledger.audit_service import AuditLedger
 from heurist.ledger.factory import open_ledger
+from heurist.ledger.redispatch import install_redispatch
 from heurist.settings import Settings
 from heurist.storage import make_store
 from tasks.ledger import register_ledger_tasks
@@ -28,6 +29,7 @@ def run_ledger(settings: Settings, catalog: Catalog, concurrency: int = 2, logle
     audits = AuditLedger(ledger.engine)
     install_metrics_flagging(app, catalog, audits)  # first: a flag raises this very job's sampling rate
     install_audit_sampling(app, sampler, audits, settings.audit_queue_prefix)
+    install_redispatch(app, ledger, settings)
     pool, concurrency = worker_pool(settings.resolved_broker_url(), concurrency)
     worker = app.Worker(hostname=f"ledger@{socket.gethostname()}", queues=[settings.ledger_queue],
                         pool=pool, concurrency=concurrency, loglevel=loglevel, quiet=True)

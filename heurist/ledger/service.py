@@ -315,10 +315,10 @@ class Ledger:
         return None
 
     def _check_not_banned(self, a: _Attempt) -> _Refusal | None:
-        """A banned miner's work earns nothing; its job is freed for a redelivery by someone else."""
+        """A banned miner's work earns nothing and is void: the job stays queued for another miner (the
+        ledger consumer sends it again: ``heurist.ledger.redispatch``)."""
         if a.banned:
-            return _Refusal(Reason.BANNED, f"{a.signer} is banned after failed audits", miner=a.signer,
-                            marks_job=True)
+            return _Refusal(Reason.BANNED, f"{a.signer} is banned after failed audits", miner=a.signer)
         return None
 
     def _check_job(self, a: _Attempt) -> _Refusal | None:

@@ -1,0 +1,49 @@
+"""Jobs a banned miner took go back to the queue: its work is void, the application's job is not lost.
+
+On RabbitMQ a ban also closes the miner's connection, so the jobs it held unacked are redelivered by the
+broker (``heurist.access``); this hook covers the ones it had already finished, and the embedded broker,
+where a banned miner cannot be stopped from consuming. After ``MAX_BANNED_ATTEMPTS`` banned miners took
+the same job it ends failed rather than circling forever.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from heurist.dispatch import job_message, send_job
+from heurist.ledger.service import Ledger
+from heurist.ledger.signals import Verdict, on_verdict
+from heurist.ledger.tables import Reason
+from heurist.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BANNED_ATTEMPTS = 3
+
+
+def _refused_as_banned(verdict: Verdict) -> bool:
+    return not verdict.get("accepted") and verdict.get("reason") == Reason.BANNED.value
+
+
+def redispatch(app: Celery, ledger: Ledger, settings: Settings, job_id: str) -> bool:
+    """Send a still-queued job again; False (and the job failed) once banned miners took it too often."""
+    view, params = ledger.job(job_id), ledger.job_params(job_id)
+    if view is None or params is None or view.state.terminal:
+        return False
+    taken = sum(reason is Reason.BANNED for reason, _ in ledger.rejections(job_id))
+    if taken >= MAX_BANNED_ATTEMPTS:
+        ledger.record_failure(job_id, f"taken {taken} times by banned miners")
+        return False
+    spec = ledger.catalog[view.model_id]
+    message = job_message(job_id, spec.id, params, view.output_key, view.deadline_at, ledger.store,
+                          settings.presign_expiry_s)
+    send_job(app, message, spec.queue, settings.ledger_queue)
+    log.info("job %s sent again: a banned miner took it (%d time(s))", job_id, taken)
+    return True
+
+
+def install_redispatch(app: Celery, ledger: Ledger, settings: Settings) -> None:
+    """After each completion refused because its miner is banned, send the job to the queue again."""
+    on_verdict(app, lambda verdict: redispatch(app, ledger, settings, verdict["job_id"]), _refused_as_banned)
