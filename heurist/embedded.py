@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,10 +91,11 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         """The catalog is public: miners get its path too when it is not the shipped one."""
         return {} if self.base.catalog_path is None else {"CATALOG_PATH": str(self.base.catalog_path)}
 
-    def miner_env(self) -> dict[str, str]:
-        """Broker and model directory only: the trust boundary, enforced by construction."""
+    def miner_env(self, broker_url: str | None = None) -> dict[str, str]:
+        """Broker and model directory only: the trust boundary, enforced by construction. ``broker_url``:
+        the miner's own broker user (``heurist broker add-miner``) instead of the network's URL."""
         s = self.settings()
-        values = {"BROKER_URL": s.resolved_broker_url(), "DATA_DIR": str(self.root / "miner"),
+        values = {"BROKER_URL": broker_url or s.resolved_broker_url(), "DATA_DIR": str(self.root / "miner"),
                   "MODELS_DIR": str(s.resolved_models_dir()), "TORCH_THREADS": str(s.torch_threads),
                   **self._catalog()}
         return {**_clean_env(), **{f"HEURIST_{k}": v for k, v in values.items()}}
@@ -124,13 +125,14 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         self.spawn("ledger", heurist_cmd("ledger", "--loglevel", "WARNING"), self.trusted_env())
 
     def start_miner(self, models: Sequence[str] | None = None, name: str | None = None,
-                    cheat: str | None = None) -> Wallet:
-        """A CPU miner serving ``models``, with a fresh key written to a 0600 file (``cheat``: see workers.cheats)."""
+                    cheat: str | None = None, broker_url: Callable[[str], str] | None = None) -> Wallet:
+        """A CPU miner serving ``models``, with a fresh key written to a 0600 file (``cheat``: see workers.cheats).
+        ``broker_url`` maps the new miner's address to its own broker URL (``BrokerAccess.add_miner``)."""
         name = name or f"miner{len(self.wallets)}"
         wallet, key_file = self.new_key_file(name)
         argv = heurist_cmd("miner", "--key-file", str(key_file), "--models", ",".join(models or self.miner_models),
                            "--device", "cpu", "--loglevel", "WARNING", *(["--cheat", cheat] if cheat else []))
-        self.spawn(name, argv, self.miner_env())
+        self.spawn(name, argv, self.miner_env(broker_url(wallet.address) if broker_url else None))
         return wallet
 
     def start_auditor(self, models: Sequence[str] | None = None) -> None:

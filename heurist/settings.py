@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,10 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="Where embedded state lives (SQLite files, models).")
     broker_url: str | None = Field(None, description="Celery broker; default: SQLite file in data_dir.")
+    broker_admin_url: str | None = Field(
+        None, description="RabbitMQ management API that creates, revokes and restores per-miner broker users "
+        "(`heurist broker`, the auditor's bans), e.g. http://admin:secret@broker:15672; its user needs the "
+        "administrator tag. Default: the broker URL's host on port 15672 with the broker URL's credentials.")
     database_url: str | None = Field(None, description="Ledger database; default: SQLite file in data_dir.")
     catalog_path: Path | None = Field(None, description="Model catalog TOML; default: the shipped one.")
     models_dir: Path | None = Field(None, description="Where locally built/cached model files live.")
@@ -48,6 +53,17 @@ class Settings(BaseSettings):
 
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"embedded+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    def resolved_broker_admin_url(self) -> str | None:
+        """The management API URL: set, or derived from an AMQP broker URL; None for other brokers."""
+        if self.broker_admin_url:
+            return self.broker_admin_url
+        parts = urlsplit(self.resolved_broker_url())
+        if parts.scheme.split("+", 1)[0] not in ("amqp", "amqps", "pyamqp") or not parts.hostname:
+            return None
+        user, password = parts.username or "guest", parts.password or "guest"  # kombu's defaults
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return f"http://{user}:{password}@{host}:15672"
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'ledger.sqlite').resolve()}"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make sure PostgreSQL and RabbitMQ answer on 127.0.0.1; start them (as this machine's image does) if not.
+# Make sure PostgreSQL and RabbitMQ (with its management API) answer on 127.0.0.1; start them (as this
+# machine's image does) if not.
 set -u
 
 up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -19,4 +20,12 @@ if ! up 5672; then
   echo "starting RabbitMQ"
   rabbitmq-server -detached || true
 fi
-wait_for PostgreSQL 5432 && wait_for RabbitMQ 5672
+wait_for PostgreSQL 5432 && wait_for RabbitMQ 5672 || exit 1
+
+# The management HTTP API creates and revokes per-miner broker users (heurist.access). Enabling it is
+# idempotent and works on the running node; it is remembered in the node's enabled_plugins file.
+if ! up 15672; then
+  echo "enabling the RabbitMQ management plugin"
+  rabbitmq-plugins enable rabbitmq_management >/dev/null || true
+fi
+wait_for "RabbitMQ management API" 15672

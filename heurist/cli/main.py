@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from heurist.cli import audit, bench, demo, network, submit, wallet
+from heurist.cli import access, audit, bench, demo, network, submit, wallet
 from heurist.cli.common import err_console
 from heurist.errors import HeuristError
 
@@ -25,6 +25,7 @@ app.add_typer(network.models_app, name="models")
 app.add_typer(network.db_app, name="db")
 app.add_typer(bench.app, name="bench")
 app.add_typer(audit.app, name="audit")
+app.add_typer(access.app, name="broker")
 app.command("demo")(demo.demo)
 
 

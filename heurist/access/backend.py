@@ -1,0 +1,81 @@
+"""The broker-access interface: per-miner broker users that an operator hands out and a ban takes away.
+
+Miners are untrusted, so each gets its own broker user limited to its tier queues and to publishing
+completions. A ban must cut the miner off the broker, not only make the ledger refuse its completions:
+otherwise it keeps taking jobs that honest miners would have run.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from heurist.errors import HeuristError
+
+ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
+USER_PREFIX = "miner-"
+
+
+class BrokerAccessError(HeuristError):
+    """The broker's user administration is unreachable, refused us, or does not know the miner."""
+
+
+def checked_address(address: str) -> str:
+    """The miner's EVM address in lowercase; BrokerAccessError unless it is ``0x`` and 40 hex digits."""
+    address = address.strip()
+    if not ADDRESS_RE.match(address):
+        raise BrokerAccessError(f"{address!r} is not a miner address: expected 0x followed by 40 hex digits "
+                                "(the address `heurist wallet new` printed)")
+    return address.lower()
+
+
+def miner_user(address: str) -> str:
+    """The broker user name of a miner: ``miner-<address lowercase>``; the hostname its worker uses too."""
+    return USER_PREFIX + checked_address(address)
+
+
+def address_of(user: str) -> str | None:
+    """The miner address a broker user name stands for, None if it is not a miner's user."""
+    candidate = user.removeprefix(USER_PREFIX)
+    return candidate if user.startswith(USER_PREFIX) and ADDRESS_RE.match(candidate) else None
+
+
+@dataclass(frozen=True)
+class MinerCredentials:
+    """What the operator hands to a miner: its broker URL (user and password included)."""
+
+    address: str
+    user: str
+    password: str = field(repr=False)
+    broker_url: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class MinerAccount:
+    """A miner known to the broker: whether it may use the broker now, and its open connections."""
+
+    address: str
+    user: str
+    active: bool
+    connections: int | None  # None: this broker cannot tell
+
+
+class BrokerAccess(ABC):
+    """Creates, revokes and restores miners' access to the broker (trusted side: needs admin rights)."""
+
+    @abstractmethod
+    def add_miner(self, address: str) -> MinerCredentials:
+        """Create the miner's user (a new password if it exists) with its permissions; refused if revoked."""
+
+    @abstractmethod
+    def revoke(self, address: str) -> None:
+        """Remove the miner's permissions and close its connections, so its unacked jobs go to others."""
+
+    @abstractmethod
+    def restore(self, address: str) -> None:
+        """Give a revoked miner its permissions back (same user and password as before)."""
+
+    @abstractmethod
+    def list_miners(self) -> list[MinerAccount]:
+        """Every miner user this broker knows, sorted by address."""

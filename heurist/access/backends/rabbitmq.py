@@ -1,0 +1,207 @@
+"""Per-miner RabbitMQ users through the management HTTP API (``rabbitmq_management``, port 15672).
+
+Each miner gets user ``miner-<address>`` with a random password and the permissions of
+``heurist.access.permissions`` on the broker URL's vhost. A revoke deletes those permissions (new
+connections are refused at the vhost) and then closes the user's open connections: RabbitMQ requeues the
+jobs the miner held unacknowledged, and honest miners take them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import Counter
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import requests
+from eth_utils import to_checksum_address
+
+from heurist.access.backend import (
+    BrokerAccess,
+    BrokerAccessError,
+    MinerAccount,
+    MinerCredentials,
+    address_of,
+    checked_address,
+    miner_user,
+)
+from heurist.access.permissions import Permissions, miner_permissions
+from heurist.errors import ConfigError
+from heurist.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CLOSE_REASON = "heurist: broker access revoked (miner banned or revoked by an operator)"
+
+
+def _q(name: str) -> str:
+    """One path segment of the management API (a vhost '/' becomes %2F)."""
+    return quote(name, safe="")
+
+
+class ManagementAPI:
+    """A thin client of the RabbitMQ management API whose errors name the setting to fix."""
+
+    def __init__(self, admin_url: str, timeout_s: float = 10.0) -> None:
+        parts = urlsplit(admin_url)
+        host = parts.netloc.rpartition("@")[2]
+        self.base = f"{parts.scheme}://{host}{parts.path.rstrip('/')}/api"
+        self.user = unquote(parts.username or "guest")
+        self.session = requests.Session()
+        self.session.auth = (self.user, unquote(parts.password or "guest"))
+        self.timeout_s = timeout_s
+
+    def call(self, method: str, path: str, json: Any = None, allow_missing: bool = False,
+             headers: dict[str, str] | None = None) -> requests.Response | None:
+        """The response of a 2xx answer; None for a 404 when ``allow_missing``; BrokerAccessError otherwise."""
+        url = self.base + path
+        try:
+            response = self.session.request(method, url, json=json, headers=headers, timeout=self.timeout_s)
+        except requests.RequestException as err:
+            raise BrokerAccessError(
+                f"cannot reach the RabbitMQ management API at {self.base} ({type(err).__name__}): enable it on "
+                "the broker (`rabbitmq-plugins enable rabbitmq_management`; here `make services` does it) or set "
+                "HEURIST_BROKER_ADMIN_URL to its http://USER:PASSWORD@HOST:15672") from None
+        if response.status_code in (401, 403):
+            raise BrokerAccessError(
+                f"the RabbitMQ management API at {self.base} refused user {self.user!r} "
+                f"({response.status_code}): set HEURIST_BROKER_ADMIN_URL to http://USER:PASSWORD@HOST:15672 of a "
+                "user with the administrator tag (`rabbitmqctl set_user_tags USER administrator`)")
+        if response.status_code == 404 and allow_missing:
+            return None
+        if not response.ok:
+            raise BrokerAccessError(f"RabbitMQ management API: {method} {path} answered {response.status_code}: "
+                                    f"{response.text[:200]}")
+        return response
+
+    def get(self, path: str) -> Any:
+        """The JSON at ``path``, None if it does not exist."""
+        response = self.call("GET", path, allow_missing=True)
+        return None if response is None else response.json()
+
+
+class RabbitMQAccess(BrokerAccess):
+    """Miner users on one vhost of a RabbitMQ broker."""
+
+    def __init__(self, broker_url: str, admin_url: str, ledger_queue: str = "ledger",
+                 audit_prefix: str = "audit") -> None:
+        self.broker = urlsplit(broker_url)
+        self.vhost = unquote(self.broker.path[1:]) or "/"
+        self.api = ManagementAPI(admin_url)
+        self.ledger_queue = ledger_queue
+        self.audit_prefix = audit_prefix
+        self._vhost_checked = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RabbitMQAccess:
+        admin_url = settings.resolved_broker_admin_url()
+        if admin_url is None:
+            raise ConfigError("HEURIST_BROKER_ADMIN_URL is unset and the broker URL is not amqp://: "
+                              "set it to the RabbitMQ management API, http://USER:PASSWORD@HOST:15672")
+        return cls(settings.resolved_broker_url(), admin_url, settings.ledger_queue, settings.audit_queue_prefix)
+
+    def add_miner(self, address: str) -> MinerCredentials:
+        user = miner_user(address)
+        self._check_vhost()
+        if self._exists(user) and not self._permitted(user):
+            raise BrokerAccessError(f"miner {address} is revoked on the broker (banned?); give it access back "
+                                    f"with `heurist broker restore {address}` if that is really meant")
+        password = secrets.token_urlsafe(24)
+        self.api.call("PUT", f"/users/{_q(user)}", json={"password": password, "tags": ""})
+        self._ensure_ledger_route()
+        self._permit(user)
+        return MinerCredentials(address=checked_address(address), user=user, password=password,
+                                broker_url=self._url_for(user, password))
+
+    def revoke(self, address: str) -> None:
+        user = miner_user(address)
+        self._check_vhost()
+        removed = self.api.call("DELETE", f"/permissions/{_q(self.vhost)}/{_q(user)}", allow_missing=True)
+        if removed is None and not self._exists(user):
+            log.warning("miner %s has no broker user of its own: nothing to revoke on the broker (the ledger "
+                        "still refuses its completions if it is banned)", address)
+            return
+        closed = self._close_connections(user)
+        level = logging.WARNING if removed is not None or closed else logging.INFO  # else: already revoked
+        log.log(level, "broker access of miner %s revoked: permissions on vhost %r removed, %d connection(s) "
+                "closed", address, self.vhost, closed)
+
+    def restore(self, address: str) -> None:
+        user = miner_user(address)
+        self._check_vhost()
+        if not self._exists(user):
+            raise BrokerAccessError(f"miner {address} has no broker user: create one with "
+                                    f"`heurist broker add-miner {address}`")
+        self._ensure_ledger_route()
+        self._permit(user)
+
+    def list_miners(self) -> list[MinerAccount]:
+        """Miner users allowed on this vhost, and revoked ones (allowed nowhere). Users are broker-wide: one
+        allowed only on another vhost belongs to another network and is left out."""
+        self._check_vhost()
+        vhosts: dict[str, set[str]] = {}
+        for permission in self.api.get("/permissions") or []:
+            vhosts.setdefault(permission["user"], set()).add(permission["vhost"])
+        connections = Counter(c.get("user") for c in self.api.get(f"/vhosts/{_q(self.vhost)}/connections") or [])
+        accounts = []
+        for user in self.api.get("/users") or []:
+            name, address = user["name"], address_of(user["name"])
+            allowed = vhosts.get(name, set())
+            if address is not None and (not allowed or self.vhost in allowed):
+                accounts.append(MinerAccount(address=to_checksum_address(address), user=name,
+                                             active=self.vhost in allowed, connections=connections[name]))
+        return sorted(accounts, key=lambda a: a.address.lower())
+
+    def permissions(self, user: str) -> Permissions:
+        """What ``user`` (a miner's) is allowed on this vhost."""
+        return miner_permissions(user, self.ledger_queue, self.audit_prefix)
+
+    def _permit(self, user: str) -> None:
+        self.api.call("PUT", f"/permissions/{_q(self.vhost)}/{_q(user)}", json=self.permissions(user).as_json())
+
+    def _exists(self, user: str) -> bool:
+        return self.api.get(f"/users/{_q(user)}") is not None
+
+    def _permitted(self, user: str) -> bool:
+        return self.api.get(f"/permissions/{_q(self.vhost)}/{_q(user)}") is not None
+
+    def _check_vhost(self) -> None:
+        if self._vhost_checked:
+            return
+        if self.api.get(f"/vhosts/{_q(self.vhost)}") is None:
+            raise BrokerAccessError(f"vhost {self.vhost!r} of HEURIST_BROKER_URL does not exist on the broker: "
+                                    f"create it (`rabbitmqctl add_vhost {self.vhost}`) or fix the URL's path")
+        self._vhost_checked = True
+
+    def _ensure_ledger_route(self) -> None:
+        """Declare the ledger's exchange, queue and binding as Celery would, so a miner's first completion
+        is never dropped because the ledger has not started yet (miners may not declare them)."""
+        vhost, name = _q(self.vhost), _q(self.ledger_queue)
+        if self.api.get(f"/queues/{vhost}/{name}") is None:
+            self.api.call("PUT", f"/queues/{vhost}/{name}", json={"durable": True, "auto_delete": False,
+                                                                   "arguments": {}})
+        self.api.call("PUT", f"/exchanges/{vhost}/{name}", json={"type": "direct", "durable": True,
+                                                                  "auto_delete": False, "internal": False,
+                                                                  "arguments": {}})
+        self.api.call("POST", f"/bindings/{vhost}/e/{name}/q/{name}", json={"routing_key": self.ledger_queue,
+                                                                            "arguments": {}})
+
+    def _close_connections(self, user: str, timeout_s: float = 10.0) -> int:
+        """Close every connection of ``user`` and wait until the broker lists none; how many there were."""
+        path = f"/connections/username/{_q(user)}"
+        seen: set[str] = set()
+        give_up = time.monotonic() + timeout_s
+        while open_ := self.api.get(path) or []:
+            seen.update(c["name"] for c in open_)
+            if time.monotonic() > give_up:
+                raise BrokerAccessError(f"connections of {user} still open {timeout_s:g}s after closing them")
+            self.api.call("DELETE", path, allow_missing=True, headers={"X-Reason": CLOSE_REASON})
+            time.sleep(0.05)
+        return len(seen)
+
+    def _url_for(self, user: str, password: str) -> str:
+        host = self.broker.netloc.rpartition("@")[2]
+        query = f"?{self.broker.query}" if self.broker.query else ""
+        return f"{self.broker.scheme}://{_q(user)}:{_q(password)}@{host}{self.broker.path}{query}"

@@ -1,0 +1,96 @@
+"""``heurist broker``: give each miner its own broker user, and take it away (bans do it automatically)."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from heurist.cli.common import console, err_console, print_json, redacted, settings_with
+
+app = typer.Typer(
+    help="Per-miner broker users (trusted side: needs broker admin rights). On RabbitMQ each miner gets user "
+    "miner-<address>, allowed to consume only the tier queues (vram8.*, ..., private.*) and to publish "
+    "completions to the ledger, never to read the ledger or audit queues. The auditor revokes a miner it bans: "
+    "permissions removed, connections closed, its unfinished jobs go to other miners. The management API "
+    "comes from HEURIST_BROKER_ADMIN_URL (default: the broker's host, port 15672, the broker URL's "
+    "credentials). The embedded SQLite broker has no users: there, only the ledger's ban applies.",
+    no_args_is_help=True,
+)
+
+
+def _address(value: str) -> str:
+    """Refuse anything but 0x and 40 hex digits before touching the broker (a HeuristError: one clean line)."""
+    from heurist.access import checked_address
+
+    checked_address(value)
+    return value.strip()
+
+
+ADDRESS = typer.Argument(..., callback=_address, help="The miner's EVM address (0x + 40 hex digits).")
+JSON = typer.Option(False, "--json", help="Print JSON instead of text.")
+
+
+@app.command("add-miner")
+def add_miner(address: str = ADDRESS, json_out: bool = JSON) -> None:
+    """Create the miner's broker user (a new password if it exists) and print its broker URL.
+
+    Hand the URL to the miner over a private channel; it runs `heurist miner --broker URL` (or sets
+    HEURIST_BROKER_URL). A revoked (banned) miner is refused: `heurist broker restore` first.
+    """
+    from heurist.access import broker_access
+
+    creds = broker_access(settings_with()).add_miner(address)
+    if json_out:
+        print_json({"address": creds.address, "user": creds.user, "broker_url": creds.broker_url})
+        return
+    err_console.print(f"broker user [bold]{creds.user}[/] for miner {creds.address}; give the miner this URL "
+                      "(secret) for `heurist miner --broker URL` or HEURIST_BROKER_URL:")
+    print(creds.broker_url, flush=True)
+
+
+@app.command("revoke")
+def revoke(address: str = ADDRESS) -> None:
+    """Cut a miner off the broker: permissions removed, its connections closed, its unacked jobs redelivered.
+
+    The auditor does this by itself when it bans a miner. The miner's user and password stay, so
+    `heurist broker restore` undoes it.
+    """
+    from heurist.access import BrokerAccessError, broker_access
+
+    access = broker_access(settings_with())
+    access.revoke(address)
+    if not any(row.address.lower() == address.lower() for row in access.list_miners()):
+        raise BrokerAccessError(f"no broker user for miner {address}: nothing was revoked (it may share "
+                                "credentials; create its own with `heurist broker add-miner`)")
+    console.print(f"revoked broker access of miner {address}")
+
+
+@app.command("restore")
+def restore(address: str = ADDRESS) -> None:
+    """Give a revoked miner its broker permissions back (same URL). A ledger ban is not lifted by this."""
+    from heurist.access import broker_access
+
+    broker_access(settings_with()).restore(address)
+    console.print(f"restored broker access of miner {address}")
+
+
+@app.command("miners")
+def miners(json_out: bool = JSON) -> None:
+    """List the miners' broker users: active or revoked, and open connections."""
+    from heurist.access import broker_access
+
+    settings = settings_with()
+    rows = broker_access(settings).list_miners()
+    if json_out:
+        print_json([row.__dict__ for row in rows])
+        return
+    table = Table(title=redacted(settings.resolved_broker_url()))
+    table.add_column("miner", overflow="fold")
+    table.add_column("broker user", overflow="fold")
+    table.add_column("access")
+    table.add_column("connections")
+    for row in rows:
+        table.add_row(row.address, row.user, "active" if row.active else "[red]revoked[/]",
+                      "?" if row.connections is None else str(row.connections))
+    console.print(table)
+
