@@ -105,3 +105,13 @@ def test_points_on_an_empty_ledger_needs_no_storage(tmp_path: Path) -> None:
     done = run("points", env={"HEURIST_DATABASE_URL": f"sqlite:///{tmp_path}/l.sqlite"})
     assert done.returncode == 0, done.stderr
     assert "no miners yet" in done.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["audit", "report", "--bogus"], "No such option: --bogus"),
+    (["submit", "image"], "Missing argument"),
+    (["demo", "--with-cheater", "--cheat", "nope"], "--cheat: unknown cheat 'nope'"),
+])
+def test_usage_errors_are_one_message_not_a_traceback(args: list[str], message: str) -> None:
+    done = run(*args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from heurist.cli import access, audit, bench, demo, network, submit, wallet
@@ -29,6 +28,17 @@ app.add_typer(access.app, name="broker")
 app.command("demo")(demo.demo)
 
 
+def _usage_error(err: BaseException) -> bool:
+    """A click usage error (bad option, missing argument). typer 0.29 raises those of its vendored click,
+    which are not ``click.ClickException``: match either by what they can do."""
+    return callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int)
+
+
+def _interrupted() -> None:
+    err_console.print("interrupted: every process this command started has been stopped")
+    sys.exit(130)
+
+
 def main() -> None:
     """Run the CLI; errors meant for people are printed as one line, never as a traceback."""
     try:
@@ -36,12 +46,15 @@ def main() -> None:
     except HeuristError as err:
         err_console.print(f"[bold red]error:[/] {err}")
         sys.exit(2)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        err_console.print("interrupted: every process this command started has been stopped")
-        sys.exit(130)
+    except KeyboardInterrupt:
+        _interrupted()
+    except Exception as err:
+        if type(err).__name__ == "Abort":  # click's (real or vendored) wrapper of Ctrl-C
+            _interrupted()
+        if not _usage_error(err):
+            raise
+        err.show()  # type: ignore[attr-defined]
+        sys.exit(err.exit_code)  # type: ignore[attr-defined]
     sys.exit(code if isinstance(code, int) else 0)
 
 
