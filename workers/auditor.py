@@ -8,6 +8,7 @@ The verdict and its consequences (clawback, escrow, ban) are ledger entries (``A
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +35,8 @@ from tasks.audit import register_audit_tasks
 from workers.device import detect_device
 from workers.launch import load_pipelines, plan_miner
 from workers.pipelines.backend import Pipeline
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,12 +101,21 @@ class Auditor:
         result = self.audits.record_audit(job_id, finding.passed, finding.reason, finding.detail, finding.metrics,
                                           auditor=self.name)
         if result.banned and not result.duplicate:
-            for hook in self.on_ban:
-                hook(result.miner)
+            self._banned(result.miner)
         if result.passed and result.standing.odd_metrics:
             self.audits.unflag(result.miner, f"job {job_id} passed its audit, metrics included")
         return {"job_id": job_id, "miner": result.miner, "passed": result.passed, "reason": finding.reason,
                 "clawback": result.clawback_micro, "banned": result.banned}
+
+    def _banned(self, miner: str) -> None:
+        """Run the ban hooks; the ban itself is already a ledger entry, so a hook's failure is only logged
+        (with the command that finishes the job by hand)."""
+        for hook in self.on_ban:
+            try:
+                hook(miner)
+            except HeuristError as err:
+                log.error("miner %s is banned, but a ban hook failed: %s; retry with `heurist broker revoke %s`",
+                          miner, err, miner)
 
     def _check(self, pipeline: Pipeline, claim: AcceptedClaim, key: str, sha256: str) -> Finding:
         """Cheapest first: the stored bytes, the weight attestation, the reported metrics, then the replay."""
