@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from heurist.catalog.schema import ModelSpec
+from heurist.catalog.schema import JobKind, ModelSpec, Units
 from heurist.errors import CatalogError, UnknownModelError
 
 SHIPPED_CATALOG = "models.toml"
@@ -19,10 +19,11 @@ SHIPPED_CATALOG = "models.toml"
 
 @dataclass(frozen=True)
 class Catalog(Mapping[str, ModelSpec]):
-    """The models the network routes, by id."""
+    """The models the network routes, by id, and the models that define the standard unit."""
 
     models: Mapping[str, ModelSpec]
     path: str
+    units: Units = field(default_factory=Units)
 
     def __getitem__(self, model_id: str) -> ModelSpec:
         try:
@@ -42,8 +43,29 @@ class Catalog(Mapping[str, ModelSpec]):
 
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(entry)"
-    return f"field {field!r}: {first['msg']}"
+    where = ".".join(str(part) for part in first["loc"]) or "(entry)"
+    return f"field {where!r}: {first['msg']}"
+
+
+def _parse_units(data: dict[str, Any], path: str, models: Mapping[str, ModelSpec]) -> Units:
+    """The ``[units]`` table; a reference it names must be a catalog model of its kind (defaults may be absent)."""
+    given = data.get("units", {})
+    if not isinstance(given, dict):
+        raise CatalogError(f"{path}: [units] must be a table")
+    try:
+        units = Units.model_validate(given)
+    except ValidationError as err:
+        raise CatalogError(f"{path}: [units], {_describe(err)}") from None
+    for key, kind in (("image_reference", JobKind.IMAGE), ("text_reference", JobKind.TEXT)):
+        model_id = getattr(units, key)
+        spec = models.get(model_id)
+        if spec is None and key not in given:
+            continue
+        if spec is None or spec.kind is not kind:
+            raise CatalogError(
+                f"{path}: [units] {key} = {model_id!r} must name one of this catalog's {kind.value} models"
+            )
+    return units
 
 
 def parse_catalog(data: dict[str, Any], path: str) -> Catalog:
@@ -58,20 +80,28 @@ def parse_catalog(data: dict[str, Any], path: str) -> Catalog:
             models[model_id] = ModelSpec.model_validate({"id": model_id, **entry})
         except ValidationError as err:
             raise CatalogError(f"{path}: entry {model_id!r}, {_describe(err)}") from None
-    return Catalog(models=models, path=path)
+    return Catalog(models=models, path=path, units=_parse_units(data, path, models))
+
+
+def read_catalog_text(path: Path | None = None) -> tuple[str, str]:
+    """A catalog file's text and how to name it in messages (default: the one shipped in the package)."""
+    if path is None:
+        text = resources.files("heurist.catalog").joinpath(SHIPPED_CATALOG).read_text()
+        return text, f"heurist/catalog/{SHIPPED_CATALOG}"
+    try:
+        return Path(path).read_text(), str(path)
+    except OSError as err:
+        raise CatalogError(f"cannot read catalog {path}: {err.strerror}; check HEURIST_CATALOG_PATH") from None
 
 
 def load_catalog(path: Path | None = None) -> Catalog:
     """Read and validate a catalog TOML file (default: the one shipped in the package)."""
-    if path is None:
-        text = resources.files("heurist.catalog").joinpath(SHIPPED_CATALOG).read_text()
-        where = f"heurist/catalog/{SHIPPED_CATALOG}"
-    else:
-        try:
-            text = Path(path).read_text()
-        except OSError as err:
-            raise CatalogError(f"cannot read catalog {path}: {err.strerror}; check HEURIST_CATALOG_PATH") from None
-        where = str(path)
+    text, where = read_catalog_text(path)
+    return parse_catalog_text(text, where)
+
+
+def parse_catalog_text(text: str, where: str) -> Catalog:
+    """Parse and validate catalog TOML text; ``where`` names it in error messages."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from datetime import date as Date
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -101,6 +103,43 @@ class Deadline(Frozen):
         return self.base_s + self.per_unit_s * units
 
 
+class Benchmark(Frozen):
+    """One timing of a model's reference job on one device, written by ``heurist bench models``.
+
+    ``seconds_per_unit`` is the job's time divided by its work units (``heurist.points``), so models of one
+    kind compare directly; the coefficient is that over the family reference's, timed in the same run.
+    """
+
+    device: str = Field(min_length=1, description="What ran it: 'cpu: <cpu model> x2 threads', 'cuda: <gpu name>'.")
+    device_kind: Literal["cpu", "cuda"]
+    date: str = Field(description="ISO date of the run (YYYY-MM-DD).")
+    seconds_per_unit: float = Field(gt=0, description="Seconds per standard unit of this model's reference job.")
+    reference_job: str = Field(min_length=1, description="The job that was timed.")
+    family_reference: str = Field(min_length=1, description="The model defining the unit for this job kind.")
+    family_reference_seconds_per_unit: float | None = Field(
+        None, gt=0, description="The family reference timed in the same run; None when it is not on the machine.")
+    note: str = ""
+
+    @field_validator("date")
+    @classmethod
+    def _iso_date(cls, value: str) -> str:
+        try:
+            Date.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be an ISO date, YYYY-MM-DD") from None
+        return value
+
+
+class Units(Frozen):
+    """Which catalog models define the standard unit: 1 unit = their reference job (DESIGN "Points")."""
+
+    image_reference: str = Field("sd15", min_length=1)
+    text_reference: str = Field("mixtral-8x7b", min_length=1)
+
+    def reference_for(self, kind: JobKind) -> str:
+        return self.image_reference if kind is JobKind.IMAGE else self.text_reference
+
+
 class ModelSpec(Frozen):
     id: str
     family: Family
@@ -113,6 +152,8 @@ class ModelSpec(Frozen):
     text: TextLimits | None = None
     deadline: Deadline
     description: str = ""
+    benchmarks: list[Benchmark] = Field(
+        default_factory=list, description="Timings by `heurist bench models`, one per device string.")
 
     @field_validator("id")
     @classmethod
@@ -127,6 +168,15 @@ class ModelSpec(Frozen):
         for path, digest in value.items():
             if not SHA256_RE.match(digest):
                 raise ValueError(f"sha256 of {path!r} must be 64 lowercase hex digits")
+        return value
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _one_benchmark_per_device(cls, value: list[Benchmark]) -> list[Benchmark]:
+        devices = [b.device for b in value]
+        repeated = sorted({d for d in devices if devices.count(d) > 1})
+        if repeated:
+            raise ValueError(f"one benchmark per device: {', '.join(repeated)} appears more than once")
         return value
 
     @model_validator(mode="after")
@@ -151,3 +201,8 @@ class ModelSpec(Frozen):
     @property
     def private_queue(self) -> str:
         return f"private.{self.queue}"
+
+    def benchmark_for(self, device_kind: str) -> Benchmark | None:
+        """The fastest benchmark recorded on this kind of device ("cpu" or "cuda"), if any."""
+        runs = [b for b in self.benchmarks if b.device_kind == device_kind]
+        return min(runs, key=lambda b: b.seconds_per_unit, default=None)

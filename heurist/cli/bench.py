@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from heurist.catalog import load_catalog
-from heurist.cli.common import console, err_console, print_json, settings_with
+from heurist.catalog import Catalog, load_catalog
+from heurist.cli.common import console, err_console, print_json, settings_with, split_csv
 from heurist.identity import Wallet
+
+if TYPE_CHECKING:
+    from heurist.bench.models import ModelsBench
 
 app = typer.Typer(help="Benchmarks: ratios measured side by side in one run.", no_args_is_help=True)
 worker_app = typer.Typer(help="Workers started by the benchmarks (not for direct use).", hidden=True)
@@ -38,6 +42,139 @@ def path(
     table.add_row("full job path (submit → miner → S3 → ledger)", f"{result.full_path_per_s:.1f}")
     console.print(table)
     console.print(f"ratio full / baseline: [bold]{result.ratio:.3f}[/]")
+
+
+MODELS_HELP = "Comma-separated model ids (default: every catalog model that fits this device and is on this machine)."
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda:0 if torch sees one, else cpu)."
+THREADS_HELP = "torch threads (default: HEURIST_TORCH_THREADS, else all cores); part of a CPU benchmark's device name."
+NOISY = 1.5  # slowest / fastest timed run above which a benchmark is flagged
+REPEAT_HELP = "Timed runs per model after one warm-up; the median counts."
+
+
+def _wanted(catalog: Catalog, models: str | None) -> list[str] | None:
+    """The ids asked for (each must be in the catalog), or None for every model present."""
+    ids = split_csv(models)
+    for model_id in ids:
+        catalog[model_id]  # raises UnknownModelError naming the known ids
+    return ids or None
+
+
+@app.command("models")
+def models(
+    models: str | None = typer.Option(None, "--models", help=MODELS_HELP),
+    device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    repeat: int = typer.Option(3, "--repeat", min=1, help=REPEAT_HELP),
+    output: Path | None = typer.Option(
+        None, "--output", help="Catalog file to write (default: HEURIST_CATALOG_PATH, else <data_dir>/catalog.toml); "
+        "an existing one is updated in place, a new one starts as a copy of the catalog in use."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print; write nothing."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Time each served model's reference job against its family reference and write the coefficients.
+
+    The reference job is the model's catalog defaults (image size and steps, or
+    default_max_tokens greedy), timed after one warm-up; the median counts.
+    Seconds per unit follow the points formulas: image w*h/512^2 * steps/20,
+    text (input + output tokens)/1000.
+
+    coefficient = the model's seconds per unit / the family reference's (sd15
+    for images, mixtral-8x7b for text: the catalog's units table), both timed
+    in this run on this device. Without the reference on this machine the
+    catalog's stated coefficient is kept and the entry says so; a CPU run never
+    replaces a coefficient measured on CUDA.
+
+    Each model keeps one benchmark entry per device (device, date, seconds per
+    unit). The installed catalog is never written: serve the written copy with
+    HEURIST_CATALOG_PATH.
+    """
+    from heurist.bench.models import as_dict, base_catalog, catalog_target
+    from heurist.catalog.writer import apply_updates, check_writable, write_catalog
+
+    settings = settings_with(torch_threads=threads)
+    target = catalog_target(settings, output)
+    _, catalog = base_catalog(settings, target)
+    wanted = _wanted(catalog, models)
+    if not dry_run:
+        check_writable(target)  # before minutes of timing, not after
+    from workers.bench_models import run_models_bench  # torch is imported only here
+
+    run = run_models_bench(settings, catalog, wanted, device, repeat, err_console)
+    _warn_if_noisy(run)
+    text, _ = base_catalog(settings, target)  # re-read: the file may have changed during the run
+    updated = apply_updates(text, [result.update() for result in run.results], str(target))
+    if not dry_run:
+        write_catalog(target, updated)
+    if json_out:
+        print_json(as_dict(run) | {"catalog": str(target.resolve()), "written": not dry_run})
+        return
+    _print_models(as_dict(run))
+    where = target.resolve()
+    if dry_run:
+        console.print(f"dry run: nothing written (would update {where})")
+    else:
+        console.print(f"wrote {where}; serve it with [bold]HEURIST_CATALOG_PATH={where}[/]")
+
+
+def _warn_if_noisy(run: ModelsBench) -> None:
+    for timing in (result.timing for result in run.results):
+        if timing.spread > NOISY:
+            err_console.print(f"[yellow]warning:[/] {timing.model_id}'s timed runs differ {timing.spread:.1f}x: was "
+                              "something else using the device? Rerun on a quiet machine before trusting them (on a "
+                              "shared CPU, torch with every core is erratic: --threads 1 is steadier).")
+
+
+def _print_models(data: dict[str, Any]) -> None:
+    table = Table("model", "s / unit", "reference job", "family reference", "coefficient",
+                  title=f"{data['device']}, {data['date']}, median of {data['repeat']}")
+    for model_id, m in data["models"].items():
+        ref_spu = m["family_reference_seconds_per_unit"]
+        reference = m["family_reference"] + (f" ({ref_spu:.4g} s/unit)" if ref_spu else " (not here)")
+        coefficient = (f"[bold]{m['coefficient']:g}[/] (was {m['previous_coefficient']:g})" if m["coefficient_measured"]
+                       else f"{m['coefficient']:g} [yellow](kept)[/]")
+        table.add_row(model_id, f"{m['seconds_per_unit']:.4g}", m["reference_job"], reference, coefficient)
+    console.print(table)
+    for model_id, m in data["models"].items():
+        console.print(f"{model_id}: {m['note']}")
+
+
+@app.command("audit")
+def audit(
+    models: str | None = typer.Option(None, "--models", help=MODELS_HELP),
+    device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    repeat: int = typer.Option(3, "--repeat", min=1, help=REPEAT_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Audit cost next to generation cost, per model and per job kind (audit_cost_ratio).
+
+    Each model's reference job is generated as a miner does, then checked as
+    the auditor does, alternately in one run: an image is re-rendered and
+    compared (so about 1x), a text answer is teacher-forced through the model
+    once (about 0.1x). The ratio is median audit time / median generate time.
+    """
+    from workers.bench_audit import as_dict, run_audit_bench  # torch is imported only here
+
+    settings = settings_with(torch_threads=threads)
+    catalog = load_catalog(settings.catalog_path)
+    bench = run_audit_bench(settings, catalog, _wanted(catalog, models), device, repeat, err_console)
+    data = as_dict(bench)
+    if json_out:
+        print_json(data)
+        return
+    _print_audit(data)
+
+
+def _print_audit(data: dict[str, Any]) -> None:
+    table = Table("model", "kind", "generate s", "audit s", "audit / generate", "honest replay",
+                  title=f"{data['device']}, median of {data['repeat']}")
+    for model_id, m in data["models"].items():
+        passed = "[green]passed[/]" if m["replay_passed"] else "[red]FAILED[/]"
+        table.add_row(model_id, m["kind"], f"{m['generate_s']:.3f}", f"{m['audit_s']:.3f}",
+                      f"{m['audit_cost_ratio']:.3f}", passed)
+    console.print(table)
+    ratios = ", ".join(f"{kind} {ratio:.3f}" for kind, ratio in data["audit_cost_ratio"].items() if ratio is not None)
+    console.print(f"audit_cost_ratio: [bold]{ratios}[/]")
 
 
 @worker_app.command("miner")

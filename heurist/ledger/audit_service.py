@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, ScalarSelect, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -59,31 +59,38 @@ CREDIT_KINDS = (EntryKind.JOB_CREDIT, EntryKind.ESCROW)  # what a job earned whe
 # ------------------------------------------------------------------------------- reads (shared with Ledger)
 
 
-def _latest_is(session: Session, miner: str, on: MinerEventKind, off: MinerEventKind) -> bool:
-    """Whether the miner's latest ``on``/``off`` event is ``on`` (events are ordered by id)."""
-    latest = session.scalar(select(MinerEvent.kind).where(MinerEvent.miner_address == miner,
-                                                          MinerEvent.kind.in_((on, off)))
-                            .order_by(MinerEvent.id.desc()).limit(1))
-    return latest is on
+def _latest(miner: str, on: MinerEventKind, off: MinerEventKind) -> ScalarSelect[Any]:
+    """The miner's latest ``on``/``off`` event kind (events are ordered by id), as a scalar subquery."""
+    return (select(MinerEvent.kind).where(MinerEvent.miner_address == miner, MinerEvent.kind.in_((on, off)))
+            .order_by(MinerEvent.id.desc()).limit(1).scalar_subquery())
+
+
+def _count(miner: str, outcome: AuditOutcome) -> ScalarSelect[Any]:
+    return (select(func.count()).select_from(Audit)
+            .where(Audit.miner_address == miner, Audit.outcome == outcome).scalar_subquery())
+
+
+def _recent_failed(miner: str, recent: int) -> ScalarSelect[Any]:
+    latest = (select(Audit.outcome).where(Audit.miner_address == miner)
+              .order_by(Audit.audited_at.desc(), Audit.id.desc()).limit(recent).subquery())
+    return select(func.count()).select_from(latest).where(latest.c.outcome == AuditOutcome.FAILED).scalar_subquery()
 
 
 def read_banned(session: Session, miner: str) -> bool:
     """Whether the miner is banned now (its latest banned/unbanned event is a ban)."""
-    return _latest_is(session, miner, MinerEventKind.BANNED, MinerEventKind.UNBANNED)
+    return session.scalar(select(_latest(miner, MinerEventKind.BANNED, MinerEventKind.UNBANNED))) == "banned"
 
 
 def read_standing(session: Session, miner: str, recent: int = RECENT_AUDITS) -> MinerStanding:
-    """The miner's audit record: what the sampler, escrow and bans all decide from."""
-    counts = dict(session.execute(select(Audit.outcome, func.count()).where(Audit.miner_address == miner)
-                                  .group_by(Audit.outcome)).tuples().all())
-    latest = session.scalars(select(Audit.outcome).where(Audit.miner_address == miner)
-                             .order_by(Audit.audited_at.desc(), Audit.id.desc()).limit(recent)).all()
-    return MinerStanding(
-        passed=int(counts.get(AuditOutcome.PASSED, 0)), failed=int(counts.get(AuditOutcome.FAILED, 0)),
-        recent_failed=sum(1 for o in latest if o is AuditOutcome.FAILED),
-        banned=read_banned(session, miner),
-        odd_metrics=_latest_is(session, miner, MinerEventKind.FLAGGED, MinerEventKind.UNFLAGGED),
-    )
+    """The miner's audit record, in one round trip: what the sampler, escrow and bans all decide from."""
+    row: Any = session.execute(select(
+        _count(miner, AuditOutcome.PASSED), _count(miner, AuditOutcome.FAILED), _recent_failed(miner, recent),
+        _latest(miner, MinerEventKind.BANNED, MinerEventKind.UNBANNED),
+        _latest(miner, MinerEventKind.FLAGGED, MinerEventKind.UNFLAGGED),
+    )).one()
+    passed, failed, recent_failed, ban, flag = row
+    return MinerStanding(passed=int(passed), failed=int(failed), recent_failed=int(recent_failed or 0),
+                         banned=ban == MinerEventKind.BANNED.value, odd_metrics=flag == MinerEventKind.FLAGGED.value)
 
 
 def _sum_kinds(session: Session, miner: str, kinds: tuple[EntryKind, ...]) -> int:

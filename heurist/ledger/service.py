@@ -302,9 +302,9 @@ class Ledger:
         assert a.signer is not None
         with self._sessions() as session:
             a.registered = session.get(Miner, a.signer) is not None
-            a.banned = a.registered and read_banned(session, a.signer)
-            a.escrow = a.registered and self.escrow_new_miners and (
-                read_standing(session, a.signer).is_new(self.new_miner_audits))
+            standing = read_standing(session, a.signer) if a.registered else None
+            a.banned = standing is not None and standing.banned
+            a.escrow = standing is not None and self.escrow_new_miners and standing.is_new(self.new_miner_audits)
             a.job = session.get(Job, a.job_id)
             a.has_completion = a.job is not None and session.get(Completion, a.job_id) is not None
         return None
