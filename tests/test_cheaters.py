@@ -2,7 +2,7 @@
 
 Every job takes the production path minus the broker (which tests/test_audit_e2e.py covers): the real
 ``MinerRuntime`` runs the (rigged) pipeline at 1 torch thread, PUTs to SeaweedFS through a presigned URL
-and signs; the ledger on PostgreSQL verifies and credits; the metrics flag hook's check runs; the trusted
+and signs; the ledger on PostgreSQL verifies, credits and flags odd metrics (its middleware); the trusted
 ``Auditor`` replays at 2 threads. Each job comes from a fresh miner key, so bans never hide a check: a
 job is *caught* when it ends with nothing credited (rejected by the ledger, or audited and clawed back).
 Run with ``-s`` to see the table of catch rates the issue note reports.
@@ -24,7 +24,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch
 
-from heurist.audit.hook import flag_odd_metrics
+from heurist.audit.middleware import MetricsFlagging
 from heurist.catalog import Catalog, ModelSpec, load_catalog
 from heurist.catalog.attestation import WeightPins
 from heurist.catalog.schema import Benchmark
@@ -114,11 +114,11 @@ class Network:
         verdict = self.ledger.record_completion(signed)
         if not verdict.accepted:
             return Outcome(False, verdict.reason, False, None)
-        metrics = flag_odd_metrics(self.catalog, self.audits, verdict.job_id)
+        flagged = self.audits.standing(wallet.address).odd_metrics  # by the ledger's MetricsFlagging
         with threads(AUDITOR_THREADS):
             audit = self.auditor.audit(verdict.job_id)
         credited = self.audits.balance(wallet.address).total_micro > 0
-        return Outcome(credited, None, metrics is not None and not metrics.plausible, audit["reason"])
+        return Outcome(credited, None, flagged, audit["reason"])
 
     def _register(self, wallet: Wallet, device: DeviceInfo, model_id: str) -> None:
         hello = MinerHello(miner=wallet.address, models=[model_id], queues=[], device=device, started_at=time.time())
@@ -173,8 +173,8 @@ def net(module_postgres_url: str, seaweed: SeaweedServer, shared_models_dir: Pat
     store.ensure_bucket()
     upgrade(module_postgres_url)
     engine = make_engine(module_postgres_url)
-    ledger = Ledger(engine, catalog, store, pins=WeightPins(shared_models_dir))
     audits = AuditLedger(engine)
+    ledger = Ledger(engine, catalog, store, pins=WeightPins(shared_models_dir), middleware=[MetricsFlagging(audits)])
     yield Network(catalog, ledger, audits, Auditor(ledger=ledger, audits=audits, pipelines=honest), store, honest)
     engine.dispose()
 

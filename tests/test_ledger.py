@@ -32,6 +32,7 @@ from heurist.jobs import (
 )
 from heurist.ledger import tables
 from heurist.ledger.db import make_engine, session_scope
+from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
 from heurist.ledger.migrate import upgrade
 from heurist.ledger.service import CompletionVerdict, Ledger, Reason, RegistrationVerdict
 from heurist.points import MICRO, job_points, to_micro
@@ -538,3 +539,37 @@ def test_read_side_totals(ledger: Ledger, engine: Engine, catalog: Catalog, cloc
         total = session.scalar(select(func.sum(tables.PointsEntry.amount_micro)))
     assert int(total or 0) == after.points_total_micro
     assert ledger.job("never-created") is None
+
+
+class Recorder(LedgerMiddleware):
+    """Keeps what the ledger hands its middleware; raises when asked, to show a verdict survives that."""
+
+    def __init__(self, explode: bool = False) -> None:
+        self.accepted: list[Accepted] = []
+        self.refused: list[Refused] = []
+        self.explode = explode
+
+    def after_accept(self, ledger: Ledger, accepted: Accepted) -> None:
+        self.accepted.append(accepted)
+        if self.explode:
+            raise RuntimeError("middleware bug")
+
+    def after_refuse(self, ledger: Ledger, refused: Refused) -> None:
+        self.refused.append(refused)
+
+
+def test_middleware_gets_the_verified_context_once_and_cannot_undo_a_verdict(
+        ledger: Ledger, catalog: Catalog, clock: Clock, object_store: ObjectStore, miner: Wallet) -> None:
+    broken, recorder = Recorder(explode=True), Recorder()
+    ledger.middleware += [broken, recorder]
+    job = image_job(ledger, catalog, clock)
+    clock.now += 5.0
+    signed, verdict = deliver(ledger, object_store, job, miner)
+    assert verdict.accepted and ledger.record_completion(signed).duplicate  # a duplicate is no new acceptance
+    [seen] = recorder.accepted
+    assert (seen.job_id, seen.miner, seen.spec.id, seen.params) == (job.id, miner.address, job.spec.id, job.params)
+    assert seen.wall_s == pytest.approx(5.0) and seen.registered_device == DEVICE and not seen.late
+    assert seen.standing.audited == 0 and not seen.standing.banned
+    stranger = Wallet.create()
+    ledger.record_completion(sign(completion(job, stranger, PNG), stranger))
+    assert [(r.job_id, r.reason) for r in recorder.refused] == [(job.id, Reason.UNKNOWN_SIGNER)]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import socket
 
 from heurist.audit import AuditSampler
-from heurist.audit.hook import install_audit_sampling, install_metrics_flagging
+from heurist.audit.middleware import AuditSampling, MetricsFlagging
 from heurist.catalog import Catalog
 from heurist.celery_app import create_app, worker_pool
 from heurist.errors import HeuristError
 from heurist.ledger.audit_service import AuditLedger
 from heurist.ledger.factory import open_ledger
-from heurist.ledger.redispatch import install_redispatch
+from heurist.ledger.redispatch import Redispatch
 from heurist.settings import Settings
 from heurist.storage import make_store
 from tasks.ledger import register_ledger_tasks
@@ -26,10 +26,11 @@ def run_ledger(settings: Settings, catalog: Catalog, concurrency: int = 2, logle
     register_ledger_tasks(app)
     sampler = AuditSampler(base_rate=settings.audit_base_rate, new_miner_rate=settings.audit_new_miner_rate,
                            suspicious_rate=settings.audit_suspicious_rate, seed=settings.audit_seed)
-    audits = AuditLedger(ledger.engine)
-    install_metrics_flagging(app, catalog, audits)  # first: a flag raises this very job's sampling rate
-    install_audit_sampling(app, sampler, audits, settings.audit_queue_prefix)
-    install_redispatch(app, ledger, settings)
+    ledger.middleware += [
+        MetricsFlagging(AuditLedger(ledger.engine)),  # first: a flag raises this very job's sampling rate
+        AuditSampling(app, sampler, settings.audit_queue_prefix),
+        Redispatch(app, settings),
+    ]
     pool, concurrency = worker_pool(settings.resolved_broker_url(), concurrency)
     worker = app.Worker(hostname=f"ledger@{socket.gethostname()}", queues=[settings.ledger_queue],
                         pool=pool, concurrency=concurrency, loglevel=loglevel, quiet=True)

@@ -1,9 +1,9 @@
 """Jobs a banned miner took go back to the queue: its work is void, the application's job is not lost.
 
 On RabbitMQ a ban also closes the miner's connection, so the jobs it held unacked are redelivered by the
-broker (``heurist.access``); this hook covers the ones it had already finished, and the embedded broker,
-where a banned miner cannot be stopped from consuming. After ``MAX_BANNED_ATTEMPTS`` banned miners took
-the same job it ends failed rather than circling forever.
+broker (``heurist.access``); this middleware covers the ones it had already finished, and the embedded
+broker, where a banned miner cannot be stopped from consuming. After ``MAX_BANNED_ATTEMPTS`` banned
+miners took the same job it ends failed rather than circling forever.
 """
 
 from __future__ import annotations
@@ -13,18 +13,14 @@ import logging
 from celery import Celery
 
 from heurist.dispatch import job_message, send_job
+from heurist.ledger.middleware import LedgerMiddleware, Refused
 from heurist.ledger.service import Ledger
-from heurist.ledger.signals import Verdict, on_verdict
 from heurist.ledger.tables import Reason
 from heurist.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MAX_BANNED_ATTEMPTS = 3
-
-
-def _refused_as_banned(verdict: Verdict) -> bool:
-    return not verdict.get("accepted") and verdict.get("reason") == Reason.BANNED.value
 
 
 def redispatch(app: Celery, ledger: Ledger, settings: Settings, job_id: str) -> bool:
@@ -44,6 +40,12 @@ def redispatch(app: Celery, ledger: Ledger, settings: Settings, job_id: str) -> 
     return True
 
 
-def install_redispatch(app: Celery, ledger: Ledger, settings: Settings) -> None:
-    """After each completion refused because its miner is banned, send the job to the queue again."""
-    on_verdict(app, lambda verdict: redispatch(app, ledger, settings, verdict["job_id"]), _refused_as_banned)
+class Redispatch(LedgerMiddleware):
+    """After a completion refused because its miner is banned, send the job to the queue again."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    def after_refuse(self, ledger: Ledger, refused: Refused) -> None:
+        if refused.reason is Reason.BANNED:
+            redispatch(self.app, ledger, self.settings, refused.job_id)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from eth_utils import to_checksum_address
@@ -23,15 +23,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from heurist.audit.sampler import NEW_MINER_AUDITS
+from heurist.audit.sampler import NEW_MINER_AUDITS, MinerStanding
 from heurist.catalog import Catalog, JobKind, ModelSpec
 from heurist.catalog.attestation import WeightPins
 from heurist.errors import ConfigError, InvalidJobError
 from heurist.identity import recover_signer
 from heurist.jobs import Completion as ClaimedCompletion
-from heurist.jobs import ImageParams, JobParams, JobState, SignedCompletion, SignedHello, TextParams
+from heurist.jobs import DeviceInfo, ImageParams, JobParams, JobState, SignedCompletion, SignedHello, TextParams
 from heurist.ledger.audit_service import read_banned, read_standing
 from heurist.ledger.db import session_factory, session_scope
+from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
 from heurist.ledger.tables import ID_LEN, Completion, EntryKind, Job, Miner, PointsEntry, Reason, Rejection
 from heurist.points import MICRO, from_micro, job_points, to_micro
 from heurist.storage.backend import ObjectInfo, ObjectStore
@@ -159,6 +160,8 @@ class _Attempt:
     has_completion: bool = False
     spec: ModelSpec | None = None
     info: ObjectInfo | None = None
+    standing: MinerStanding = field(default_factory=MinerStanding)
+    registered_device: DeviceInfo | None = None
 
     @property
     def claim(self) -> ClaimedCompletion:
@@ -185,10 +188,12 @@ class Ledger:
 
     def __init__(self, engine: Engine, catalog: Catalog, store: ObjectStore | None,
                  clock: Callable[[], float] = time.time, *, escrow_new_miners: bool = False,
-                 new_miner_audits: int = NEW_MINER_AUDITS, pins: WeightPins | None = None) -> None:
+                 new_miner_audits: int = NEW_MINER_AUDITS, pins: WeightPins | None = None,
+                 middleware: Sequence[LedgerMiddleware] = ()) -> None:
         """``store`` None opens a read-only view (reports, `heurist points`): it cannot verify completions.
         ``pins`` None skips the weight attestation check (the auditor still makes it)."""
         self.pins = pins
+        self.middleware = list(middleware)
         self.escrow_new_miners = escrow_new_miners
         self.new_miner_audits = new_miner_audits
         self.engine = engine
@@ -272,10 +277,31 @@ class Ledger:
         attempt = _Attempt(signed=signed, received_at=self.clock())
         refusal = self._verify(attempt)
         if refusal is None:
-            return self._accept(attempt)
+            verdict = self._accept(attempt)
+            if not verdict.duplicate:
+                self._after(lambda mw: mw.after_accept(self, self._accepted(attempt, verdict)))
+            return verdict
         if refusal.reason is Reason.DUPLICATE:
             return self._duplicate(attempt)
-        return self._reject(attempt, refusal)
+        verdict = self._reject(attempt, refusal)
+        self._after(lambda mw: mw.after_refuse(self, Refused(attempt.job_id, refusal.miner, refusal.reason)))
+        return verdict
+
+    def _after(self, call: Callable[[LedgerMiddleware], None]) -> None:
+        """Run every middleware's hook; one that raises is logged, the committed verdict stands."""
+        for mw in self.middleware:
+            try:
+                call(mw)
+            except Exception:
+                log.exception("ledger middleware %s failed", type(mw).__name__)
+
+    @staticmethod
+    def _accepted(a: _Attempt, verdict: CompletionVerdict) -> Accepted:
+        assert a.job is not None and a.spec is not None and a.signer is not None
+        return Accepted(job_id=a.job_id, miner=a.signer, spec=a.spec, params=PARAMS.validate_python(a.job.params),
+                        claim=a.claim, wall_s=a.received_at - a.job.created_at,
+                        registered_device=a.registered_device, standing=a.standing,
+                        late=verdict.state is JobState.LATE)
 
     def _verify(self, attempt: _Attempt) -> _Refusal | None:
         """Run the checks in order, cheapest and least trusting first; the first refusal wins."""
@@ -301,10 +327,13 @@ class Ledger:
         """Read the signer, the job and whether it already has a completion, in one short session."""
         assert a.signer is not None
         with self._sessions() as session:
-            a.registered = session.get(Miner, a.signer) is not None
-            standing = read_standing(session, a.signer) if a.registered else None
-            a.banned = standing is not None and standing.banned
-            a.escrow = standing is not None and self.escrow_new_miners and standing.is_new(self.new_miner_audits)
+            miner = session.get(Miner, a.signer)
+            a.registered = miner is not None
+            if miner is not None:
+                a.standing = read_standing(session, a.signer)
+                a.registered_device = DeviceInfo.model_validate(miner.device) if miner.device else None
+            a.banned = a.standing.banned
+            a.escrow = a.registered and self.escrow_new_miners and a.standing.is_new(self.new_miner_audits)
             a.job = session.get(Job, a.job_id)
             a.has_completion = a.job is not None and session.get(Completion, a.job_id) is not None
         return None
