@@ -18,8 +18,8 @@ from typing import Any
 from rich.console import Console
 
 from heurist.access import broker_access
-from heurist.audit.hook import audit_queue
 from heurist.audit.metrics import check_metrics
+from heurist.audit.middleware import audit_queue
 from heurist.catalog import Catalog, JobKind
 from heurist.celery_app import create_app, worker_pool
 from heurist.errors import HeuristError
