@@ -17,9 +17,10 @@ from heurist.ledger import migrate
 from heurist.ledger.db import make_engine
 from heurist.ledger.tables import metadata
 
-LEDGER_TABLES = {"miners", "jobs", "completions", "points_entries", "rejections", "audits", "miner_events"}
+LEDGER_TABLES = {"miners", "jobs", "completions", "points_entries", "rejections", "audits", "miner_events",
+                 "api_keys", "credit_entries"}
 REPO = Path(__file__).resolve().parents[1]
-HEAD = "0003"  # the newest revision: a new migration must be listed here on purpose
+HEAD = "0004"  # the newest revision: a new migration must be listed here on purpose
 
 
 def table_names(url: str) -> set[str]:

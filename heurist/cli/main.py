@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from heurist.cli import access, audit, bench, demo, network, submit, wallet
+from heurist.cli import access, audit, bench, demo, keys, network, submit, wallet
 from heurist.cli.common import err_console
 from heurist.errors import HeuristError
 
@@ -25,6 +25,7 @@ app.add_typer(network.db_app, name="db")
 app.add_typer(bench.app, name="bench")
 app.add_typer(audit.app, name="audit")
 app.add_typer(access.app, name="broker")
+app.add_typer(keys.app, name="keys")
 app.command("demo")(demo.demo)
 
 

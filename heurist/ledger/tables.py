@@ -245,6 +245,10 @@ class MinerEvent(Base):
 
 metadata = Base.metadata
 
+# The credit tables share this metadata (one schema, one migration chain); importing them here means
+# whoever reads ``metadata`` (Alembic's env.py, the schema tests) sees them. Last: they need ``Base``.
+import heurist.credits.tables  # noqa: E402,F401
+
 __all__ = [
     "CLAWBACK_KINDS",
     "CREDITED_KINDS",
