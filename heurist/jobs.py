@@ -77,6 +77,8 @@ class JobMessage(Frozen):
     params: JobParams
     output_url: str = Field(description="Presigned PUT URL for the output object.")
     deadline_at: float = Field(description="Unix time after which the job earns nothing.")
+    stream: bool = Field(False, description="Publish the answer's tokens to heurist.stream as they are made "
+                                            "(unverified previews; text jobs only).")
 
 
 class DeviceInfo(Frozen):
@@ -124,6 +126,21 @@ class TextOutput(Frozen):
     output_tokens: int
     output_token_ids: list[int]
     finish_reason: Literal["stop", "length", "deadline"]
+
+
+class TokenChunk(Frozen):
+    """One streamed token of a text job (``done``: the end of the stream, carrying no token).
+
+    An unverified preview sent straight from the miner: the verified answer is still the stored
+    ``TextOutput`` the ledger checks, so applications must not bill or trust by chunks.
+    """
+
+    job_id: str
+    index: int = Field(ge=0)
+    text: str
+    token_id: int | None = None
+    done: bool = False
+    finish_reason: Literal["stop", "length", "deadline", "error"] | None = None
 
 
 class MinerHello(Signable):

@@ -16,5 +16,6 @@ def register_miner_tasks(app: Celery) -> None:
     @app.task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True)
     def run_job(self: Task, job: dict[str, Any]) -> dict[str, Any]:
         """Run a job; the returned signed completion goes to the ledger as this task's link callback."""
-        signed = self.app.miner_runtime.execute(JobMessage.model_validate(job))  # type: ignore[attr-defined]
+        signed = self.app.miner_runtime.execute(  # type: ignore[attr-defined]
+            JobMessage.model_validate(job), producers=self.app.producer_pool)
         return signed.model_dump(mode="json")

@@ -83,6 +83,8 @@ def test_permissions_name_only_tier_queues_own_pidbox_and_ledger_writes() -> Non
                  f"{miner_user('0x' + 'cd' * 20)}-vram8@host.celery.pidbox"]:
         assert not re.match(perms.read, name), name
     assert re.match(perms.write, "ledger") and not re.match(perms.configure, "ledger")
+    assert re.match(perms.write, "heurist.stream") and not re.match(perms.read, "heurist.stream")
+    assert not re.match(perms.configure, "heurist.stream") and not re.match(perms.write, "heurist.streamx")
     for name in ["amq.default", "audit.tiny-sd", "celery.pidbox"]:
         assert not re.match(perms.write, name), name
 
@@ -98,6 +100,8 @@ def test_miner_user_consumes_its_tier_and_writes_the_ledger_but_reads_no_trusted
     assert creds.user == miner_user(creds.address) and creds.password not in repr(creds)
     audit = Queue("audit.tiny-sd", Exchange("audit.tiny-sd", "direct"), "audit.tiny-sd")
     audit(admin.default_channel).declare()
+    stream = Queue("heurist.stream.job", Exchange("heurist.stream", "direct", durable=True), "job")
+    stream(admin.default_channel).declare()
     Producer(admin.default_channel).publish({"job": 1}, exchange="", routing_key=TIER_QUEUE,
                                             declare=[Queue(TIER_QUEUE, Exchange(TIER_QUEUE), TIER_QUEUE)])
     with Connection(creds.broker_url) as miner:
@@ -105,6 +109,8 @@ def test_miner_user_consumes_its_tier_and_writes_the_ledger_but_reads_no_trusted
         assert job.payload == {"job": 1}
         job.ack()
         Producer(miner.channel()).publish({"completion": 1}, exchange="ledger", routing_key="ledger")
+        Producer(miner.channel()).publish({"token": 1}, exchange="heurist.stream", routing_key="job")
+        _refused(miner, lambda ch: ch.basic_consume("heurist.stream.job", callback=print))
         _refused(miner, lambda ch: ch.basic_consume("ledger", callback=print))
         _refused(miner, lambda ch: ch.basic_consume("audit.tiny-sd", callback=print))
         _refused(miner, lambda ch: ch.queue_delete("ledger"))
@@ -113,6 +119,9 @@ def test_miner_user_consumes_its_tier_and_writes_the_ledger_but_reads_no_trusted
     ledger = admin.SimpleQueue(Queue("ledger", no_declare=True)).get(timeout=5)
     assert ledger.payload == {"completion": 1}
     ledger.ack()
+    token = admin.SimpleQueue(Queue("heurist.stream.job", no_declare=True)).get(timeout=5)
+    assert token.payload == {"token": 1}
+    token.ack()
     assert admin.default_channel.queue_declare("audit.tiny-sd", passive=True).message_count == 0
 
 

@@ -24,7 +24,7 @@ from heurist.settings import Settings
 from heurist.storage.presigned import put_presigned
 from workers.device import detect_device
 from workers.launch import MinerPlan, serve
-from workers.pipelines.backend import Pipeline, PipelineOutput
+from workers.pipelines.backend import OnToken, Pipeline, PipelineOutput
 
 
 class NullPipeline(Pipeline):
@@ -37,7 +37,8 @@ class NullPipeline(Pipeline):
         self.data = json.dumps(TextOutput(text=filler, input_tokens=1, output_tokens=1, output_token_ids=[0],
                                           finish_reason="length").model_dump()).encode()
 
-    def run(self, params: ImageParams | TextParams, deadline_at: float) -> PipelineOutput:
+    def run(self, params: ImageParams | TextParams, deadline_at: float,
+            on_token: OnToken | None = None) -> PipelineOutput:
         return PipelineOutput(self.data, "application/json", input_tokens=1, output_tokens=1)
 
 

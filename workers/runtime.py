@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import requests
+from kombu.pools import ProducerPool
 
 from heurist.errors import UnknownModelError
 from heurist.identity import Wallet
@@ -14,6 +15,7 @@ from heurist.jobs import Completion, DeviceInfo, JobMessage, SignedCompletion, T
 from heurist.storage.presigned import put_presigned
 from workers.middleware import Middleware, default_middleware
 from workers.pipelines.backend import Pipeline
+from workers.streaming import token_stream
 
 
 @dataclass
@@ -26,15 +28,18 @@ class MinerRuntime:
     middleware: list[Middleware] = field(default_factory=default_middleware)
     http: requests.Session = field(default_factory=requests.Session)
 
-    def execute(self, job: JobMessage) -> SignedCompletion:
-        """Run ``job`` on its loaded pipeline, store the output, and sign what was done."""
+    def execute(self, job: JobMessage, producers: ProducerPool | None = None) -> SignedCompletion:
+        """Run ``job`` on its loaded pipeline, store the output, and sign what was done. A ``stream`` job
+        also publishes its tokens through ``producers`` (the worker app's pool) as unverified previews."""
         pipeline = self.pipelines.get(job.model_id)
         if pipeline is None:
             raise UnknownModelError(f"this miner does not serve {job.model_id!r} (misrouted job {job.job_id})")
         for mw in self.middleware:
             mw.before_job(job)
         started = time.perf_counter()
-        output = pipeline.run(job.params, job.deadline_at)
+        with token_stream(job, producers) as stream:
+            output = pipeline.run(job.params, job.deadline_at, on_token=stream.on_token)
+            stream.finish(output.finish_reason)
         ran = time.perf_counter()
         digest = put_presigned(job.output_url, output.data, output.content_type, session=self.http)
         uploaded = time.perf_counter()

@@ -12,6 +12,8 @@ exchange is ``amq.default``). The rules, and why each name is in them:
 * ``<user>-….celery.pidbox``: its own remote-control queue (``celery inspect`` sees the miner), bound to
   the ``celery.pidbox`` fanout (read, to receive broadcasts; never write, which would let a miner send
   ``shutdown`` to the ledger); replies go to ``reply.celery.pidbox`` (write).
+* ``heurist.stream`` exchange: write only, so a miner can publish a streamed job's tokens
+  (``heurist.streams``) but neither read other jobs' streams nor declare the exchange (applications do).
 * ``celeryev``: worker and task events for monitoring (write; never read, which would show every job's
   arguments, presigned URLs included). So miners run without gossip and mingle.
 """
@@ -29,6 +31,7 @@ TIER_QUEUE = rf"(?:private\.)?(?:{TIERS})\.[a-z0-9][a-z0-9.-]*"
 PIDBOX_EXCHANGE = r"celery\.pidbox"
 REPLY_EXCHANGE = r"reply\.celery\.pidbox"
 EVENTS_EXCHANGE = r"celeryev"
+STREAM_EXCHANGE = r"heurist\.stream"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ def miner_permissions(user: str, ledger_queue: str, audit_prefix: str) -> Permis
     pidbox = re.escape(user) + r"-.+\.celery\.pidbox"
     return Permissions(
         configure=_anchored(TIER_QUEUE, pidbox, PIDBOX_EXCHANGE, REPLY_EXCHANGE, EVENTS_EXCHANGE),
-        write=_anchored(TIER_QUEUE, pidbox, re.escape(ledger_queue), REPLY_EXCHANGE, EVENTS_EXCHANGE),
+        write=_anchored(TIER_QUEUE, pidbox, re.escape(ledger_queue), REPLY_EXCHANGE, EVENTS_EXCHANGE,
+                        STREAM_EXCHANGE),
         read=_anchored(TIER_QUEUE, pidbox, PIDBOX_EXCHANGE),
     )

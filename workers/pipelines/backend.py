@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from heurist.catalog.schema import ModelSpec
@@ -22,6 +23,11 @@ class PipelineOutput:
     content_type: str
     input_tokens: int = 0
     output_tokens: int = 0
+    finish_reason: str | None = None  # text jobs: why generation stopped (the stream's last chunk says it)
+
+
+OnToken = Callable[[int, str], None]
+"""Called once per generated token, in order, with its id and the text it adds (possibly "")."""
 
 
 class Pipeline(ABC):
@@ -31,5 +37,7 @@ class Pipeline(ABC):
     weights_sha256: str = ""  # the attestation of the files it was loaded from (set by load_pipeline)
 
     @abstractmethod
-    def run(self, params: ImageParams | TextParams, deadline_at: float) -> PipelineOutput:
-        """Run one job; stop early once ``time.time()`` passes ``deadline_at`` (unix seconds)."""
+    def run(self, params: ImageParams | TextParams, deadline_at: float,
+            on_token: OnToken | None = None) -> PipelineOutput:
+        """Run one job; stop early once ``time.time()`` passes ``deadline_at`` (unix seconds). Text
+        pipelines call ``on_token`` as tokens are made (for streaming); others ignore it."""

@@ -21,12 +21,13 @@ from transformers import (
     StoppingCriteriaList,
     TextIteratorStreamer,
 )
+from transformers.generation.streamers import BaseStreamer
 
 from heurist.catalog.schema import ModelSpec
 from heurist.errors import InvalidJobError
 from heurist.jobs import ImageParams, TextOutput, TextParams
 from workers.device import Device
-from workers.pipelines.backend import Pipeline, PipelineOutput
+from workers.pipelines.backend import OnToken, Pipeline, PipelineOutput
 
 JSON = "application/json"
 
@@ -45,6 +46,46 @@ class StopWhen(StoppingCriteria):
         self.deadline_hit = self.deadline_hit or time.time() > self.deadline_at
         stop = self.deadline_hit or (self.cancel is not None and self.cancel.is_set())
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+class TokenDeltas(BaseStreamer):
+    """Hands each generated token and the text it adds to ``on_token``, decoding the whole answer so far.
+
+    A token that ends inside a multi-byte character (decodes to U+FFFD) is held back until a later token
+    completes it, so the deltas concatenate to exactly the final ``decode(ids)``: the stored text.
+    """
+
+    def __init__(self, tokenizer: Any, on_token: OnToken) -> None:
+        self.tokenizer = tokenizer
+        self.on_token = on_token
+        self.ids: list[int] = []
+        self.pending: list[int] = []
+        self.sent = ""
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() hands over the prompt first
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self.ids.append(int(token))
+            self.pending.append(int(token))
+            self._flush(final=False)
+
+    def end(self) -> None:
+        self._flush(final=True)
+
+    def _flush(self, final: bool) -> None:
+        if not self.pending:
+            return
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") and not final:
+            return
+        *held, last = self.pending
+        for token in held:
+            self.on_token(token, "")
+        delta, self.sent, self.pending = text[len(self.sent):], text, []
+        self.on_token(last, delta)
 
 
 def load_causal_lm(spec: ModelSpec, device: Device, root: Path) -> tuple[Any, Any]:
@@ -114,14 +155,16 @@ class CausalLMPipeline(Pipeline):
             return "stop"
         return "deadline" if stop.deadline_hit else "length"
 
-    def complete(self, params: TextParams, deadline_at: float) -> TextOutput:
-        """Answer one prompt; past the deadline (before or during generation) the reason is ``deadline``."""
+    def complete(self, params: TextParams, deadline_at: float, on_token: OnToken | None = None) -> TextOutput:
+        """Answer one prompt; past the deadline (before or during generation) the reason is ``deadline``.
+        ``on_token`` gets each token as it is made, with text deltas that add up to the answer's text."""
         prompt_ids = self.encode_prompt(params.prompt)
         stop = StopWhen(deadline_at)
         if time.time() > deadline_at:
             return TextOutput(text="", input_tokens=len(prompt_ids), output_tokens=0, output_token_ids=[],
                               finish_reason="deadline")
-        ids = self._generate(prompt_ids, params, stop)
+        extra = {} if on_token is None else {"streamer": TokenDeltas(self.tokenizer, on_token)}
+        ids = self._generate(prompt_ids, params, stop, **extra)
         return TextOutput(
             text=self.tokenizer.decode(ids, skip_special_tokens=True),
             input_tokens=len(prompt_ids),
@@ -130,13 +173,14 @@ class CausalLMPipeline(Pipeline):
             finish_reason=self._finish_reason(ids, stop),  # type: ignore[arg-type]
         )
 
-    def run(self, params: ImageParams | TextParams, deadline_at: float) -> PipelineOutput:
+    def run(self, params: ImageParams | TextParams, deadline_at: float,
+            on_token: OnToken | None = None) -> PipelineOutput:
         if not isinstance(params, TextParams):
             raise InvalidJobError(f"model {self.spec.id} writes text; it got a {params.kind.value} job")
-        result = self.complete(params, deadline_at)
+        result = self.complete(params, deadline_at, on_token)
         data = json.dumps(result.model_dump(mode="json"), separators=(",", ":")).encode()
         return PipelineOutput(data=data, content_type=JSON, input_tokens=result.input_tokens,
-                              output_tokens=result.output_tokens)
+                              output_tokens=result.output_tokens, finish_reason=result.finish_reason)
 
     def stream(self, params: TextParams, deadline_at: float) -> Iterator[str]:
         """Yield the answer's text as it is generated (for a streaming gateway); closing stops generation."""

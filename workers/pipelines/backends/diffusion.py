@@ -13,7 +13,7 @@ from heurist.catalog.schema import Family, ModelSpec
 from heurist.errors import InvalidJobError
 from heurist.jobs import ImageParams, TextParams
 from workers.device import Device
-from workers.pipelines.backend import DeadlineExceeded, Pipeline, PipelineOutput
+from workers.pipelines.backend import DeadlineExceeded, OnToken, Pipeline, PipelineOutput
 
 PNG = "image/png"
 
@@ -60,7 +60,8 @@ class DiffusionPipeline(Pipeline):
         self.device = device
         self.pipe = load_diffusers(spec, device, root)
 
-    def run(self, params: ImageParams | TextParams, deadline_at: float) -> PipelineOutput:
+    def run(self, params: ImageParams | TextParams, deadline_at: float,
+            on_token: OnToken | None = None) -> PipelineOutput:
         """Denoise one image; raise ``DeadlineExceeded`` between steps once the deadline has passed."""
         if not isinstance(params, ImageParams):
             raise InvalidJobError(f"model {self.spec.id} makes images; it got a {params.kind.value} job")
