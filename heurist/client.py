@@ -156,13 +156,19 @@ class Client:
         params = text_params(spec, prompt, max_tokens=max_tokens, temperature=temperature, seed=_seed(seed))
         return self._submit(spec, params)
 
-    def submit(self, request: ImageRequest | TextRequest) -> JobHandle:
+    def submit(self, request: ImageRequest | TextRequest, *, job_id: str | None = None,
+               stream: bool = False) -> JobHandle:
+        """Validate and enqueue; ``job_id`` lets a caller (the gateway) reserve credits under the id first;
+        ``stream`` asks the miner to publish tokens (open a ``heurist.streams.TokenStream`` first)."""
+        spec = self.catalog[request.model]
         if isinstance(request, ImageRequest):
-            return self.submit_image(request.prompt, model=request.model, width=request.width,
-                                     height=request.height, steps=request.steps, guidance=request.guidance,
-                                     seed=request.seed, negative_prompt=request.negative_prompt)
-        return self.submit_text(request.prompt, model=request.model, max_tokens=request.max_tokens,
-                                temperature=request.temperature, seed=request.seed)
+            params: ImageParams | TextParams = image_params(
+                spec, request.prompt, negative_prompt=request.negative_prompt, width=request.width,
+                height=request.height, steps=request.steps, guidance=request.guidance, seed=_seed(request.seed))
+        else:
+            params = text_params(spec, request.prompt, max_tokens=request.max_tokens,
+                                 temperature=request.temperature, seed=_seed(request.seed))
+        return self._submit(spec, params, job_id, stream)
 
     def map(self, requests: Sequence[ImageRequest | TextRequest], *, timeout: float = 600.0,
             progress: bool = True) -> list[JobResult]:
@@ -221,12 +227,13 @@ class Client:
                          miner=view.miner, url=url, output_key=view.output_key, output_sha256=view.output_sha256,
                          error=view.error)
 
-    def _submit(self, spec: ModelSpec, params: ImageParams | TextParams) -> JobHandle:
-        job_id = str(uuid.uuid4())
+    def _submit(self, spec: ModelSpec, params: ImageParams | TextParams, job_id: str | None = None,
+                stream: bool = False) -> JobHandle:
+        job_id = job_id or str(uuid.uuid4())
         output_key = f"outputs/{spec.id}/{job_id}{EXTENSIONS[_content_type(spec)]}"
         deadline_at = self.clock() + spec.deadline.seconds(_work_units(params))
         message = job_message(job_id, spec.id, params, output_key, deadline_at, self.store,
-                              self.settings.presign_expiry_s)
+                              self.settings.presign_expiry_s).model_copy(update={"stream": stream})
         self.ledger.create_job(job_id, spec, params, output_key, spec.queue, deadline_at)
         try:
             self._send(message, spec.queue)

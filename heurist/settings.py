@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     audit_seed: int | None = Field(None, description="Fix to make sampling reproducible (tests); unset: secret.")
     escrow_new_miners: bool = Field(True, description="Hold new miners' points until enough audits pass.")
     result_poll_interval_s: float = Field(0.1, gt=0, le=5)
+    gateway_rate_per_minute: int = Field(60, ge=1, description="Requests per minute per API key at the gateway.")
+    gateway_timeout_s: float = Field(120.0, gt=0, description="How long a gateway request waits for its jobs.")
+    gateway_max_timeout_s: float = Field(600.0, gt=0, description="The largest `timeout_s` a request may ask.")
 
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"embedded+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from heurist.cli import access, audit, bench, demo, keys, network, submit, wallet
+from heurist.cli import access, audit, bench, demo, gateway, keys, network, search, submit, wallet
 from heurist.cli.common import err_console
 from heurist.errors import HeuristError
 
@@ -26,7 +26,9 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(audit.app, name="audit")
 app.add_typer(access.app, name="broker")
 app.add_typer(keys.app, name="keys")
+app.add_typer(search.app, name="search")
 app.command("demo")(demo.demo)
+app.command("gateway")(gateway.gateway)
 
 
 def _usage_error(err: BaseException) -> bool:

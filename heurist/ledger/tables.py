@@ -248,6 +248,7 @@ metadata = Base.metadata
 # The credit tables share this metadata (one schema, one migration chain); importing them here means
 # whoever reads ``metadata`` (Alembic's env.py, the schema tests) sees them. Last: they need ``Base``.
 import heurist.credits.tables  # noqa: E402,F401
+from heurist.search import tables as _search_tables  # noqa: E402,F401
 
 __all__ = [
     "CLAWBACK_KINDS",

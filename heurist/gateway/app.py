@@ -1,0 +1,38 @@
+"""The FastAPI app: routers, error handlers and shared state, built once from settings (no torch here)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from heurist.client import Client
+from heurist.credits.ledger import CreditLedger
+from heurist.gateway import errors, images, jobs, llm
+from heurist.gateway.images import Gateway
+from heurist.gateway.ratelimit import RateLimiter
+from heurist.settings import Settings
+
+
+def create_app(settings: Settings, client: Client, credits: CreditLedger) -> FastAPI:
+    """The gateway for one network: ``client`` sends the jobs, ``credits`` holds the API keys."""
+    app = FastAPI(title="Heurist gateway", version="0.1.0",
+                  description="Inference on the Heurist network, charged in Standard Credit Units per API key.")
+    app.state.gateway = Gateway(settings, client, credits)
+    app.state.credits = credits
+    app.state.limiter = RateLimiter(settings.gateway_rate_per_minute)
+    errors.install(app)
+    app.include_router(images.router)
+    app.include_router(jobs.router)
+    app.include_router(llm.router)
+    return app
+
+
+def app_from_settings(settings: Settings) -> FastAPI:
+    """What ``heurist gateway`` serves: the ledger database migrated, the client's connections opened lazily."""
+    from heurist.ledger.db import make_engine
+    from heurist.ledger.migrate import upgrade
+
+    url = settings.resolved_database_url()
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(url)
+    return create_app(settings, Client(settings), CreditLedger(make_engine(url)))

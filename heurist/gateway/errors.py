@@ -1,0 +1,85 @@
+"""Every error as an OpenAI-style object ``{"error": {"message", "type", "param", "code"}}``, one shape for all."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from heurist.credits.ledger import InsufficientCreditsError, UnknownKeyError
+from heurist.errors import HeuristError, InvalidJobError, JobFailedError, UnknownModelError
+
+_FIELD = re.compile(r"^([a-z_][a-z_0-9.]*)[=:]")
+
+
+class ApiError(Exception):
+    """An HTTP error the gateway raises on purpose."""
+
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers, self.extra = headers, extra
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None,
+               **extra: Any) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code, **extra}}
+
+
+def _respond(err: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(err.message, err.type, err.param, err.code, **err.extra), status_code=err.status,
+                        headers=err.headers)
+
+
+def _field_of(message: str) -> str | None:
+    """Submission errors start with the field they are about ("width=63 must be ..."); name it."""
+    found = _FIELD.match(message)
+    return found.group(1) if found else None
+
+
+def from_heurist(err: HeuristError) -> ApiError:
+    """Map a library error to its HTTP status, keeping its message (written for people)."""
+    message = str(err)
+    if isinstance(err, InsufficientCreditsError):
+        return ApiError(402, message, type_="insufficient_credits", code="insufficient_credits")
+    if isinstance(err, UnknownModelError):
+        return ApiError(404, message, param="model", code="model_not_found")
+    if isinstance(err, UnknownKeyError):
+        return ApiError(404, message, code="not_found")
+    if isinstance(err, JobFailedError):
+        return ApiError(502, message, type_="job_failed", code="job_failed")
+    if isinstance(err, InvalidJobError):
+        field = _field_of(message) or ("model" if message.startswith("model ") else None)
+        return ApiError(422, message, param=field, code="invalid_value")
+    return ApiError(400, message)
+
+
+async def _api_error(_: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, ApiError)
+    return _respond(err)
+
+
+async def _heurist_error(_: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, HeuristError)
+    return _respond(from_heurist(err))
+
+
+async def _validation_error(_: Request, err: Exception) -> JSONResponse:
+    """422 naming the first bad field (``body.width`` -> ``width``), like the library's own errors."""
+    assert isinstance(err, RequestValidationError)
+    first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    field = ".".join(loc) or None
+    message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+    return _respond(ApiError(422, message, param=field, code="invalid_value"))
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers so no error leaves the gateway in another shape."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HeuristError, _heurist_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

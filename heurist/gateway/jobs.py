@@ -1,0 +1,40 @@
+"""GET /v1/jobs/{id}: a job's public state, visible only to the key that paid for it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from heurist.credits.tables import ApiKey
+from heurist.gateway.errors import ApiError
+from heurist.gateway.images import ERRORS, Gateway
+from heurist.gateway.ratelimit import limited_key
+from heurist.gateway.schemas import JobStatus
+from heurist.jobs import JobState
+
+router = APIRouter(tags=["jobs"])
+
+
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(404, f"no job {job_id} for this API key", param="id", code="job_not_found")
+
+
+def job_status(gw: Gateway, key_id: int, job_id: str) -> JobStatus:
+    """The owner is the key whose credits reserved the job; another key gets the same 404 as an unknown id,
+    so ids cannot be probed. A job found failed is refunded here too (idempotent), which covers jobs whose
+    request timed out (504) before they ended."""
+    reservation = gw.credits._find(job_id)
+    view = gw.client.ledger.job(job_id) if reservation is not None and reservation.key_id == key_id else None
+    if view is None:
+        raise _not_found(job_id)
+    if view.state in (JobState.FAILED, JobState.REJECTED):
+        gw.credits.refund(job_id)
+    url = gw.client.to_result(view).url
+    return JobStatus(id=view.job_id, model=view.model_id, kind=view.kind.value, state=view.state.value,
+                     created_at=view.created_at, finished_at=view.finished_at, url=url, error=view.error)
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
+async def get_job(job_id: str, request: Request, key: ApiKey = Depends(limited_key)) -> JobStatus:
+    """A job's state, model, output URL once done, and error; 404 for unknown jobs and other keys' jobs."""
+    return await run_in_threadpool(job_status, request.app.state.gateway, key.id, job_id)

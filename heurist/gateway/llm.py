@@ -1,0 +1,172 @@
+"""OpenAI-compatible LLM endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions.
+
+Each request is one text job on the network. Credits are reserved for the worst case (prompt bytes plus
+``max_tokens``) before the job is sent, then settled at the verified token counts; a failed job is refunded.
+With ``stream: true`` the answer arrives as server-sent events, token by token as the miner produces them
+(``heurist.streams``); those tokens are previews, so the closing event (finish reason, usage) is sent only
+once the ledger has verified the stored answer, and an answer that fails verification ends with an error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from heurist.catalog import JobKind, ModelSpec
+from heurist.client import TextRequest
+from heurist.credits.pricing import price_units
+from heurist.credits.tables import ApiKey
+from heurist.errors import HeuristError
+from heurist.gateway.charging import wait_all
+from heurist.gateway.errors import ApiError, error_body, from_heurist
+from heurist.gateway.images import ERRORS, Gateway
+from heurist.gateway.llm_schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    TextChoice,
+    TextCompletion,
+    Usage,
+    chunk,
+)
+from heurist.gateway.ratelimit import limited_key
+from heurist.jobs import TextOutput, TextParams
+from heurist.points import job_points
+from heurist.streams import TokenStream
+from heurist.submission import text_params
+
+router = APIRouter(tags=["llm"])
+
+
+@dataclass(frozen=True)
+class TextJob:
+    """A text job paid for and not yet sent."""
+
+    job_id: str
+    spec: ModelSpec
+    params: TextParams
+    created: int
+
+
+def start(gw: Gateway, key_id: int, model: str, prompt: str, req: ChatCompletionRequest | CompletionRequest) -> TextJob:
+    """Validate (422 naming the field) and reserve the worst-case price (402): nothing is sent yet."""
+    spec = gw.client.catalog[model]
+    if spec.kind is not JobKind.TEXT:
+        raise ApiError(422, f"model: {spec.id} makes images; use POST /v1/images/generations", param="model",
+                       code="invalid_value")
+    params = text_params(spec, prompt, max_tokens=req.token_limit(), temperature=req.temperature or 0.0,
+                         seed=req.seed or 0)
+    job = TextJob(str(uuid.uuid4()), spec, params, int(time.time()))
+    gw.credits.reserve(key_id, job.job_id, price_units(spec, params))
+    return job
+
+
+def send(gw: Gateway, job: TextJob, stream: bool) -> None:
+    """Submit the reserved job; if it cannot be sent its reservation is refunded."""
+    p = job.params
+    try:
+        gw.client.submit(TextRequest(prompt=p.prompt, model=job.spec.id, max_tokens=p.max_tokens,
+                                     temperature=p.temperature, seed=p.seed), job_id=job.job_id, stream=stream)
+    except BaseException:
+        gw.credits.refund(job.job_id)
+        raise
+
+
+def finish(gw: Gateway, job: TextJob) -> tuple[TextOutput, float]:
+    """Wait for the verified answer and settle at its token counts; a failed job is refunded (502)."""
+    [view] = wait_all(gw, [job.job_id], gw.settings.gateway_timeout_s)
+    if not view.state.has_output:
+        gw.credits.refund(job.job_id)
+        raise ApiError(502, f"job {job.job_id} ended {view.state.value}: {view.error or 'no detail'}; refunded",
+                       type_="job_failed", code="job_failed", job_ids=[job.job_id])
+    output = TextOutput.model_validate_json(gw.client.fetch_output(gw.client.to_result(view)))
+    actual = job_points(job.spec, job.params, output.input_tokens, output.output_tokens)
+    refunded = gw.credits.settle(job.job_id, actual)
+    return output, price_units(job.spec, job.params) - refunded
+
+
+def usage(output: TextOutput) -> Usage:
+    return Usage(prompt_tokens=output.input_tokens, completion_tokens=output.output_tokens,
+                 total_tokens=output.input_tokens + output.output_tokens)
+
+
+def complete(gw: Gateway, job: TextJob) -> tuple[TextOutput, float]:
+    send(gw, job, stream=False)
+    return finish(gw, job)
+
+
+def _sse(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+
+
+def events(gw: Gateway, job: TextJob, kind: str, include_usage: bool) -> Iterator[str]:
+    """The SSE body: a role event (chat), one event per streamed token, then the verified ending."""
+    model = job.spec.id
+    try:
+        with TokenStream(gw.settings.resolved_broker_url(), job.job_id,
+                         chunk_timeout_s=gw.settings.gateway_timeout_s) as stream:
+            send(gw, job, stream=True)
+            if kind == "chat":
+                yield _sse(chunk(job.job_id, job.created, model, kind, {"role": "assistant", "content": ""}, None))
+            for piece in stream:
+                if piece.text:
+                    yield _sse(chunk(job.job_id, job.created, model, kind, {"content": piece.text}, None))
+        output, _ = finish(gw, job)
+        yield _sse(chunk(job.job_id, job.created, model, kind, {}, output.finish_reason))
+        if include_usage:
+            yield _sse(chunk(job.job_id, job.created, model, kind, {}, None, usage(output)))
+    except (ApiError, HeuristError) as err:
+        api = err if isinstance(err, ApiError) else from_heurist(err)
+        yield _sse(error_body(api.message, api.type, api.param, api.code, job_ids=[job.job_id]))
+    yield "data: [DONE]\n\n"
+
+
+def _streaming(gw: Gateway, job: TextJob, kind: str, include_usage: bool) -> StreamingResponse:
+    return StreamingResponse(iterate_in_threadpool(events(gw, job, kind, include_usage)),
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/v1/models", response_model=ModelList, responses=ERRORS)
+async def list_models(request: Request, key: ApiKey = Depends(limited_key)) -> ModelList:
+    """Every catalog model; ``kind`` says which endpoint runs it."""
+    catalog = request.app.state.gateway.client.catalog
+    return ModelList(data=[ModelCard(id=m.id, kind=m.kind.value) for m in catalog.models.values()])
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
+async def chat_completions(req: ChatCompletionRequest, request: Request,
+                           key: ApiKey = Depends(limited_key)) -> Any:
+    """A chat answer as one network job; ``stream: true`` answers with server-sent events."""
+    gw: Gateway = request.app.state.gateway
+    job = await run_in_threadpool(start, gw, key.id, req.model, req.prompt(), req)
+    if req.stream:
+        return _streaming(gw, job, "chat", bool(req.stream_options and req.stream_options.include_usage))
+    output, units = await run_in_threadpool(complete, gw, job)
+    return ChatCompletion(id=f"chatcmpl-{job.job_id}", created=job.created, model=job.spec.id, usage=usage(output),
+                          choices=[ChatChoice(message=AssistantMessage(content=output.text),
+                                              finish_reason=output.finish_reason)], units_charged=units)
+
+
+@router.post("/v1/completions", response_model=TextCompletion, responses=ERRORS)
+async def completions(req: CompletionRequest, request: Request, key: ApiKey = Depends(limited_key)) -> Any:
+    """A completion of one prompt as one network job; ``stream: true`` answers with server-sent events."""
+    gw: Gateway = request.app.state.gateway
+    job = await run_in_threadpool(start, gw, key.id, req.model, req.prompt, req)
+    if req.stream:
+        return _streaming(gw, job, "text", bool(req.stream_options and req.stream_options.include_usage))
+    output, units = await run_in_threadpool(complete, gw, job)
+    return TextCompletion(id=f"cmpl-{job.job_id}", created=job.created, model=job.spec.id, usage=usage(output),
+                          choices=[TextChoice(text=output.text, finish_reason=output.finish_reason)],
+                          units_charged=units)

@@ -1,0 +1,121 @@
+"""A vector index over ``search_chunks``: exact cosine similarity with numpy.
+
+Why exact and in memory: the corpus is small (a demo corpus, an application's documents), a scan of a
+few thousand 384-d unit vectors is one matrix-vector product (well under a millisecond), and pgvector
+is not available on SQLite, so one code path behaves identically on both databases. The matrix is
+loaded once and reloaded only when the chunk count changes (chunks are only ever added).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from heurist.search.chunking import chunk_text
+from heurist.search.embedder import DIM, Embedder, Vectors
+from heurist.search.tables import SearchChunk, SearchDocument
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A document's best-matching chunk."""
+
+    doc_id: int
+    title: str
+    url: str | None
+    snippet: str
+    score: float
+
+
+@dataclass(frozen=True)
+class _Matrix:
+    count: int
+    vectors: Vectors  # [n, DIM], unit rows
+    doc_ids: np.ndarray
+    chunk_ids: list[int]
+
+
+def to_bytes(vector: Vectors) -> bytes:
+    """Little-endian float32 bytes: the stored form, bit-exact on both databases."""
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def from_bytes(data: bytes, dim: int) -> Vectors:
+    return np.frombuffer(data, dtype="<f4", count=dim).astype(np.float32)
+
+
+class VectorIndex:
+    """Documents in, top-k documents out. ``embedder`` is needed to add documents, not to search."""
+
+    def __init__(self, engine: Engine, embedder: Embedder | None = None) -> None:
+        self.engine = engine
+        self.embedder = embedder
+        self._lock = threading.Lock()
+        self._matrix: _Matrix | None = None
+
+    def add_document(self, title: str, text: str, url: str | None = None, source: str = "api") -> int:
+        """Chunk, embed and store one document in one transaction; returns its id."""
+        chunks = chunk_text(text)
+        if not chunks:
+            raise ValueError(f"document {title!r} has no text")
+        if self.embedder is None:
+            raise ValueError("this index has no embedder: pass one to add documents")
+        vectors = self.embedder.embed(chunks)
+        with Session(self.engine) as session, session.begin():
+            doc = SearchDocument(title=title, url=url, source=source, created_at=time.time())
+            session.add(doc)
+            session.flush()
+            session.add_all(SearchChunk(document_id=doc.id, ordinal=i, text=chunk, embedding=to_bytes(vec),
+                                        dim=DIM) for i, (chunk, vec) in enumerate(zip(chunks, vectors, strict=True)))
+            return doc.id
+
+    def chunk_count(self) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count()).select_from(SearchChunk)) or 0)
+
+    def document_count(self) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count()).select_from(SearchDocument)) or 0)
+
+    def _load(self) -> _Matrix:
+        """The cached matrix, reloaded when another process (or this one) has added chunks."""
+        count = self.chunk_count()
+        with self._lock:
+            if self._matrix is None or self._matrix.count != count:
+                with Session(self.engine) as session:
+                    rows = session.execute(select(SearchChunk.id, SearchChunk.document_id, SearchChunk.embedding,
+                                                  SearchChunk.dim).order_by(SearchChunk.id)).all()
+                vectors = (np.stack([from_bytes(r.embedding, r.dim) for r in rows]) if rows
+                           else np.zeros((0, DIM), dtype=np.float32))
+                self._matrix = _Matrix(len(rows), vectors, np.array([r.document_id for r in rows], dtype=np.int64),
+                                       [r.id for r in rows])
+            return self._matrix
+
+    def search(self, query_vector: Vectors, k: int = 3) -> list[Hit]:
+        """The ``k`` documents whose best chunk is most similar to the (unit) query vector."""
+        matrix = self._load()
+        if matrix.count == 0 or k <= 0:
+            return []
+        scores = matrix.vectors @ np.asarray(query_vector, dtype=np.float32)
+        best: dict[int, int] = {}  # doc id -> row of its best chunk
+        for row in np.argsort(-scores, kind="stable"):
+            doc_id = int(matrix.doc_ids[row])
+            if doc_id not in best:
+                best[doc_id] = int(row)
+                if len(best) == k:
+                    break
+        return self._hits(best, matrix, scores)
+
+    def _hits(self, best: dict[int, int], matrix: _Matrix, scores: Vectors) -> list[Hit]:
+        with Session(self.engine) as session:
+            docs = {d.id: d for d in session.scalars(select(SearchDocument).where(SearchDocument.id.in_(best)))}
+            texts = dict(session.execute(select(SearchChunk.id, SearchChunk.text)
+                                         .where(SearchChunk.id.in_([matrix.chunk_ids[r] for r in best.values()])))
+                         .tuples().all())
+        return [Hit(doc_id, docs[doc_id].title, docs[doc_id].url, texts[matrix.chunk_ids[row]], float(scores[row]))
+                for doc_id, row in best.items()]

@@ -1,0 +1,135 @@
+"""The OpenAI-compatible LLM gateway on a live network, driven by the unchanged official `openai` client and
+by LiteLLM's `openai/` provider: list models, chat, streaming chat, completions; credits settled at the
+verified token counts. The gateway runs under uvicorn on a real port; jobs run on a SmolLM2 miner process
+over RabbitMQ + PostgreSQL + SeaweedFS."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # LiteLLM must not fetch anything at import
+
+import litellm
+import openai
+
+from heurist.client import Client
+from heurist.credits.ledger import CreditLedger
+from heurist.embedded import EmbeddedNetwork
+from heurist.gateway.app import create_app
+
+MODEL = "smollm2-135m"
+QUESTION = [{"role": "user", "content": "Name three primary colors."}]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def base_url(network: EmbeddedNetwork, client: Client, miner_address: str) -> Iterator[str]:
+    app = create_app(network.settings().model_copy(update={"gateway_rate_per_minute": 1000}), client,
+                     CreditLedger(client.ledger.engine))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def credits(client: Client) -> CreditLedger:
+    return CreditLedger(client.ledger.engine)
+
+
+@pytest.fixture()
+def key(credits: CreditLedger) -> tuple[int, str]:
+    return credits.create_key("llm-test", 5.0)
+
+
+@pytest.fixture()
+def oai(base_url: str, key: tuple[int, str]) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key=key[1], max_retries=0, timeout=300)
+
+
+def test_models_lists_the_catalog(oai: openai.OpenAI) -> None:
+    ids = {m.id for m in oai.models.list()}
+    assert {MODEL, "tiny-sd"} <= ids
+
+
+def test_chat_completion_is_a_verified_job_charged_by_tokens(oai: openai.OpenAI, credits: CreditLedger,
+                                                             key: tuple[int, str], client: Client) -> None:
+    reply = oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16)  # type: ignore[arg-type]
+    text = reply.choices[0].message.content or ""
+    assert text and reply.usage is not None and 0 < reply.usage.completion_tokens <= 16
+    job_id = reply.id.removeprefix("chatcmpl-")
+    view = client.ledger.job(job_id)
+    assert view is not None and view.state.has_output and view.output_tokens == reply.usage.completion_tokens
+    spent = 5.0 - credits.balance(key[0])
+    assert spent > 0 and spent == pytest.approx(reply.model_extra["units_charged"])  # type: ignore[index]
+    assert credits.balance(key[0]) == pytest.approx(credits.entries_total(key[0]))
+
+
+def test_streaming_chat_arrives_token_by_token(oai: openai.OpenAI, client: Client) -> None:
+    stream = oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24, stream=True,  # type: ignore[arg-type]
+                                         stream_options={"include_usage": True})
+    pieces, finish, usage, arrivals = [], None, None, []
+    for event in stream:
+        if event.choices and event.choices[0].delta.content:
+            pieces.append(event.choices[0].delta.content)
+            arrivals.append(time.monotonic())
+        if event.choices and event.choices[0].finish_reason:
+            finish = event.choices[0].finish_reason
+        if event.usage:
+            usage = event.usage
+    assert len(pieces) > 3 and finish in ("stop", "length") and usage is not None
+    assert arrivals[-1] - arrivals[0] > 0.05  # spread over generation, not one burst at the end
+    job_id = event.id.removeprefix("chatcmpl-")
+    stored = client.ledger.job(job_id)
+    assert stored is not None and stored.state.has_output and stored.output_tokens == usage.completion_tokens
+
+
+def test_completions_endpoint(oai: openai.OpenAI) -> None:
+    reply = oai.completions.create(model=MODEL, prompt="Say hello in French.", max_tokens=8)
+    assert reply.choices[0].text and reply.usage is not None and reply.usage.completion_tokens <= 8
+
+
+def test_openai_errors_come_back_as_openai_errors(oai: openai.OpenAI, base_url: str) -> None:
+    with pytest.raises(openai.NotFoundError):
+        oai.chat.completions.create(model="no-such-model", messages=QUESTION)  # type: ignore[arg-type]
+    with pytest.raises(openai.UnprocessableEntityError):
+        oai.chat.completions.create(model="tiny-sd", messages=QUESTION)  # type: ignore[arg-type]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base_url, api_key="hk_wrong", max_retries=0).models.list()
+
+
+def test_overdraw_is_402_before_any_job(oai: openai.OpenAI, credits: CreditLedger, client: Client,
+                                        base_url: str) -> None:
+    _, poor = credits.create_key("poor", 0.0)
+    before = sum(client.ledger.totals().jobs.values())
+    with pytest.raises(openai.APIStatusError) as err:
+        openai.OpenAI(base_url=base_url, api_key=poor, max_retries=0).chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=8)  # type: ignore[arg-type]
+    assert err.value.status_code == 402
+    assert sum(client.ledger.totals().jobs.values()) == before
+
+
+def test_litellm_openai_provider(base_url: str, key: tuple[int, str]) -> None:
+    common = {"model": f"openai/{MODEL}", "api_base": base_url, "api_key": key[1], "messages": QUESTION,
+              "max_tokens": 12}
+    reply = litellm.completion(**common)
+    assert reply.choices[0].message.content
+    streamed = "".join(c.choices[0].delta.content or "" for c in litellm.completion(**common, stream=True))
+    assert streamed
