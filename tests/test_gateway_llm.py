@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import requests
 import uvicorn
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # LiteLLM must not fetch anything at import
@@ -133,3 +134,32 @@ def test_litellm_openai_provider(base_url: str, key: tuple[int, str]) -> None:
     assert reply.choices[0].message.content
     streamed = "".join(c.choices[0].delta.content or "" for c in litellm.completion(**common, stream=True))
     assert streamed
+
+
+DOCUMENTS = [
+    ("Honeybees", "Honeybees live in colonies led by a queen. Worker bees gather nectar and pollen and make honey "
+                  "in wax combs; they tell each other where flowers are with a waggle dance."),
+    ("Volcanoes", "A volcano is an opening in the crust where molten rock, ash and gases escape. Magma that "
+                  "reaches the surface is called lava; eruptions can build mountains over centuries."),
+    ("Sourdough", "Sourdough bread rises with a starter of wild yeast and lactic acid bacteria instead of baker's "
+                  "yeast. The starter is fed flour and water daily, which gives the bread its sour taste."),
+]
+
+
+def test_search_answers_from_ingested_documents_with_references(base_url: str, key: tuple[int, str],
+                                                                 credits: CreditLedger, client: Client) -> None:
+    headers = {"Authorization": f"Bearer {key[1]}"}
+    for title, text in DOCUMENTS:
+        resp = requests.post(f"{base_url}/documents", json={"title": title, "text": text}, headers=headers, timeout=120)
+        assert resp.status_code == 200 and resp.json()["chunks"] >= 1, resp.text
+    resp = requests.post(f"{base_url}/search", json={"question": "How do bees tell each other where flowers are?",
+                                                     "max_tokens": 32}, headers=headers, timeout=300)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["references"][0]["title"] == "Honeybees" and body["references"][0]["n"] == 1
+    assert body["answer"] and body["units_charged"] > 0
+    assert all(1 <= n <= len(body["references"]) for n in body["cited"])
+    view = client.ledger.job(body["job_id"])
+    assert view is not None and view.state.has_output  # the answer is a verified network job
+    bad = requests.post(f"{base_url}/search", json={"question": ""}, headers=headers, timeout=30)
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "question"

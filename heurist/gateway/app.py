@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from heurist.client import Client
 from heurist.credits.ledger import CreditLedger
-from heurist.gateway import errors, images, jobs, llm
+from heurist.gateway import errors, images, jobs, llm, search
 from heurist.gateway.images import Gateway
 from heurist.gateway.ratelimit import RateLimiter
 from heurist.settings import Settings
@@ -17,12 +17,14 @@ def create_app(settings: Settings, client: Client, credits: CreditLedger) -> Fas
     app = FastAPI(title="Heurist gateway", version="0.1.0",
                   description="Inference on the Heurist network, charged in Standard Credit Units per API key.")
     app.state.gateway = Gateway(settings, client, credits)
+    app.state.search = search.SearchService(app.state.gateway)
     app.state.credits = credits
     app.state.limiter = RateLimiter(settings.gateway_rate_per_minute)
     errors.install(app)
     app.include_router(images.router)
     app.include_router(jobs.router)
     app.include_router(llm.router)
+    app.include_router(search.router)
     return app
 
 
