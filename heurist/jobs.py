@@ -6,13 +6,23 @@ import json
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from heurist.catalog.schema import JobKind
 
 SHA256_HEX = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 ADDRESS = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
 SIGNATURE = Annotated[str, Field(pattern=r"^(0x)?[0-9a-fA-F]{130}$")]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\x00) characters")
+    return value
+
+
+# Free text that is stored: PostgreSQL refuses NUL characters in text, so requests refuse them first.
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class JobState(StrEnum):
@@ -49,8 +59,8 @@ class Signable(Frozen):
 
 class ImageParams(Frozen):
     kind: Literal[JobKind.IMAGE] = JobKind.IMAGE
-    prompt: str = Field(min_length=1)
-    negative_prompt: str = ""
+    prompt: Text = Field(min_length=1)
+    negative_prompt: Text = ""
     width: int
     height: int
     steps: int
@@ -60,7 +70,7 @@ class ImageParams(Frozen):
 
 class TextParams(Frozen):
     kind: Literal[JobKind.TEXT] = JobKind.TEXT
-    prompt: str = Field(min_length=1)
+    prompt: Text = Field(min_length=1)
     max_tokens: int
     temperature: float = Field(0.0, ge=0, le=2)
     seed: int = Field(0, ge=0, lt=2**32)

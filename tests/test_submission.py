@@ -47,3 +47,13 @@ def test_text_limits() -> None:
         text_params(CATALOG["smollm2-135m"], "hi", max_tokens=513)
     with pytest.raises(InvalidJobError, match=r"takes at most 4000"):
         text_params(CATALOG["smollm2-135m"], "x" * 4001)
+
+
+def test_nul_characters_are_refused_before_they_reach_a_database() -> None:
+    """PostgreSQL refuses NUL in text: a prompt holding one is a clear 'prompt:' error, not a crash later
+    (schemathesis found it through the gateway)."""
+    catalog = load_catalog()
+    with pytest.raises(InvalidJobError, match=r"^prompt: .*NUL"):
+        text_params(catalog["smollm2-135m"], "a\x00b")
+    with pytest.raises(InvalidJobError, match=r"^negative_prompt: .*NUL"):
+        image_params(catalog["tiny-sd"], "a fox", negative_prompt="\x00")

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from heurist.cli import access, audit, bench, demo, gateway, keys, network, search, submit, wallet
+from heurist.cli import access, audit, bench, demo, gateway, keys, network, search, submit, up, wallet
 from heurist.cli.common import err_console
 from heurist.errors import HeuristError
 
@@ -29,6 +29,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(search.app, name="search")
 app.command("demo")(demo.demo)
 app.command("gateway")(gateway.gateway)
+app.command("up")(up.up)
 
 
 def _usage_error(err: BaseException) -> bool:

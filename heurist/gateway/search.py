@@ -18,6 +18,7 @@ from heurist.gateway import llm
 from heurist.gateway.images import ERRORS, Gateway
 from heurist.gateway.llm_schemas import CompletionRequest
 from heurist.gateway.ratelimit import limited_key
+from heurist.jobs import Text
 from heurist.search.answer import build_prompt, parse_citations, references
 from heurist.search.embedder import Embedder
 from heurist.search.index import VectorIndex
@@ -27,9 +28,9 @@ router = APIRouter(tags=["search"])
 
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    title: str = Field(..., min_length=1, max_length=500)
-    text: str = Field(..., min_length=1, max_length=200_000)
-    url: str | None = Field(None, max_length=2000)
+    title: Text = Field(..., min_length=1, max_length=500)
+    text: Text = Field(..., min_length=1, max_length=200_000)
+    url: Text | None = Field(None, max_length=2000)
 
 
 class DocumentOut(BaseModel):
@@ -40,7 +41,7 @@ class DocumentOut(BaseModel):
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    question: str = Field(..., min_length=1, max_length=2000)
+    question: Text = Field(..., min_length=1, max_length=2000)
     k: int = Field(3, ge=1, le=10, description="How many documents to retrieve and cite.")
     model: str = Field("smollm2-135m", min_length=1, max_length=64, description="The text model that answers.")
     max_tokens: int = Field(128, ge=1, le=4096)
