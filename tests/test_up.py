@@ -78,10 +78,16 @@ def test_up_serves_the_gateway_until_ctrl_c(tmp_path: Path, shared_models_dir: P
                                     "steps": 8})
         assert image.status_code == 200, image.text
         assert image.json()["data"][0]["url"].startswith("http")
+        answer = requests.post(f"{url}/search", headers=auth, timeout=240,  # the demo corpus is there at once
+                               json={"question": "How are cheating miners caught?", "max_tokens": 24})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["references"][0]["title"] == "Audits and cheating"
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 4  # SeaweedFS, ledger, miner, auditor
         proc.send_signal(signal.SIGINT)
         assert proc.wait(90) == 130, (tmp_path / "stderr.log").read_text()[-3000:]
+        assert "interrupted: every process this command started has been stopped" in (
+            tmp_path / "stderr.log").read_text()
         stderr = (tmp_path / "stderr.log").read_text()
         assert "Traceback" not in stderr
         _, alive = psutil.wait_procs(children, timeout=10)

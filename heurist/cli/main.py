@@ -59,6 +59,8 @@ def main() -> None:
             raise
         err.show()  # type: ignore[attr-defined]
         sys.exit(err.exit_code)  # type: ignore[attr-defined]
+    if code == 130:  # typer returns (not raises) the exit code of a Ctrl-C it caught itself
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
 
 

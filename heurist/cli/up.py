@@ -14,6 +14,8 @@ from heurist.cli.demo import _interrupt
 from heurist.client import Client
 from heurist.embedded import EmbeddedNetwork, wait_until
 from heurist.errors import ConfigError, HeuristError
+from heurist.search.index import VectorIndex
+from heurist.search.ingest import demo_documents
 
 
 def up(
@@ -47,8 +49,10 @@ def up(
                 upgrade(settings.resolved_database_url())  # the credit tables (the ledger made the rest)
                 credits = CreditLedger(client.ledger.engine)
                 _, key = credits.create_key("heurist-up", units)
+                app = create_app(settings, client, credits)
+                _ingest_demo_corpus(app.state.search.index)
                 _print_banner(f"http://{_url_host(host)}:{port}/v1", key, units)
-                config = uvicorn.Config(create_app(settings, client, credits), log_level="warning")
+                config = uvicorn.Config(app, log_level="warning")
                 server = uvicorn.Server(config)
                 server.run(sockets=[sock])  # re-raises the SIGINT or SIGTERM it caught once it shut down
                 if not server.started:
@@ -80,6 +84,15 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _ingest_demo_corpus(index: VectorIndex) -> None:
+    """So a new user can ask a question at once: the shipped corpus, unless documents are there already."""
+    if index.document_count():
+        return
+    with err_console.status("search: embedding the demo corpus (all-MiniLM-L6-v2)"):
+        for doc in demo_documents():
+            index.add_document(doc.title, doc.text, source="demo")
+
+
 def _say(text: str) -> None:
     console.print(text, soft_wrap=True, highlight=False, markup=False)
 
@@ -96,4 +109,6 @@ def _print_banner(base_url: str, key: str, units: float) -> None:
          "answer = ai.chat.completions.create(model=\"smollm2-135m\", max_tokens=32,\n"
          "    messages=[{\"role\": \"user\", \"content\": \"Name three colors.\"}])\n"
          "print(answer.choices[0].message.content)\n")
+    _say(f"curl -s {base_url}/search -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+         "-d '{\"question\": \"How are cheating miners caught?\"}'")
     _say("serving until Ctrl-C")

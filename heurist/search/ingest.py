@@ -53,3 +53,8 @@ def collect(path: Path) -> list[Path]:
     if not files:
         raise IngestError(f"{path} holds no {' or '.join(SUFFIXES)} files")
     return files
+
+
+def demo_documents() -> list[SourceDocument]:
+    """The shipped corpus about the Heurist network itself."""
+    return [read_document(p) for p in collect(DEMO_CORPUS)]
