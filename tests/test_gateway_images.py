@@ -134,7 +134,8 @@ def test_schemathesis_finds_no_server_error(api: TestClient, credits: CreditLedg
         operation = result.ok()  # type: ignore[union-attr]  # an Err would raise here, failing the test
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+                  derandomize=True)  # the same examples every run: CI must not flake
         def check(case: Any) -> None:
             resp = case.call(headers=headers)
             assert resp.status_code < 500, (case.path, case.body, resp.status_code, resp.text)

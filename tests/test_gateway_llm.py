@@ -163,3 +163,5 @@ def test_search_answers_from_ingested_documents_with_references(base_url: str, k
     assert view is not None and view.state.has_output  # the answer is a verified network job
     bad = requests.post(f"{base_url}/search", json={"question": ""}, headers=headers, timeout=30)
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "question"
+    blank = requests.post(f"{base_url}/documents", json={"title": "t", "text": " "}, headers=headers, timeout=30)
+    assert blank.status_code == 422 and blank.json()["error"]["param"] == "text"  # schemathesis found a 500 here

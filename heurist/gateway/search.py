@@ -10,7 +10,7 @@ import threading
 from functools import cached_property
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from heurist.credits.tables import ApiKey
@@ -31,6 +31,14 @@ class DocumentIn(BaseModel):
     title: Text = Field(..., min_length=1, max_length=500)
     text: Text = Field(..., min_length=1, max_length=200_000)
     url: Text | None = Field(None, max_length=2000)
+
+
+    @field_validator("text")
+    @classmethod
+    def _has_words(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must contain more than white space")
+        return value
 
 
 class DocumentOut(BaseModel):

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from heurist.search.chunking import chunk_text
 from heurist.search.embedder import DIM, Embedder, Vectors
+from heurist.search.ingest import IngestError
 from heurist.search.tables import SearchChunk, SearchDocument
 
 
@@ -62,7 +63,7 @@ class VectorIndex:
         """Chunk, embed and store one document in one transaction; returns its id."""
         chunks = chunk_text(text)
         if not chunks:
-            raise ValueError(f"document {title!r} has no text")
+            raise IngestError(f"document {title!r} has no text (only white space)")
         if self.embedder is None:
             raise ValueError("this index has no embedder: pass one to add documents")
         vectors = self.embedder.embed(chunks)
