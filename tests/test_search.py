@@ -24,6 +24,7 @@ from heurist.search.answer import build_prompt, parse_citations, search_answer
 from heurist.search.chunking import chunk_text
 from heurist.search.embedder import DIM, Embedder
 from heurist.search.index import Hit, VectorIndex, from_bytes
+from heurist.search.ingest import IngestError
 from heurist.search.tables import SearchChunk
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,7 +186,7 @@ def test_empty_index_and_bad_documents(sqlite_url: str, embedder: Embedder) -> N
     upgrade(sqlite_url)
     index = VectorIndex(make_engine(sqlite_url), embedder)
     assert index.search(embedder.embed_one("anything"), 3) == []
-    with pytest.raises(ValueError, match="no text"):
+    with pytest.raises(IngestError, match="no text"):
         index.add_document("Empty", "  \n\n  ")
     with pytest.raises(ValueError, match="no embedder"):
         VectorIndex(index.engine).add_document("T", "text")
