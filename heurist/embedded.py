@@ -97,7 +97,7 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         s = self.settings()
         values = {"BROKER_URL": broker_url or s.resolved_broker_url(), "DATA_DIR": str(self.root / "miner"),
                   "MODELS_DIR": str(s.resolved_models_dir()), "TORCH_THREADS": str(s.torch_threads),
-                  **self._catalog()}
+                  "HEARTBEAT_INTERVAL_S": str(s.heartbeat_interval_s), **self._catalog()}
         return {**_clean_env(), **{f"HEURIST_{k}": v for k, v in values.items()}}
 
     def __enter__(self) -> EmbeddedNetwork:

@@ -166,3 +166,16 @@ class MinerHello(Signable):
 class SignedHello(Frozen):
     hello: MinerHello
     signature: SIGNATURE
+
+
+class Heartbeat(Signable):
+    """A miner saying it is up and consuming, every ``heartbeat_interval_s``; signed, so nobody can keep
+    another miner's uptime alive. ``sent_at`` is only checked for freshness: the ledger counts its own time."""
+
+    miner: ADDRESS
+    sent_at: float
+
+
+class SignedHeartbeat(Frozen):
+    heartbeat: Heartbeat
+    signature: SIGNATURE

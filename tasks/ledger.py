@@ -10,8 +10,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
 from heurist.errors import StorageError
-from heurist.jobs import SignedCompletion, SignedHello
-from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, REGISTER_MINER
+from heurist.jobs import SignedCompletion, SignedHeartbeat, SignedHello
+from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT, REGISTER_MINER
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ TRANSIENT = (OperationalError, StorageError)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 30, "max_retries": 20}
 
 
-def _parse(model: type[SignedCompletion] | type[SignedHello], payload: Any) -> Any:
+def _parse(model: type[SignedCompletion] | type[SignedHello] | type[SignedHeartbeat], payload: Any) -> Any:
     try:
         return model.model_validate(payload)
     except ValidationError as err:
@@ -54,3 +54,10 @@ def register_ledger_tasks(app: Celery) -> None:
         parsed = _parse(SignedHello, signed)
         if parsed is not None:
             self.app.ledger.register_miner(parsed)  # type: ignore[attr-defined]
+
+    @app.task(name=RECORD_HEARTBEAT, bind=True, acks_late=True, **RETRY)
+    def record_heartbeat(self: Task, signed: Any) -> None:
+        """Count a miner's signed heartbeat towards its uptime this epoch (``heurist.ledger.uptime``)."""
+        parsed = _parse(SignedHeartbeat, signed)
+        if parsed is not None:
+            self.app.uptime.record(parsed)  # type: ignore[attr-defined]

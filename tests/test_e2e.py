@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -21,6 +23,13 @@ from heurist.points import job_points
 from heurist.submission import image_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HEARTBEAT_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def network_settings() -> dict[str, Any]:
+    """Heartbeats every 0.5 s: a miner that stops is shown offline 1.5 s later (3 missed)."""
+    return {"heartbeat_interval_s": HEARTBEAT_S}
 
 
 def test_miner_environment_has_no_trusted_secrets(network: EmbeddedNetwork) -> None:
@@ -205,3 +214,25 @@ def test_a_job_the_miner_refuses_ends_failed_over_the_broker(client: Client, min
     with pytest.raises(JobFailedError, match=f"job {job_id} ended failed: the miner reported an error"):
         JobHandle(client, job_id, spec, key).result(timeout=120)
     assert client.ledger.points_entries(job_id) == 0
+
+
+def _presence(network: EmbeddedNetwork, address: str) -> dict[str, Any]:
+    rows = _cli(network, "miners", "--json")
+    return next(row for row in rows if row["address"] == address)  # type: ignore[index, union-attr]
+
+
+def test_heartbeats_give_uptime_and_a_stopped_miner_goes_offline(network: EmbeddedNetwork, client: Client,
+                                                                  miner_address: str) -> None:
+    """A second miner heartbeats over RabbitMQ (its own process and key), then is killed as a power cut would."""
+    wallet = network.start_miner(["tiny-sd"], name="heartbeat-miner")
+    wait_until(lambda: client.ledger.is_registered(wallet.address), 300, "the second miner to register",
+               check=network.check_alive)
+    time.sleep(4 * HEARTBEAT_S)
+    row = _presence(network, wallet.address)
+    assert row["presence"] == "online" and row["tier"] == "vram8" and row["models"] == ["tiny-sd"]
+    assert 0 < row["uptime"] <= 1 and row["device"]
+    assert time.time() - row["last_seen"] < 3 * HEARTBEAT_S + 1
+    network.kill("heartbeat-miner")
+    time.sleep(3 * HEARTBEAT_S + 1)
+    assert _presence(network, wallet.address)["presence"] == "offline"
+    assert _presence(network, miner_address)["presence"] == "online"  # the first miner heartbeats on

@@ -28,6 +28,7 @@ from heurist.settings import Settings
 from tasks.miner import register_miner_tasks
 from tasks.names import REGISTER_MINER
 from workers.device import Device, detect_device
+from workers.heartbeat import install_heartbeats
 from workers.middleware import Middleware, default_middleware
 from workers.pipelines import load_pipeline
 from workers.pipelines.backend import Pipeline
@@ -43,6 +44,7 @@ class MinerPlan:
     vram_gb: float
     models: list[ModelSpec]
     refused: list[str]
+    gpu_index: int | None = None  # set when one of a multi-GPU box's workers (workers.supervisor)
 
     @property
     def queues(self) -> list[str]:
@@ -51,7 +53,7 @@ class MinerPlan:
 
 def plan_miner(catalog: Catalog, model_ids: Sequence[str], vram_gb: float | None, device: Device) -> MinerPlan:
     """Pick the models that fit this device (an explicit ``vram_gb`` overrides what was detected)."""
-    vram = device.info.vram_gb if vram_gb is None else vram_gb
+    vram = device.plan_vram_gb if vram_gb is None else vram_gb
     fits, refused = servable(catalog, model_ids, vram)
     if not fits:
         raise ConfigError("this miner can serve none of the requested models: " + "; ".join(refused))
@@ -91,22 +93,26 @@ def announce(app: Celery, wallet: Wallet, plan: MinerPlan, ledger_queue: str) ->
 
 
 def worker_hostname(wallet: Wallet, plan: MinerPlan) -> str:
-    """``miner-<address>-<tier>@host``: Flower and `celery inspect` show who serves what."""
+    """``miner-<address>-<tier>[-gpuN]@host``: Flower and `celery inspect` show who serves what, and on
+    which GPU of a multi-GPU box."""
     tier = max(plan.models, key=lambda m: m.vram.gb).vram.value
-    return f"miner-{wallet.address.lower()}-{tier}@{socket.gethostname()}"
+    gpu = "" if plan.gpu_index is None else f"-gpu{plan.gpu_index}"
+    return f"miner-{wallet.address.lower()}-{tier}{gpu}@{socket.gethostname()}"
 
 
 def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, model_ids: Sequence[str] | None = None,
               vram_gb: float | None = None, device_kind: str | None = None, loglevel: str = "INFO",
-              console: Console | None = None, cheat: str | None = None) -> None:
+              console: Console | None = None, cheat: str | None = None, gpu_index: int | None = None) -> None:
     """Load everything, announce, and consume this miner's queues until stopped.
 
     ``model_ids`` None means every catalog model that fits and whose files are on this machine. ``cheat``
     (tests and the cheater demo only) wraps the pipelines in one of ``workers.cheats.CHEATS``.
+    ``gpu_index``: this is the worker of that GPU of a multi-GPU box (its hostname ends in ``-gpuN``).
     """
     console = console or Console(stderr=True)
     plan = plan_miner(catalog, list(catalog) if model_ids is None else model_ids, vram_gb,
                       detect_device(device_kind, settings.torch_threads))
+    plan = replace(plan, gpu_index=gpu_index)
     for reason in plan.refused:
         console.print(f"[yellow]not serving[/] {reason}")
     pipelines = load_pipelines(plan, settings.resolved_models_dir(), console, skip_missing=model_ids is None)
@@ -129,6 +135,7 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     app = create_app(settings, miner_runtime=runtime)
     register_miner_tasks(app)
     confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue)
+    install_heartbeats(app, wallet, settings.heartbeat_interval_s, settings.ledger_queue)
     announce(app, wallet, plan, settings.ledger_queue)
     console.print(f"miner {wallet.address} consuming {', '.join(plan.queues)}")
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)

@@ -19,11 +19,11 @@ from kombu import Exchange, Queue
 
 from heurist.celery_app import AMQP_SCHEMES
 from heurist.errors import HeuristError
-from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, REGISTER_MINER
+from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT, REGISTER_MINER
 
 log = logging.getLogger(__name__)
 
-LEDGER_TASKS = (REGISTER_MINER, RECORD_COMPLETION, RECORD_FAILURE)
+LEDGER_TASKS = (REGISTER_MINER, RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT)
 
 
 def confine_miner(app: Celery, broker_url: str, ledger_queue: str, wait_s: float = 300.0) -> None:

@@ -34,6 +34,10 @@ class Catalog(Mapping[str, ModelSpec]):
                 f"unknown model {model_id!r}: choose one of {known} (see `heurist routes`)"
             ) from None
 
+    def __contains__(self, model_id: object) -> bool:
+        """Without this, Mapping's ``in`` would call ``__getitem__``, whose error is not a KeyError."""
+        return model_id in self.models
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.models)
 

@@ -7,6 +7,7 @@ from heurist.catalog.attestation import WeightPins
 from heurist.ledger.db import make_engine
 from heurist.ledger.migrate import upgrade
 from heurist.ledger.service import Ledger
+from heurist.ledger.uptime import EpochClock, UptimeBook
 from heurist.settings import Settings
 from heurist.storage.backend import ObjectStore
 
@@ -23,3 +24,12 @@ def open_ledger(settings: Settings, catalog: Catalog, store: ObjectStore | None,
         upgrade(url)
     return Ledger(make_engine(url), catalog, store, escrow_new_miners=settings.escrow_new_miners,
                   pins=WeightPins(settings.resolved_models_dir()))
+
+
+def epoch_clock(settings: Settings) -> EpochClock:
+    return EpochClock(interval_s=settings.heartbeat_interval_s, epoch_s=settings.epoch_s)
+
+
+def open_uptime(settings: Settings, ledger: Ledger) -> UptimeBook:
+    """The heartbeat book on the ledger's database, with the ledger's clock."""
+    return UptimeBook(ledger.engine, epoch_clock(settings), clock=ledger.clock)

@@ -145,6 +145,20 @@ class Miner(Base):
     device: Mapped[dict[str, Any]] = mapped_column(JSON())
 
 
+class MinerUptime(Base):
+    """Availability of one miner in one epoch: how many heartbeat slots of the epoch it was heard in.
+
+    ``last_slot`` (the ledger's clock // interval) makes a second heartbeat in the same slot count nothing.
+    """
+
+    __tablename__ = "miner_uptime"
+
+    address: Mapped[str] = mapped_column(String(ADDRESS_LEN), ForeignKey("miners.address"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger(), primary_key=True)
+    slots: Mapped[int] = mapped_column(Integer())
+    last_slot: Mapped[int] = mapped_column(BigInteger())
+
+
 class Job(Base):
     """A job as the client recorded it: the only source of its parameters."""
 
