@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import stat
 from dataclasses import dataclass, field
@@ -11,6 +13,10 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from heurist.errors import ConfigError
+
+# The order of the secp256k1 group: a private key is an integer in 1..SECP256K1_N-1.
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+DERIVE_DOMAIN = b"heurist/gpu-worker/v1"
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,28 @@ class Wallet:
     @property
     def key_hex(self) -> str:
         return "0x" + bytes(self._account.key).hex()  # type: ignore[attr-defined]
+
+    def derive(self, index: int) -> Wallet:
+        """The key of this operator's worker number ``index`` (one per GPU); ``derive(0)`` is this key.
+
+        Each GPU of a multi-GPU box is its own miner in the ledger (its own device, points and audits), yet
+        the operator keeps one key file: worker ``i`` uses ``HMAC-SHA256(key, "heurist/gpu-worker/v1" ||
+        i as 4 big-endian bytes)`` as its private key (re-hashed with a counter in the ~2^-128 case that
+        it is not a valid secp256k1 key). Deterministic, so restarts keep each GPU's address; one-way, so
+        a worker's key does not reveal the operator's.
+        """
+        if index < 0 or index >= 2**32:
+            raise ConfigError(f"worker index must be in 0..{2**32 - 1}, got {index}")
+        if index == 0:
+            return self
+        secret = bytes(self._account.key)  # type: ignore[attr-defined]
+        message = DERIVE_DOMAIN + index.to_bytes(4, "big")
+        for counter in range(256):
+            retry = bytes([counter]) if counter else b""
+            digest = hmac.new(secret, message + retry, hashlib.sha256).digest()
+            if 0 < int.from_bytes(digest, "big") < SECP256K1_N:
+                return Wallet(Account.from_key(digest))
+        raise ConfigError("could not derive a valid worker key")  # probability ~2^-32000: never happens
 
     def sign(self, payload: bytes) -> str:
         signed = self._account.sign_message(encode_defunct(primitive=payload))  # type: ignore[attr-defined]

@@ -54,6 +54,20 @@ class Settings(BaseSettings):
     gateway_timeout_s: float = Field(120.0, gt=0, description="How long a gateway request waits for its jobs.")
     gateway_max_timeout_s: float = Field(600.0, gt=0, description="The largest `timeout_s` a request may ask.")
 
+    flower_user: str = Field("admin", pattern=r"^[^:\s]+$", description="Basic-auth user of `heurist flower`.")
+    flower_password: SecretStr | None = Field(None, description="Basic-auth password of `heurist flower`; "
+                                              "required: Flower never starts as an open dashboard.")
+
+    heartbeat_interval_s: float = Field(30.0, gt=0, le=3600, description="How often a miner sends its signed "
+                                        "heartbeat to the ledger.")
+    epoch_s: int = Field(3600, ge=10, description="Length of a reward epoch; uptime is measured per epoch.")
+    offline_after_missed: int = Field(3, ge=1, description="A miner is shown offline after this many "
+                                      "heartbeat intervals without one.")
+
+    exporter_host: str = Field("127.0.0.1", description="Interface `heurist exporter` binds (0.0.0.0: all).")
+    exporter_port: int = Field(9108, ge=0, le=65535, description="TCP port of `heurist exporter`'s /metrics "
+                               "(0: any free port).")
+
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"embedded+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
 
@@ -67,6 +81,10 @@ class Settings(BaseSettings):
         user, password = parts.username or "guest", parts.password or "guest"  # kombu's defaults
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         return f"http://{user}:{password}@{host}:15672"
+
+    def offline_after_s(self) -> float:
+        """Seconds of silence after which a miner counts as offline."""
+        return self.heartbeat_interval_s * self.offline_after_missed
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'ledger.sqlite').resolve()}"

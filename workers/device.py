@@ -22,6 +22,21 @@ class Device:
     def is_cuda(self) -> bool:
         return self.info.kind == "cuda"
 
+    @property
+    def plan_vram_gb(self) -> float:
+        """The memory a miner plans its tiers with: a GPU's nominal VRAM (see ``nominal_vram_gb``), a CPU's RAM."""
+        return nominal_vram_gb(self.info.vram_gb) if self.is_cuda else self.info.vram_gb
+
+
+def nominal_vram_gb(gib: float) -> int:
+    """A GPU's memory rounded to whole GiB, what its tier is planned with.
+
+    Drivers report a little less than the size on the box (an H100 80GB shows 81559 MiB = 79.6 GiB, a V100
+    16GB 16160 MiB = 15.8 GiB): rounding to the nearest GiB lets such cards serve their own tier, and never
+    claims more than half a GiB that is not there.
+    """
+    return round(gib)
+
 
 def system_ram_gb() -> float:
     """Total physical memory in GB: what a CPU miner has in place of VRAM."""

@@ -7,7 +7,10 @@ import sys
 import typer
 
 from heurist.cli import access, audit, bench, demo, gateway, keys, network, search, submit, up, wallet
+from heurist.cli import miners as miners_cli
 from heurist.cli.common import err_console
+from heurist.cli.exporter import exporter as exporter_command
+from heurist.cli.flower import flower as flower_command
 from heurist.errors import HeuristError
 
 app = typer.Typer(
@@ -30,6 +33,9 @@ app.add_typer(search.app, name="search")
 app.command("demo")(demo.demo)
 app.command("gateway")(gateway.gateway)
 app.command("up")(up.up)
+app.command("exporter")(exporter_command)
+app.command("flower")(flower_command)
+app.command("miners")(miners_cli.miners)
 
 
 def _usage_error(err: BaseException) -> bool:

@@ -38,16 +38,52 @@ def miner(
     threads: int | None = typer.Option(None, "--threads", min=1,
                                        help="torch threads (default: HEURIST_TORCH_THREADS, else all cores)."),
     loglevel: str = typer.Option("INFO", "--loglevel"),
+    gpus: str | None = typer.Option(
+        None, "--gpus", help="On a box with several GPUs, one worker per GPU is started (each pinned with "
+        "CUDA_VISIBLE_DEVICES, serving what fits its VRAM, under its own derived address: `heurist wallet "
+        "addresses`). Choose them: 'all' (default) or indices/UUIDs as nvidia-smi lists them, e.g. '0,2'."),
     cheat: str | None = typer.Option(None, "--cheat", hidden=True, help="Tests and the cheater demo only."),
+    gpu_index: int | None = typer.Option(
+        None, "--gpu-index", min=0, hidden=True, help="Set by the multi-GPU supervisor for its children: this "
+        "worker is GPU N's, so its key is derived (Wallet.derive(N)) and its hostname ends in -gpuN."),
+    gpu_inventory: Path | None = typer.Option(
+        None, "--gpu-inventory", hidden=True, help="Testing the multi-GPU supervisor without GPUs: take the GPU "
+        "list from this file (nvidia-smi --query-gpu=index,name,memory.total,uuid --format=csv,noheader,nounits "
+        "output) instead of probing, and run each GPU's worker on the CPU (--device cpu)."),
 ) -> None:
-    """Run a miner: verify and load models once, then consume their queues and earn points."""
-    from workers.launch import run_miner  # torch is imported only on the miner side
+    """Run a miner: verify and load models once, then consume their queues and earn points.
+
+    With several GPUs (and no --device) it supervises one worker per GPU; Ctrl-C stops them all.
+    """
+    from workers.supervisor import run_supervisor, supervised_gpus  # imports no torch
 
     settings = settings_with(broker_url=broker, torch_threads=threads)
     catalog = load_catalog(settings.catalog_path)
     wallet = _miner_wallet(key_file, settings.miner_key.get_secret_value() if settings.miner_key else None)
     wanted = split_csv(models) or None
-    run_miner(settings, catalog, wallet, wanted, vram_gb=vram, device_kind=device, loglevel=loglevel, cheat=cheat)
+    per_gpu = supervised_gpus(device, gpus, gpu_inventory, vram, console) if gpu_index is None else None
+    if per_gpu is not None:
+        raise typer.Exit(run_supervisor(settings, catalog, wallet, per_gpu, wanted,
+                                        _per_gpu_args(key_file, wanted, loglevel, cheat),
+                                        "cpu" if gpu_inventory else "cuda:0", console))
+    from workers.launch import run_miner  # torch is imported only on the miner side
+
+    if gpu_index is not None:
+        wallet = wallet.derive(gpu_index)
+    run_miner(settings, catalog, wallet, wanted, vram_gb=vram, device_kind=device, loglevel=loglevel, cheat=cheat,
+              gpu_index=gpu_index)
+
+
+def _per_gpu_args(key_file: Path | None, wanted: list[str] | None, loglevel: str, cheat: str | None) -> list[str]:
+    """The options every per-GPU worker repeats; the broker and settings go in its environment instead."""
+    args = ["--loglevel", loglevel]
+    if key_file is not None:
+        args += ["--key-file", str(key_file.resolve())]
+    if wanted:
+        args += ["--models", ",".join(wanted)]
+    if cheat:
+        args += ["--cheat", cheat]
+    return args
 
 
 def _miner_wallet(key_file: Path | None, env_key: str | None) -> Wallet:

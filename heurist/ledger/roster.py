@@ -66,7 +66,7 @@ class Roster:
         points = (select(func.sum(PointsEntry.amount_micro)).where(PointsEntry.miner_address == Miner.address)
                   .correlate(Miner).scalar_subquery())
         with self._sessions() as session:
-            rows = session.execute(select(Miner, points)).all()
+            rows = session.execute(select(Miner, points)).tuples().all()
         now = self.uptime.clock()
         current = self.uptime.epochs.epoch(now)
         last = self.uptime.epoch_uptimes(current - 1)
