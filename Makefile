@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-fast test-slow lint services clean
+.PHONY: install demo test test-fast test-slow lint services clean flower
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: install services lint
 
 test-slow: install services
 	$(PY) -m pytest -m slow
+
+# Flower, the Celery dashboard, on HEURIST_BROKER_URL (RabbitMQ); needs HEURIST_FLOWER_PASSWORD. PORT=5555 default.
+flower: install
+	$(VENV)/bin/heurist flower --port $(or $(PORT),5555)
 
 clean:
 	rm -rf .heurist demo-output .pytest_cache .mypy_cache .ruff_cache

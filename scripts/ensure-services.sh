@@ -22,6 +22,16 @@ if ! up 5672; then
 fi
 wait_for PostgreSQL 5432 && wait_for RabbitMQ 5672 || exit 1
 
+# `docker-compose config` validates docker/compose.yaml in the tests (no Docker engine needed): Debian's
+# package provides it. Only attempted where apt-get exists and we may use it; the test says what is missing.
+if ! command -v docker-compose >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "installing docker-compose (validates docker/compose.yaml in the tests)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+  { $SUDO apt-get install -y docker-compose >/dev/null 2>&1 \
+    || { $SUDO apt-get update >/dev/null 2>&1 && $SUDO apt-get install -y docker-compose >/dev/null 2>&1; }; } \
+    || echo "warning: could not install docker-compose; tests/test_compose.py will skip (fail under CI=true)" >&2
+fi
+
 # The management HTTP API creates and revokes per-miner broker users (heurist.access). Enabling it is
 # idempotent and works on the running node; it is remembered in the node's enabled_plugins file.
 if ! up 15672; then

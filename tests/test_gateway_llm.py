@@ -158,7 +158,7 @@ def test_search_answers_from_ingested_documents_with_references(base_url: str, k
     body = resp.json()
     assert body["references"][0]["title"] == "Honeybees" and body["references"][0]["n"] == 1
     assert body["answer"] and body["units_charged"] > 0
-    assert all(1 <= n <= len(body["references"]) for n in body["cited"])
+    assert 1 in body["cited"] and "[1]" in body["answer"]  # the answer cites the Honeybees document
     view = client.ledger.job(body["job_id"])
     assert view is not None and view.state.has_output  # the answer is a verified network job
     bad = requests.post(f"{base_url}/search", json={"question": ""}, headers=headers, timeout=30)

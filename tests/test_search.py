@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ from heurist.client import Client
 from heurist.jobs import TextOutput
 from heurist.ledger.db import make_engine
 from heurist.ledger.migrate import upgrade
-from heurist.search.answer import build_prompt, parse_citations, search_answer
+from heurist.search.answer import build_prompt, search_answer
+from heurist.search.attribution import attribute
 from heurist.search.chunking import chunk_text
 from heurist.search.embedder import DIM, Embedder
 from heurist.search.index import Hit, VectorIndex, from_bytes
@@ -124,12 +126,26 @@ def test_chunks_respect_paragraphs_sentences_and_size() -> None:
     assert "".join(words) == "x" * 1200 and max(map(len, words)) <= 500
 
 
-def test_parse_citations_and_prompt() -> None:
-    assert parse_citations("Bees dance [2]. Also [1][2] and [3, 1] but not [7] or [0].", 3) == [2, 1, 3]
-    assert parse_citations("no citations here", 3) == []
+def test_prompt_lists_the_sources_in_reference_order() -> None:
     hits = [Hit(1, "A", None, "alpha", 0.9), Hit(2, "B", "https://b", "beta", 0.5)]
     prompt = build_prompt("What?", hits)
-    assert "[1] A\nalpha" in prompt and "[2] B\nbeta" in prompt and prompt.endswith("Question: What?\nAnswer:")
+    assert prompt == "A: alpha\n\nB: beta\n\nWhat?"  # sources in rank order: reference n is the n-th
+
+
+SOURCES = ["Honeybees dance to tell each other where the flowers are.",
+           "Lava is molten rock that reaches the surface of a volcano."]
+
+
+def test_attribution_keeps_valid_citations_and_cites_the_closest_source(embedder: Embedder) -> None:
+    got = attribute("Bees waggle to show where flowers grow. Magma that escapes is called lava [2]. "
+                    "See [7]. The answer [0] is:", SOURCES, embedder)
+    assert got.text == ("Bees waggle to show where flowers grow [1]. Magma that escapes is called lava [2]. "
+                        "See. The answer is:")  # invalid numbers dropped, a short non-claim left uncited
+    assert got.cited == [1, 2]
+    assert attribute("My favourite colour is a deep green.", SOURCES, embedder).cited == []  # nothing supports it
+    looped = attribute("Lava is molten rock. Lava is molten rock. Lava is molten rock.", SOURCES, embedder)
+    assert looped.text == "Lava is molten rock [2]." and looped.cited == [2]
+    assert attribute("", SOURCES, embedder) == attribute("", [], embedder)
 
 
 def test_importing_search_does_not_import_torch() -> None:
@@ -247,5 +263,7 @@ def test_search_answer_on_the_live_network(client: Client, miner_address: str, s
         assert [r.n for r in got.references] == [1, 2, 3] and first.url == f"https://example.org/{3}"
         assert got.job_id is not None
         output = TextOutput.model_validate_json(client.fetch_output(client.to_result(client.wait_for(got.job_id, 5))))
-        assert got.answer == output.text  # the verified job output, as stored and checked by the ledger
-        assert got.cited == parse_citations(got.answer, 3)
+        honeybees = next(r.n for r in got.references if r.title == "Honeybees")
+        assert honeybees in got.cited and f"[{honeybees}]" in got.answer  # the answer cites the right document
+        for sentence in got.answer.split(". "):  # every sentence is the verified job output's, citations aside
+            assert re.sub(r" \[[\d, ]+\]", "", sentence).rstrip(".") in output.text

@@ -19,7 +19,8 @@ from heurist.gateway.images import ERRORS, Gateway
 from heurist.gateway.llm_schemas import CompletionRequest
 from heurist.gateway.ratelimit import limited_key
 from heurist.jobs import Text
-from heurist.search.answer import build_prompt, parse_citations, references
+from heurist.search.answer import build_prompt, references
+from heurist.search.attribution import attribute
 from heurist.search.embedder import Embedder
 from heurist.search.index import VectorIndex
 
@@ -102,8 +103,9 @@ class SearchService:
         completion = CompletionRequest(model=req.model, prompt=prompt, max_tokens=req.max_tokens)
         job = llm.start(self.gw, key_id, req.model, prompt, completion)
         output, units = llm.complete(self.gw, job)
-        return SearchResponse(answer=output.text, references=refs, cited=parse_citations(output.text, len(hits)),
-                              job_id=job.job_id, units_charged=units)
+        cited = attribute(output.text, [h.snippet for h in hits], embedder)
+        return SearchResponse(answer=cited.text, references=refs, cited=cited.cited, job_id=job.job_id,
+                              units_charged=units)
 
 
 def _service(request: Request) -> SearchService:

@@ -1,17 +1,18 @@
 """Answer a question from retrieved sources: one LLM job whose prompt numbers the sources [1]..[k].
 
-The references are the retrieval hits, returned whether or not the model cites them: the retrieval is the
-evidence, the citations only point into it. Citations are parsed from the verified job output, never
-invented: a number outside 1..k is dropped.
+The references are the retrieval hits, returned whether or not the answer cites them: the retrieval is the
+evidence, the citations only point into it. The answer is the verified job output with its citations made
+trustworthy by ``heurist.search.attribution`` (the model's valid [n] kept, missing ones attributed by
+similarity, invalid ones dropped).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from heurist.jobs import TextOutput
+from heurist.search.attribution import attribute
 from heurist.search.embedder import Embedder
 from heurist.search.index import Hit, VectorIndex
 
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     from heurist.client import Client
 
 SNIPPET_CHARS = 600  # a chunk is ~500; three of them stay well under a small model's prompt limit
-_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
 @dataclass(frozen=True)
@@ -49,24 +49,14 @@ class SearchAnswer:
 
 
 def build_prompt(question: str, hits: list[Hit]) -> str:
-    """Numbered sources, then the question, with an instruction to cite by number."""
-    sources = "\n\n".join(f"[{n}] {hit.title}\n{hit.snippet[:SNIPPET_CHARS]}" for n, hit in enumerate(hits, 1))
-    return (
-        "Answer the question using only the numbered sources below. After each fact, cite the source it "
-        "comes from by its number in square brackets, like [1]. If the sources do not answer it, say so.\n\n"
-        f"Sources:\n{sources}\n\nQuestion: {question.strip()}\nAnswer:"
-    )
+    """The sources as "title: text", then the question; no instructions.
 
-
-def parse_citations(answer_text: str, k: int) -> list[int]:
-    """The distinct source numbers cited as [n] or [n, m], in order of first use, limited to 1..k."""
-    cited: list[int] = []
-    for group in _CITATION.findall(answer_text):
-        for part in group.split(","):
-            n = int(part)
-            if 1 <= n <= k and n not in cited:
-                cited.append(n)
-    return cited
+    Measured on SmolLM2-135M over 11 questions: with instructions to cite [n] it never cited and answered
+    "The answer to this question is:" twice; this bare form gave 0 empty answers and the top source
+    attributed (``heurist.search.attribution``) in 10 of 11. Numbers are the attribution's, not the model's.
+    """
+    sources = "\n\n".join(f"{hit.title}: {hit.snippet[:SNIPPET_CHARS]}" for hit in hits)
+    return f"{sources}\n\n{question.strip()}"
 
 
 def references(hits: list[Hit]) -> list[Reference]:
@@ -84,4 +74,5 @@ def search_answer(client: Client, index: VectorIndex, embedder: Embedder, questi
     handle = client.submit_text(build_prompt(question, hits), model=model, max_tokens=max_tokens)
     result = handle.result(timeout)
     output = TextOutput.model_validate_json(client.fetch_output(result))
-    return SearchAnswer(output.text, refs, handle.id, parse_citations(output.text, len(hits)))
+    cited = attribute(output.text, [h.snippet for h in hits], embedder)
+    return SearchAnswer(cited.text, refs, handle.id, cited.cited)
