@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from heurist.access import broker_access
 from heurist.catalog import load_catalog
 from heurist.errors import ConfigError
 from heurist.identity import Wallet, recover_signer
@@ -198,8 +199,10 @@ def _supervise_and_stop(tmp_path: Path, rabbit_url: str, models_dir: Path, gpu_a
     key = tmp_path / "miner.key"
     operator = Wallet.create()
     operator.save(key)
+    # The box's own restricted broker user (`heurist broker add-miner`), shared by its GPU workers.
+    own = broker_access(Settings(_env_file=None, broker_url=rabbit_url)).add_miner(operator.address)  # type: ignore[call-arg]
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
-    env.update(HEURIST_BROKER_URL=rabbit_url, HEURIST_MODELS_DIR=str(models_dir),
+    env.update(HEURIST_BROKER_URL=own.broker_url, HEURIST_MODELS_DIR=str(models_dir),
                HEURIST_DATA_DIR=str(tmp_path / "data"), HEURIST_TORCH_THREADS="1", COLUMNS="300")
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "heurist.cli.main", "miner", "--key-file", str(key), "--models", "tiny-sd",
@@ -230,7 +233,8 @@ def _supervise_and_stop(tmp_path: Path, rabbit_url: str, models_dir: Path, gpu_a
             assert argv[argv.index("--device") + 1] == device
             address = operator.derive(gpu.index).address
             assert f"miner {address}" in lines[f"gpu{gpu.index}"]
-            assert any(f"miner-{address.lower()}-vram8-gpu{gpu.index}@" in line for line in err)
+            hostname = f"miner-{operator.address.lower()}-vram8-gpu{gpu.index}-{address.lower()}@"
+            assert any(hostname in line for line in err)
         assert _consumers(rabbit_url, "vram8.tiny-sd") == len(gpus)
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=60) == 0, "".join(out + err)

@@ -45,6 +45,7 @@ class MinerPlan:
     models: list[ModelSpec]
     refused: list[str]
     gpu_index: int | None = None  # set when one of a multi-GPU box's workers (workers.supervisor)
+    operator: str | None = None  # that box's own address, whose broker user its workers share
 
     @property
     def queues(self) -> list[str]:
@@ -93,26 +94,30 @@ def announce(app: Celery, wallet: Wallet, plan: MinerPlan, ledger_queue: str) ->
 
 
 def worker_hostname(wallet: Wallet, plan: MinerPlan) -> str:
-    """``miner-<address>-<tier>[-gpuN]@host``: Flower and `celery inspect` show who serves what, and on
-    which GPU of a multi-GPU box."""
+    """``miner-<address>-<tier>@host``: Flower and `celery inspect` show who serves what. A multi-GPU box's
+    worker is ``miner-<operator>-<tier>-gpuN-<its own address>@host``: it connects as the operator's broker
+    user, whose rights cover only remote-control queues named ``miner-<operator>-…``."""
     tier = max(plan.models, key=lambda m: m.vram.gb).vram.value
-    gpu = "" if plan.gpu_index is None else f"-gpu{plan.gpu_index}"
-    return f"miner-{wallet.address.lower()}-{tier}{gpu}@{socket.gethostname()}"
+    if plan.gpu_index is None:
+        return f"miner-{wallet.address.lower()}-{tier}@{socket.gethostname()}"
+    operator = (plan.operator or wallet.address).lower()
+    return f"miner-{operator}-{tier}-gpu{plan.gpu_index}-{wallet.address.lower()}@{socket.gethostname()}"
 
 
 def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, model_ids: Sequence[str] | None = None,
               vram_gb: float | None = None, device_kind: str | None = None, loglevel: str = "INFO",
-              console: Console | None = None, cheat: str | None = None, gpu_index: int | None = None) -> None:
+              console: Console | None = None, cheat: str | None = None, gpu_index: int | None = None,
+              operator: str | None = None) -> None:
     """Load everything, announce, and consume this miner's queues until stopped.
 
     ``model_ids`` None means every catalog model that fits and whose files are on this machine. ``cheat``
     (tests and the cheater demo only) wraps the pipelines in one of ``workers.cheats.CHEATS``.
-    ``gpu_index``: this is the worker of that GPU of a multi-GPU box (its hostname ends in ``-gpuN``).
+    ``gpu_index``: this is the worker of that GPU of a multi-GPU box, whose own address is ``operator``.
     """
     console = console or Console(stderr=True)
     plan = plan_miner(catalog, list(catalog) if model_ids is None else model_ids, vram_gb,
                       detect_device(device_kind, settings.torch_threads))
-    plan = replace(plan, gpu_index=gpu_index)
+    plan = replace(plan, gpu_index=gpu_index, operator=operator)
     for reason in plan.refused:
         console.print(f"[yellow]not serving[/] {reason}")
     pipelines = load_pipelines(plan, settings.resolved_models_dir(), console, skip_missing=model_ids is None)

@@ -68,10 +68,11 @@ def miner(
                                         "cpu" if gpu_inventory else "cuda:0", console))
     from workers.launch import run_miner  # torch is imported only on the miner side
 
+    operator = wallet.address
     if gpu_index is not None:
         wallet = wallet.derive(gpu_index)
     run_miner(settings, catalog, wallet, wanted, vram_gb=vram, device_kind=device, loglevel=loglevel, cheat=cheat,
-              gpu_index=gpu_index)
+              gpu_index=gpu_index, operator=operator)
 
 
 def _per_gpu_args(key_file: Path | None, wanted: list[str] | None, loglevel: str, cheat: str | None) -> list[str]:
