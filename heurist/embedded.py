@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from heurist.errors import HeuristError
 from heurist.identity import Wallet
-from heurist.processes import spawn, stop, tail
+from heurist.processes import spawn, stop_all, tail
 from heurist.settings import Settings, settings_env
 from heurist.storage.seaweed import SeaweedServer
 
@@ -166,9 +166,10 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
                 raise HeuristError(f"{name} exited with code {proc.returncode}:\n{tail(self.logs / f'{name}.log')}")
 
     def close(self) -> None:
-        """Stop miners first (they finish or requeue their job), then the ledger, then storage."""
-        for name in sorted(self.procs, key=lambda n: n == "ledger"):
-            stop(self.procs[name])
+        """Stop miners and auditors first, together (they finish or requeue their job), then the ledger, which
+        records what they finished, then storage."""
+        stop_all([proc for name, proc in self.procs.items() if name != "ledger"])
+        stop_all([proc for name, proc in self.procs.items() if name == "ledger"])
         self.procs.clear()
         if self.seaweed is not None:
             self.seaweed.stop()

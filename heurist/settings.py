@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     gateway_rate_per_minute: int = Field(60, ge=1, description="Requests per minute per API key at the gateway.")
     gateway_timeout_s: float = Field(120.0, gt=0, description="How long a gateway request waits for its jobs.")
     gateway_max_timeout_s: float = Field(600.0, gt=0, description="The largest `timeout_s` a request may ask.")
+    gateway_reconcile_interval_s: float = Field(30.0, gt=0, description="How often the gateway refunds failed "
+                                                "jobs and settles text jobs whose request had already timed out.")
 
     flower_user: str = Field("admin", pattern=r"^[^:\s]+$", description="Basic-auth user of `heurist flower`.")
     flower_password: SecretStr | None = Field(None, description="Basic-auth password of `heurist flower`; "

@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.db",
+    "tests.fixtures.ledger",
     "tests.fixtures.s3",
     "tests.fixtures.broker",
     "tests.fixtures.models",

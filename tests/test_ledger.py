@@ -7,21 +7,19 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import DBAPIError
 
-from heurist.catalog import Catalog, ModelSpec, load_catalog
-from heurist.catalog.attestation import WeightPins, weights_digest
+from heurist.catalog import Catalog, ModelSpec
+from heurist.catalog.attestation import weights_digest
 from heurist.errors import InvalidJobError
 from heurist.identity import Wallet
 from heurist.jobs import (
     Completion,
-    DeviceInfo,
     ImageParams,
     JobState,
     MinerHello,
@@ -33,23 +31,12 @@ from heurist.jobs import (
 from heurist.ledger import tables
 from heurist.ledger.db import make_engine, session_scope
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
-from heurist.ledger.migrate import upgrade
-from heurist.ledger.service import CompletionVerdict, Ledger, Reason, RegistrationVerdict
+from heurist.ledger.service import CompletionVerdict, Ledger, Reason
 from heurist.points import MICRO, job_points, to_micro
 from heurist.storage.backend import ObjectInfo, ObjectStore
+from tests.fixtures.ledger import DEVICE, Clock, register
 
-DEVICE = DeviceInfo(kind="cpu", name="test-cpu", vram_gb=0.0)
 PNG = b"\x89PNG\r\n\x1a\n" + b"pretend image bytes" * 50
-
-
-@dataclass
-class Clock:
-    """The ledger's notion of now, moved by the test (deadlines without sleeping)."""
-
-    now: float = field(default_factory=time.time)
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass(frozen=True)
@@ -59,48 +46,6 @@ class Job:
     params: ImageParams | TextParams
     output_key: str
     deadline_at: float
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def migrated_url(db_url: str) -> str:
-    upgrade(db_url)
-    return db_url
-
-
-@pytest.fixture
-def engine(migrated_url: str) -> Iterator[Engine]:
-    engine = make_engine(migrated_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def ledger(engine: Engine, catalog: Catalog, object_store: ObjectStore, clock: Clock) -> Ledger:
-    return Ledger(engine, catalog, object_store, clock=clock, pins=WeightPins(None))
-
-
-@pytest.fixture
-def miner(ledger: Ledger) -> Wallet:
-    wallet = Wallet.create()
-    assert register(ledger, wallet).accepted
-    return wallet
-
-
-def register(ledger: Ledger, wallet: Wallet,
-             models: tuple[str, ...] = ("sd15", "smollm2-135m")) -> RegistrationVerdict:
-    hello = MinerHello(miner=wallet.address, models=list(models), queues=[], device=DEVICE,
-                       started_at=time.time())
-    return ledger.register_miner(SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload())))
 
 
 def image_job(ledger: Ledger, catalog: Catalog, clock: Clock, *, model: str = "sd15", width: int = 1024,

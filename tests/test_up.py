@@ -85,7 +85,9 @@ def test_up_serves_the_gateway_until_ctrl_c(tmp_path: Path, shared_models_dir: P
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 4  # SeaweedFS, ledger, miner, auditor
         proc.send_signal(signal.SIGINT)
+        stopping = time.monotonic()
         assert proc.wait(90) == 130, (tmp_path / "stderr.log").read_text()[-3000:]
+        print(f"heurist up stopped in {time.monotonic() - stopping:.1f}s")
         assert "interrupted: every process this command started has been stopped" in (
             tmp_path / "stderr.log").read_text()
         stderr = (tmp_path / "stderr.log").read_text()

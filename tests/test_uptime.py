@@ -5,7 +5,6 @@ The live path (a miner process heartbeating over RabbitMQ, shown online then off
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,24 +14,15 @@ from heurist.catalog import Catalog, load_catalog
 from heurist.identity import Wallet
 from heurist.jobs import Heartbeat, SignedHeartbeat
 from heurist.ledger.audit_service import AuditLedger
-from heurist.ledger.db import make_engine, session_factory
-from heurist.ledger.migrate import upgrade
+from heurist.ledger.db import session_factory
 from heurist.ledger.roster import Presence, Roster, miner_tier
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import MinerUptime, Reason
 from heurist.ledger.uptime import EpochClock, UptimeBook
-from tests.test_ledger import Clock, register
+from tests.fixtures.ledger import Clock, register
 
 T0 = 1_000_000.0  # an epoch boundary for epoch_s=100 and a slot boundary for interval 10
 EPOCHS = EpochClock(interval_s=10, epoch_s=100)
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
@@ -42,19 +32,13 @@ def clock() -> Clock:
 
 @pytest.fixture
 def ledger(engine: Engine, clock: Clock) -> Ledger:
+    """No object store: heartbeats never touch one (the shared fixture's miner registers through this)."""
     return Ledger(engine, load_catalog(), None, clock=clock)
 
 
 @pytest.fixture
 def book(engine: Engine, clock: Clock) -> UptimeBook:
     return UptimeBook(engine, EPOCHS, clock=clock)
-
-
-@pytest.fixture
-def miner(ledger: Ledger) -> Wallet:
-    wallet = Wallet.create()
-    assert register(ledger, wallet).accepted
-    return wallet
 
 
 def beat(wallet: Wallet, sent_at: float, signer: Wallet | None = None) -> SignedHeartbeat:

@@ -164,6 +164,16 @@ class CreditLedger:
             raise DisabledKeyError(f"API key {key_id} is disabled")
         raise InsufficientCreditsError(key_id, from_micro(key.balance_micro), from_micro(amount))
 
+    def charged(self, job_id: str) -> float:
+        """What the job costs its key now: the charge less everything given back."""
+        with session_scope(self.engine) as session:
+            total = session.scalar(select(func.sum(CreditEntry.amount_micro)).where(CreditEntry.job_id == job_id))
+        return from_micro(-int(total or 0))
+
+    def reservation(self, job_id: str) -> Reservation | None:
+        """The job's charge (which key paid, how much), or None for a job no key paid for."""
+        return self._find(job_id)
+
     def _find(self, job_id: str) -> Reservation | None:
         with session_scope(self.engine) as session:
             charge = session.scalar(select(CreditEntry).where(CreditEntry.idempotency_key == f"charge:{job_id}"))

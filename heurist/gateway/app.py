@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from heurist.client import Client
 from heurist.credits.ledger import CreditLedger
+from heurist.credits.reconcile import Reconciler
 from heurist.gateway import errors, images, jobs, llm, search
 from heurist.gateway.images import Gateway
 from heurist.gateway.ratelimit import RateLimiter
@@ -14,7 +18,17 @@ from heurist.settings import Settings
 
 def create_app(settings: Settings, client: Client, credits: CreditLedger) -> FastAPI:
     """The gateway for one network: ``client`` sends the jobs, ``credits`` holds the API keys."""
-    app = FastAPI(title="Heurist gateway", version="0.1.0",
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        """While serving, sweep the charges of jobs that ended after their request gave up (504)."""
+        reconciler = Reconciler(credits, client.ledger, client.catalog, settings.gateway_reconcile_interval_s)
+        reconciler.start()
+        try:
+            yield
+        finally:
+            reconciler.stop()
+
+    app = FastAPI(title="Heurist gateway", version="0.1.0", lifespan=lifespan,
                   description="Inference on the Heurist network, charged in Standard Credit Units per API key.")
     app.state.gateway = Gateway(settings, client, credits)
     app.state.search = search.SearchService(app.state.gateway)

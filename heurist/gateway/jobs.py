@@ -23,7 +23,7 @@ def job_status(gw: Gateway, key_id: int, job_id: str) -> JobStatus:
     """The owner is the key whose credits reserved the job; another key gets the same 404 as an unknown id,
     so ids cannot be probed. A job found failed is refunded here too (idempotent), which covers jobs whose
     request timed out (504) before they ended."""
-    reservation = gw.credits._find(job_id)
+    reservation = gw.credits.reservation(job_id)
     view = gw.client.ledger.job(job_id) if reservation is not None and reservation.key_id == key_id else None
     if view is None:
         raise _not_found(job_id)

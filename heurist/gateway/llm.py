@@ -93,8 +93,8 @@ def finish(gw: Gateway, job: TextJob) -> tuple[TextOutput, float]:
                        type_="job_failed", code="job_failed", job_ids=[job.job_id])
     output = TextOutput.model_validate_json(gw.client.fetch_output(gw.client.to_result(view)))
     actual = job_points(job.spec, job.params, output.input_tokens, output.output_tokens)
-    refunded = gw.credits.settle(job.job_id, actual)
-    return output, price_units(job.spec, job.params) - refunded
+    gw.credits.settle(job.job_id, actual)
+    return output, gw.credits.charged(job.job_id)  # what was kept, even if the sweep settled it first
 
 
 def usage(output: TextOutput) -> Usage:
