@@ -152,6 +152,9 @@ def test_search_answers_from_ingested_documents_with_references(base_url: str, k
     for title, text in DOCUMENTS:
         resp = requests.post(f"{base_url}/documents", json={"title": title, "text": text}, headers=headers, timeout=120)
         assert resp.status_code == 200 and resp.json()["chunks"] >= 1, resp.text
+    title, text = DOCUMENTS[0]
+    again = requests.post(f"{base_url}/documents", json={"title": title, "text": text}, headers=headers, timeout=120)
+    assert again.status_code == 200 and again.json()["duplicate"] is True, again.text  # stored once
     resp = requests.post(f"{base_url}/search", json={"question": "How do bees tell each other where flowers are?",
                                                      "max_tokens": 32}, headers=headers, timeout=300)
     assert resp.status_code == 200, resp.text

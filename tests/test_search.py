@@ -95,7 +95,7 @@ def _index(url: str, embedder: Embedder) -> Iterator[tuple[VectorIndex, dict[str
     upgrade(url)
     engine = make_engine(url)
     index = VectorIndex(engine, embedder)
-    ids = {title: index.add_document(title, text, url=f"https://example.org/{i}")
+    ids = {title: index.add_document(title, text, url=f"https://example.org/{i}").id
            for i, (title, text) in enumerate(CORPUS.items())}
     try:
         yield index, ids, engine
@@ -192,10 +192,16 @@ def test_index_refreshes_after_a_new_document(built: tuple[VectorIndex, dict[str
     question = embedder.embed_one("How do lighthouses warn ships at night?")
     assert index.search(question, 1)[0].title != "Lighthouses"  # the matrix is now cached
     other = VectorIndex(engine, embedder)  # another process's writer: the cache must notice the new chunks
-    doc_id = other.add_document("Lighthouses", "A lighthouse is a tower with a bright lamp and a lens that "
-                                "warns ships at night about rocks and guides them into the harbour.")
+    text = ("A lighthouse is a tower with a bright lamp and a lens that warns ships at night about rocks and "
+            "guides them into the harbour.")
+    added = other.add_document("Lighthouses", text)
     top = index.search(question, 1)[0]
-    assert (top.doc_id, top.title, top.url) == (doc_id, "Lighthouses", None)
+    assert (top.doc_id, top.title, top.url) == (added.id, "Lighthouses", None)
+    chunks = index.chunk_count()
+    again = index.add_document("Lighthouses", text)  # ingesting it again stores nothing
+    assert (again.id, again.chunks, again.duplicate) == (added.id, added.chunks, True) and not added.duplicate
+    assert index.chunk_count() == chunks
+    assert not index.add_document("Lighthouses", text, url="https://example.org/l").duplicate  # another source
 
 
 def test_empty_index_and_bad_documents(sqlite_url: str, embedder: Embedder) -> None:
@@ -239,7 +245,9 @@ def test_cli_ingest_and_query(tmp_path: Path) -> None:
 def test_cli_demo_corpus_and_errors(tmp_path: Path) -> None:
     db = tmp_path / "demo.sqlite"
     done = _cli("ingest", "--demo-corpus", db=db)
-    assert done.returncode == 0 and "ingested 8 document(s)" in done.stdout, done.stderr
+    assert done.returncode == 0 and "ingested 8 new document(s), 0 already there" in done.stdout, done.stderr
+    again = _cli("ingest", "--demo-corpus", db=db)  # a re-run stores nothing twice
+    assert again.returncode == 0 and "ingested 0 new document(s), 8 already there" in again.stdout, again.stderr
     text = _cli("query", "How are cheating miners caught?", db=db)  # the text form, on the shipped corpus
     assert text.returncode == 0 and "[1] Audits and cheating" in text.stdout, text.stderr
     missing = _cli("ingest", str(tmp_path / "nope"), db=db)

@@ -57,15 +57,17 @@ def ingest(
     with Progress(console=err_console, transient=True, disable=json_out) as progress:
         task = progress.add_task("embedding", total=len(docs))
         for doc in docs:
-            doc_id = index.add_document(doc.title, doc.text, source="demo" if demo_corpus else doc.source)
-            added.append({"id": doc_id, "title": doc.title, "source": doc.source})
+            done = index.add_document(doc.title, doc.text, source="demo" if demo_corpus else doc.source)
+            added.append({"id": done.id, "title": doc.title, "source": doc.source, "duplicate": done.duplicate})
             progress.advance(task)
     if json_out:
         print_json({"documents": added, "chunks_total": index.chunk_count()})
         return
     for row in added:
-        console.print(f"{row['id']:>5}  {row['title']}")
-    console.print(f"ingested {len(added)} document(s); the index holds {index.chunk_count()} chunks")
+        console.print(f"{row['id']:>5}  {row['title']}" + ("  (already there)" if row["duplicate"] else ""))
+    new = sum(not row["duplicate"] for row in added)
+    console.print(f"ingested {new} new document(s), {len(added) - new} already there; "
+                  f"the index holds {index.chunk_count()} chunks")
 
 
 @app.command("query")

@@ -46,6 +46,8 @@ class DocumentOut(BaseModel):
     id: int
     title: str
     chunks: int
+    duplicate: bool = Field(False, description="The same title, text and url were ingested before: that "
+                                               "document's id, nothing stored again.")
 
 
 class SearchRequest(BaseModel):
@@ -86,9 +88,8 @@ class SearchService:
             return VectorIndex(self.gw.client.ledger.engine, Embedder())
 
     def ingest(self, doc: DocumentIn) -> DocumentOut:
-        before = self.index.chunk_count()
-        doc_id = self.index.add_document(doc.title, doc.text, doc.url)
-        return DocumentOut(id=doc_id, title=doc.title, chunks=self.index.chunk_count() - before)
+        added = self.index.add_document(doc.title, doc.text, doc.url)
+        return DocumentOut(id=added.id, title=doc.title, chunks=added.chunks, duplicate=added.duplicate)
 
     def answer(self, key_id: int, req: SearchRequest) -> SearchResponse:
         embedder = self.index.embedder

@@ -8,12 +8,14 @@ loaded once and reloaded only when the chunk count changes (chunks are only ever
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from heurist.search.chunking import chunk_text
@@ -50,6 +52,19 @@ def from_bytes(data: bytes, dim: int) -> Vectors:
     return np.frombuffer(data, dtype="<f4", count=dim).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Ingested:
+    """What ``add_document`` did: the document's id, the chunks it stored, and whether it was there already."""
+
+    id: int
+    chunks: int
+    duplicate: bool = False
+
+
+def content_sha256(title: str, text: str, url: str | None) -> str:
+    return hashlib.sha256("\0".join((title, text, url or "")).encode()).hexdigest()
+
+
 class VectorIndex:
     """Documents in, top-k documents out. ``embedder`` is needed to add documents, not to search."""
 
@@ -59,21 +74,42 @@ class VectorIndex:
         self._lock = threading.Lock()
         self._matrix: _Matrix | None = None
 
-    def add_document(self, title: str, text: str, url: str | None = None, source: str = "api") -> int:
-        """Chunk, embed and store one document in one transaction; returns its id."""
+    def add_document(self, title: str, text: str, url: str | None = None, source: str = "api") -> Ingested:
+        """Chunk, embed and store one document in one transaction. The same title, text and url again is
+        found, not stored twice (and not embedded again), so re-running an ingest is safe."""
+        digest = content_sha256(title, text, url)
+        found = self._find(digest)
+        if found is not None:
+            return found
         chunks = chunk_text(text)
         if not chunks:
             raise IngestError(f"document {title!r} has no text (only white space)")
         if self.embedder is None:
             raise ValueError("this index has no embedder: pass one to add documents")
         vectors = self.embedder.embed(chunks)
-        with Session(self.engine) as session, session.begin():
-            doc = SearchDocument(title=title, url=url, source=source, created_at=time.time())
-            session.add(doc)
-            session.flush()
-            session.add_all(SearchChunk(document_id=doc.id, ordinal=i, text=chunk, embedding=to_bytes(vec),
-                                        dim=DIM) for i, (chunk, vec) in enumerate(zip(chunks, vectors, strict=True)))
-            return doc.id
+        try:
+            with Session(self.engine) as session, session.begin():
+                doc = SearchDocument(title=title, url=url, source=source, created_at=time.time(),
+                                     content_sha256=digest)
+                session.add(doc)
+                session.flush()
+                session.add_all(SearchChunk(document_id=doc.id, ordinal=i, text=chunk, embedding=to_bytes(vec), dim=DIM)
+                                for i, (chunk, vec) in enumerate(zip(chunks, vectors, strict=True)))
+                return Ingested(doc.id, len(chunks))
+        except IntegrityError:  # the same document, added at the same moment by another request
+            again = self._find(digest)
+            if again is None:
+                raise
+            return again
+
+    def _find(self, digest: str) -> Ingested | None:
+        with Session(self.engine) as session:
+            doc_id = session.scalar(select(SearchDocument.id).where(SearchDocument.content_sha256 == digest))
+            if doc_id is None:
+                return None
+            chunks = session.scalar(select(func.count()).select_from(SearchChunk)
+                                    .where(SearchChunk.document_id == doc_id))
+        return Ingested(doc_id, int(chunks or 0), duplicate=True)
 
     def chunk_count(self) -> int:
         with Session(self.engine) as session:

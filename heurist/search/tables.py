@@ -22,6 +22,8 @@ class SearchDocument(Base):
     url: Mapped[str | None] = mapped_column(Text(), nullable=True)
     source: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[float] = mapped_column(Double())
+    # sha256 of title, text and url: ingesting the same document again finds it instead of storing a twin
+    content_sha256: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
 
 
 class SearchChunk(Base):
