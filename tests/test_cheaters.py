@@ -35,7 +35,7 @@ from heurist.ledger.db import make_engine
 from heurist.ledger.migrate import upgrade
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import AuditReason, Reason
-from heurist.points import image_work_units
+from heurist.points import image_work_units, text_work_units
 from heurist.settings import Settings
 from heurist.storage.backends.s3 import S3ObjectStore
 from heurist.storage.seaweed import SeaweedServer
@@ -153,7 +153,7 @@ def _seconds_per_unit(pipeline: Pipeline, params: ImageParams | TextParams) -> f
     elapsed = min(timings)
     if isinstance(params, ImageParams):
         return elapsed / image_work_units(params)
-    return elapsed / ((out.input_tokens + out.output_tokens) / 1000)
+    return elapsed / text_work_units(out.input_tokens, out.output_tokens)
 
 
 @pytest.fixture(scope="module")

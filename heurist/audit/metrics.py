@@ -20,6 +20,7 @@ verdict (said in the detail). Pure and torch-free: the ledger flags with it, the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from heurist.catalog.schema import ModelSpec
 from heurist.jobs import DeviceInfo, ImageParams, TextParams, Timings
@@ -37,6 +38,17 @@ class MetricsVerdict:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+class ClaimedRun(Protocol):
+    """What a miner claims about a run, wherever it was read from."""
+
+    @property
+    def timings(self) -> Timings: ...
+    @property
+    def device(self) -> DeviceInfo: ...
+    @property
+    def output_tokens(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class ReportedMetrics:
     """What a completion says about how the job ran, and what the ledger saw around it."""
@@ -46,6 +58,12 @@ class ReportedMetrics:
     output_tokens: int
     wall_s: float  # from the job's creation to the completion's arrival, by the ledger's clock
     registered_device: DeviceInfo | None = None
+
+    @classmethod
+    def of(cls, claim: ClaimedRun, wall_s: float, registered_device: DeviceInfo | None) -> ReportedMetrics:
+        """From a completion (the ledger, as it verifies) or an accepted claim (the auditor, from the database)."""
+        return cls(timings=claim.timings, device=claim.device, output_tokens=claim.output_tokens, wall_s=wall_s,
+                   registered_device=registered_device)
 
 
 def speed_units(params: ImageParams | TextParams, output_tokens: int) -> float:

@@ -29,8 +29,7 @@ class AcceptedClaim:
     registered_device: DeviceInfo | None
 
     def reported(self) -> ReportedMetrics:
-        return ReportedMetrics(timings=self.timings, device=self.device, output_tokens=self.output_tokens,
-                               wall_s=self.wall_s, registered_device=self.registered_device)
+        return ReportedMetrics.of(self, self.wall_s, self.registered_device)
 
 
 def read_claim(engine: Engine, job_id: str) -> AcceptedClaim | None:

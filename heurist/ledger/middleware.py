@@ -37,9 +37,7 @@ class Accepted:
     late: bool
 
     def reported(self) -> ReportedMetrics:
-        return ReportedMetrics(timings=self.claim.timings, device=self.claim.device,
-                               output_tokens=self.claim.output_tokens, wall_s=self.wall_s,
-                               registered_device=self.registered_device)
+        return ReportedMetrics.of(self.claim, self.wall_s, self.registered_device)
 
 
 @dataclass(frozen=True)
