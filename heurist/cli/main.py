@@ -9,6 +9,7 @@ import typer
 from heurist.cli import access, audit, bench, demo, gateway, keys, network, search, submit, up, wallet
 from heurist.cli import miners as miners_cli
 from heurist.cli.common import err_console
+from heurist.cli.doctor import doctor as doctor_command
 from heurist.cli.exporter import exporter as exporter_command
 from heurist.cli.flower import flower as flower_command
 from heurist.errors import HeuristError
@@ -36,6 +37,7 @@ app.command("up")(up.up)
 app.command("exporter")(exporter_command)
 app.command("flower")(flower_command)
 app.command("miners")(miners_cli.miners)
+app.command("doctor")(doctor_command)
 
 
 def _usage_error(err: BaseException) -> bool:
