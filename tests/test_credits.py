@@ -160,3 +160,41 @@ def test_cli_create_list_topup(tmp_path: Path) -> None:
     assert row["id"] == made["id"] and row["balance"] == 5.0 and made["key"].startswith(row["prefix"])
     missing = heurist(db, "keys", "topup", "999", "1")
     assert missing.returncode == 2 and "no API key 999" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_rate_limit_is_shared_by_every_gateway_process(ledger: CreditLedger) -> None:
+    """Two limiters on one database are two gateway processes: together they allow the rate, not twice it."""
+    from heurist.gateway.ratelimit import RateLimiter
+
+    now = [1_000.0]
+    one, two = (RateLimiter(ledger.engine, 3, clock=lambda: now[0]) for _ in range(2))
+    key_id, _ = ledger.create_key("app")
+    other, _ = ledger.create_key("other")
+    assert [one.take(key_id), two.take(key_id), one.take(key_id)] == [0.0, 0.0, 0.0]
+    assert two.take(key_id) == pytest.approx(20.0)  # 3 a minute: the next token in 20 s
+    assert one.take(other) == 0.0  # buckets are per key
+    now[0] += 20.0
+    assert two.take(key_id) == 0.0 and one.take(key_id) == pytest.approx(20.0)
+    now[0] += 3600.0
+    assert [one.take(key_id) for _ in range(4)][-2:] == [0.0, pytest.approx(20.0)]  # refilled to 3, no more
+
+
+def test_racing_processes_cannot_both_take_the_last_tokens(ledger: CreditLedger) -> None:
+    from heurist.gateway.ratelimit import RateLimiter
+
+    key_id, _ = ledger.create_key("busy")
+    limiters = [RateLimiter(ledger.engine, 5, clock=lambda: 5_000.0) for _ in range(4)]
+    limiters[0].take(key_id)  # the bucket exists: now every thread races on the one row
+    allowed: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def hammer(limiter: RateLimiter) -> None:
+        barrier.wait()
+        allowed.extend(limiter.take(key_id) == 0.0 for _ in range(3))
+
+    threads = [threading.Thread(target=hammer, args=(limiters[i % 4],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(allowed) == 4 and len(allowed) == 24  # 5 in the bucket, 1 taken before the race

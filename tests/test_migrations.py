@@ -18,9 +18,10 @@ from heurist.ledger.db import make_engine
 from heurist.ledger.tables import metadata
 
 LEDGER_TABLES = {"miners", "jobs", "completions", "points_entries", "rejections", "audits", "miner_events",
-                 "api_keys", "credit_entries", "search_documents", "search_chunks", "miner_uptime"}
+                 "api_keys", "credit_entries", "search_documents", "search_chunks", "miner_uptime",
+                 "rate_buckets"}
 REPO = Path(__file__).resolve().parents[1]
-HEAD = "0007"  # the newest revision: a new migration must be listed here on purpose
+HEAD = "0009"  # the newest revision: a new migration must be listed here on purpose
 
 
 def table_names(url: str) -> set[str]:

@@ -51,3 +51,13 @@ class CreditEntry(Base):
     amount_micro: Mapped[int] = mapped_column(BigInteger())
     note: Mapped[str] = mapped_column(Text())
     created_at: Mapped[float] = mapped_column(Double())
+
+
+class RateBucket(Base):
+    """A key's rate-limit bucket (``heurist.gateway.ratelimit``): tokens left when last used, and when."""
+
+    __tablename__ = "rate_buckets"
+
+    api_key_id: Mapped[int] = mapped_column(BigId, ForeignKey("api_keys.id"), primary_key=True, autoincrement=False)
+    tokens: Mapped[float] = mapped_column(Double())
+    updated_at: Mapped[float] = mapped_column(Double())

@@ -33,7 +33,7 @@ def create_app(settings: Settings, client: Client, credits: CreditLedger) -> Fas
     app.state.gateway = Gateway(settings, client, credits)
     app.state.search = search.SearchService(app.state.gateway)
     app.state.credits = credits
-    app.state.limiter = RateLimiter(settings.gateway_rate_per_minute)
+    app.state.limiter = RateLimiter(credits.engine, settings.gateway_rate_per_minute)
     errors.install(app)
     app.include_router(images.router)
     app.include_router(jobs.router)

@@ -176,7 +176,7 @@ class Job(Base):
     miner_address: Mapped[str | None] = mapped_column(
         String(ADDRESS_LEN), ForeignKey("miners.address"), index=True
     )
-    finished_at: Mapped[float | None] = mapped_column(Double())
+    finished_at: Mapped[float | None] = mapped_column(Double(), index=True)  # the exporter and sweep read recent ones
     error: Mapped[str | None] = mapped_column(Text())
 
 
