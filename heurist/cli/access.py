@@ -8,8 +8,9 @@ from rich.table import Table
 from heurist.cli.common import console, err_console, print_json, redacted, settings_with
 
 app = typer.Typer(
+    rich_markup_mode="markdown",
     help="Per-miner broker users (trusted side: needs broker admin rights). On RabbitMQ each miner gets user "
-    "miner-<address>, allowed to consume only the tier queues (vram8.*, ..., private.*) and to publish "
+    "`miner-<address>`, allowed to consume only the tier queues (`vram8.*` ... `vram80.*`, `private.*`) and to publish "
     "completions to the ledger, never to read the ledger or audit queues. The auditor revokes a miner it bans: "
     "permissions removed, connections closed, its unfinished jobs go to other miners. The management API "
     "comes from HEURIST_BROKER_ADMIN_URL (default: the broker's host, port 15672, the broker URL's "

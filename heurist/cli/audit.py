@@ -7,7 +7,10 @@ from rich.table import Table
 
 from heurist.cli.common import console, print_json, settings_with
 
-app = typer.Typer(help="Audit outcomes, flags, escrow and reputation per miner.", no_args_is_help=True)
+app = typer.Typer(
+    help="Audit outcomes, flags, escrow and reputation per miner.", no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 
 
 @app.command("report")

@@ -15,8 +15,14 @@ from heurist.identity import Wallet
 if TYPE_CHECKING:
     from heurist.bench.models import ModelsBench
 
-app = typer.Typer(help="Benchmarks: ratios measured side by side in one run.", no_args_is_help=True)
-worker_app = typer.Typer(help="Workers started by the benchmarks (not for direct use).", hidden=True)
+app = typer.Typer(
+    help="Benchmarks: ratios measured side by side in one run.", no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+worker_app = typer.Typer(
+    help="Workers started by the benchmarks (not for direct use).", hidden=True,
+    rich_markup_mode="markdown",
+)
 app.add_typer(worker_app, name="worker")
 
 
@@ -66,7 +72,7 @@ def models(
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     repeat: int = typer.Option(3, "--repeat", min=1, help=REPEAT_HELP),
     output: Path | None = typer.Option(
-        None, "--output", help="Catalog file to write (default: HEURIST_CATALOG_PATH, else <data_dir>/catalog.toml); "
+        None, "--output", help="Catalog file to write (default: HEURIST_CATALOG_PATH, else `<data_dir>/catalog.toml`); "
         "an existing one is updated in place, a new one starts as a copy of the catalog in use."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Measure and print; write nothing."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -75,7 +81,7 @@ def models(
 
     The reference job is the model's catalog defaults (image size and steps, or
     default_max_tokens greedy), timed after one warm-up; the median counts.
-    Seconds per unit follow the points formulas: image w*h/512^2 * steps/20,
+    Seconds per unit follow the points formulas: image `w*h/512^2 * steps/20`,
     text (input + output tokens)/1000.
 
     coefficient = the model's seconds per unit / the family reference's (sd15

@@ -112,7 +112,7 @@ def flower(
                                       help="Broker URL of an administrator user (default: HEURIST_BROKER_URL)."),
     conf: Path | None = typer.Option(None, "--conf", help=f"Flower's static options (default: {CONFIG_NAME})."),
 ) -> None:
-    """Serve Flower, the Celery dashboard: miners (miner-<address>-<tier>@host), their queues and queue lengths
+    """Serve Flower, the Celery dashboard: miners (`miner-<address>-<tier>@host`), their queues and queue lengths
     (from RabbitMQ's management API, HEURIST_BROKER_ADMIN_URL), tasks. Basic auth: HEURIST_FLOWER_USER and
     HEURIST_FLOWER_PASSWORD (required). Read-only by default (monitoring/flowerconfig.py)."""
     settings = settings_with(broker_url=broker)

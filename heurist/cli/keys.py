@@ -11,7 +11,10 @@ from heurist.cli.common import console, err_console, print_json, settings_with
 from heurist.credits.ledger import CreditLedger
 from heurist.points import from_micro
 
-app = typer.Typer(help="API keys: create, list and top up their credits.", no_args_is_help=True)
+app = typer.Typer(
+    help="API keys: create, list and top up their credits.", no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 
 
 def _ledger() -> CreditLedger:

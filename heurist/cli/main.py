@@ -15,6 +15,7 @@ from heurist.cli.flower import flower as flower_command
 from heurist.errors import HeuristError
 
 app = typer.Typer(
+    rich_markup_mode="markdown",
     help="Heurist: a decentralized AI compute network on Celery. Miners host models, applications "
     "submit jobs, a trusted ledger credits points.",
     no_args_is_help=True,

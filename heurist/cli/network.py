@@ -13,8 +13,14 @@ from heurist.errors import ConfigError, HeuristError
 from heurist.identity import Wallet
 from heurist.routing import route_table
 
-models_app = typer.Typer(help="Model files: build local models, pin hashes.", no_args_is_help=True)
-db_app = typer.Typer(help="Ledger database schema (Alembic).", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Model files: build local models, pin hashes.", no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+db_app = typer.Typer(
+    help="Ledger database schema (Alembic).", no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 
 
 def routes(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:

@@ -12,7 +12,10 @@ from heurist.search.embedder import Embedder
 from heurist.search.index import VectorIndex
 from heurist.search.ingest import DEMO_CORPUS, IngestError, SourceDocument, collect, read_document
 
-app = typer.Typer(help="AI search: ingest documents, query them.", no_args_is_help=True)
+app = typer.Typer(
+    help="AI search: ingest documents, query them.", no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 
 
 def _index() -> VectorIndex:

@@ -9,7 +9,10 @@ import typer
 from heurist.cli.common import console, print_json, settings_with
 from heurist.client import Client, JobHandle
 
-app = typer.Typer(help="Submit jobs to the network.", no_args_is_help=True)
+app = typer.Typer(
+    help="Submit jobs to the network.", no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 
 WAIT = typer.Option(False, "--wait", help="Wait for the ledger's verdict and download the output.")
 OUT = typer.Option(Path("heurist-output"), "--out", help="Where --wait saves the output.")

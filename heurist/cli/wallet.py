@@ -10,7 +10,10 @@ from heurist.cli.common import console
 from heurist.errors import ConfigError
 from heurist.identity import Wallet
 
-app = typer.Typer(help="Miner keys: a miner's identity is its EVM address.", no_args_is_help=True)
+app = typer.Typer(
+    help="Miner keys: a miner's identity is its EVM address.", no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 
 
 @app.command("new")
