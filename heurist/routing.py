@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from heurist.catalog import Catalog, ModelSpec
@@ -28,6 +28,17 @@ def route_table(catalog: Catalog) -> list[Route]:
 
 def queue_for(spec: ModelSpec) -> str:
     return spec.queue
+
+
+def tier_of(specs: Iterable[ModelSpec]) -> str | None:
+    """The largest VRAM class among these models: a miner's tier (None for no models)."""
+    largest = max((spec.vram for spec in specs), key=lambda v: v.gb, default=None)
+    return None if largest is None else largest.value
+
+
+def miner_tier(catalog: Mapping[str, ModelSpec], model_ids: Iterable[str]) -> str | None:
+    """A registered miner's tier from its model ids; ids the catalog no longer lists are ignored."""
+    return tier_of(catalog[m] for m in model_ids if m in catalog)
 
 
 def servable(catalog: Catalog, model_ids: Iterable[str], vram_gb: float) -> tuple[list[ModelSpec], list[str]]:

@@ -322,12 +322,15 @@ def test_ledger_stats_count_jobs_points_miners_and_standing(db_url: str) -> None
 
 
 def test_miner_tier_is_its_largest_catalog_class() -> None:
-    from heurist.monitoring.ledger_stats import UNKNOWN_TIER, miner_tier
+    from heurist.monitoring.ledger_stats import UNKNOWN_TIER, miners_per_tier
+    from heurist.routing import miner_tier
 
     catalog = load_catalog()
     assert miner_tier(catalog, ["sd15", "sdxl"]) == "vram12"
     assert miner_tier(catalog, ["tiny-sd", "not-a-model"]) == "vram8"
-    assert miner_tier(catalog, ["gone-from-the-catalog"]) == UNKNOWN_TIER
+    assert miner_tier(catalog, ["gone-from-the-catalog"]) is None
+    counts = miners_per_tier(catalog, [["sd15"], ["gone-from-the-catalog"], ["mixtral-8x7b", "sd15"]])
+    assert (counts["vram8"], counts["vram24"], counts[UNKNOWN_TIER], counts["vram80"]) == (1, 1, 1, 0)
 
 
 # ------------------------------------------------------------------------------- embedded broker

@@ -98,6 +98,8 @@ def test_flower_lists_a_restricted_miner_and_its_queue(network: EmbeddedNetwork,
     wait_until(listed, 90, f"Flower to list {prefix}...", check=network.check_alive, interval=1)
     ((name, info),) = found.items()
     assert [q["name"] for q in info["active_queues"]] == [TIER_QUEUE]  # inspect replies cross the miner's user
+    card = info["conf"]["heurist_miner"]  # who serves what, beyond the hostname
+    assert (card["address"], card["tier"], card["models"]) == (restricted_miner.address, "vram8", ["tiny-sd"])
     wait_until(lambda: requests.get(f"{flower_url}/api/workers", params={"status": 1}, auth=auth,
                                     timeout=10).json().get(name), 10, "the miner's events (online, heartbeats)")
     queues: dict[str, dict] = {}

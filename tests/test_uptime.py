@@ -15,10 +15,11 @@ from heurist.identity import Wallet
 from heurist.jobs import Heartbeat, SignedHeartbeat
 from heurist.ledger.audit_service import AuditLedger
 from heurist.ledger.db import session_factory
-from heurist.ledger.roster import Presence, Roster, miner_tier
+from heurist.ledger.roster import Presence, Roster
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import MinerUptime, Reason
 from heurist.ledger.uptime import EpochClock, UptimeBook
+from heurist.routing import miner_tier
 from tests.fixtures.ledger import Clock, register
 
 T0 = 1_000_000.0  # an epoch boundary for epoch_s=100 and a slot boundary for interval 10

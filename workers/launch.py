@@ -23,7 +23,7 @@ from heurist.celery_app import create_app, worker_pool
 from heurist.errors import ConfigError, HeuristError, ModelNotPresentError
 from heurist.identity import Wallet
 from heurist.jobs import MinerHello, SignedHello
-from heurist.routing import servable
+from heurist.routing import servable, tier_of
 from heurist.settings import Settings
 from tasks.miner import register_miner_tasks
 from tasks.names import REGISTER_MINER
@@ -50,6 +50,11 @@ class MinerPlan:
     @property
     def queues(self) -> list[str]:
         return [m.queue for m in self.models]
+
+    @property
+    def tier(self) -> str:
+        """The largest VRAM class among the models served."""
+        return tier_of(self.models) or "none"
 
 
 def plan_miner(catalog: Catalog, model_ids: Sequence[str], vram_gb: float | None, device: Device) -> MinerPlan:
@@ -97,11 +102,18 @@ def worker_hostname(wallet: Wallet, plan: MinerPlan) -> str:
     """``miner-<address>-<tier>@host``: Flower and `celery inspect` show who serves what. A multi-GPU box's
     worker is ``miner-<operator>-<tier>-gpuN-<its own address>@host``: it connects as the operator's broker
     user, whose rights cover only remote-control queues named ``miner-<operator>-…``."""
-    tier = max(plan.models, key=lambda m: m.vram.gb).vram.value
+    tier = plan.tier
     if plan.gpu_index is None:
         return f"miner-{wallet.address.lower()}-{tier}@{socket.gethostname()}"
     operator = (plan.operator or wallet.address).lower()
     return f"miner-{operator}-{tier}-gpu{plan.gpu_index}-{wallet.address.lower()}@{socket.gethostname()}"
+
+
+def miner_card(wallet: Wallet, plan: MinerPlan) -> dict[str, object]:
+    """Who this worker is, for monitoring: address, tier, models, device (and its GPU on a multi-GPU box)."""
+    return {"address": wallet.address, "tier": plan.tier,
+            "models": [m.id for m in plan.models], "device": plan.device.info.name, "gpu": plan.gpu_index,
+            "operator": plan.operator or wallet.address}
 
 
 def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, model_ids: Sequence[str] | None = None,
@@ -141,6 +153,7 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     register_miner_tasks(app)
     confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue)
     install_heartbeats(app, wallet, settings.heartbeat_interval_s, settings.ledger_queue)
+    app.conf.heurist_miner = miner_card(wallet, plan)  # `celery inspect conf`: Flower's worker page shows it
     announce(app, wallet, plan, settings.ledger_queue)
     console.print(f"miner {wallet.address} consuming {', '.join(plan.queues)}")
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)

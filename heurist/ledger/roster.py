@@ -6,7 +6,6 @@ which is fine for a report and not on any job's path.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -19,6 +18,7 @@ from heurist.ledger.db import session_factory
 from heurist.ledger.tables import Miner, PointsEntry
 from heurist.ledger.uptime import UptimeBook
 from heurist.points import MICRO
+from heurist.routing import miner_tier
 
 
 class Presence(StrEnum):
@@ -43,12 +43,6 @@ class MinerStatus:
 
     def as_json(self) -> dict[str, Any]:
         return {**asdict(self), "presence": self.presence.value}
-
-
-def miner_tier(catalog: Catalog, models: Iterable[str]) -> str | None:
-    """The largest VRAM class among the miner's models the catalog still lists (None if it lists none)."""
-    specs = [catalog[m] for m in models if m in catalog]
-    return max(specs, key=lambda s: s.vram.gb).vram.value if specs else None
 
 
 class Roster:

@@ -33,6 +33,7 @@ from heurist.ledger.tables import (
 )
 from heurist.monitoring.increments import LOOKBACK_S, AppendOnlySums, Key
 from heurist.points import MICRO
+from heurist.routing import miner_tier
 
 ISSUED_KINDS = (EntryKind.JOB_CREDIT, EntryKind.ESCROW)  # a verified job's points, available or held
 UNKNOWN_TIER = "unknown"  # a miner whose models all left the catalog
@@ -114,16 +115,10 @@ def _count_latest(session: Session, on: MinerEventKind, off: MinerEventKind) -> 
     return session.scalar(stmt) or 0
 
 
-def miner_tier(catalog: Mapping[str, ModelSpec], models: Iterable[str]) -> str:
-    """The largest VRAM class among a miner's catalog models, as ``workers.launch.worker_hostname`` names it."""
-    classes = [catalog[m].vram for m in models if m in catalog]
-    return max(classes, key=lambda v: v.gb).value if classes else UNKNOWN_TIER
-
-
 def miners_per_tier(catalog: Mapping[str, ModelSpec], miners_models: Iterable[Iterable[str]]) -> dict[str, int]:
     """Miners counted per tier; every tier is present (0 when empty) so dashboards draw flat lines."""
     counts = {tier.value: 0 for tier in VramClass}
     for models in miners_models:
-        tier = miner_tier(catalog, models or [])
+        tier = miner_tier(catalog, models or []) or UNKNOWN_TIER
         counts[tier] = counts.get(tier, 0) + 1
     return counts
