@@ -33,10 +33,10 @@ demo: install
 	$(VENV)/bin/heurist demo
 
 test: install services lint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 test-slow: install services
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m slow --durations=10
 
 # Flower, the Celery dashboard, on HEURIST_BROKER_URL (RabbitMQ); needs HEURIST_FLOWER_PASSWORD. PORT=5555 default.
 flower: install

@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 
 from heurist import broker
+from heurist.errors import HeuristError
 from heurist.settings import Settings
 
 
@@ -35,3 +36,11 @@ def worker_pool(broker_url: str, concurrency: int) -> tuple[str, int]:
     if broker_url.split("://", 1)[0].split("+", 1)[0] in AMQP_SCHEMES:
         return "threads", concurrency
     return "solo", 1
+
+
+def run_worker(worker: Any, role: str) -> None:
+    """Run a Celery worker until it stops; a worker that stopped on an error (Celery logs it as
+    "Unrecoverable error" and returns) raises, so the process exits non-zero and its supervisor sees it."""
+    worker.start()
+    if worker.exitcode:
+        raise HeuristError(f"{role} worker exited with code {worker.exitcode}")

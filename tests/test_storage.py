@@ -207,6 +207,28 @@ def test_seaweed_stops_cleanly(tmp_path: Path) -> None:
     assert not [p for port in ports.values() for p in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")]
 
 
+def test_objects_survive_a_stop_and_restart(tmp_path: Path) -> None:
+    """stop() SIGKILLs weed after a short grace (its graceful stop only waits on itself): what a PUT stored
+    is still there when the same data dir starts again (``heurist up --keep`` and ``heurist demo`` rely on it)."""
+    port = free_ports(1)[0]
+    server = SeaweedServer(tmp_path / "s3", s3_port=port).start()  # the default grace
+    settings = Settings(_env_file=None, s3_endpoint=server.endpoint, s3_access_key=server.access_key,  # type: ignore[call-arg, arg-type]
+                        s3_secret_key=server.secret_key, s3_bucket="kept")  # type: ignore[arg-type]
+    store = S3ObjectStore.from_settings(settings)
+    store.ensure_bucket()
+    put_presigned(store.presign_put("outputs/kept.png", 60), PNG, "image/png")
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 3
+
+    server.start()
+    try:
+        assert store.get("outputs/kept.png") == PNG
+        assert store.sha256_of("outputs/kept.png") == sha(PNG)
+    finally:
+        server.stop()
+
+
 def test_db_fixtures_answer_select_1(db_url: str) -> None:
     engine = sa.create_engine(db_url)
     try:

@@ -21,7 +21,7 @@ from heurist.access import broker_access
 from heurist.audit.metrics import check_metrics
 from heurist.audit.middleware import audit_queue
 from heurist.catalog import Catalog, JobKind
-from heurist.celery_app import create_app, worker_pool
+from heurist.celery_app import create_app, run_worker, worker_pool
 from heurist.errors import HeuristError
 from heurist.jobs import ImageParams, TextOutput, TextParams
 from heurist.ledger.audit_service import AuditLedger
@@ -146,4 +146,4 @@ def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], logl
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
     worker = app.Worker(hostname=auditor.name, queues=queues, pool=pool, concurrency=concurrency,
                         prefetch_multiplier=1, loglevel=loglevel, quiet=True)
-    worker.start()
+    run_worker(worker, "auditor")

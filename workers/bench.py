@@ -17,7 +17,7 @@ from rich.console import Console
 from heurist.bench.path import BENCH_MODEL, PUT_QUEUE, PUT_TASK
 from heurist.catalog import Catalog
 from heurist.catalog.attestation import weights_digest
-from heurist.celery_app import create_app, worker_pool
+from heurist.celery_app import create_app, run_worker, worker_pool
 from heurist.identity import Wallet
 from heurist.jobs import ImageParams, TextOutput, TextParams
 from heurist.settings import Settings
@@ -65,4 +65,4 @@ def run_put_worker(settings: Settings) -> None:
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
     worker = app.Worker(hostname=f"bench-put@{socket.gethostname()}", queues=[PUT_QUEUE], pool=pool,
                         concurrency=concurrency, prefetch_multiplier=1, loglevel="WARNING", quiet=True)
-    worker.start()
+    run_worker(worker, "bench PUT")

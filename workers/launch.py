@@ -19,8 +19,8 @@ from rich.console import Console
 
 from heurist.access.miner_app import confine_miner
 from heurist.catalog import Catalog, ModelSpec
-from heurist.celery_app import create_app, worker_pool
-from heurist.errors import ConfigError, HeuristError, ModelNotPresentError
+from heurist.celery_app import create_app, run_worker, worker_pool
+from heurist.errors import ConfigError, ModelNotPresentError
 from heurist.identity import Wallet
 from heurist.jobs import MinerHello, SignedHello
 from heurist.routing import servable, tier_of
@@ -160,6 +160,4 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     worker = app.Worker(hostname=worker_hostname(wallet, plan), queues=plan.queues, pool=pool,
                         concurrency=concurrency, prefetch_multiplier=1, loglevel=loglevel, quiet=True,
                         without_gossip=True, without_mingle=True)  # both need rights a miner user lacks
-    worker.start()
-    if worker.exitcode:
-        raise HeuristError(f"miner worker exited with code {worker.exitcode}")
+    run_worker(worker, "miner")

@@ -7,8 +7,7 @@ import socket
 from heurist.audit import AuditSampler
 from heurist.audit.middleware import AuditSampling, MetricsFlagging
 from heurist.catalog import Catalog
-from heurist.celery_app import create_app, worker_pool
-from heurist.errors import HeuristError
+from heurist.celery_app import create_app, run_worker, worker_pool
 from heurist.ledger.audit_service import AuditLedger
 from heurist.ledger.factory import open_ledger, open_uptime
 from heurist.ledger.redispatch import Redispatch
@@ -34,6 +33,4 @@ def run_ledger(settings: Settings, catalog: Catalog, concurrency: int = 2, logle
     pool, concurrency = worker_pool(settings.resolved_broker_url(), concurrency)
     worker = app.Worker(hostname=f"ledger@{socket.gethostname()}", queues=[settings.ledger_queue],
                         pool=pool, concurrency=concurrency, loglevel=loglevel, quiet=True)
-    worker.start()
-    if worker.exitcode:
-        raise HeuristError(f"ledger worker exited with code {worker.exitcode}")
+    run_worker(worker, "ledger")

@@ -85,7 +85,7 @@ class SeaweedServer:
 
     def __init__(self, data_dir: Path, access_key: str = "heurist", secret_key: str = "heurist-secret",
                  *, s3_port: int | None = None, startup_timeout_s: float = 30.0,
-                 stop_grace_s: float = 3.0) -> None:
+                 stop_grace_s: float = 0.5) -> None:
         self.data_dir = Path(data_dir)
         self.s3_port = s3_port  # fixed, so URLs presigned before a restart stay valid; None: any free port
         self.access_key = access_key
@@ -137,7 +137,12 @@ class SeaweedServer:
         )
 
     def stop(self) -> None:
-        """Stop weed and its whole process group: SIGTERM, then SIGKILL after ``stop_grace_s``."""
+        """Stop weed and its whole process group: SIGTERM, then SIGKILL after ``stop_grace_s``.
+
+        The grace is short on purpose: on SIGTERM weed's filer first waits 15 s for its own metadata
+        subscriptions to end (they never do) and only then closes anything, so a longer grace only waits.
+        Stored objects survive the SIGKILL (written before each PUT answers); test_storage restarts on them.
+        """
         self._kill()
         self._cleanup_sockets()
 
