@@ -17,10 +17,15 @@ from typing import IO
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(sig: int) -> Callable[[], None]:
-    """A pre-exec hook asking the kernel to send ``sig`` to the child when its parent dies."""
+def die_with_parent(sig: int, *, takes_ctrl_c: bool = False) -> Callable[[], None]:
+    """A pre-exec hook asking the kernel to send ``sig`` to the child when its parent dies.
+
+    ``takes_ctrl_c``: the parent forwards SIGINT to the child, so the child must not inherit it ignored
+    (a shell script's background job, and so a CI run, starts with SIGINT ignored; exec keeps that)."""
 
     def hook() -> None:
+        if takes_ctrl_c:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
         if sys.platform.startswith("linux"):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
 
@@ -42,7 +47,7 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str] | None = None, log_path
     try:
         return subprocess.Popen(list(argv), env=dict(env) if env is not None else None, cwd=cwd,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_die_with_parent(death_signal))
+                                start_new_session=True, preexec_fn=die_with_parent(death_signal))
     finally:
         if not isinstance(log, int):
             log.close()

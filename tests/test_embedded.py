@@ -43,6 +43,7 @@ def test_demo_embedded_sqlite_and_seaweedfs(tmp_path: Path, shared_models_dir: P
     assert (tmp_path / "state" / "s3").is_dir()
 
 
+@pytest.mark.slow  # the embedded demo stays in `make test`; this variant takes 40-100 s
 def test_demo_on_rabbitmq_postgresql_and_an_external_s3(tmp_path: Path, shared_models_dir: Path, rabbit_url: str,
                                                         postgres_url: str, seaweed) -> None:
     services = {"HEURIST_BROKER_URL": rabbit_url, "HEURIST_DATABASE_URL": postgres_url,
@@ -54,6 +55,14 @@ def test_demo_on_rabbitmq_postgresql_and_an_external_s3(tmp_path: Path, shared_m
     assert not (state / "s3").exists()
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as a terminal would deliver it: a suite started in the background by a script inherits SIGINT
+    ignored (POSIX), and Python leaves an ignored SIGINT ignored in the demo it starts."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_every_process(tmp_path: Path, shared_models_dir: Path) -> None:
     import signal
     import time
@@ -62,7 +71,8 @@ def test_ctrl_c_stops_every_process(tmp_path: Path, shared_models_dir: Path) -> 
     argv = [sys.executable, "-m", "heurist.cli.main", "demo", "--image-jobs", "200", "--text-jobs", "0",
             "--data-dir", str(tmp_path / "state"), "--models-dir", str(shared_models_dir),
             "--output", str(tmp_path / "out")]
-    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
     miner_log = tmp_path / "state" / "logs" / "honest.log"
     give_up = time.monotonic() + 120
     while not miner_log.exists() and time.monotonic() < give_up:
@@ -78,6 +88,7 @@ def test_ctrl_c_stops_every_process(tmp_path: Path, shared_models_dir: Path) -> 
     assert alive == []
 
 
+@pytest.mark.slow  # the embedded demo stays in `make test`; this variant takes 40-100 s
 def test_demo_with_cheater_flags_the_cheater_only(tmp_path: Path, shared_models_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
     argv = [sys.executable, "-m", "heurist.cli.main", "demo", "--json", "--with-cheater", "--image-jobs", "6",

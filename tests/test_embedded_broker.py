@@ -11,13 +11,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from celery import bootsteps
 from kombu import Connection, Queue
 
 from heurist import broker
-from heurist.celery_app import create_app, run_worker
-from heurist.errors import HeuristError
-from heurist.settings import Settings
 
 
 @pytest.fixture
@@ -84,21 +80,3 @@ def test_a_queue_another_process_declares_first_is_found(url: str, tmp_path: Pat
             sa.event.remove(engine, "before_cursor_execute", other_process_wins)
     assert raced
 
-
-class _BrokenStep(bootsteps.StartStopStep):
-    """A worker part that fails as it starts (a queue that cannot be declared, say)."""
-
-    def start(self, parent: object) -> None:
-        raise RuntimeError("cannot declare the audit queue")
-
-
-@pytest.mark.filterwarnings("ignore:You.re running the worker with superuser privileges")
-def test_a_worker_that_stops_on_an_error_exits_non_zero(url: str, tmp_path: Path) -> None:
-    """Celery logs "Unrecoverable error" and returns from start(); the role must not exit 0 after it
-    (the auditor did, so `heurist demo` reported "auditor exited with code 0" for a crash)."""
-    app = create_app(Settings(_env_file=None, broker_url=url, data_dir=tmp_path))  # type: ignore[call-arg]
-    app.steps["worker"].add(_BrokenStep)
-    worker = app.Worker(hostname="broken@test", queues=["audit.tiny-sd"], pool="solo", concurrency=1,
-                        loglevel="CRITICAL", quiet=True, without_gossip=True, without_mingle=True)
-    with pytest.raises(HeuristError, match="auditor worker exited with code 1"):
-        run_worker(worker, "auditor")

@@ -22,6 +22,7 @@ from heurist.access import broker_access
 from heurist.catalog import load_catalog
 from heurist.errors import ConfigError
 from heurist.identity import Wallet, recover_signer
+from heurist.processes import die_with_parent
 from heurist.settings import Settings
 from workers.gpus import Gpu, discover_gpus, parse_nvidia_smi, probe_with_torch, select_gpus
 from workers.supervisor import child_env, plan_gpus, supervised_gpus
@@ -191,7 +192,8 @@ def _session_members(sid: int) -> list[int]:
 
 def _supervise_and_stop(tmp_path: Path, rabbit_url: str, models_dir: Path, gpu_args: list[str],
                         gpus: list[Gpu], device: str) -> None:
-    """Start `heurist miner` as a supervisor, check each GPU's worker, SIGTERM it, check nothing is left."""
+    """Start `heurist miner` as a supervisor, check each GPU's worker, Ctrl-C it, check nothing is left.
+    (SIGTERM takes the same forwarding path; test_worker_shutdown stops a worker with either.)"""
     from kombu import Connection, Exchange, Queue
 
     with Connection(rabbit_url) as conn:  # the ledger's route, which a miner waits for (the ledger would make it)
@@ -207,7 +209,8 @@ def _supervise_and_stop(tmp_path: Path, rabbit_url: str, models_dir: Path, gpu_a
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "heurist.cli.main", "miner", "--key-file", str(key), "--models", "tiny-sd",
          *gpu_args, "--loglevel", "INFO"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=die_with_parent(signal.SIGKILL, takes_ctrl_c=True))  # Ctrl-C as from a terminal
     out: list[str] = []
     err: list[str] = []
     readers = [threading.Thread(target=lambda s=s, sink=sink: sink.extend(iter(s.readline, "")), daemon=True)
@@ -236,7 +239,7 @@ def _supervise_and_stop(tmp_path: Path, rabbit_url: str, models_dir: Path, gpu_a
             hostname = f"miner-{operator.address.lower()}-vram8-gpu{gpu.index}-{address.lower()}@"
             assert any(hostname in line for line in err)
         assert _consumers(rabbit_url, "vram8.tiny-sd") == len(gpus)
-        supervisor.send_signal(signal.SIGTERM)
+        supervisor.send_signal(signal.SIGINT)  # each worker exits 130 ("interrupted"), a clean stop
         assert supervisor.wait(timeout=60) == 0, "".join(out + err)
         for reader in readers:
             reader.join(timeout=5)
@@ -249,7 +252,7 @@ def _supervise_and_stop(tmp_path: Path, rabbit_url: str, models_dir: Path, gpu_a
             supervisor.wait()
 
 
-def test_supervisor_runs_one_pinned_worker_per_gpu_and_sigterm_stops_them_all(
+def test_supervisor_runs_one_pinned_worker_per_gpu_and_ctrl_c_stops_them_all(
         tmp_path: Path, rabbit_url: str, shared_models_dir: Path) -> None:
     inventory = tmp_path / "gpus.csv"  # the hidden testing option: these GPUs, workers on the CPU
     inventory.write_text("".join(MIXED_BOX.splitlines(keepends=True)[:2]))

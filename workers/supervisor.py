@@ -31,13 +31,14 @@ from rich.console import Console
 from heurist.catalog import Catalog, ModelSpec
 from heurist.errors import ConfigError
 from heurist.identity import Wallet
-from heurist.processes import _die_with_parent
+from heurist.processes import die_with_parent
 from heurist.routing import servable
 from heurist.settings import Settings, settings_env
 from workers.gpus import Gpu, GpuDiscovery, discover_gpus, read_inventory, select_gpus
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 0.2
+INTERRUPTED = 130  # what `heurist` exits with after Ctrl-C
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class Supervisor:
         """Start one child in its own session (a terminal's Ctrl-C reaches only us; we forward it)."""
         proc = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_die_with_parent(signal.SIGTERM))
+                                preexec_fn=die_with_parent(signal.SIGTERM, takes_ctrl_c=True))
         assert proc.stdout is not None
         reader = threading.Thread(target=_pump, args=(proc.stdout, f"gpu{plan.gpu.index}", self._lock), daemon=True)
         child = Child(plan=plan, address=address, proc=proc, reader=reader)
@@ -188,6 +189,8 @@ class Supervisor:
             return 1
         if code < 0:  # killed by a signal: clean if it was the stop we forwarded
             return 0 if self.stopping and -code in STOP_SIGNALS else 128 - code
+        if code == INTERRUPTED and self.stopping:  # the child's CLI reporting the Ctrl-C we forwarded
+            return 0
         return code
 
     def _report_exits(self) -> None:
