@@ -35,7 +35,7 @@ def _default_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_an_idle_amqp_worker_stops_within_a_second_of_its_signal(rabbit_url: str, tmp_path: Path,
                                                                  sig: signal.Signals) -> None:
     """Celery's handler only sets a flag, and the event loop went back to epoll for up to 10 s (its next
