@@ -13,6 +13,7 @@ import pytest
 
 from heurist.catalog import load_catalog
 from heurist.points import job_points
+from heurist.processes import die_with_parent
 from heurist.submission import image_params
 
 
@@ -55,14 +56,6 @@ def test_demo_on_rabbitmq_postgresql_and_an_external_s3(tmp_path: Path, shared_m
     assert not (state / "s3").exists()
 
 
-def _default_sigint() -> None:
-    """Ctrl-C as a terminal would deliver it: a suite started in the background by a script inherits SIGINT
-    ignored (POSIX), and Python leaves an ignored SIGINT ignored in the demo it starts."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_stops_every_process(tmp_path: Path, shared_models_dir: Path) -> None:
     import signal
     import time
@@ -72,7 +65,7 @@ def test_ctrl_c_stops_every_process(tmp_path: Path, shared_models_dir: Path) -> 
             "--data-dir", str(tmp_path / "state"), "--models-dir", str(shared_models_dir),
             "--output", str(tmp_path / "out")]
     proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=_default_sigint)
+                            preexec_fn=die_with_parent(signal.SIGKILL, takes_ctrl_c=True))  # Ctrl-C as from a terminal
     miner_log = tmp_path / "state" / "logs" / "honest.log"
     give_up = time.monotonic() + 120
     while not miner_log.exists() and time.monotonic() < give_up:

@@ -79,4 +79,3 @@ def test_a_queue_another_process_declares_first_is_found(url: str, tmp_path: Pat
         finally:
             sa.event.remove(engine, "before_cursor_execute", other_process_wins)
     assert raced
-

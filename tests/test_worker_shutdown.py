@@ -14,6 +14,7 @@ from celery import bootsteps
 
 from heurist.celery_app import create_app, run_worker
 from heurist.errors import HeuristError
+from heurist.processes import die_with_parent
 from heurist.settings import Settings
 
 IDLE_WORKER = """
@@ -30,11 +31,6 @@ run_worker(worker, "idle")
 """
 
 
-def _default_signals() -> None:
-    """A suite started in the background by a script inherits SIGINT ignored; the worker must not."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_an_idle_amqp_worker_stops_within_a_second_of_its_signal(rabbit_url: str, tmp_path: Path,
                                                                  sig: signal.Signals) -> None:
@@ -42,7 +38,8 @@ def test_an_idle_amqp_worker_stops_within_a_second_of_its_signal(rabbit_url: str
     timer): idle miners took 2-3.4 s to stop. The WakeOnSignal step wakes the loop."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
     proc = subprocess.Popen([sys.executable, "-c", IDLE_WORKER, rabbit_url], stdout=subprocess.PIPE, text=True,
-                            stderr=(tmp_path / "worker.log").open("w"), env=env, preexec_fn=_default_signals)
+                            stderr=(tmp_path / "worker.log").open("w"), env=env,
+                            preexec_fn=die_with_parent(signal.SIGKILL, takes_ctrl_c=True))
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", (
             (tmp_path / "worker.log").read_text()[-2000:])
