@@ -10,7 +10,7 @@ from celery.signals import worker_shutting_down
 
 from heurist import broker
 from heurist.errors import HeuristError
-from heurist.settings import Settings
+from heurist.settings import Settings, is_amqp
 from heurist.signal_wakeup import WakeOnSignal
 
 
@@ -27,9 +27,6 @@ def create_app(settings: Settings, **attributes: Any) -> Celery:
     return app
 
 
-AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
-
-
 def worker_pool(broker_url: str, concurrency: int) -> tuple[str, int]:
     """A pool that never forks and is fast on this broker, with its concurrency (measured here).
 
@@ -37,7 +34,7 @@ def worker_pool(broker_url: str, concurrency: int) -> tuple[str, int]:
     took 26 s solo, 0.07 s threads). Polling transports (the embedded SQLite broker): ``solo``, one task at
     a time (each thread waits a polling interval per task: 9.7 vs 121 presigned-PUT tasks/s).
     """
-    if broker_url.split("://", 1)[0].split("+", 1)[0] in AMQP_SCHEMES:
+    if is_amqp(broker_url):
         return "threads", concurrency
     return "solo", 1
 

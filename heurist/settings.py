@@ -10,6 +10,13 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".heurist")
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def is_amqp(url: str) -> bool:
+    """Whether a broker URL names RabbitMQ (``amqp://``, ``amqps://``, ``pyamqp://``, or a ``+`` variant of one):
+    the broker with users, permissions and a management API, unlike the embedded SQLite broker."""
+    return url.split("://", 1)[0].split("+", 1)[0] in AMQP_SCHEMES
 
 
 class Settings(BaseSettings):
@@ -78,7 +85,7 @@ class Settings(BaseSettings):
         if self.broker_admin_url:
             return self.broker_admin_url
         parts = urlsplit(self.resolved_broker_url())
-        if parts.scheme.split("+", 1)[0] not in ("amqp", "amqps", "pyamqp") or not parts.hostname:
+        if not is_amqp(self.resolved_broker_url()) or not parts.hostname:
             return None
         user, password = parts.username or "guest", parts.password or "guest"  # kombu's defaults
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname

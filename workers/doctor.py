@@ -15,6 +15,7 @@ from pathlib import Path
 from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.schema import VramClass
 from heurist.routing import servable
+from heurist.settings import is_amqp
 from workers.device import cpu_name, system_ram_gb
 from workers.file_check import FileState, FileStatus, FileWork, check_files, locate
 from workers.gpus import discover_gpus
@@ -149,7 +150,7 @@ def check_models(catalog: Catalog, model_ids: Sequence[str], devices: Sequence[D
 def check_broker(url: str, shown: str, timeout_s: float = 3.0) -> BrokerCheck:
     """Can this machine open a connection to the broker within ``timeout_s``? AMQP URLs only.
     ``shown`` is the URL as it may be printed (password hidden)."""
-    if url.split(":", 1)[0].split("+", 1)[0] not in ("amqp", "amqps", "pyamqp"):
+    if not is_amqp(url):
         return BrokerCheck(shown, None, "not a network broker (embedded SQLite): nothing to reach")
     from kombu import Connection
 

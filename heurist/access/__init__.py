@@ -15,9 +15,8 @@ from heurist.access.backend import (
     checked_address,
     miner_user,
 )
-from heurist.celery_app import AMQP_SCHEMES
 from heurist.errors import ConfigError
-from heurist.settings import Settings
+from heurist.settings import Settings, is_amqp
 
 __all__ = ["BrokerAccess", "BrokerAccessError", "MinerAccount", "MinerCredentials", "broker_access",
            "checked_address", "miner_user"]
@@ -27,7 +26,7 @@ def broker_access(settings: Settings) -> BrokerAccess:
     """The broker-access backend for the settings' broker (no network call until first used)."""
     url = settings.resolved_broker_url()
     scheme = url.split("://", 1)[0]
-    if scheme.split("+", 1)[0] in AMQP_SCHEMES:
+    if is_amqp(url):
         from heurist.access.backends.rabbitmq import RabbitMQAccess
 
         return RabbitMQAccess.from_settings(settings)

@@ -17,8 +17,8 @@ from amqp.exceptions import NotFound
 from celery import Celery
 from kombu import Exchange, Queue
 
-from heurist.celery_app import AMQP_SCHEMES
 from heurist.errors import HeuristError
+from heurist.settings import is_amqp
 from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT, REGISTER_MINER
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def confine_miner(app: Celery, broker_url: str, ledger_queue: str, wait_s: float
     Other brokers are left alone: kombu's virtual transports (the embedded SQLite broker) keep exchange
     bindings in each process, so a miner that did not declare ``ledger`` could not route to it.
     """
-    if broker_url.split("://", 1)[0].split("+", 1)[0] not in AMQP_SCHEMES:
+    if not is_amqp(broker_url):
         return
     route = {"queue": ledger_queue, "exchange": ledger_queue, "routing_key": ledger_queue}
     app.conf.task_routes = {name: route for name in LEDGER_TASKS}

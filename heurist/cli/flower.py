@@ -17,10 +17,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
-from heurist.celery_app import AMQP_SCHEMES, create_app
+from heurist.celery_app import create_app
 from heurist.cli.common import console, redacted, settings_with
 from heurist.errors import ConfigError
-from heurist.settings import Settings
+from heurist.settings import Settings, is_amqp
 
 CONFIG_NAME = Path("monitoring") / "flowerconfig.py"
 
@@ -42,7 +42,7 @@ def flower_options(settings: Settings, port: int, address: str) -> dict[str, Any
                           "(e.g. HEURIST_FLOWER_PASSWORD=$(openssl rand -hex 16)) and HEURIST_FLOWER_USER (default "
                           "'admin')")
     broker_url = settings.resolved_broker_url()
-    if broker_url.split("://", 1)[0].split("+", 1)[0] not in AMQP_SCHEMES:
+    if not is_amqp(broker_url):
         raise ConfigError(f"Flower needs RabbitMQ, not {redacted(broker_url)}: the embedded SQLite broker cannot "
                           "broadcast `inspect` or carry worker events between processes; set HEURIST_BROKER_URL "
                           "to an amqp:// URL of an administrator user")

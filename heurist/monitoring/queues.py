@@ -17,7 +17,7 @@ from kombu import Connection
 
 from heurist import broker
 from heurist.catalog import Catalog
-from heurist.celery_app import AMQP_SCHEMES
+from heurist.settings import is_amqp
 
 UNROUTED_QUEUE = "unrouted"  # celeryconfig.task_default_queue: a job sent without a queue lands here
 
@@ -45,10 +45,6 @@ def watched_queues(catalog: Catalog, ledger_queue: str, audit_prefix: str) -> li
     rows.append(WatchedQueue(ledger_queue, "ledger"))
     rows.append(WatchedQueue(UNROUTED_QUEUE, "unrouted"))
     return rows
-
-
-def is_amqp(url: str) -> bool:
-    return url.split("://", 1)[0].split("+", 1)[0] in AMQP_SCHEMES
 
 
 class QueueDepths:
