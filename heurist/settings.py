@@ -38,8 +38,10 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="Where locally built/cached model files live.")
 
     s3_endpoint: str | None = Field(None, description="S3-compatible endpoint URL (SeaweedFS, MinIO, R2, AWS).")
-    s3_access_key: SecretStr = SecretStr("heurist")
-    s3_secret_key: SecretStr = SecretStr("heurist-secret")
+    s3_access_key: SecretStr | None = Field(None, description="S3 access key of the trusted side; required with "
+                                            "HEURIST_S3_ENDPOINT (the embedded network makes its own).")
+    s3_secret_key: SecretStr | None = Field(None, description="S3 secret key of the trusted side; required with "
+                                            "HEURIST_S3_ENDPOINT.")
     s3_region: str = "us-east-1"
     s3_bucket: str = "heurist-outputs"
     presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)

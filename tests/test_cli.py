@@ -115,3 +115,14 @@ def test_points_on_an_empty_ledger_needs_no_storage(tmp_path: Path) -> None:
 def test_usage_errors_are_one_message_not_a_traceback(args: list[str], message: str) -> None:
     done = run(*args)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("command", [["gateway", "--port", "1"], ["ledger"]])
+def test_trusted_roles_without_s3_keys_stop_at_start(tmp_path: Path, command: list[str]) -> None:
+    # No default keys: a gateway or ledger given an S3 endpoint but no keys names both settings and exits.
+    env = {"HEURIST_S3_ENDPOINT": "http://127.0.0.1:1", "HEURIST_DATA_DIR": str(tmp_path),
+           "HEURIST_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//"}
+    done = run(*command, env=env, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "HEURIST_S3_ACCESS_KEY and HEURIST_S3_SECRET_KEY not set" in done.stderr
+    assert "Traceback" not in done.stderr

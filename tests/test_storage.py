@@ -237,3 +237,14 @@ def test_db_fixtures_answer_select_1(db_url: str) -> None:
             assert conn.dialect.name == ("sqlite" if db_url.startswith("sqlite") else "postgresql")
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(("keys", "named"), [
+    ({}, "HEURIST_S3_ACCESS_KEY and HEURIST_S3_SECRET_KEY not set"),
+    ({"s3_access_key": "k"}, "HEURIST_S3_SECRET_KEY not set"),
+    ({"s3_secret_key": "s", "s3_access_key": ""}, "HEURIST_S3_ACCESS_KEY not set"),
+])
+def test_an_endpoint_without_keys_is_a_config_error(tmp_path: Path, keys: dict[str, str], named: str) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path, s3_endpoint="http://127.0.0.1:8333", **keys)  # type: ignore[call-arg, arg-type]
+    with pytest.raises(ConfigError, match=named):
+        make_store(settings)

@@ -134,9 +134,10 @@ class Auditor:
 def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], loglevel: str = "INFO") -> None:
     """Load the models to audit (verified like a miner's), then consume their audit queues."""
     console = Console(stderr=True)
+    store = make_store(settings)  # missing S3 keys fail here, before minutes of model loading
     plan = plan_miner(catalog, model_ids, None, detect_device(None, settings.torch_threads))
     pipelines = load_pipelines(plan, settings.resolved_models_dir(), console)
-    ledger = open_ledger(settings, catalog, make_store(settings))
+    ledger = open_ledger(settings, catalog, store)
     auditor = Auditor(ledger=ledger, audits=AuditLedger(ledger.engine), pipelines=pipelines,
                       on_ban=[broker_access(settings).revoke])
     app = create_app(settings, auditor=auditor)

@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
@@ -59,6 +60,13 @@ def checksum_to_hex(value: str | None) -> str | None:
     return raw.hex() if len(raw) == 32 else None
 
 
+def _check_endpoint(endpoint: str) -> None:
+    """An endpoint is an http(s) URL with a host; checked before the keys, so a typo is named as such."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"HEURIST_S3_ENDPOINT={endpoint!r} is not a valid URL; use e.g. http://127.0.0.1:8333")
+
+
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -92,8 +100,16 @@ class S3ObjectStore(ObjectStore):
         if not settings.s3_endpoint:
             raise ConfigError("HEURIST_S3_ENDPOINT is not set: point it at an S3-compatible service, e.g. "
                               "http://127.0.0.1:8333 for a local `weed server -s3`")
-        return cls(settings.s3_endpoint, settings.s3_access_key.get_secret_value(),
-                   settings.s3_secret_key.get_secret_value(), settings.s3_bucket, settings.s3_region)
+        _check_endpoint(settings.s3_endpoint)
+        access_key, secret_key = settings.s3_access_key, settings.s3_secret_key
+        keys = (("HEURIST_S3_ACCESS_KEY", access_key), ("HEURIST_S3_SECRET_KEY", secret_key))
+        missing = [name for name, value in keys if value is None or not value.get_secret_value()]
+        if missing or access_key is None or secret_key is None:
+            raise ConfigError(f"{' and '.join(missing)} not set: HEURIST_S3_ENDPOINT={settings.s3_endpoint} needs the "
+                              "keys of an identity that may read, write and presign in the bucket; there are no "
+                              "default keys (the embedded network makes its own SeaweedFS and keys)")
+        return cls(settings.s3_endpoint, access_key.get_secret_value(), secret_key.get_secret_value(),
+                   settings.s3_bucket, settings.s3_region)
 
     def __repr__(self) -> str:
         return f"S3ObjectStore({self.endpoint!r}, bucket={self.bucket!r})"
