@@ -92,7 +92,7 @@ class JobHandle:
 
     def result(self, timeout: float | None = 300.0) -> JobResult:
         """Wait until the ledger has a verdict; raise if the job failed or the wait runs out."""
-        view = self.client.wait_for(self.id, timeout)
+        [view] = self.client.wait_all([self.id], timeout)
         result = self.client.to_result(view)
         if not view.state.has_output:
             raise JobFailedError(f"job {self.id} ended {view.state.value}: {view.error or 'no detail'}")
@@ -147,14 +147,14 @@ class Client:
         spec = self.catalog[model]
         params = image_params(spec, prompt, negative_prompt=negative_prompt, width=width, height=height,
                               steps=steps, guidance=guidance, seed=_seed(seed))
-        return self._submit(spec, params)
+        return self.submit_params(spec, params)
 
     def submit_text(self, prompt: str, *, model: str = "smollm2-135m", max_tokens: int | None = None,
                     temperature: float = 0.0, seed: int | None = None) -> JobHandle:
         """Validate against the model's limits and enqueue; nothing is sent if validation fails."""
         spec = self.catalog[model]
         params = text_params(spec, prompt, max_tokens=max_tokens, temperature=temperature, seed=_seed(seed))
-        return self._submit(spec, params)
+        return self.submit_params(spec, params)
 
     def submit(self, request: ImageRequest | TextRequest, *, job_id: str | None = None,
                stream: bool = False) -> JobHandle:
@@ -168,46 +168,42 @@ class Client:
         else:
             params = text_params(spec, request.prompt, max_tokens=request.max_tokens,
                                  temperature=request.temperature, seed=_seed(request.seed))
-        return self._submit(spec, params, job_id, stream)
+        return self.submit_params(spec, params, job_id=job_id, stream=stream)
 
     def map(self, requests: Sequence[ImageRequest | TextRequest], *, timeout: float = 600.0,
             progress: bool = True) -> list[JobResult]:
         """Submit many jobs, then wait for all with a progress bar; failed jobs come back with their state."""
         handles = [self.submit(r) for r in requests]
-        deadline = self.clock() + timeout
-        results: dict[str, JobResult] = {}
         with _progress(progress) as bar:
             task = bar.add_task("jobs", total=len(handles))
-            while len(results) < len(handles):
-                self._collect(handles, results)
-                bar.update(task, completed=len(results))
-                if len(results) < len(handles) and self.clock() > deadline:
-                    raise JobTimeoutError(
-                        f"{len(handles) - len(results)} of {len(handles)} jobs unfinished after {timeout:g}s"
-                    )
-                time.sleep(self.settings.result_poll_interval_s)
-        return [results[h.id] for h in handles]
+            views = self.wait_all([h.id for h in handles], timeout,
+                                  on_progress=lambda done, _total: bar.update(task, completed=done))
+        return [self.to_result(v) for v in views]
 
-    def _collect(self, handles: Sequence[JobHandle], results: dict[str, JobResult]) -> None:
-        """One ledger query for every unfinished job (in chunks, to keep IN lists short)."""
-        pending = [h.id for h in handles if h.id not in results]
-        for start in range(0, len(pending), 500):
-            for view in self.ledger.jobs(pending[start:start + 500]):
-                if view.state.terminal:
-                    results[view.job_id] = self.to_result(view)
+    def wait_all(self, job_ids: Sequence[str], timeout: float | None,
+                 on_progress: Callable[[int, int], None] | None = None) -> list[JobView]:
+        """Poll the ledger until every job is terminal; their views, in ``job_ids`` order.
 
-    def wait_for(self, job_id: str, timeout: float | None) -> JobView:
-        """Poll the ledger until the job is terminal."""
-        give_up = None if timeout is None else self.clock() + timeout
+        The one wait of the library: ``JobHandle.result``, ``map`` and the gateway all use it. It is timed on
+        the monotonic clock, so a wall-clock step neither ends a wait early nor stretches it. Each poll is one
+        query for all unfinished jobs (in chunks of 500 ids, to keep IN lists short), then
+        ``on_progress(done, total)``. Past ``timeout`` (None: no limit) a JobTimeoutError names the
+        unfinished jobs in its message and in ``job_ids``.
+        """
+        give_up = None if timeout is None else time.monotonic() + timeout
+        finished: dict[str, JobView] = {}
+        wanted = list(dict.fromkeys(job_ids))
         while True:
-            view = self.ledger.job(job_id)
-            if view is not None and view.state.terminal:
-                return view
-            if give_up is not None and self.clock() > give_up:
-                raise JobTimeoutError(
-                    f"job {job_id} not finished after {timeout:g}s; is a miner serving its queue? "
-                    "(see `heurist routes`)"
-                )
+            pending = [j for j in wanted if j not in finished]
+            for start in range(0, len(pending), 500):
+                finished.update((v.job_id, v) for v in self.ledger.jobs(pending[start:start + 500])
+                                if v.state.terminal)
+            if on_progress is not None:
+                on_progress(len(finished), len(wanted))
+            if len(finished) == len(wanted):
+                return [finished[j] for j in job_ids]
+            if give_up is not None and time.monotonic() > give_up:
+                raise _timeout([j for j in wanted if j not in finished], len(wanted), timeout)
             time.sleep(self.settings.result_poll_interval_s)
 
     def fetch_output(self, result: JobResult) -> bytes:
@@ -227,8 +223,10 @@ class Client:
                          miner=view.miner, url=url, output_key=view.output_key, output_sha256=view.output_sha256,
                          error=view.error)
 
-    def _submit(self, spec: ModelSpec, params: ImageParams | TextParams, job_id: str | None = None,
-                stream: bool = False) -> JobHandle:
+    def submit_params(self, spec: ModelSpec, params: ImageParams | TextParams, *, job_id: str | None = None,
+                      stream: bool = False) -> JobHandle:
+        """Record, presign and enqueue parameters already validated against ``spec``
+        (``heurist.submission``): the gateway validates a request once, prices it, then sends it here."""
         job_id = job_id or str(uuid.uuid4())
         output_key = f"outputs/{spec.id}/{job_id}{EXTENSIONS[_content_type(spec)]}"
         deadline_at = self.clock() + spec.deadline.seconds(_work_units(params))
@@ -269,6 +267,13 @@ def _work_units(params: ImageParams | TextParams) -> float:
     if isinstance(params, ImageParams):
         return image_work_units(params)
     return text_work_units(len(params.prompt.encode()), params.max_tokens)
+
+
+def _timeout(pending: list[str], total: int, timeout: float | None) -> JobTimeoutError:
+    shown = ", ".join(pending[:3]) + ("…" if len(pending) > 3 else "")
+    what = f"job {pending[0]}" if total == 1 else f"{len(pending)} of {total} jobs ({shown})"
+    return JobTimeoutError(f"{what} not finished after {timeout:g}s; is a miner serving its queue? "
+                           "(see `heurist routes`)", tuple(pending))
 
 
 def _progress(enabled: bool) -> Progress:

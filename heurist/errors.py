@@ -30,7 +30,11 @@ class JobFailedError(HeuristError):
 
 
 class JobTimeoutError(HeuristError):
-    """A job did not finish within the time the caller waited."""
+    """A job did not finish within the time the caller waited; ``job_ids`` are the unfinished ones."""
+
+    def __init__(self, message: str, job_ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.job_ids = job_ids
 
 
 class ConfigError(HeuristError):

@@ -270,7 +270,8 @@ def test_search_answer_on_the_live_network(client: Client, miner_address: str, s
         assert (first.n, first.title, first.doc_id) == (1, "Honeybees", ids["Honeybees"])
         assert [r.n for r in got.references] == [1, 2, 3] and first.url == f"https://example.org/{3}"
         assert got.job_id is not None
-        output = TextOutput.model_validate_json(client.fetch_output(client.to_result(client.wait_for(got.job_id, 5))))
+        [view] = client.wait_all([got.job_id], 5)
+        output = TextOutput.model_validate_json(client.fetch_output(client.to_result(view)))
         honeybees = next(r.n for r in got.references if r.title == "Honeybees")
         assert honeybees in got.cited and f"[{honeybees}]" in got.answer  # the answer cites the right document
         for sentence in got.answer.split(". "):  # every sentence is the verified job output's, citations aside

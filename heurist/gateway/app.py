@@ -11,7 +11,7 @@ from heurist.client import Client
 from heurist.credits.ledger import CreditLedger
 from heurist.credits.reconcile import Reconciler
 from heurist.gateway import errors, images, jobs, llm, search
-from heurist.gateway.images import Gateway
+from heurist.gateway.deps import Gateway
 from heurist.gateway.ratelimit import RateLimiter
 from heurist.settings import Settings
 
@@ -30,10 +30,9 @@ def create_app(settings: Settings, client: Client, credits: CreditLedger) -> Fas
 
     app = FastAPI(title="Heurist gateway", version="0.1.0", lifespan=lifespan,
                   description="Inference on the Heurist network, charged in Standard Credit Units per API key.")
-    app.state.gateway = Gateway(settings, client, credits)
+    limiter = RateLimiter(credits.engine, settings.gateway_rate_per_minute)
+    app.state.gateway = Gateway(settings, client, credits, limiter)
     app.state.search = search.SearchService(app.state.gateway)
-    app.state.credits = credits
-    app.state.limiter = RateLimiter(credits.engine, settings.gateway_rate_per_minute)
     errors.install(app)
     app.include_router(images.router)
     app.include_router(jobs.router)

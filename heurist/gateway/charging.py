@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from heurist.client import Client
 from heurist.credits.ledger import CreditLedger
+from heurist.errors import JobTimeoutError
 from heurist.gateway.errors import ApiError
 
 if TYPE_CHECKING:
-    from heurist.gateway.images import Gateway
     from heurist.ledger.service import JobView
 
 
@@ -32,15 +32,11 @@ def refund_all(credits: CreditLedger, job_ids: Sequence[str]) -> float:
     return sum(credits.refund(job_id) for job_id in job_ids)
 
 
-def wait_all(gw: Gateway, job_ids: list[str], timeout: float) -> list[JobView]:
-    """Poll the ledger until every job is terminal; past ``timeout`` a 504 names the unfinished ones."""
-    give_up = time.monotonic() + timeout
-    while True:
-        views = {v.job_id: v for v in gw.client.ledger.jobs(job_ids)}
-        pending = [j for j in job_ids if j not in views or not views[j].state.terminal]
-        if not pending:
-            return [views[j] for j in job_ids]
-        if time.monotonic() > give_up:
-            raise ApiError(504, f"jobs {', '.join(pending)} not finished after {timeout:g}s; they keep running: "
-                           "poll GET /v1/jobs/{id}", type_="timeout", code="job_timeout", job_ids=pending)
-        time.sleep(gw.settings.result_poll_interval_s)
+def wait_all(client: Client, job_ids: list[str], timeout: float) -> list[JobView]:
+    """``Client.wait_all``; past ``timeout`` a 504 names the unfinished jobs, which keep running."""
+    try:
+        return client.wait_all(job_ids, timeout)
+    except JobTimeoutError as err:
+        pending = list(err.job_ids)
+        raise ApiError(504, f"jobs {', '.join(pending)} not finished after {timeout:g}s; they keep running: "
+                       "poll GET /v1/jobs/{id}", type_="timeout", code="job_timeout", job_ids=pending) from None

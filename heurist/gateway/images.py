@@ -5,41 +5,25 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from heurist.catalog import ModelSpec
-from heurist.client import Client, ImageRequest
-from heurist.credits.ledger import CreditLedger
 from heurist.credits.pricing import price_units
 from heurist.credits.tables import ApiKey
 from heurist.gateway.charging import refund_all, reserve_all, wait_all
+from heurist.gateway.deps import ERRORS, Gateway, gateway, limited_key
 from heurist.gateway.errors import ApiError
-from heurist.gateway.ratelimit import limited_key
-from heurist.gateway.schemas import MAX_SEED, ErrorResponse, ImageData, ImageGenerationRequest, ImageGenerationResponse
+from heurist.gateway.schemas import MAX_SEED, ImageData, ImageGenerationRequest, ImageGenerationResponse
 from heurist.jobs import ImageParams
-from heurist.settings import Settings
 from heurist.submission import image_params
 
 if TYPE_CHECKING:
     from heurist.ledger.service import JobView
 
 router = APIRouter(tags=["images"])
-
-ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 402, 404, 422, 429, 502, 504)}
-
-
-@dataclass(frozen=True)
-class Gateway:
-    """What a request handler needs, built once by ``create_app``."""
-
-    settings: Settings
-    client: Client
-    credits: CreditLedger
 
 
 def _params(spec: ModelSpec, req: ImageGenerationRequest) -> list[ImageParams]:
@@ -54,9 +38,7 @@ def _send(gw: Gateway, spec: ModelSpec, params: list[ImageParams], job_ids: list
     """Submit each reserved job; a job that cannot be sent, and those after it, are refunded."""
     for i, (p, job_id) in enumerate(zip(params, job_ids, strict=True)):
         try:
-            gw.client.submit(ImageRequest(prompt=p.prompt, model=spec.id, width=p.width, height=p.height,
-                                          steps=p.steps, guidance=p.guidance, seed=p.seed,
-                                          negative_prompt=p.negative_prompt), job_id=job_id)
+            gw.client.submit_params(spec, p, job_id=job_id)
         except BaseException:
             refund_all(gw.credits, job_ids[i:])
             raise
@@ -81,7 +63,7 @@ def generate(gw: Gateway, key_id: int, req: ImageGenerationRequest) -> ImageGene
     job_ids = [str(uuid.uuid4()) for _ in params]
     reserve_all(gw.credits, key_id, job_ids, prices)
     _send(gw, spec, params, job_ids)
-    views = wait_all(gw, job_ids, timeout)
+    views = wait_all(gw.client, job_ids, timeout)
     failed = [v.job_id for v in views if not v.state.has_output]
     refund_all(gw.credits, failed)
     if len(failed) == len(views):
@@ -94,8 +76,8 @@ def generate(gw: Gateway, key_id: int, req: ImageGenerationRequest) -> ImageGene
 
 
 @router.post("/v1/images/generations", response_model=ImageGenerationResponse, responses=ERRORS)
-async def create_images(req: ImageGenerationRequest, request: Request,
+async def create_images(req: ImageGenerationRequest, gw: Gateway = Depends(gateway),
                         key: ApiKey = Depends(limited_key)) -> ImageGenerationResponse:
     """Generate images as network jobs. Charged before sending (402 if the key cannot pay, nothing sent);
     failed jobs are refunded; a timeout answers 504 with the job ids while the jobs keep running."""
-    return await run_in_threadpool(generate, request.app.state.gateway, key.id, req)
+    return await run_in_threadpool(generate, gw, key.id, req)

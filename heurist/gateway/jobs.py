@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from heurist.credits.tables import ApiKey
+from heurist.gateway.deps import ERRORS, Gateway, gateway, limited_key
 from heurist.gateway.errors import ApiError
-from heurist.gateway.images import ERRORS, Gateway
-from heurist.gateway.ratelimit import limited_key
 from heurist.gateway.schemas import JobStatus
 from heurist.jobs import JobState
 
@@ -35,6 +34,6 @@ def job_status(gw: Gateway, key_id: int, job_id: str) -> JobStatus:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
-async def get_job(job_id: str, request: Request, key: ApiKey = Depends(limited_key)) -> JobStatus:
+async def get_job(job_id: str, gw: Gateway = Depends(gateway), key: ApiKey = Depends(limited_key)) -> JobStatus:
     """A job's state, model, output URL once done, and error; 404 for unknown jobs and other keys' jobs."""
-    return await run_in_threadpool(job_status, request.app.state.gateway, key.id, job_id)
+    return await run_in_threadpool(job_status, gw, key.id, job_id)

@@ -16,18 +16,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from heurist.catalog import JobKind, ModelSpec
-from heurist.client import TextRequest
 from heurist.credits.pricing import price_units
 from heurist.credits.tables import ApiKey
 from heurist.errors import HeuristError
 from heurist.gateway.charging import wait_all
+from heurist.gateway.deps import ERRORS, Gateway, gateway, limited_key
 from heurist.gateway.errors import ApiError, error_body, from_heurist
-from heurist.gateway.images import ERRORS, Gateway
 from heurist.gateway.llm_schemas import (
     AssistantMessage,
     ChatChoice,
@@ -41,7 +40,6 @@ from heurist.gateway.llm_schemas import (
     Usage,
     chunk,
 )
-from heurist.gateway.ratelimit import limited_key
 from heurist.jobs import TextOutput, TextParams
 from heurist.points import job_points
 from heurist.streams import TokenStream
@@ -75,10 +73,8 @@ def start(gw: Gateway, key_id: int, model: str, prompt: str, req: ChatCompletion
 
 def send(gw: Gateway, job: TextJob, stream: bool) -> None:
     """Submit the reserved job; if it cannot be sent its reservation is refunded."""
-    p = job.params
     try:
-        gw.client.submit(TextRequest(prompt=p.prompt, model=job.spec.id, max_tokens=p.max_tokens,
-                                     temperature=p.temperature, seed=p.seed), job_id=job.job_id, stream=stream)
+        gw.client.submit_params(job.spec, job.params, job_id=job.job_id, stream=stream)
     except BaseException:
         gw.credits.refund(job.job_id)
         raise
@@ -86,7 +82,7 @@ def send(gw: Gateway, job: TextJob, stream: bool) -> None:
 
 def finish(gw: Gateway, job: TextJob) -> tuple[TextOutput, float]:
     """Wait for the verified answer and settle at its token counts; a failed job is refunded (502)."""
-    [view] = wait_all(gw, [job.job_id], gw.settings.gateway_timeout_s)
+    [view] = wait_all(gw.client, [job.job_id], gw.settings.gateway_timeout_s)
     if not view.state.has_output:
         gw.credits.refund(job.job_id)
         raise ApiError(502, f"job {job.job_id} ended {view.state.value}: {view.error or 'no detail'}; refunded",
@@ -139,17 +135,16 @@ def _streaming(gw: Gateway, job: TextJob, kind: str, include_usage: bool) -> Str
 
 
 @router.get("/v1/models", response_model=ModelList, responses=ERRORS)
-async def list_models(request: Request, key: ApiKey = Depends(limited_key)) -> ModelList:
+async def list_models(gw: Gateway = Depends(gateway), key: ApiKey = Depends(limited_key)) -> ModelList:
     """Every catalog model; ``kind`` says which endpoint runs it."""
-    catalog = request.app.state.gateway.client.catalog
+    catalog = gw.client.catalog
     return ModelList(data=[ModelCard(id=m.id, kind=m.kind.value) for m in catalog.models.values()])
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
-async def chat_completions(req: ChatCompletionRequest, request: Request,
+async def chat_completions(req: ChatCompletionRequest, gw: Gateway = Depends(gateway),
                            key: ApiKey = Depends(limited_key)) -> Any:
     """A chat answer as one network job; ``stream: true`` answers with server-sent events."""
-    gw: Gateway = request.app.state.gateway
     job = await run_in_threadpool(start, gw, key.id, req.model, req.prompt(), req)
     if req.stream:
         return _streaming(gw, job, "chat", bool(req.stream_options and req.stream_options.include_usage))
@@ -160,9 +155,9 @@ async def chat_completions(req: ChatCompletionRequest, request: Request,
 
 
 @router.post("/v1/completions", response_model=TextCompletion, responses=ERRORS)
-async def completions(req: CompletionRequest, request: Request, key: ApiKey = Depends(limited_key)) -> Any:
+async def completions(req: CompletionRequest, gw: Gateway = Depends(gateway),
+                      key: ApiKey = Depends(limited_key)) -> Any:
     """A completion of one prompt as one network job; ``stream: true`` answers with server-sent events."""
-    gw: Gateway = request.app.state.gateway
     job = await run_in_threadpool(start, gw, key.id, req.model, req.prompt, req)
     if req.stream:
         return _streaming(gw, job, "text", bool(req.stream_options and req.stream_options.include_usage))

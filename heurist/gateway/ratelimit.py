@@ -9,17 +9,13 @@ lock on PostgreSQL, the write lock on SQLite). Times are wall-clock seconds, sha
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
-from fastapi import Depends, Request
 from sqlalchemy import Engine, case, select, update
 from sqlalchemy.exc import IntegrityError
 
-from heurist.credits.tables import ApiKey, RateBucket
-from heurist.gateway.auth import api_key
-from heurist.gateway.errors import ApiError
+from heurist.credits.tables import RateBucket
 from heurist.ledger.db import session_scope
 
 
@@ -56,12 +52,3 @@ class RateLimiter:
             return self.take(key_id)
         return 0.0
 
-
-async def limited_key(request: Request, key: ApiKey = Depends(api_key)) -> ApiKey:
-    """The authenticated key, or 429 with Retry-After once its bucket is empty."""
-    limiter: RateLimiter = request.app.state.limiter
-    wait = limiter.take(key.id)
-    if wait > 0:
-        raise ApiError(429, f"rate limit of {limiter.capacity:g} requests per minute reached; retry in {wait:.1f}s",
-                       type_="rate_limit_error", code="rate_limited", headers={"Retry-After": str(math.ceil(wait))})
-    return key

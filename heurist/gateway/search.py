@@ -15,9 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from heurist.credits.tables import ApiKey
 from heurist.gateway import llm
-from heurist.gateway.images import ERRORS, Gateway
+from heurist.gateway.deps import ERRORS, Gateway, limited_key
 from heurist.gateway.llm_schemas import CompletionRequest
-from heurist.gateway.ratelimit import limited_key
 from heurist.jobs import Text
 from heurist.search.answer import build_prompt, references
 from heurist.search.attribution import attribute
@@ -109,18 +108,21 @@ class SearchService:
                               units_charged=units)
 
 
-def _service(request: Request) -> SearchService:
+def search_service(request: Request) -> SearchService:
+    """The app's ``SearchService`` (made by ``create_app``): the dependency of the search routes."""
     service: SearchService = request.app.state.search
     return service
 
 
 @router.post("/v1/documents", response_model=DocumentOut, responses=ERRORS)
-async def add_document(doc: DocumentIn, request: Request, key: ApiKey = Depends(limited_key)) -> DocumentOut:
+async def add_document(doc: DocumentIn, service: SearchService = Depends(search_service),
+                       key: ApiKey = Depends(limited_key)) -> DocumentOut:
     """Ingest a document for search: chunked, embedded with all-MiniLM-L6-v2, stored in the database."""
-    return await run_in_threadpool(_service(request).ingest, doc)
+    return await run_in_threadpool(service.ingest, doc)
 
 
 @router.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
-async def search(req: SearchRequest, request: Request, key: ApiKey = Depends(limited_key)) -> SearchResponse:
+async def search(req: SearchRequest, service: SearchService = Depends(search_service),
+                 key: ApiKey = Depends(limited_key)) -> SearchResponse:
     """Answer a question from the ingested documents, citing them as [1], [2]; charged as one LLM job."""
-    return await run_in_threadpool(_service(request).answer, key.id, req)
+    return await run_in_threadpool(service.answer, key.id, req)
