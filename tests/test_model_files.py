@@ -15,6 +15,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # never reach a model hub from tests (set before hub libraries import)
 
 from heurist.catalog import Family, ModelSpec, SourceKind, load_catalog
+from heurist.catalog.attestation import sha256_file
 from heurist.catalog.lock import LOCK_FILE, read_lock, record_hashes
 from heurist.catalog.schema import Source
 from heurist.errors import ModelIntegrityError
@@ -23,7 +24,6 @@ from workers.model_files import (
     expected_hashes,
     model_root,
     pin_model,
-    sha256_file,
     verify_model_files,
 )
 from workers.pipelines import LOADERS, load_pipeline
