@@ -126,8 +126,9 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
 
     def start_miner(self, models: Sequence[str] | None = None, name: str | None = None,
                     cheat: str | None = None, broker_url: Callable[[str], str] | None = None) -> Wallet:
-        """A CPU miner serving ``models``, with a fresh key written to a 0600 file (``cheat``: see workers.cheats).
-        ``broker_url`` maps the new miner's address to its own broker URL (``BrokerAccess.add_miner``)."""
+        """A CPU miner serving ``models``, with a fresh key written to a 0600 file (``cheat``: see
+        workers.testing.cheats). ``broker_url`` maps the new miner's address to its own broker URL
+        (``BrokerAccess.add_miner``)."""
         name = name or f"miner{len(self.wallets)}"
         wallet, key_file = self.new_key_file(name)
         argv = heurist_cmd("miner", "--key-file", str(key_file), "--models", ",".join(models or self.miner_models),

@@ -10,7 +10,7 @@ from tasks.names import AUDIT_JOB
 
 
 def register_audit_tasks(app: Celery) -> None:
-    """Declare ``replay_job`` on an app whose ``auditor`` is a ``workers.auditor.Auditor``."""
+    """Declare ``replay_job`` on an app whose ``auditor`` is a ``workers.audit.auditor.Auditor``."""
 
     @app.task(name=AUDIT_JOB, bind=True, acks_late=True, reject_on_worker_lost=True)
     def replay_job(self: Task, job_id: str) -> dict[str, Any]:

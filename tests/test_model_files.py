@@ -19,14 +19,14 @@ from heurist.catalog.attestation import sha256_file
 from heurist.catalog.lock import LOCK_FILE, read_lock, record_hashes
 from heurist.catalog.schema import Source
 from heurist.errors import ModelIntegrityError
-from workers.device import detect_device
-from workers.model_files import (
+from workers.miner.device import detect_device
+from workers.miner.model_files import (
     expected_hashes,
     model_root,
     pin_model,
     verify_model_files,
 )
-from workers.pipelines import LOADERS, load_pipeline
+from workers.miner.pipelines import LOADERS, load_pipeline
 
 CATALOG = load_catalog()
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

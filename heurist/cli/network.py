@@ -61,7 +61,7 @@ def miner(
 
     With several GPUs (and no --device) it supervises one worker per GPU; Ctrl-C stops them all.
     """
-    from workers.supervisor import run_supervisor, supervised_gpus  # imports no torch
+    from workers.miner.supervisor import run_supervisor, supervised_gpus  # imports no torch
 
     settings = settings_with(broker_url=broker, torch_threads=threads)
     catalog = load_catalog(settings.catalog_path)
@@ -72,7 +72,7 @@ def miner(
         raise typer.Exit(run_supervisor(settings, catalog, wallet, per_gpu, wanted,
                                         _per_gpu_args(key_file, wanted, loglevel, cheat),
                                         "cpu" if gpu_inventory else "cuda:0", console))
-    from workers.launch import run_miner  # torch is imported only on the miner side
+    from workers.miner.launch import run_miner  # torch is imported only on the miner side
 
     operator = wallet.address
     if gpu_index is not None:
@@ -119,7 +119,7 @@ def auditor(
     loglevel: str = typer.Option("INFO", "--loglevel"),
 ) -> None:
     """Run a trusted auditor: replay sampled jobs of these models and record verdicts and penalties."""
-    from workers.auditor import run_auditor
+    from workers.audit.auditor import run_auditor
 
     settings = settings_with(torch_threads=threads)
     run_auditor(settings, load_catalog(settings.catalog_path), split_csv(models), loglevel=loglevel)
@@ -147,7 +147,7 @@ def points(json_out: bool = typer.Option(False, "--json", help="Print JSON inste
 @models_app.command("build")
 def build(model: str = typer.Argument("tiny-sd", help="A catalog model with a local builder.")) -> None:
     """Build a locally built model (tiny-sd) and record its sha256 in the catalog lock."""
-    from workers.pipelines import BUILDERS
+    from workers.miner.pipelines import BUILDERS
 
     settings = settings_with()
     spec = load_catalog(settings.catalog_path)[model]
@@ -164,7 +164,7 @@ def pin(model: str = typer.Argument(..., help="A catalog model whose files are o
 
     From then on the miner refuses the model if any of those files changes.
     """
-    from workers.model_files import pin_model
+    from workers.miner.model_files import pin_model
 
     settings = settings_with()
     hashes = pin_model(load_catalog(settings.catalog_path)[model], settings.resolved_models_dir())
@@ -176,7 +176,7 @@ def pin(model: str = typer.Argument(..., help="A catalog model whose files are o
 @models_app.command("verify")
 def verify(models: str | None = typer.Option(None, "--models", help="Comma-separated ids (default: all).")) -> None:
     """Check model files on this machine against the catalog sha256 (what a miner does before loading)."""
-    from workers.model_files import verify_model_files
+    from workers.miner.model_files import verify_model_files
 
     settings = settings_with()
     catalog = load_catalog(settings.catalog_path)

@@ -32,9 +32,9 @@ from heurist.ledger.tables import AuditReason
 from heurist.settings import Settings
 from heurist.storage import make_store
 from tasks.audit import register_audit_tasks
-from workers.device import detect_device
-from workers.launch import load_pipelines, plan_miner
-from workers.pipelines.backend import Pipeline
+from workers.miner.device import detect_device
+from workers.miner.launch import load_pipelines, plan_miner
+from workers.miner.pipelines.backend import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def check_image(pipeline: Pipeline, params: ImageParams | TextParams, claimed: b
 
 def check_text_output(pipeline: Pipeline, params: ImageParams | TextParams, claimed: bytes) -> Finding:
     from workers.audit.text_check import check_text
-    from workers.pipelines.backends.causal_lm import CausalLMPipeline
+    from workers.miner.pipelines.backends.causal_lm import CausalLMPipeline
 
     if not isinstance(pipeline, CausalLMPipeline) or not isinstance(params, TextParams):
         raise HeuristError(f"text audit needs a causal LM and text params, got {type(pipeline).__name__}")

@@ -1,6 +1,6 @@
 """Say what state a model's files are in (verified, missing, corrupt, unpinned) without loading or building.
 
-``workers.model_files.verify_model_files`` answers "may I load this?" by raising; ``heurist doctor`` needs a
+``workers.miner.model_files.verify_model_files`` answers "may I load this?" by raising; ``heurist doctor`` needs a
 status per model, a byte-count progress while hashing (weights are GB), and must not build a missing
 built model as a side effect. Same hashes, same lock, same rules.
 """
@@ -16,7 +16,7 @@ from heurist.catalog.attestation import sha256_file
 from heurist.catalog.lock import read_lock
 from heurist.catalog.schema import ModelSpec, SourceKind
 from heurist.errors import ModelIntegrityError, ModelNotPresentError
-from workers.model_files import expected_hashes, model_root
+from workers.miner.model_files import expected_hashes, model_root
 
 Advance = Callable[[int], object]
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from heurist.jobs import Completion, JobMessage
-from workers.pipelines.backend import DeadlineExceeded
+from workers.miner.pipelines.backend import DeadlineExceeded
 
 log = logging.getLogger(__name__)
 

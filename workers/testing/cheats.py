@@ -18,8 +18,8 @@ from heurist.catalog import JobKind
 from heurist.catalog.attestation import weights_digest
 from heurist.errors import ConfigError
 from heurist.jobs import Completion, DeviceInfo, ImageParams, JobMessage, TextParams
-from workers.middleware import Middleware
-from workers.pipelines.backend import OnToken, Pipeline, PipelineOutput
+from workers.miner.middleware import Middleware
+from workers.miner.pipelines.backend import OnToken, Pipeline, PipelineOutput
 
 Params = ImageParams | TextParams
 Run = Callable[[Pipeline, Params, float], PipelineOutput]

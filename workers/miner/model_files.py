@@ -48,7 +48,7 @@ def _built_root(spec: ModelSpec, models_dir: Path) -> Path:
     root = Path(models_dir) / spec.id
     if root.is_dir() and spec.id in read_lock(models_dir):
         return root
-    from workers.pipelines import BUILDERS  # the builder registry imports this module
+    from workers.miner.pipelines import BUILDERS  # the builder registry imports this module
 
     builder = BUILDERS.get(spec.source.ref)
     if builder is None:

@@ -22,9 +22,9 @@ from heurist.identity import Wallet
 from heurist.jobs import ImageParams, TextOutput, TextParams
 from heurist.settings import Settings
 from heurist.storage.presigned import put_presigned
-from workers.device import detect_device
-from workers.launch import MinerPlan, serve
-from workers.pipelines.backend import OnToken, Pipeline, PipelineOutput
+from workers.miner.device import detect_device
+from workers.miner.launch import MinerPlan, serve
+from workers.miner.pipelines.backend import OnToken, Pipeline, PipelineOutput
 
 
 class NullPipeline(Pipeline):

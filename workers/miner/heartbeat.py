@@ -61,7 +61,7 @@ class HeartbeatSender:
 
 
 class HeartbeatStep(bootsteps.StartStopStep):
-    """Runs the app's ``heartbeats`` sender (set by ``workers.launch.serve``) while the worker runs."""
+    """Runs the app's ``heartbeats`` sender (set by ``workers.miner.launch.serve``) while the worker runs."""
 
     label = "heartbeat"
 

@@ -27,12 +27,12 @@ from heurist.routing import servable, tier_of
 from heurist.settings import Settings
 from tasks.miner import register_miner_tasks
 from tasks.names import REGISTER_MINER
-from workers.device import Device, detect_device
-from workers.heartbeat import install_heartbeats
-from workers.middleware import Middleware, default_middleware
-from workers.pipelines import load_pipeline
-from workers.pipelines.backend import Pipeline
-from workers.runtime import MinerRuntime
+from workers.miner.device import Device, detect_device
+from workers.miner.heartbeat import install_heartbeats
+from workers.miner.middleware import Middleware, default_middleware
+from workers.miner.pipelines import load_pipeline
+from workers.miner.pipelines.backend import Pipeline
+from workers.miner.runtime import MinerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class MinerPlan:
     vram_gb: float
     models: list[ModelSpec]
     refused: list[str]
-    gpu_index: int | None = None  # set when one of a multi-GPU box's workers (workers.supervisor)
+    gpu_index: int | None = None  # set when one of a multi-GPU box's workers (workers.miner.supervisor)
     operator: str | None = None  # that box's own address, whose broker user its workers share
 
     @property
@@ -123,7 +123,7 @@ def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, model_ids: S
     """Load everything, announce, and consume this miner's queues until stopped.
 
     ``model_ids`` None means every catalog model that fits and whose files are on this machine. ``cheat``
-    (tests and the cheater demo only) wraps the pipelines in one of ``workers.cheats.CHEATS``.
+    (tests and the cheater demo only) wraps the pipelines in one of ``workers.testing.cheats.CHEATS``.
     ``gpu_index``: this is the worker of that GPU of a multi-GPU box, whose own address is ``operator``.
     """
     console = console or Console(stderr=True)
@@ -135,7 +135,7 @@ def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, model_ids: S
     pipelines = load_pipelines(plan, settings.resolved_models_dir(), console, skip_missing=model_ids is None)
     extra: list[Middleware] = []
     if cheat is not None:
-        from workers.cheats import cheating
+        from workers.testing.cheats import cheating
 
         pipelines, extra = cheating(pipelines, cheat)
     serve(settings, wallet, replace(plan, models=[m for m in plan.models if m.id in pipelines]), pipelines,
