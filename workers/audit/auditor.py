@@ -29,6 +29,7 @@ from heurist.ledger.claims import AcceptedClaim, read_claim
 from heurist.ledger.factory import open_ledger
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import AuditReason
+from heurist.services import Services
 from heurist.settings import Settings
 from heurist.storage import make_store
 from tasks.audit import register_audit_tasks
@@ -139,7 +140,7 @@ def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], logl
     ledger = open_ledger(settings, catalog, make_store(settings))
     auditor = Auditor(ledger=ledger, audits=AuditLedger(ledger.engine), pipelines=pipelines,
                       on_ban=[broker_access(settings).revoke])
-    app = create_app(settings, auditor=auditor)
+    app = create_app(settings, Services("auditor", auditor=auditor))
     register_audit_tasks(app)
     queues = [audit_queue(settings.audit_queue_prefix, model_id) for model_id in pipelines]
     console.print(f"auditor consuming {', '.join(queues)}")

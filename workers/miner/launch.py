@@ -24,6 +24,7 @@ from heurist.errors import ConfigError, ModelNotPresentError
 from heurist.identity import Wallet
 from heurist.jobs import MinerHello, SignedHello
 from heurist.routing import servable, tier_of
+from heurist.services import Services
 from heurist.settings import Settings
 from tasks.miner import register_miner_tasks
 from tasks.names import REGISTER_MINER
@@ -149,7 +150,7 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     console = console or Console(stderr=True)
     runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines,
                            middleware=[*default_middleware(), *middleware])
-    app = create_app(settings, miner_runtime=runtime)
+    app = create_app(settings, Services("miner", miner_runtime=runtime))
     register_miner_tasks(app)
     confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue)
     install_heartbeats(app, wallet, settings.heartbeat_interval_s, settings.ledger_queue)
