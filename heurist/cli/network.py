@@ -48,7 +48,6 @@ def miner(
         None, "--gpus", help="On a box with several GPUs, one worker per GPU is started (each pinned with "
         "CUDA_VISIBLE_DEVICES, serving what fits its VRAM, under its own derived address: `heurist wallet "
         "addresses`). Choose them: 'all' (default) or indices/UUIDs as nvidia-smi lists them, e.g. '0,2'."),
-    cheat: str | None = typer.Option(None, "--cheat", hidden=True, help="Tests and the cheater demo only."),
     gpu_index: int | None = typer.Option(
         None, "--gpu-index", min=0, hidden=True, help="Set by the multi-GPU supervisor for its children: this "
         "worker is GPU N's, so its key is derived (Wallet.derive(N)) and its hostname ends in -gpuN."),
@@ -70,26 +69,25 @@ def miner(
     per_gpu = supervised_gpus(device, gpus, gpu_inventory, vram, console) if gpu_index is None else None
     if per_gpu is not None:
         raise typer.Exit(run_supervisor(settings, catalog, wallet, per_gpu, wanted,
-                                        _per_gpu_args(key_file, wanted, loglevel, cheat),
+                                        _per_gpu_args(key_file, wanted, loglevel),
                                         "cpu" if gpu_inventory else "cuda:0", console))
-    from workers.miner.launch import run_miner  # torch is imported only on the miner side
+    from workers.miner.launch import MinerOptions, run_miner  # torch is imported only on the miner side
 
     operator = wallet.address
     if gpu_index is not None:
         wallet = wallet.derive(gpu_index)
-    run_miner(settings, catalog, wallet, wanted, vram_gb=vram, device_kind=device, loglevel=loglevel, cheat=cheat,
-              gpu_index=gpu_index, operator=operator)
+    run_miner(settings, catalog, wallet, MinerOptions(model_ids=None if wanted is None else tuple(wanted),
+                                                      vram_gb=vram, device_kind=device, loglevel=loglevel,
+                                                      gpu_index=gpu_index, operator=operator))
 
 
-def _per_gpu_args(key_file: Path | None, wanted: list[str] | None, loglevel: str, cheat: str | None) -> list[str]:
+def _per_gpu_args(key_file: Path | None, wanted: list[str] | None, loglevel: str) -> list[str]:
     """The options every per-GPU worker repeats; the broker and settings go in its environment instead."""
     args = ["--loglevel", loglevel]
     if key_file is not None:
         args += ["--key-file", str(key_file.resolve())]
     if wanted:
         args += ["--models", ",".join(wanted)]
-    if cheat:
-        args += ["--cheat", cheat]
     return args
 
 
