@@ -10,7 +10,7 @@ service the role does not have raises ``MissingServiceError`` naming both.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from kombu.pools import ProducerPool
 
@@ -20,29 +20,11 @@ from heurist.jobs import JobMessage, SignedCompletion, SignedHeartbeat, SignedHe
 T = TypeVar("T")
 
 
-class CompletionOutcome(Protocol):
-    """What the ledger task reports of a completion's verdict (``heurist.ledger``'s ``CompletionVerdict``)."""
-
-    @property
-    def job_id(self) -> str: ...
-
-    @property
-    def accepted(self) -> bool: ...
-
-    @property
-    def duplicate(self) -> bool: ...
-
-    @property
-    def reason(self) -> object: ...
-
-    @property
-    def points(self) -> float: ...
-
-
 class LedgerService(Protocol):
     """The ledger's write side, as its tasks use it."""
 
-    def record_completion(self, signed: SignedCompletion) -> CompletionOutcome: ...
+    def record_completion(self, signed: SignedCompletion) -> Any:
+        """The ledger's verdict (its ``CompletionVerdict``, whose fields the task reports)."""
 
     def record_failure(self, job_id: str, reason: str) -> None: ...
 
@@ -79,46 +61,36 @@ class MissingServiceError(HeuristError):
     """A task or bootstep asked for a service its app's role does not have."""
 
 
+class Service(Generic[T]):
+    """One service on ``Services``: read, it is the role's own or ``MissingServiceError`` naming both."""
+
+    def __set_name__(self, owner: type[Services], name: str) -> None:
+        self.name = name
+
+    def __get__(self, services: Services, owner: type[Services] | None = None) -> T:
+        found = services.provided.get(self.name)
+        if found is None:
+            raise MissingServiceError(f"the {services.role} app has no {self.name.replace('_', ' ')} service: only "
+                                      f"a worker built with one runs the tasks that use it")
+        return cast(T, found)
+
+    def __set__(self, services: Services, value: T) -> None:
+        services.provided[self.name] = value
+
+
 class Services:
-    """One role's services; each is None except on the role that has it. ``role`` names the app in errors."""
+    """One role's services, each None except on the role that has it; ``role`` names the app in errors.
+    ``heartbeats`` may be set later: its sender sends through the app it is set on."""
+
+    ledger = Service[LedgerService]()
+    uptime = Service[UptimeService]()
+    miner_runtime = Service[MinerService]()
+    auditor = Service[AuditorService]()
+    heartbeats = Service[HeartbeatService]()
 
     def __init__(self, role: str, *, ledger: LedgerService | None = None, uptime: UptimeService | None = None,
                  miner_runtime: MinerService | None = None, auditor: AuditorService | None = None,
                  heartbeats: HeartbeatService | None = None) -> None:
         self.role = role
-        self._ledger = ledger
-        self._uptime = uptime
-        self._miner_runtime = miner_runtime
-        self._auditor = auditor
-        self._heartbeats = heartbeats
-
-    def _need(self, service: T | None, name: str) -> T:
-        if service is None:
-            raise MissingServiceError(f"the {self.role} app has no {name} service: only a worker built with one "
-                                      f"runs the tasks that use it")
-        return service
-
-    @property
-    def ledger(self) -> LedgerService:
-        return self._need(self._ledger, "ledger")
-
-    @property
-    def uptime(self) -> UptimeService:
-        return self._need(self._uptime, "uptime")
-
-    @property
-    def miner_runtime(self) -> MinerService:
-        return self._need(self._miner_runtime, "miner runtime")
-
-    @property
-    def auditor(self) -> AuditorService:
-        return self._need(self._auditor, "auditor")
-
-    @property
-    def heartbeats(self) -> HeartbeatService:
-        return self._need(self._heartbeats, "heartbeats")
-
-    @heartbeats.setter
-    def heartbeats(self, sender: HeartbeatService) -> None:
-        """Set once the app exists: the sender sends through it."""
-        self._heartbeats = sender
+        self.provided: dict[str, object] = {"ledger": ledger, "uptime": uptime, "miner_runtime": miner_runtime,
+                                            "auditor": auditor, "heartbeats": heartbeats}
