@@ -10,21 +10,35 @@ from celery.signals import worker_shutting_down
 
 from heurist import broker
 from heurist.errors import HeuristError
+from heurist.services import Services
 from heurist.settings import Settings, is_amqp
 from heurist.signal_wakeup import WakeOnSignal
 
 
-def create_app(settings: Settings, **attributes: Any) -> Celery:
-    """A Celery app on the configured broker. ``attributes`` (the miner runtime, the ledger) are set on
-    the app so tasks reach them as ``self.app.<name>`` without module-level globals."""
+class HeuristCelery(Celery):
+    """A Celery app that carries its role's ``Services``, so tasks reach them typed, without globals."""
+
+    def __init__(self, services: Services, **kwargs: Any) -> None:
+        super().__init__("heurist", **kwargs)
+        self.services = services
+
+
+def create_app(settings: Settings, services: Services | None = None) -> HeuristCelery:
+    """A Celery app on the configured broker, holding ``services`` (none: a client's app, which only sends)."""
     broker.register()
-    app = Celery("heurist", broker=settings.resolved_broker_url(), set_as_current=False)
+    app = HeuristCelery(services or Services("client"), broker=settings.resolved_broker_url(), set_as_current=False)
     app.config_from_object("celeryconfig")
     app.conf.broker_connection_retry_on_startup = True
     app.steps["worker"].add(WakeOnSignal)  # SIGTERM or Ctrl-C stops a worker at once, not after its poll
-    for name, value in attributes.items():
-        setattr(app, name, value)
     return app
+
+
+def services(app: Celery) -> Services:
+    """The services of an app built by ``create_app``: what its tasks and bootsteps reach as
+    ``services(self.app).ledger`` (each raises ``MissingServiceError`` on a role that lacks it)."""
+    if not isinstance(app, HeuristCelery):
+        raise HeuristError(f"the Celery app {app.main!r} was not built by heurist.celery_app.create_app")
+    return app.services
 
 
 def worker_pool(broker_url: str, concurrency: int) -> tuple[str, int]:

@@ -126,12 +126,15 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
 
     def start_miner(self, models: Sequence[str] | None = None, name: str | None = None,
                     cheat: str | None = None, broker_url: Callable[[str], str] | None = None) -> Wallet:
-        """A CPU miner serving ``models``, with a fresh key written to a 0600 file (``cheat``: see workers.cheats).
-        ``broker_url`` maps the new miner's address to its own broker URL (``BrokerAccess.add_miner``)."""
+        """A CPU miner serving ``models``, with a fresh key written to a 0600 file. ``cheat``: that miner with
+        one of ``workers.testing.cheats`` added, started by its own test entry point (``heurist miner`` has
+        no cheats). ``broker_url`` maps the new miner's address to its own broker URL
+        (``BrokerAccess.add_miner``)."""
         name = name or f"miner{len(self.wallets)}"
         wallet, key_file = self.new_key_file(name)
-        argv = heurist_cmd("miner", "--key-file", str(key_file), "--models", ",".join(models or self.miner_models),
-                           "--device", "cpu", "--loglevel", "WARNING", *(["--cheat", cheat] if cheat else []))
+        command = [sys.executable, "-m", "workers.testing.cheater", "--cheat", cheat] if cheat else heurist_cmd("miner")
+        argv = [*command, "--key-file", str(key_file), "--models", ",".join(models or self.miner_models),
+                "--device", "cpu", "--loglevel", "WARNING"]
         self.spawn(name, argv, self.miner_env(broker_url(wallet.address) if broker_url else None))
         return wallet
 

@@ -9,6 +9,7 @@ from celery import Celery, Task
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
+from heurist.celery_app import services
 from heurist.errors import StorageError
 from heurist.jobs import SignedCompletion, SignedHeartbeat, SignedHello
 from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT, REGISTER_MINER
@@ -29,7 +30,7 @@ def _parse(model: type[SignedCompletion] | type[SignedHello] | type[SignedHeartb
 
 
 def register_ledger_tasks(app: Celery) -> None:
-    """Declare the ledger tasks on an app whose ``ledger`` attribute is a ``heurist.ledger.Ledger``."""
+    """Declare the ledger tasks on an app whose services hold the ledger and its uptime book."""
 
     @app.task(name=RECORD_COMPLETION, bind=True, acks_late=True, **RETRY)
     def record_completion(self: Task, signed: Any) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def register_ledger_tasks(app: Celery) -> None:
         parsed = _parse(SignedCompletion, signed)
         if parsed is None:
             return {"accepted": False, "reason": "malformed"}
-        verdict = self.app.ledger.record_completion(parsed)  # type: ignore[attr-defined]
+        verdict = services(self.app).ledger.record_completion(parsed)
         claim = parsed.completion
         return {"job_id": verdict.job_id, "miner": claim.miner, "model_id": claim.model_id,
                 "accepted": verdict.accepted, "duplicate": verdict.duplicate, "reason": str(verdict.reason),
@@ -46,18 +47,18 @@ def register_ledger_tasks(app: Celery) -> None:
     @app.task(name=RECORD_FAILURE, bind=True, acks_late=True, **RETRY)
     def record_failure(self: Task, job_id: str) -> None:
         """A miner's task raised: the job ends failed (a later valid completion is still verified)."""
-        self.app.ledger.record_failure(job_id, "the miner reported an error")  # type: ignore[attr-defined]
+        services(self.app).ledger.record_failure(job_id, "the miner reported an error")
 
     @app.task(name=REGISTER_MINER, bind=True, acks_late=True, **RETRY)
     def register_miner(self: Task, signed: Any) -> None:
         """Record a miner that proved it holds its key; completions from unknown keys are rejected."""
         parsed = _parse(SignedHello, signed)
         if parsed is not None:
-            self.app.ledger.register_miner(parsed)  # type: ignore[attr-defined]
+            services(self.app).ledger.register_miner(parsed)
 
     @app.task(name=RECORD_HEARTBEAT, bind=True, acks_late=True, **RETRY)
     def record_heartbeat(self: Task, signed: Any) -> None:
         """Count a miner's signed heartbeat towards its uptime this epoch (``heurist.ledger.uptime``)."""
         parsed = _parse(SignedHeartbeat, signed)
         if parsed is not None:
-            self.app.uptime.record(parsed)  # type: ignore[attr-defined]
+            services(self.app).uptime.record(parsed)

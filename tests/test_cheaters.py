@@ -39,13 +39,13 @@ from heurist.points import image_work_units, text_work_units
 from heurist.settings import Settings
 from heurist.storage.backends.s3 import S3ObjectStore
 from heurist.storage.seaweed import SeaweedServer
-from workers.auditor import Auditor
-from workers.cheats import CHEATS, FakeDevice, cheating
-from workers.device import detect_device
-from workers.middleware import Middleware, default_middleware
-from workers.pipelines import load_pipeline
-from workers.pipelines.backend import Pipeline
-from workers.runtime import MinerRuntime
+from workers.audit.auditor import Auditor
+from workers.miner.device import detect_device
+from workers.miner.middleware import Middleware, default_middleware
+from workers.miner.pipelines import load_pipeline
+from workers.miner.pipelines.backend import Pipeline
+from workers.miner.runtime import MinerRuntime
+from workers.testing.cheats import CHEATS, FakeDevice, cheating
 
 IMAGE_SEEDS = range(4)
 HONEST_IMAGE_SEEDS = range(100, 106)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.doctor import check_broker, tier_of
+from workers.miner.doctor import check_broker, tier_of
 
 CHECKED = "tiny-sd,sdxl"  # one model that is here, one that is not (SmolLM's 98 MB would only add hashing time)
 

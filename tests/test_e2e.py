@@ -80,10 +80,10 @@ def test_many_jobs_each_credited_once(client: Client, miner_address: str) -> Non
 def in_process_miner(network: EmbeddedNetwork, client: Client, miner_address: str, shared_models_dir: Path):
     """The real miner runtime with tiny-sd, run in this process so a test holds its signed completions."""
     from heurist.identity import Wallet
-    from workers.device import detect_device
-    from workers.launch import MinerPlan, announce
-    from workers.pipelines import load_pipeline
-    from workers.runtime import MinerRuntime
+    from workers.miner.device import detect_device
+    from workers.miner.launch import MinerPlan, announce
+    from workers.miner.pipelines import load_pipeline
+    from workers.miner.runtime import MinerRuntime
 
     spec = client.catalog["tiny-sd"]
     device = detect_device("cpu")

@@ -24,8 +24,8 @@ from heurist.errors import ConfigError
 from heurist.identity import Wallet, recover_signer
 from heurist.processes import die_with_parent
 from heurist.settings import Settings
-from workers.gpus import Gpu, discover_gpus, parse_nvidia_smi, probe_with_torch, select_gpus
-from workers.supervisor import child_env, plan_gpus, supervised_gpus
+from workers.miner.gpus import Gpu, discover_gpus, parse_nvidia_smi, probe_with_torch, select_gpus
+from workers.miner.supervisor import child_env, plan_gpus, supervised_gpus
 
 # `nvidia-smi --query-gpu=index,name,memory.total,uuid --format=csv,noheader,nounits` on real boxes.
 MIXED_BOX = """\

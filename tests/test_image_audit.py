@@ -26,9 +26,9 @@ from heurist.catalog import load_catalog
 from heurist.jobs import ImageParams
 from workers.audit.bands import DEFAULT_BANDS, ImageBands
 from workers.audit.image_check import ImageVerdict, compare_images
-from workers.device import detect_device
-from workers.pipelines import load_pipeline
-from workers.pipelines.backends.diffusion import DiffusionPipeline, png_bytes
+from workers.miner.device import detect_device
+from workers.miner.pipelines import load_pipeline
+from workers.miner.pipelines.backends.diffusion import DiffusionPipeline, png_bytes
 
 HONEST_SEEDS = range(40)
 CHEAT_SEEDS = range(20)
@@ -85,7 +85,7 @@ def cheaper_model(audit_pipe: DiffusionPipeline) -> Iterator[DiffusionPipeline]:
     """
     from diffusers import UNet2DConditionModel
 
-    from workers.tiny_sd import UNET_CONFIG
+    from workers.miner.tiny_sd import UNET_CONFIG
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)

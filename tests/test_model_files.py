@@ -15,18 +15,18 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # never reach a model hub from tests (set before hub libraries import)
 
 from heurist.catalog import Family, ModelSpec, SourceKind, load_catalog
+from heurist.catalog.attestation import sha256_file
 from heurist.catalog.lock import LOCK_FILE, read_lock, record_hashes
 from heurist.catalog.schema import Source
 from heurist.errors import ModelIntegrityError
-from workers.device import detect_device
-from workers.model_files import (
+from workers.miner.device import detect_device
+from workers.miner.model_files import (
     expected_hashes,
     model_root,
     pin_model,
-    sha256_file,
     verify_model_files,
 )
-from workers.pipelines import LOADERS, load_pipeline
+from workers.miner.pipelines import LOADERS, load_pipeline
 
 CATALOG = load_catalog()
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -19,11 +19,11 @@ from heurist.catalog import load_catalog
 from heurist.catalog.lock import read_lock
 from heurist.errors import ConfigError, InvalidJobError
 from heurist.jobs import ImageParams, TextOutput, TextParams
-from workers.device import Device, detect_device, list_cuda_devices
-from workers.pipelines import DeadlineExceeded, Pipeline, load_pipeline
-from workers.pipelines.backends.causal_lm import CausalLMPipeline
-from workers.pipelines.backends.diffusion import DiffusionPipeline
-from workers.tiny_sd import build_tiny_sd
+from workers.miner.device import Device, detect_device, list_cuda_devices
+from workers.miner.pipelines import DeadlineExceeded, Pipeline, load_pipeline
+from workers.miner.pipelines.backends.causal_lm import CausalLMPipeline
+from workers.miner.pipelines.backends.diffusion import DiffusionPipeline
+from workers.miner.tiny_sd import build_tiny_sd
 
 CATALOG = load_catalog()
 LATER = 3600.0  # seconds: a deadline no test reaches

@@ -30,11 +30,11 @@ from heurist.jobs import ImageParams, JobMessage, TextOutput, TextParams, TokenC
 from heurist.settings import Settings
 from heurist.storage.backends.s3 import S3ObjectStore
 from heurist.streams import STREAM_EXCHANGE, TokenStream, stream_queue_name
-from workers.device import detect_device
-from workers.pipelines import load_pipeline
-from workers.pipelines.backend import OnToken, Pipeline, PipelineOutput
-from workers.pipelines.backends.causal_lm import CausalLMPipeline, TokenDeltas
-from workers.runtime import MinerRuntime
+from workers.miner.device import detect_device
+from workers.miner.pipelines import load_pipeline
+from workers.miner.pipelines.backend import OnToken, Pipeline, PipelineOutput
+from workers.miner.pipelines.backends.causal_lm import CausalLMPipeline, TokenDeltas
+from workers.miner.runtime import MinerRuntime
 
 MODEL = "smollm2-135m"
 PROMPT = "Write one sentence about rain."
@@ -187,7 +187,7 @@ def test_a_refused_stream_does_not_fail_the_job(rabbit_app: Celery, rabbit_url: 
         admin.default_channel.exchange_delete(STREAM_EXCHANGE)  # publishing now closes the channel (404)
     job, key = _text_job(object_store, stream=True, max_tokens=4)
     runtime = MinerRuntime(wallet=Wallet.create(), device=detect_device("cpu").info, pipelines={MODEL: smollm})
-    with caplog.at_level(logging.WARNING, logger="workers.streaming"):
+    with caplog.at_level(logging.WARNING, logger="workers.miner.streaming"):
         signed = runtime.execute(job, rabbit_app.producer_pool)
     assert signed.completion.output_tokens == 4
     assert TextOutput.model_validate_json(object_store.get(key)).output_tokens == 4

@@ -17,9 +17,9 @@ import torch
 from heurist.catalog import load_catalog
 from heurist.jobs import TextOutput, TextParams
 from workers.audit.text_check import TextVerdict, audit_cost_ratio, check_text
-from workers.device import detect_device
-from workers.pipelines import load_pipeline
-from workers.pipelines.backends.causal_lm import CausalLMPipeline
+from workers.miner.device import detect_device
+from workers.miner.pipelines import load_pipeline
+from workers.miner.pipelines.backends.causal_lm import CausalLMPipeline
 
 LATER = 3600.0
 MAX_TOKENS = 16

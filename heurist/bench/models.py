@@ -4,7 +4,7 @@ A model's coefficient is its seconds per standard unit over the family reference
 model of its kind: SD1.5 for images, Mixtral-8x7B for text), both timed in the same run on the same device.
 Without the reference on the machine nothing is measured against it: the catalog's stated coefficient stays
 and the benchmark entry says so. A CPU run never replaces a coefficient a CUDA run measured (DESIGN: they
-come from a GPU benchmark). The timing itself runs on the miner side (``workers.bench_models``).
+come from a GPU benchmark). The timing itself runs on the miner side (``workers.bench.models``).
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def models(
     wanted = _wanted(catalog, models)
     if not dry_run:
         check_writable(target)  # before minutes of timing, not after
-    from workers.bench_models import run_models_bench  # torch is imported only here
+    from workers.bench.models import run_models_bench  # torch is imported only here
 
     run = run_models_bench(settings, catalog, wanted, device, repeat, err_console)
     _warn_if_noisy(run)
@@ -159,7 +159,7 @@ def audit(
     compared (so about 1x), a text answer is teacher-forced through the model
     once (about 0.1x). The ratio is median audit time / median generate time.
     """
-    from workers.bench_audit import as_dict, run_audit_bench  # torch is imported only here
+    from workers.bench.audit import as_dict, run_audit_bench  # torch is imported only here
 
     settings = settings_with(torch_threads=threads)
     catalog = load_catalog(settings.catalog_path)
@@ -186,7 +186,7 @@ def _print_audit(data: dict[str, Any]) -> None:
 @worker_app.command("miner")
 def bench_miner(key_file: Path = typer.Option(..., "--key-file"), size: int = typer.Option(2048, "--size")) -> None:
     """The null-model miner of `bench path`."""
-    from workers.bench import run_null_miner
+    from workers.bench.path import run_null_miner
 
     settings = settings_with()
     run_null_miner(settings, load_catalog(settings.catalog_path), Wallet.from_file(key_file), size, err_console)
@@ -195,6 +195,6 @@ def bench_miner(key_file: Path = typer.Option(..., "--key-file"), size: int = ty
 @worker_app.command("put")
 def bench_put() -> None:
     """The baseline worker of `bench path`: one presigned PUT per task."""
-    from workers.bench import run_put_worker
+    from workers.bench.path import run_put_worker
 
     run_put_worker(settings_with())

@@ -72,7 +72,7 @@ def demo(
 
 def cheater_models(cheat: str) -> list[str]:
     """The models a cheater serves: those its cheat applies to (an unknown cheat is a clear error)."""
-    from workers.cheats import CHEATS  # torch-free
+    from workers.testing.cheats import CHEATS  # torch-free
 
     spec = CHEATS.get(cheat)
     if spec is None:

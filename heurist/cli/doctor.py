@@ -15,8 +15,8 @@ from heurist.cli.common import console, err_console, print_json, redacted, setti
 
 if TYPE_CHECKING:
     from heurist.catalog.schema import ModelSpec
-    from workers.doctor import Hashing, Report
-    from workers.file_check import FileStatus, FileWork
+    from workers.miner.doctor import Hashing, Report
+    from workers.miner.file_check import FileStatus, FileWork
 
 STATE_STYLE = {"verified": "green", "missing": "yellow", "unpinned": "yellow", "corrupt": "red"}
 
@@ -35,7 +35,7 @@ def doctor(
     Exits 1 when something a miner needs is wrong: corrupt model files, torch unable to use the GPUs, no
     model it could serve, or an unreachable broker.
     """
-    from workers import doctor as checks  # may import torch: only here, never at CLI start
+    from workers.miner import doctor as checks  # may import torch: only here, never at CLI start
 
     settings = settings_with(broker_url=broker)
     catalog = load_catalog(settings.catalog_path)
@@ -60,7 +60,7 @@ def doctor(
 @contextmanager
 def _hashing_progress(quiet: bool) -> Iterator[Hashing]:
     """A byte-count progress bar (on stderr, gone when done) around hashing each model's files."""
-    from workers.file_check import check_files
+    from workers.miner.file_check import check_files
 
     progress = Progress(SpinnerColumn(), TextColumn("hashing {task.description}"), BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), console=err_console, transient=True, disable=quiet)

@@ -52,10 +52,11 @@ def _interrupted() -> None:
     sys.exit(130)
 
 
-def main() -> None:
-    """Run the CLI; errors meant for people are printed as one line, never as a traceback."""
+def main(cli: typer.Typer = app) -> None:
+    """Run the CLI (or another command line of this project's, e.g. ``workers.testing.cheater``); errors
+    meant for people are printed as one line, never as a traceback."""
     try:
-        code = app(standalone_mode=False)
+        code = cli(standalone_mode=False)
     except HeuristError as err:
         err_console.print(f"[bold red]error:[/] {err}")
         sys.exit(2)

@@ -48,7 +48,6 @@ def miner(
         None, "--gpus", help="On a box with several GPUs, one worker per GPU is started (each pinned with "
         "CUDA_VISIBLE_DEVICES, serving what fits its VRAM, under its own derived address: `heurist wallet "
         "addresses`). Choose them: 'all' (default) or indices/UUIDs as nvidia-smi lists them, e.g. '0,2'."),
-    cheat: str | None = typer.Option(None, "--cheat", hidden=True, help="Tests and the cheater demo only."),
     gpu_index: int | None = typer.Option(
         None, "--gpu-index", min=0, hidden=True, help="Set by the multi-GPU supervisor for its children: this "
         "worker is GPU N's, so its key is derived (Wallet.derive(N)) and its hostname ends in -gpuN."),
@@ -61,7 +60,7 @@ def miner(
 
     With several GPUs (and no --device) it supervises one worker per GPU; Ctrl-C stops them all.
     """
-    from workers.supervisor import run_supervisor, supervised_gpus  # imports no torch
+    from workers.miner.supervisor import run_supervisor, supervised_gpus  # imports no torch
 
     settings = settings_with(broker_url=broker, torch_threads=threads)
     catalog = load_catalog(settings.catalog_path)
@@ -70,26 +69,25 @@ def miner(
     per_gpu = supervised_gpus(device, gpus, gpu_inventory, vram, console) if gpu_index is None else None
     if per_gpu is not None:
         raise typer.Exit(run_supervisor(settings, catalog, wallet, per_gpu, wanted,
-                                        _per_gpu_args(key_file, wanted, loglevel, cheat),
+                                        _per_gpu_args(key_file, wanted, loglevel),
                                         "cpu" if gpu_inventory else "cuda:0", console))
-    from workers.launch import run_miner  # torch is imported only on the miner side
+    from workers.miner.launch import MinerOptions, run_miner  # torch is imported only on the miner side
 
     operator = wallet.address
     if gpu_index is not None:
         wallet = wallet.derive(gpu_index)
-    run_miner(settings, catalog, wallet, wanted, vram_gb=vram, device_kind=device, loglevel=loglevel, cheat=cheat,
-              gpu_index=gpu_index, operator=operator)
+    run_miner(settings, catalog, wallet, MinerOptions(model_ids=None if wanted is None else tuple(wanted),
+                                                      vram_gb=vram, device_kind=device, loglevel=loglevel,
+                                                      gpu_index=gpu_index, operator=operator))
 
 
-def _per_gpu_args(key_file: Path | None, wanted: list[str] | None, loglevel: str, cheat: str | None) -> list[str]:
+def _per_gpu_args(key_file: Path | None, wanted: list[str] | None, loglevel: str) -> list[str]:
     """The options every per-GPU worker repeats; the broker and settings go in its environment instead."""
     args = ["--loglevel", loglevel]
     if key_file is not None:
         args += ["--key-file", str(key_file.resolve())]
     if wanted:
         args += ["--models", ",".join(wanted)]
-    if cheat:
-        args += ["--cheat", cheat]
     return args
 
 
@@ -119,7 +117,7 @@ def auditor(
     loglevel: str = typer.Option("INFO", "--loglevel"),
 ) -> None:
     """Run a trusted auditor: replay sampled jobs of these models and record verdicts and penalties."""
-    from workers.auditor import run_auditor
+    from workers.audit.auditor import run_auditor
 
     settings = settings_with(torch_threads=threads)
     run_auditor(settings, load_catalog(settings.catalog_path), split_csv(models), loglevel=loglevel)
@@ -147,7 +145,7 @@ def points(json_out: bool = typer.Option(False, "--json", help="Print JSON inste
 @models_app.command("build")
 def build(model: str = typer.Argument("tiny-sd", help="A catalog model with a local builder.")) -> None:
     """Build a locally built model (tiny-sd) and record its sha256 in the catalog lock."""
-    from workers.pipelines import BUILDERS
+    from workers.miner.pipelines import BUILDERS
 
     settings = settings_with()
     spec = load_catalog(settings.catalog_path)[model]
@@ -164,7 +162,7 @@ def pin(model: str = typer.Argument(..., help="A catalog model whose files are o
 
     From then on the miner refuses the model if any of those files changes.
     """
-    from workers.model_files import pin_model
+    from workers.miner.model_files import pin_model
 
     settings = settings_with()
     hashes = pin_model(load_catalog(settings.catalog_path)[model], settings.resolved_models_dir())
@@ -176,7 +174,7 @@ def pin(model: str = typer.Argument(..., help="A catalog model whose files are o
 @models_app.command("verify")
 def verify(models: str | None = typer.Option(None, "--models", help="Comma-separated ids (default: all).")) -> None:
     """Check model files on this machine against the catalog sha256 (what a miner does before loading)."""
-    from workers.model_files import verify_model_files
+    from workers.miner.model_files import verify_model_files
 
     settings = settings_with()
     catalog = load_catalog(settings.catalog_path)

@@ -11,6 +11,7 @@ from heurist.celery_app import create_app, run_worker, worker_pool
 from heurist.ledger.audit_service import AuditLedger
 from heurist.ledger.factory import open_ledger, open_uptime
 from heurist.ledger.redispatch import Redispatch
+from heurist.services import Services
 from heurist.settings import Settings
 from heurist.storage import make_store
 from tasks.ledger import register_ledger_tasks
@@ -21,7 +22,7 @@ def run_ledger(settings: Settings, catalog: Catalog, concurrency: int = 2, logle
     store = make_store(settings)
     store.ensure_bucket()
     ledger = open_ledger(settings, catalog, store)
-    app = create_app(settings, ledger=ledger, uptime=open_uptime(settings, ledger))
+    app = create_app(settings, Services("ledger", ledger=ledger, uptime=open_uptime(settings, ledger)))
     register_ledger_tasks(app)
     sampler = AuditSampler(base_rate=settings.audit_base_rate, new_miner_rate=settings.audit_new_miner_rate,
                            suspicious_rate=settings.audit_suspicious_rate, seed=settings.audit_seed)

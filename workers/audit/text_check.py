@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from heurist.jobs import TextOutput, TextParams
-from workers.pipelines.backends.causal_lm import CausalLMPipeline
+from workers.miner.pipelines.backends.causal_lm import CausalLMPipeline
 
 LATER = 3600.0  # seconds: a deadline no cost measurement reaches
 

@@ -34,7 +34,7 @@ from heurist.identity import Wallet
 from heurist.processes import die_with_parent
 from heurist.routing import servable
 from heurist.settings import Settings, settings_env
-from workers.gpus import Gpu, GpuDiscovery, discover_gpus, read_inventory, select_gpus
+from workers.miner.gpus import Gpu, GpuDiscovery, discover_gpus, read_inventory, select_gpus
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 0.2

@@ -24,9 +24,9 @@ from heurist.errors import ConfigError
 from heurist.jobs import ImageParams, TextParams
 from heurist.points import image_work_units, text_work_units
 from heurist.settings import Settings
-from workers.device import Device, cpu_name, detect_device
-from workers.launch import load_pipelines, plan_miner
-from workers.pipelines.backend import Pipeline, PipelineOutput
+from workers.miner.device import Device, cpu_name, detect_device
+from workers.miner.launch import load_pipelines, plan_miner
+from workers.miner.pipelines.backend import Pipeline, PipelineOutput
 
 IMAGE_PROMPT = "a lighthouse on a rocky coast at dawn, detailed oil painting"
 TEXT_PROMPT = "Explain in detail how a lighthouse works and why ships still need one."

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from heurist.catalog.lock import record_hashes
-from workers.model_files import hash_tree
+from workers.miner.model_files import hash_tree
 
 SEED = 0
 MAX_TOKENS = 77  # CLIP's context length, as in real SD1.5

@@ -1,22 +1,22 @@
 """Say what state a model's files are in (verified, missing, corrupt, unpinned) without loading or building.
 
-``workers.model_files.verify_model_files`` answers "may I load this?" by raising; ``heurist doctor`` needs a
+``workers.miner.model_files.verify_model_files`` answers "may I load this?" by raising; ``heurist doctor`` needs a
 status per model, a byte-count progress while hashing (weights are GB), and must not build a missing
 built model as a side effect. Same hashes, same lock, same rules.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
+from heurist.catalog.attestation import sha256_file
 from heurist.catalog.lock import read_lock
 from heurist.catalog.schema import ModelSpec, SourceKind
 from heurist.errors import ModelIntegrityError, ModelNotPresentError
-from workers.model_files import CHUNK, expected_hashes, model_root
+from workers.miner.model_files import expected_hashes, model_root
 
 Advance = Callable[[int], object]
 
@@ -62,15 +62,6 @@ def locate(spec: ModelSpec, models_dir: Path) -> FileWork | FileStatus:
     return FileWork(root=root, expected=expected)
 
 
-def _sha256(path: Path, advance: Advance) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            advance(len(chunk))
-    return digest.hexdigest()
-
-
 def _unsafe(rel: str) -> bool:
     path = PurePosixPath(rel)
     return path.is_absolute() or ".." in path.parts or not path.parts
@@ -84,7 +75,7 @@ def check_files(spec: ModelSpec, work: FileWork, advance: Advance = lambda _n: N
             return FileStatus(FileState.CORRUPT, f"pinned path {rel!r} is not inside the model")
         if not path.is_file():
             return FileStatus(FileState.MISSING, f"file {rel} is missing from {work.root}")
-        actual = _sha256(path, advance)
+        actual = sha256_file(path, advance)
         if actual != digest:
             return FileStatus(FileState.CORRUPT, f"file {rel} has sha256 {actual[:12]}…, expected {digest[:12]}…; "
                               f"a miner refuses it (`heurist models verify --models {spec.id}` says how to fix)")

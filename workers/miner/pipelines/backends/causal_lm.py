@@ -26,8 +26,8 @@ from transformers.generation.streamers import BaseStreamer
 from heurist.catalog.schema import ModelSpec
 from heurist.errors import InvalidJobError
 from heurist.jobs import ImageParams, TextOutput, TextParams
-from workers.device import Device
-from workers.pipelines.backend import OnToken, Pipeline, PipelineOutput
+from workers.miner.device import Device
+from workers.miner.pipelines.backend import OnToken, Pipeline, PipelineOutput
 
 JSON = "application/json"
 

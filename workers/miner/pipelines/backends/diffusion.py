@@ -12,8 +12,8 @@ import torch
 from heurist.catalog.schema import Family, ModelSpec
 from heurist.errors import InvalidJobError
 from heurist.jobs import ImageParams, TextParams
-from workers.device import Device
-from workers.pipelines.backend import DeadlineExceeded, OnToken, Pipeline, PipelineOutput
+from workers.miner.device import Device
+from workers.miner.pipelines.backend import DeadlineExceeded, OnToken, Pipeline, PipelineOutput
 
 PNG = "image/png"
 

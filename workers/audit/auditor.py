@@ -29,12 +29,13 @@ from heurist.ledger.claims import AcceptedClaim, read_claim
 from heurist.ledger.factory import open_ledger
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import AuditReason
+from heurist.services import Services
 from heurist.settings import Settings
 from heurist.storage import make_store
 from tasks.audit import register_audit_tasks
-from workers.device import detect_device
-from workers.launch import load_pipelines, plan_miner
-from workers.pipelines.backend import Pipeline
+from workers.miner.device import detect_device
+from workers.miner.launch import load_pipelines, plan_miner
+from workers.miner.pipelines.backend import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def check_image(pipeline: Pipeline, params: ImageParams | TextParams, claimed: b
 
 def check_text_output(pipeline: Pipeline, params: ImageParams | TextParams, claimed: bytes) -> Finding:
     from workers.audit.text_check import check_text
-    from workers.pipelines.backends.causal_lm import CausalLMPipeline
+    from workers.miner.pipelines.backends.causal_lm import CausalLMPipeline
 
     if not isinstance(pipeline, CausalLMPipeline) or not isinstance(params, TextParams):
         raise HeuristError(f"text audit needs a causal LM and text params, got {type(pipeline).__name__}")
@@ -140,7 +141,7 @@ def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], logl
     ledger = open_ledger(settings, catalog, store)
     auditor = Auditor(ledger=ledger, audits=AuditLedger(ledger.engine), pipelines=pipelines,
                       on_ban=[broker_access(settings).revoke])
-    app = create_app(settings, auditor=auditor)
+    app = create_app(settings, Services("auditor", auditor=auditor))
     register_audit_tasks(app)
     queues = [audit_queue(settings.audit_queue_prefix, model_id) for model_id in pipelines]
     console.print(f"auditor consuming {', '.join(queues)}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heurist.errors import ConfigError
-from workers.device import nominal_vram_gb
+from workers.miner.device import nominal_vram_gb
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,12 @@ class Gpu:
 
     @property
     def vram_gb(self) -> float:
-        """Memory in GiB to one decimal, as ``workers.device`` reports a CUDA device."""
+        """Memory in GiB to one decimal, as ``workers.miner.device`` reports a CUDA device."""
         return round(self.memory_mib / MIB_PER_GIB, 1)
 
     @property
     def nominal_vram_gb(self) -> int:
-        """Memory in whole GiB, what this GPU's worker plans tiers with (``workers.device.nominal_vram_gb``)."""
+        """Memory in whole GiB, what this GPU's worker plans tiers with (``workers.miner.device.nominal_vram_gb``)."""
         return nominal_vram_gb(self.memory_mib / MIB_PER_GIB)
 
     @property

@@ -1,8 +1,9 @@
 """Cheating miners, for the audit's tests and `heurist demo --with-cheater` only.
 
-One cheat per kind the seed names, each a small change to an honest miner: a pipeline wrapper (what is
-computed) or a middleware (what is claimed about it). A miner runs one only when started with the hidden
-``--cheat``. Which check catches each is the cheater suite's business (tests/test_cheaters.py).
+One cheat per kind the seed names, each a small change to an honest miner and each a miner middleware:
+a pipeline wrapper applied by the load-time hook (what is computed) or a lie in ``after_job`` (what is
+claimed about it). The production miner never imports this; ``workers.testing.cheater`` starts the same
+miner with one cheat added. Which check catches each is the cheater suite's business (tests/test_cheaters.py).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from heurist.catalog import JobKind
 from heurist.catalog.attestation import weights_digest
 from heurist.errors import ConfigError
 from heurist.jobs import Completion, DeviceInfo, ImageParams, JobMessage, TextParams
-from workers.middleware import Middleware
-from workers.pipelines.backend import OnToken, Pipeline, PipelineOutput
+from workers.miner.middleware import Middleware, wrap_pipelines
+from workers.miner.pipelines.backend import OnToken, Pipeline, PipelineOutput
 
 Params = ImageParams | TextParams
 Run = Callable[[Pipeline, Params, float], PipelineOutput]
@@ -161,6 +162,17 @@ class FakeDevice(Middleware):
         return completion.model_copy(update={"device": self.CLAIMED})
 
 
+class PipelineCheat(Middleware):
+    """A cheat in what is computed: at load time, the pipelines of its kind (None: all) are replaced."""
+
+    def __init__(self, kind: JobKind | None, wrap: Callable[[Pipeline], Pipeline]) -> None:
+        self.kind = kind
+        self.wrap = wrap
+
+    def wrap_pipelines(self, pipelines: dict[str, Pipeline]) -> dict[str, Pipeline]:
+        return {mid: self.wrap(p) if self.kind in (None, p.spec.kind) else p for mid, p in pipelines.items()}
+
+
 @dataclass(frozen=True)
 class CheatSpec:
     """Which models a cheat touches (``kind`` None: all) and how: a new pipeline or a lying middleware."""
@@ -168,6 +180,13 @@ class CheatSpec:
     kind: JobKind | None
     wrap: Callable[[Pipeline], Pipeline] | None = None
     middleware: Callable[[], Middleware] | None = None
+
+    def make(self) -> Middleware:
+        """The middleware that makes an honest miner cheat this way."""
+        if self.middleware is not None:
+            return self.middleware()
+        assert self.wrap is not None, "a cheat either wraps pipelines or lies in a middleware"
+        return PipelineCheat(self.kind, self.wrap)
 
 
 def _rigged(how: Run) -> Callable[[Pipeline], Pipeline]:
@@ -188,11 +207,16 @@ CHEATS: dict[str, CheatSpec] = {
 }
 
 
-def cheating(pipelines: dict[str, Pipeline], how: str) -> tuple[dict[str, Pipeline], list[Middleware]]:
-    """The pipelines with the cheat applied to those of its kind, and the middleware it adds."""
+def cheat_middleware(how: str) -> Middleware:
+    """The middleware of the cheat named ``how`` (one of ``CHEATS``)."""
     spec = CHEATS.get(how)
     if spec is None:
         raise ConfigError(f"unknown cheat {how!r}: one of {', '.join(CHEATS)}")
-    wrap = spec.wrap
-    changed = {mid: wrap(p) if wrap and spec.kind in (None, p.spec.kind) else p for mid, p in pipelines.items()}
-    return changed, [spec.middleware()] if spec.middleware else []
+    return spec.make()
+
+
+def cheating(pipelines: dict[str, Pipeline], how: str) -> tuple[dict[str, Pipeline], list[Middleware]]:
+    """What a cheater's runtime is built from, as ``workers.miner.launch.serve`` builds it: the pipelines
+    after the cheat's load-time hook, and the cheat's middleware."""
+    cheat = cheat_middleware(how)
+    return wrap_pipelines(pipelines, [cheat]), [cheat]

@@ -16,9 +16,9 @@ from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.schema import VramClass
 from heurist.routing import servable
 from heurist.settings import is_amqp
-from workers.device import cpu_name, system_ram_gb
-from workers.file_check import FileState, FileStatus, FileWork, check_files, locate
-from workers.gpus import discover_gpus
+from workers.miner.device import cpu_name, system_ram_gb
+from workers.miner.file_check import FileState, FileStatus, FileWork, check_files, locate
+from workers.miner.gpus import discover_gpus
 
 
 @dataclass(frozen=True)

@@ -7,25 +7,14 @@ hashed and compared first, and a mismatch refuses the model with the file, both 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
+from heurist.catalog.attestation import sha256_file
 from heurist.catalog.lock import lock_path, read_lock, record_hashes
 from heurist.catalog.schema import ModelSpec, SourceKind
 from heurist.errors import ConfigError, ModelIntegrityError, ModelNotPresentError
-
-CHUNK = 1 << 20  # 1 MiB
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 hex digest of a file, read in 1 MiB chunks (weights can be tens of GB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def hash_tree(root: Path) -> dict[str, str]:
@@ -59,7 +48,7 @@ def _built_root(spec: ModelSpec, models_dir: Path) -> Path:
     root = Path(models_dir) / spec.id
     if root.is_dir() and spec.id in read_lock(models_dir):
         return root
-    from workers.pipelines import BUILDERS  # the builder registry imports this module
+    from workers.miner.pipelines import BUILDERS  # the builder registry imports this module
 
     builder = BUILDERS.get(spec.source.ref)
     if builder is None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from heurist.catalog.attestation import weights_digest
 from heurist.catalog.schema import Family, ModelSpec
-from workers.device import Device
-from workers.model_files import expected_hashes, verify_model_files
-from workers.pipelines.backend import DeadlineExceeded, Pipeline, PipelineOutput
-from workers.tiny_sd import build_tiny_sd
+from workers.miner.device import Device
+from workers.miner.model_files import expected_hashes, verify_model_files
+from workers.miner.pipelines.backend import DeadlineExceeded, Pipeline, PipelineOutput
+from workers.miner.tiny_sd import build_tiny_sd
 
 Builder = Callable[[Path], dict[str, str]]
 
@@ -22,13 +22,13 @@ BUILDERS: dict[str, Builder] = {"tiny-sd": build_tiny_sd}
 
 
 def _load_diffusion(spec: ModelSpec, device: Device, root: Path) -> Pipeline:
-    from workers.pipelines.backends.diffusion import DiffusionPipeline
+    from workers.miner.pipelines.backends.diffusion import DiffusionPipeline
 
     return DiffusionPipeline(spec, device, root)
 
 
 def _load_causal_lm(spec: ModelSpec, device: Device, root: Path) -> Pipeline:
-    from workers.pipelines.backends.causal_lm import CausalLMPipeline
+    from workers.miner.pipelines.backends.causal_lm import CausalLMPipeline
 
     return CausalLMPipeline(spec, device, root)
 

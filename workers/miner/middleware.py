@@ -1,23 +1,29 @@
 """Miner middleware: cross-cutting behaviour around each job, one class each (no ``if`` in the task).
 
-A middleware sees the job before it runs and the finished completion after; the runtime calls them in
-order. Later issues add metrics, audit attestation and privacy here.
+A middleware sees the pipelines once when they are loaded, the job before it runs and the finished
+completion after; the launcher and the runtime call them in order. Later issues add metrics, audit
+attestation and privacy here; the test hooks of ``workers.testing`` are middleware too.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from heurist.jobs import Completion, JobMessage
-from workers.pipelines.backend import DeadlineExceeded
+from workers.miner.pipelines.backend import DeadlineExceeded, Pipeline
 
 log = logging.getLogger(__name__)
 
 
 class Middleware:
-    """Hooks around one job; override what you need."""
+    """Hooks around one job (and one at load time); override what you need."""
+
+    def wrap_pipelines(self, pipelines: dict[str, Pipeline]) -> dict[str, Pipeline]:
+        """Called once, after the pipelines are loaded and before any job: the pipelines to serve instead
+        (keyed alike; the same ones unless the middleware changes what is computed)."""
+        return pipelines
 
     def before_job(self, job: JobMessage) -> None:
         """Called before the pipeline runs; raise to refuse the job."""
@@ -50,6 +56,13 @@ class LoggingMiddleware(Middleware):
             completion.output_bytes, completion.input_tokens, completion.output_tokens,
         )
         return completion
+
+
+def wrap_pipelines(pipelines: dict[str, Pipeline], middleware: Sequence[Middleware]) -> dict[str, Pipeline]:
+    """The pipelines after each middleware's load-time hook, in order."""
+    for mw in middleware:
+        pipelines = mw.wrap_pipelines(pipelines)
+    return pipelines
 
 
 def default_middleware() -> list[Middleware]:

@@ -13,9 +13,9 @@ from heurist.errors import UnknownModelError
 from heurist.identity import Wallet
 from heurist.jobs import Completion, DeviceInfo, JobMessage, SignedCompletion, Timings
 from heurist.storage.presigned import put_presigned
-from workers.middleware import Middleware, default_middleware
-from workers.pipelines.backend import Pipeline
-from workers.streaming import token_stream
+from workers.miner.middleware import Middleware, default_middleware
+from workers.miner.pipelines.backend import Pipeline
+from workers.miner.streaming import token_stream
 
 
 @dataclass

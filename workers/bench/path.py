@@ -20,11 +20,12 @@ from heurist.catalog.attestation import weights_digest
 from heurist.celery_app import create_app, run_worker, worker_pool
 from heurist.identity import Wallet
 from heurist.jobs import ImageParams, TextOutput, TextParams
+from heurist.services import Services
 from heurist.settings import Settings
 from heurist.storage.presigned import put_presigned
-from workers.device import detect_device
-from workers.launch import MinerPlan, serve
-from workers.pipelines.backend import OnToken, Pipeline, PipelineOutput
+from workers.miner.device import detect_device
+from workers.miner.launch import MinerPlan, serve
+from workers.miner.pipelines.backend import OnToken, Pipeline, PipelineOutput
 
 
 class NullPipeline(Pipeline):
@@ -60,7 +61,7 @@ def register_put_task(app: Celery) -> None:
 
 
 def run_put_worker(settings: Settings) -> None:
-    app = create_app(settings)
+    app = create_app(settings, Services("bench PUT"))
     register_put_task(app)
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
     worker = app.Worker(hostname=f"bench-put@{socket.gethostname()}", queues=[PUT_QUEUE], pool=pool,

@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
+from heurist.celery_app import services
 from heurist.identity import Wallet
 from heurist.jobs import Heartbeat, SignedHeartbeat
 from tasks.names import RECORD_HEARTBEAT
@@ -61,26 +62,24 @@ class HeartbeatSender:
 
 
 class HeartbeatStep(bootsteps.StartStopStep):
-    """Runs the app's ``heartbeats`` sender (set by ``workers.launch.serve``) while the worker runs."""
+    """Runs the app's ``heartbeats`` service (set by ``install_heartbeats``) while the worker runs."""
 
     label = "heartbeat"
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        self.sender: HeartbeatSender | None = getattr(parent.app, "heartbeats", None)
+        self.sender = services(parent.app).heartbeats
 
     def start(self, parent: Any) -> None:
-        if self.sender is not None:
-            self.sender.start()
+        self.sender.start()
 
     def stop(self, parent: Any) -> None:
-        if self.sender is not None:
-            self.sender.stop()
+        self.sender.stop()
 
 
 def install_heartbeats(app: Celery, wallet: Wallet, interval_s: float, ledger_queue: str) -> HeartbeatSender:
     """Make every worker of ``app`` send this miner's heartbeats while it runs."""
     sender = HeartbeatSender(app=app, wallet=wallet, interval_s=interval_s, ledger_queue=ledger_queue)
-    app.heartbeats = sender  # type: ignore[attr-defined]
+    services(app).heartbeats = sender
     app.steps["worker"].add(HeartbeatStep)
     return sender

@@ -1,7 +1,7 @@
 """`heurist bench audit`: what auditing a job costs next to generating it, measured side by side in one run.
 
-For each loaded model the reference job (``workers.bench_models.reference_params``) is generated as a miner
-does (``pipeline.run``) and checked as the auditor does (``workers.auditor.CHECKS``: an image is re-rendered
+For each loaded model the reference job (``workers.bench.models.reference_params``) is generated as a miner
+does (``pipeline.run``) and checked as the auditor does (``workers.audit.auditor.CHECKS``: an image is re-rendered
 and compared, so about 1x; a text answer is teacher-forced once, about 0.1x), alternately, after a warm-up
 of each. The ratio is median audit time / median generate time.
 """
@@ -20,9 +20,9 @@ from rich.console import Console
 from heurist.catalog import Catalog, JobKind
 from heurist.jobs import ImageParams, TextParams
 from heurist.settings import Settings
-from workers.auditor import CHECKS
-from workers.bench_models import LATER, bench_progress, device_label, load_models, reference_params, timed
-from workers.pipelines.backend import Pipeline
+from workers.audit.auditor import CHECKS
+from workers.bench.models import LATER, bench_progress, device_label, load_models, reference_params, timed
+from workers.miner.pipelines.backend import Pipeline
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from kombu.pools import ProducerPool
 
 from heurist.jobs import JobMessage, TokenChunk
 from heurist.streams import stream_route
-from workers.pipelines.backend import OnToken
+from workers.miner.pipelines.backend import OnToken
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,16 @@ from heurist.errors import ConfigError, ModelNotPresentError
 from heurist.identity import Wallet
 from heurist.jobs import MinerHello, SignedHello
 from heurist.routing import servable, tier_of
+from heurist.services import Services
 from heurist.settings import Settings
 from tasks.miner import register_miner_tasks
 from tasks.names import REGISTER_MINER
-from workers.device import Device, detect_device
-from workers.heartbeat import install_heartbeats
-from workers.middleware import Middleware, default_middleware
-from workers.pipelines import load_pipeline
-from workers.pipelines.backend import Pipeline
-from workers.runtime import MinerRuntime
+from workers.miner.device import Device, detect_device
+from workers.miner.heartbeat import install_heartbeats
+from workers.miner.middleware import Middleware, default_middleware, wrap_pipelines
+from workers.miner.pipelines import load_pipeline
+from workers.miner.pipelines.backend import Pipeline
+from workers.miner.runtime import MinerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class MinerPlan:
     vram_gb: float
     models: list[ModelSpec]
     refused: list[str]
-    gpu_index: int | None = None  # set when one of a multi-GPU box's workers (workers.supervisor)
+    gpu_index: int | None = None  # set when one of a multi-GPU box's workers (workers.miner.supervisor)
     operator: str | None = None  # that box's own address, whose broker user its workers share
 
     @property
@@ -116,40 +117,44 @@ def miner_card(wallet: Wallet, plan: MinerPlan) -> dict[str, object]:
             "operator": plan.operator or wallet.address}
 
 
-def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, model_ids: Sequence[str] | None = None,
-              vram_gb: float | None = None, device_kind: str | None = None, loglevel: str = "INFO",
-              console: Console | None = None, cheat: str | None = None, gpu_index: int | None = None,
-              operator: str | None = None) -> None:
-    """Load everything, announce, and consume this miner's queues until stopped.
+@dataclass(frozen=True)
+class MinerOptions:
+    """How to run one miner worker, beyond its settings, catalog and key (``heurist miner``'s options)."""
 
-    ``model_ids`` None means every catalog model that fits and whose files are on this machine. ``cheat``
-    (tests and the cheater demo only) wraps the pipelines in one of ``workers.cheats.CHEATS``.
-    ``gpu_index``: this is the worker of that GPU of a multi-GPU box, whose own address is ``operator``.
-    """
+    model_ids: tuple[str, ...] | None = None  # None: every catalog model that fits and whose files are here
+    vram_gb: float | None = None  # plan for this much VRAM instead of what was detected
+    device_kind: str | None = None  # "cpu", "cuda" or "cuda:N"; None: detect
+    loglevel: str = "INFO"
+    gpu_index: int | None = None  # this is the worker of that GPU of a multi-GPU box ...
+    operator: str | None = None  # ... whose own address is this
+    middleware: tuple[Middleware, ...] = ()  # run after the defaults (the cheats of workers.testing plug in here)
+
+
+def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, options: MinerOptions,
+              console: Console | None = None) -> None:
+    """Load everything, announce, and consume this miner's queues until stopped."""
     console = console or Console(stderr=True)
-    plan = plan_miner(catalog, list(catalog) if model_ids is None else model_ids, vram_gb,
-                      detect_device(device_kind, settings.torch_threads))
-    plan = replace(plan, gpu_index=gpu_index, operator=operator)
+    wanted = list(catalog) if options.model_ids is None else list(options.model_ids)
+    plan = plan_miner(catalog, wanted, options.vram_gb, detect_device(options.device_kind, settings.torch_threads))
+    plan = replace(plan, gpu_index=options.gpu_index, operator=options.operator)
     for reason in plan.refused:
         console.print(f"[yellow]not serving[/] {reason}")
-    pipelines = load_pipelines(plan, settings.resolved_models_dir(), console, skip_missing=model_ids is None)
-    extra: list[Middleware] = []
-    if cheat is not None:
-        from workers.cheats import cheating
-
-        pipelines, extra = cheating(pipelines, cheat)
-    serve(settings, wallet, replace(plan, models=[m for m in plan.models if m.id in pipelines]), pipelines,
-          loglevel, console, middleware=extra)
+    serve(settings, wallet, plan, load_pipelines(plan, settings.resolved_models_dir(), console,
+                                                 skip_missing=options.model_ids is None),
+          options.loglevel, console, middleware=options.middleware)
 
 
 def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[str, Pipeline],
           loglevel: str = "INFO", console: Console | None = None, middleware: Sequence[Middleware] = ()) -> None:
-    """Announce, then consume the plan's queues with loaded pipelines until stopped (one thread: no fork).
-    ``middleware`` runs after the defaults."""
+    """Announce, then consume the queues of the plan's models that were loaded, with ``pipelines``, until
+    stopped (one thread: no fork). ``middleware`` runs after the defaults; each one's load-time hook sees
+    the pipelines once, here, before the runtime is built."""
     console = console or Console(stderr=True)
-    runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines,
-                           middleware=[*default_middleware(), *middleware])
-    app = create_app(settings, miner_runtime=runtime)
+    chain = [*default_middleware(), *middleware]
+    pipelines = wrap_pipelines(pipelines, chain)  # rebound: a replaced pipeline is not kept alive here
+    plan = replace(plan, models=[m for m in plan.models if m.id in pipelines])
+    runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines, middleware=chain)
+    app = create_app(settings, Services("miner", miner_runtime=runtime))
     register_miner_tasks(app)
     confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue)
     install_heartbeats(app, wallet, settings.heartbeat_interval_s, settings.ledger_queue)
