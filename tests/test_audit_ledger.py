@@ -13,12 +13,13 @@ from sqlalchemy.exc import DBAPIError
 
 from heurist.audit import AuditSampler, MinerStanding
 from heurist.catalog import Catalog, load_catalog
+from heurist.db import migrate
+from heurist.db.engine import make_engine, session_scope
 from heurist.errors import InvalidJobError
 from heurist.identity import Wallet
 from heurist.jobs import JobState
-from heurist.ledger import migrate, tables
+from heurist.ledger import tables
 from heurist.ledger.audit_service import BAN_THRESHOLD, EPOCH_SECONDS, RECENT_AUDITS, AuditLedger
-from heurist.ledger.db import make_engine, session_scope
 from heurist.ledger.service import Ledger, Reason
 from heurist.ledger.tables import AuditReason, EntryKind, MinerEventKind
 from heurist.points import MICRO

@@ -185,8 +185,8 @@ def test_audit_verdicts_flags_bans_and_clawbacks_are_counted(client: Client, exp
 
 def _seed_ledger(url: str, now: float) -> Any:
     """A migrated ledger with two miners (one silent for an hour), and nothing else yet."""
-    from heurist.ledger.db import make_engine, session_scope
-    from heurist.ledger.migrate import upgrade
+    from heurist.db.engine import make_engine, session_scope
+    from heurist.db.migrate import upgrade
     from heurist.ledger.tables import Miner
 
     upgrade(url)
@@ -202,7 +202,7 @@ def _seed_ledger(url: str, now: float) -> Any:
 def _add_job(engine: Any, job_id: str, model: str, created: float, finished: float, run_s: float,
              state: JobState = JobState.COMPLETED, points_micro: int = 0) -> None:
     from heurist.catalog.schema import JobKind
-    from heurist.ledger.db import session_scope
+    from heurist.db.engine import session_scope
     from heurist.ledger.tables import Completion, EntryKind, Job, PointsEntry
 
     miner = "0x" + "a" * 40
@@ -229,7 +229,7 @@ def _expected(values: list[float]) -> Histogram:
 
 
 def test_latency_histograms_fold_history_in_sql_then_count_each_new_job_once(db_url: str) -> None:
-    from heurist.ledger.db import session_scope
+    from heurist.db.engine import session_scope
 
     now = time.time()
     engine = _seed_ledger(db_url, now)
@@ -264,7 +264,7 @@ def test_latency_histograms_fold_history_in_sql_then_count_each_new_job_once(db_
 def test_append_only_sums_count_a_late_committed_row_once(db_url: str) -> None:
     """Ids 1-4 are history (one GROUP BY), 5 and 7 new rows; 6 becomes visible after 7, as a PostgreSQL
     transaction that took its id first but committed last would."""
-    from heurist.ledger.db import session_scope
+    from heurist.db.engine import session_scope
     from heurist.ledger.tables import EntryKind, PointsEntry
     from heurist.monitoring.increments import AppendOnlySums
 
@@ -297,7 +297,7 @@ def test_append_only_sums_count_a_late_committed_row_once(db_url: str) -> None:
 
 
 def test_ledger_stats_count_jobs_points_miners_and_standing(db_url: str) -> None:
-    from heurist.ledger.db import session_scope
+    from heurist.db.engine import session_scope
     from heurist.ledger.tables import MinerEvent, MinerEventKind
     from heurist.monitoring.ledger_stats import LedgerReader
 

@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import weights_digest
+from heurist.db.engine import make_engine, session_scope
 from heurist.errors import InvalidJobError
 from heurist.identity import Wallet
 from heurist.jobs import (
@@ -29,7 +30,6 @@ from heurist.jobs import (
     Timings,
 )
 from heurist.ledger import tables
-from heurist.ledger.db import make_engine, session_scope
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
 from heurist.ledger.service import CompletionVerdict, Ledger, Reason
 from heurist.points import MICRO, job_points, to_micro

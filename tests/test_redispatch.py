@@ -14,11 +14,11 @@ from kombu import Connection
 
 from heurist.catalog import Catalog, load_catalog
 from heurist.celery_app import create_app
+from heurist.db.engine import make_engine
+from heurist.db.migrate import upgrade
 from heurist.identity import Wallet
 from heurist.jobs import JobMessage, JobState, TextParams
 from heurist.ledger.audit_service import AuditLedger
-from heurist.ledger.db import make_engine
-from heurist.ledger.migrate import upgrade
 from heurist.ledger.redispatch import MAX_BANNED_ATTEMPTS, redispatch
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import Reason

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import Engine, select
 
 from heurist.catalog import Catalog, load_catalog
+from heurist.db.engine import session_factory
 from heurist.identity import Wallet
 from heurist.jobs import Heartbeat, SignedHeartbeat
 from heurist.ledger.audit_service import AuditLedger
-from heurist.ledger.db import session_factory
 from heurist.ledger.roster import Presence, Roster
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import MinerUptime, Reason

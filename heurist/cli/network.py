@@ -197,7 +197,7 @@ def verify(models: str | None = typer.Option(None, "--models", help="Comma-separ
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Migrate the ledger database up (default: to the newest schema)."""
-    from heurist.ledger.migrate import upgrade
+    from heurist.db.migrate import upgrade
 
     upgrade(settings_with().resolved_database_url(), revision)
     console.print(f"ledger database at {revision}")
@@ -206,7 +206,7 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
 @db_app.command("downgrade")
 def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. 'base'.")) -> None:
     """Migrate the ledger database down."""
-    from heurist.ledger.migrate import downgrade
+    from heurist.db.migrate import downgrade
 
     downgrade(settings_with().resolved_database_url(), revision)
     console.print(f"ledger database at {revision}")

@@ -31,8 +31,8 @@ def up(
     import uvicorn
 
     from heurist.credits.ledger import CreditLedger
+    from heurist.db import open_engine
     from heurist.gateway.app import create_app
-    from heurist.ledger.migrate import upgrade
 
     sock = _bind(host, port)  # a busy port fails before anything starts
     signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` cleans up like Ctrl-C
@@ -46,8 +46,7 @@ def up(
                 with err_console.status("miner: verifying model files and loading pipelines"):
                     wait_until(lambda: client.ledger.is_registered(miner.address), 600, "the miner to start",
                                check=net.check_alive)
-                upgrade(settings.resolved_database_url())  # the credit tables (the ledger made the rest)
-                credits = CreditLedger(client.ledger.engine)
+                credits = CreditLedger(open_engine(settings))  # at head already: the ledger migrated it
                 _, key = credits.create_key("heurist-up", units)
                 app = create_app(settings, client, credits)
                 _ingest_demo_corpus(app.state.search.index)

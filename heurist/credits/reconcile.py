@@ -20,8 +20,8 @@ from heurist.catalog import Catalog
 from heurist.catalog.schema import JobKind
 from heurist.credits.ledger import CreditLedger
 from heurist.credits.tables import CreditEntry, CreditEntryKind
+from heurist.db.engine import session_scope
 from heurist.jobs import JobState
-from heurist.ledger.db import session_scope
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import Job
 from heurist.points import job_points

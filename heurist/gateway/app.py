@@ -44,11 +44,6 @@ def create_app(settings: Settings, client: Client, credits: CreditLedger) -> Fas
 
 def app_from_settings(settings: Settings) -> FastAPI:
     """What ``heurist gateway`` serves: the ledger database migrated, the client's connections opened lazily."""
-    from heurist.ledger.db import make_engine
-    from heurist.ledger.migrate import upgrade
+    from heurist.db import open_engine
 
-    url = settings.resolved_database_url()
-    if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(url)
-    return create_app(settings, Client(settings), CreditLedger(make_engine(url)))
+    return create_app(settings, Client(settings), CreditLedger(open_engine(settings)))

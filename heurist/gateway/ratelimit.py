@@ -18,9 +18,9 @@ from sqlalchemy import Engine, case, select, update
 from sqlalchemy.exc import IntegrityError
 
 from heurist.credits.tables import ApiKey, RateBucket
+from heurist.db.engine import session_scope
 from heurist.gateway.auth import api_key
 from heurist.gateway.errors import ApiError
-from heurist.ledger.db import session_scope
 
 
 class RateLimiter:

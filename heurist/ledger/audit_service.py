@@ -30,8 +30,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from heurist.audit.sampler import NEW_MINER_AUDITS, MinerStanding
+from heurist.db.engine import session_factory, session_scope
 from heurist.errors import InvalidJobError
-from heurist.ledger.db import session_factory, session_scope
 from heurist.ledger.tables import (
     CLAWBACK_KINDS,
     CREDITED_KINDS,

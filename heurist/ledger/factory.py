@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from heurist.catalog import Catalog
 from heurist.catalog.attestation import WeightPins
-from heurist.ledger.db import make_engine
-from heurist.ledger.migrate import upgrade
+from heurist.db import open_engine
 from heurist.ledger.service import Ledger
 from heurist.ledger.uptime import EpochClock, UptimeBook
 from heurist.settings import Settings
@@ -17,12 +16,7 @@ def open_ledger(settings: Settings, catalog: Catalog, store: ObjectStore | None,
 
     ``store`` None gives a read-only view for reports (no completion can be verified without storage).
     """
-    url = settings.resolved_database_url()
-    if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if migrate:
-        upgrade(url)
-    return Ledger(make_engine(url), catalog, store, escrow_new_miners=settings.escrow_new_miners,
+    return Ledger(open_engine(settings, migrate), catalog, store, escrow_new_miners=settings.escrow_new_miners,
                   pins=WeightPins(settings.resolved_models_dir()))
 
 

@@ -26,14 +26,15 @@ from sqlalchemy.orm import Session
 from heurist.audit.sampler import NEW_MINER_AUDITS, MinerStanding
 from heurist.catalog import Catalog, JobKind, ModelSpec
 from heurist.catalog.attestation import WeightPins
+from heurist.db.base import ID_LEN
+from heurist.db.engine import session_factory, session_scope
 from heurist.errors import ConfigError, InvalidJobError
 from heurist.identity import recover_signer
 from heurist.jobs import Completion as ClaimedCompletion
 from heurist.jobs import DeviceInfo, ImageParams, JobParams, JobState, SignedCompletion, SignedHello, TextParams
 from heurist.ledger.audit_service import read_banned, read_standing
-from heurist.ledger.db import session_factory, session_scope
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
-from heurist.ledger.tables import ID_LEN, Completion, EntryKind, Job, Miner, PointsEntry, Reason, Rejection
+from heurist.ledger.tables import Completion, EntryKind, Job, Miner, PointsEntry, Reason, Rejection
 from heurist.points import MICRO, from_micro, job_points, to_micro
 from heurist.storage.backend import ObjectInfo, ObjectStore
 

@@ -20,8 +20,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from heurist.catalog import Catalog
+from heurist.db.engine import session_scope
 from heurist.jobs import JobState
-from heurist.ledger.db import session_scope
 from heurist.ledger.tables import AuditOutcome
 from heurist.monitoring.latency import Histogram, LatencyHistograms
 from heurist.monitoring.ledger_stats import LedgerReader, LedgerStats

@@ -1,4 +1,7 @@
-"""Engines and sessions for the ledger database, per backend: SQLite embedded, PostgreSQL in production."""
+"""Engines and sessions for the network's database, per backend: SQLite embedded, PostgreSQL in production.
+
+One place builds engines, so every process (ledger, client, gateway, exporter, CLI) gets the same pragmas,
+pool pings and driver; ``heurist.db.open_engine`` adds the settings and the migration to head."""
 
 from __future__ import annotations
 
