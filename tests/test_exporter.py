@@ -203,7 +203,7 @@ def _add_job(engine: Any, job_id: str, model: str, created: float, finished: flo
              state: JobState = JobState.COMPLETED, points_micro: int = 0) -> None:
     from heurist.catalog.schema import JobKind
     from heurist.db.engine import session_scope
-    from heurist.ledger.tables import Completion, EntryKind, Job, PointsEntry
+    from heurist.ledger.tables import CompletionRow, EntryKind, Job, PointsEntry
 
     miner = "0x" + "a" * 40
     with session_scope(engine) as session:
@@ -211,11 +211,11 @@ def _add_job(engine: Any, job_id: str, model: str, created: float, finished: flo
                         output_key=f"outputs/{job_id}", created_at=created, deadline_at=created + 600,
                         miner_address=miner, finished_at=finished))
         session.flush()
-        session.add(Completion(job_id=job_id, miner_address=miner, output_sha256="0" * 64, output_bytes=1,
-                               content_type="image/png", input_tokens=0, output_tokens=0,
-                               timings={"run_s": run_s, "upload_s": 0.0, "total_s": run_s}, device={},
-                               weights_sha256=None, finished_at=finished, signature="0x" + "1" * 130,
-                               received_at=finished))
+        session.add(CompletionRow(job_id=job_id, miner_address=miner, output_sha256="0" * 64, output_bytes=1,
+                                  content_type="image/png", input_tokens=0, output_tokens=0,
+                                  timings={"run_s": run_s, "upload_s": 0.0, "total_s": run_s}, device={},
+                                  weights_sha256=None, finished_at=finished, signature="0x" + "1" * 130,
+                                  received_at=finished))
         if points_micro:
             session.add(PointsEntry(idempotency_key=f"credit:{job_id}", miner_address=miner, job_id=job_id,
                                     kind=EntryKind.ESCROW, amount_micro=points_micro, created_at=finished))

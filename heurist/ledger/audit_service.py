@@ -39,7 +39,7 @@ from heurist.ledger.tables import (
     Audit,
     AuditOutcome,
     AuditReason,
-    Completion,
+    CompletionRow,
     EntryKind,
     MinerEvent,
     MinerEventKind,
@@ -202,7 +202,7 @@ class AuditLedger:
     def _record(self, job_id: str, passed: bool, reason: AuditReason | None, detail: str,
                 metrics: dict[str, Any], auditor: str) -> AuditResult:
         with session_scope(self._sessions) as session:
-            miner = session.scalar(select(Completion.miner_address).where(Completion.job_id == job_id))
+            miner = session.scalar(select(CompletionRow.miner_address).where(CompletionRow.job_id == job_id))
             if miner is None:
                 raise InvalidJobError(f"job {job_id} has no accepted completion to audit")
             existing = session.scalar(select(Audit).where(Audit.job_id == job_id, Audit.auditor == auditor))

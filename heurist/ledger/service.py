@@ -30,11 +30,19 @@ from heurist.db.base import ID_LEN
 from heurist.db.engine import session_factory, session_scope
 from heurist.errors import ConfigError, InvalidJobError
 from heurist.identity import recover_signer
-from heurist.jobs import Completion as ClaimedCompletion
-from heurist.jobs import DeviceInfo, ImageParams, JobParams, JobState, SignedCompletion, SignedHello, TextParams
+from heurist.jobs import (
+    Completion,
+    DeviceInfo,
+    ImageParams,
+    JobParams,
+    JobState,
+    SignedCompletion,
+    SignedHello,
+    TextParams,
+)
 from heurist.ledger.audit_service import read_banned, read_standing
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
-from heurist.ledger.tables import Completion, EntryKind, Job, Miner, PointsEntry, Reason, Rejection
+from heurist.ledger.tables import CompletionRow, EntryKind, Job, Miner, PointsEntry, Reason, Rejection
 from heurist.points import MICRO, from_micro, job_points, to_micro
 from heurist.storage.backend import ObjectInfo, ObjectStore
 
@@ -165,7 +173,7 @@ class _Attempt:
     registered_device: DeviceInfo | None = None
 
     @property
-    def claim(self) -> ClaimedCompletion:
+    def claim(self) -> Completion:
         return self.signed.completion
 
     @property
@@ -336,7 +344,7 @@ class Ledger:
             a.banned = a.standing.banned
             a.escrow = a.registered and self.escrow_new_miners and a.standing.is_new(self.new_miner_audits)
             a.job = session.get(Job, a.job_id)
-            a.has_completion = a.job is not None and session.get(Completion, a.job_id) is not None
+            a.has_completion = a.job is not None and session.get(CompletionRow, a.job_id) is not None
         return None
 
     def _check_signer(self, a: _Attempt) -> _Refusal | None:
@@ -412,7 +420,7 @@ class Ledger:
 
     # ----------------------------------------------------------------------------------------- verdicts
 
-    def _credit_micro(self, job: Job, spec: ModelSpec, claim: ClaimedCompletion) -> int:
+    def _credit_micro(self, job: Job, spec: ModelSpec, claim: Completion) -> int:
         """Points from the job record's parameters, never the miner's; token claims are clamped to what
         the job allows (the audit checks exact counts)."""
         params = PARAMS.validate_python(job.params)
@@ -450,25 +458,25 @@ class Ledger:
         return CompletionVerdict(job_id=a.job_id, accepted=True, reason=Reason.LATE if late else None,
                                  points_micro=micro, state=state)
 
-    def _completion_row(self, a: _Attempt) -> Completion:
+    def _completion_row(self, a: _Attempt) -> CompletionRow:
         c = a.claim
         assert a.signer is not None
-        return Completion(job_id=c.job_id, miner_address=a.signer, output_sha256=c.output_sha256,
-                          output_bytes=c.output_bytes, content_type=c.content_type,
-                          input_tokens=c.input_tokens, output_tokens=c.output_tokens,
-                          timings=c.timings.model_dump(mode="json"), device=c.device.model_dump(mode="json"),
-                          weights_sha256=c.weights_sha256, finished_at=c.finished_at,
-                          signature=a.signed.signature, received_at=a.received_at)
+        return CompletionRow(job_id=c.job_id, miner_address=a.signer, output_sha256=c.output_sha256,
+                             output_bytes=c.output_bytes, content_type=c.content_type,
+                             input_tokens=c.input_tokens, output_tokens=c.output_tokens,
+                             timings=c.timings.model_dump(mode="json"), device=c.device.model_dump(mode="json"),
+                             weights_sha256=c.weights_sha256, finished_at=c.finished_at,
+                             signature=a.signed.signature, received_at=a.received_at)
 
     def _has_completion(self, job_id: str) -> bool:
         with self._sessions() as session:
-            return session.get(Completion, job_id) is not None
+            return session.get(CompletionRow, job_id) is not None
 
     def _duplicate(self, a: _Attempt) -> CompletionVerdict:
         """Answer a second delivery with the first verdict; record it, credit nothing."""
         with session_scope(self._sessions) as session:
             earlier = self._earlier_verdict(session, a.job_id)
-            holder = session.scalar(select(Completion.miner_address).where(Completion.job_id == a.job_id))
+            holder = session.scalar(select(CompletionRow.miner_address).where(CompletionRow.job_id == a.job_id))
             refusal = _Refusal(Reason.DUPLICATE, f"the job already has an accepted completion from {holder}",
                                miner=a.signer)
             session.add(self._rejection_row(a, refusal))
@@ -519,14 +527,14 @@ class Ledger:
         """Many jobs in one query (those the ledger knows; any order): what a client polling a batch needs."""
         points = (select(func.sum(PointsEntry.amount_micro)).where(PointsEntry.job_id == Job.id)
                   .correlate(Job).scalar_subquery())
-        stmt = (select(Job, Completion, points).outerjoin(Completion, Completion.job_id == Job.id)
+        stmt = (select(Job, CompletionRow, points).outerjoin(CompletionRow, CompletionRow.job_id == Job.id)
                 .where(Job.id.in_(list(job_ids))))
         with self._sessions() as session:
             rows = session.execute(stmt).all()
         return [self._view(row[0], row[1], row[2]) for row in rows]
 
     @staticmethod
-    def _view(job: Job, completion: Completion | None, micro: Any) -> JobView:
+    def _view(job: Job, completion: CompletionRow | None, micro: Any) -> JobView:
         return JobView(
             job_id=job.id, model_id=job.model_id, kind=job.kind, state=job.state, output_key=job.output_key,
             points_micro=_sum_micro(micro), miner=job.miner_address,
@@ -539,7 +547,7 @@ class Ledger:
 
     def miner_points(self) -> list[MinerPoints]:
         """Every registered miner with its accepted completions and points, most points first."""
-        jobs = (select(func.count()).where(Completion.miner_address == Miner.address)
+        jobs = (select(func.count()).where(CompletionRow.miner_address == Miner.address)
                 .correlate(Miner).scalar_subquery())
         points = (select(func.sum(PointsEntry.amount_micro)).where(PointsEntry.miner_address == Miner.address)
                   .correlate(Miner).scalar_subquery())

@@ -131,7 +131,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text())
 
 
-class Completion(Base):
+class CompletionRow(Base):
     """The one accepted completion of a job (its primary key is the job id: a second cannot be inserted)."""
 
     __tablename__ = "completions"
@@ -215,7 +215,7 @@ __all__ = [
     "Audit",
     "AuditOutcome",
     "AuditReason",
-    "Completion",
+    "CompletionRow",
     "EntryKind",
     "Job",
     "Miner",
