@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, delete, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from heurist.audit import AuditSampler, MinerStanding
+from heurist.audit import AuditSampler
 from heurist.catalog import Catalog, load_catalog
 from heurist.db import migrate
 from heurist.db.engine import make_engine, session_scope
@@ -19,8 +19,9 @@ from heurist.errors import InvalidJobError
 from heurist.identity import Wallet
 from heurist.jobs import JobState
 from heurist.ledger import tables
-from heurist.ledger.audit_service import BAN_THRESHOLD, EPOCH_SECONDS, RECENT_AUDITS, AuditLedger
+from heurist.ledger.audit_service import BAN_THRESHOLD, EPOCH_SECONDS, AuditLedger
 from heurist.ledger.service import Ledger, Reason
+from heurist.ledger.standing import RECENT_AUDITS, MinerStanding
 from heurist.ledger.tables import AuditReason, EntryKind, MinerEventKind
 from heurist.points import MICRO
 from heurist.storage.backend import ObjectStore

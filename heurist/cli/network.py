@@ -106,10 +106,12 @@ def ledger(
     loglevel: str = typer.Option("INFO", "--loglevel"),
 ) -> None:
     """Run the trusted ledger consumer: verify completions and credit points exactly once."""
+    from heurist.audit.middleware import audit_middleware
     from heurist.ledger.consumer import run_ledger
 
     settings = settings_with()
-    run_ledger(settings, load_catalog(settings.catalog_path), concurrency=concurrency, loglevel=loglevel)
+    run_ledger(settings, load_catalog(settings.catalog_path), audit_middleware, concurrency=concurrency,
+               loglevel=loglevel)
 
 
 def auditor(

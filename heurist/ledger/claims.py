@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from heurist.audit.metrics import ReportedMetrics
 from heurist.jobs import DeviceInfo, ImageParams, TextParams, Timings
 from heurist.ledger.service import PARAMS
 from heurist.ledger.tables import CompletionRow, Job, Miner
@@ -27,9 +26,6 @@ class AcceptedClaim:
     weights_sha256: str | None  # None for completions accepted before attestation existed
     wall_s: float  # job created -> completion received, by the ledger's clock
     registered_device: DeviceInfo | None
-
-    def reported(self) -> ReportedMetrics:
-        return ReportedMetrics.of(self, self.wall_s, self.registered_device)
 
 
 def read_claim(engine: Engine, job_id: str) -> AcceptedClaim | None:

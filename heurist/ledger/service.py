@@ -23,7 +23,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from heurist.audit.sampler import NEW_MINER_AUDITS, MinerStanding
 from heurist.catalog import Catalog, JobKind, ModelSpec
 from heurist.catalog.attestation import WeightPins
 from heurist.db.base import ID_LEN
@@ -40,8 +39,8 @@ from heurist.jobs import (
     SignedHello,
     TextParams,
 )
-from heurist.ledger.audit_service import read_banned, read_standing
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
+from heurist.ledger.standing import NEW_MINER_AUDITS, MinerStanding, read_banned, read_standing
 from heurist.ledger.tables import CompletionRow, EntryKind, Job, Miner, PointsEntry, Reason, Rejection
 from heurist.points import MICRO, from_micro, job_points, to_micro
 from heurist.storage.backend import ObjectInfo, ObjectStore
@@ -189,7 +188,7 @@ def _sum_micro(value: Any) -> int:
 class Ledger:
     """Verifies completions and keeps the append-only points ledger. Thread-safe: a session per call.
 
-    Banned miners (``heurist.ledger.audit_service``) are refused: hellos and completions. With
+    Banned miners (``heurist.ledger.standing``) are refused: hellos and completions. With
     ``escrow_new_miners``, a miner with fewer than ``new_miner_audits`` passed audits is credited ESCROW
     entries (held until its audits pass) instead of JOB_CREDIT. Points totals (``miner_points``,
     ``totals``, ``JobView.points``) are sums of all entries: they count escrowed points, net of clawbacks.

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from heurist.db.engine import session_factory, session_scope
 from heurist.identity import recover_signer
 from heurist.jobs import SignedHeartbeat
-from heurist.ledger.audit_service import read_banned
+from heurist.ledger.standing import read_banned
 from heurist.ledger.tables import Miner, MinerUptime, Reason
 
 log = logging.getLogger(__name__)
