@@ -128,7 +128,7 @@ class Network:
         job_id = str(uuid.uuid4())
         key = f"outputs/{spec.id}/{job_id}{'.png' if isinstance(params, ImageParams) else '.json'}"
         deadline = time.time() + 3600
-        self.ledger.create_job(job_id, spec, params, key, spec.queue, deadline)
+        self.ledger.book.create_job(job_id, spec, params, key, spec.queue, deadline)
         return JobMessage(job_id=job_id, model_id=spec.id, params=params, output_url=self.store.presign_put(key, 600),
                           deadline_at=deadline)
 

@@ -299,7 +299,7 @@ def test_append_only_sums_count_a_late_committed_row_once(db_url: str) -> None:
 def test_ledger_stats_count_jobs_points_miners_and_standing(db_url: str) -> None:
     from heurist.db.engine import session_scope
     from heurist.ledger.tables import MinerEvent, MinerEventKind
-    from heurist.monitoring.ledger_stats import LedgerReader
+    from heurist.monitoring.ledger_stats import LedgerStatsReader
 
     now = time.time()
     engine = _seed_ledger(db_url, now)
@@ -312,7 +312,7 @@ def test_ledger_stats_count_jobs_points_miners_and_standing(db_url: str) -> None
             session.add(MinerEvent(miner_address=miner, kind=kind, detail="", created_at=now))
     catalog = load_catalog()
     with session_scope(engine) as session:
-        stats = LedgerReader(catalog).read(session, active_since=now - 90)
+        stats = LedgerStatsReader(catalog).read(session, active_since=now - 90)
     assert stats.jobs == {("sd15", "completed"): 1, ("sdxl", "completed"): 1, ("sdxl", "failed"): 1}
     assert stats.points_issued == {"sd15": 1.5, "sdxl": 3.3} and stats.points_escrowed == pytest.approx(4.8)
     assert stats.miners_registered == 2

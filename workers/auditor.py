@@ -93,7 +93,7 @@ class Auditor:
     on_ban: Sequence[Callable[[str], None]] = ()  # called with the miner's address when an audit bans it
 
     def audit(self, job_id: str) -> dict[str, Any]:
-        view = self.ledger.job(job_id)
+        view = self.ledger.reader.job(job_id)
         claim = read_claim(self.ledger.engine, job_id)
         if view is None or claim is None or view.output_sha256 is None:
             raise HeuristError(f"job {job_id} has no accepted completion to audit")

@@ -129,10 +129,10 @@ def auditor(
 
 def points(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """Points per miner, from the append-only ledger."""
-    from heurist.ledger.factory import open_ledger
+    from heurist.ledger.factory import open_reader
 
     settings = settings_with()
-    rows = open_ledger(settings, load_catalog(settings.catalog_path), None).miner_points()
+    rows = open_reader(settings).miner_points()
     if json_out:
         print_json([{"miner": r.address, "jobs": r.jobs, "points": r.points} for r in rows])
         return

@@ -25,7 +25,7 @@ from heurist.settings import Settings
 from heurist.submission import image_params
 
 if TYPE_CHECKING:
-    from heurist.ledger.service import JobView
+    from heurist.ledger.reader import JobView
 
 router = APIRouter(tags=["images"])
 
