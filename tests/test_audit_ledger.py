@@ -25,7 +25,7 @@ from heurist.ledger.standing import RECENT_AUDITS, MinerStanding
 from heurist.ledger.tables import AuditReason, EntryKind, MinerEventKind
 from heurist.points import MICRO
 from heurist.storage.backend import ObjectStore
-from tests.test_ledger import Clock, Job, credited_entries, deliver, image_job, register
+from tests.fixtures.ledger import Clock, Job, credited_entries, deliver, image_job, register
 
 DAY0 = 1_700_000_000.0  # epoch 19675 (the quotient is 19675.9: rounding would say 19676)
 EPOCH0 = 19675

@@ -5,102 +5,37 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import DBAPIError
 
-from heurist.catalog import Catalog, ModelSpec
+from heurist.catalog import Catalog
 from heurist.catalog.attestation import weights_digest
 from heurist.db.engine import make_engine, session_scope
 from heurist.errors import InvalidJobError
 from heurist.identity import Wallet
-from heurist.jobs import (
-    Completion,
-    ImageParams,
-    JobState,
-    MinerHello,
-    SignedCompletion,
-    SignedHello,
-    TextParams,
-    Timings,
-)
+from heurist.jobs import ImageParams, JobState, MinerHello, SignedCompletion, SignedHello, TextParams
 from heurist.ledger import tables
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
 from heurist.ledger.service import CompletionVerdict, Ledger, Reason
 from heurist.points import MICRO, job_points, to_micro
 from heurist.storage.backend import ObjectInfo, ObjectStore
-from tests.fixtures.ledger import DEVICE, Clock, register
-
-PNG = b"\x89PNG\r\n\x1a\n" + b"pretend image bytes" * 50
-
-
-@dataclass(frozen=True)
-class Job:
-    id: str
-    spec: ModelSpec
-    params: ImageParams | TextParams
-    output_key: str
-    deadline_at: float
-
-
-def image_job(ledger: Ledger, catalog: Catalog, clock: Clock, *, model: str = "sd15", width: int = 1024,
-              height: int = 1024, steps: int = 40, deadline_s: float = 60.0) -> Job:
-    spec = catalog[model]
-    params = ImageParams(prompt="a lighthouse at dawn", width=width, height=height, steps=steps, guidance=7.5,
-                         seed=7)
-    return _create(ledger, spec, params, ".png", clock.now + deadline_s)
-
-
-def text_job(ledger: Ledger, catalog: Catalog, clock: Clock, *, prompt: str = "Name three primary colors.",
-             max_tokens: int = 32, model: str = "smollm2-135m") -> Job:
-    spec = catalog[model]
-    params = TextParams(prompt=prompt, max_tokens=max_tokens, temperature=0.0, seed=0)
-    return _create(ledger, spec, params, ".json", clock.now + 60.0)
-
-
-def _create(ledger: Ledger, spec: ModelSpec, params: ImageParams | TextParams, ext: str,
-            deadline: float) -> Job:
-    job_id = str(uuid.uuid4())
-    key = f"outputs/{spec.id}/{job_id}{ext}"
-    ledger.book.create_job(job_id, spec, params, key, spec.queue, deadline)
-    return Job(job_id, spec, params, key, deadline)
-
-
-def completion(job: Job, wallet: Wallet, data: bytes, *, input_tokens: int = 0, output_tokens: int = 0,
-               model_id: str | None = None, output_bytes: int | None = None,
-               miner: str | None = None, weights_sha256: str | None = None) -> Completion:
-    return Completion(
-        job_id=job.id, model_id=model_id or job.spec.id, miner=miner or wallet.address,
-        output_sha256=hashlib.sha256(data).hexdigest(),
-        output_bytes=len(data) if output_bytes is None else output_bytes,
-        content_type="image/png" if job.output_key.endswith(".png") else "application/json",
-        input_tokens=input_tokens, output_tokens=output_tokens,
-        timings=Timings(run_s=1.0, upload_s=0.01, total_s=1.01), device=DEVICE,
-        weights_sha256=weights_sha256 or weights_digest(job.spec.files), finished_at=time.time(),
-    )
-
-
-def sign(c: Completion, wallet: Wallet) -> SignedCompletion:
-    return SignedCompletion(completion=c, signature=wallet.sign(c.signing_payload()))
-
-
-def deliver(ledger: Ledger, store: ObjectStore, job: Job, wallet: Wallet, data: bytes = PNG, *,
-            input_tokens: int = 0, output_tokens: int = 0) -> tuple[SignedCompletion, CompletionVerdict]:
-    """What an honest miner does: PUT the output, then send the signed completion."""
-    store.put(job.output_key, data, "image/png")
-    claim = completion(job, wallet, data, input_tokens=input_tokens, output_tokens=output_tokens)
-    signed = sign(claim, wallet)
-    return signed, ledger.record_completion(signed)
-
-
-def credited_entries(engine: Engine, job_id: str) -> list[tables.PointsEntry]:
-    with session_scope(engine) as session:
-        return list(session.scalars(select(tables.PointsEntry).where(tables.PointsEntry.job_id == job_id)))
+from tests.fixtures.ledger import (
+    DEVICE,
+    PNG,
+    Clock,
+    Job,
+    completion,
+    credited_entries,
+    deliver,
+    image_job,
+    register,
+    sign,
+    text_job,
+)
 
 
 def outcome(verdict: CompletionVerdict) -> tuple[bool, Reason | None, JobState | None]:

@@ -17,8 +17,7 @@ from heurist.identity import Wallet
 from heurist.ledger.service import Ledger
 from heurist.points import job_points
 from heurist.storage.backend import ObjectStore
-from tests.fixtures.ledger import Clock
-from tests.test_ledger import deliver, image_job, text_job
+from tests.fixtures.ledger import Clock, deliver, image_job, text_job
 
 
 def test_failed_and_finished_text_jobs_are_closed_once(ledger: Ledger, catalog: Catalog, clock: Clock,

@@ -24,7 +24,7 @@ from heurist.ledger.service import Ledger
 from heurist.ledger.tables import Reason
 from heurist.settings import Settings
 from heurist.storage.backend import ObjectStore
-from tests.test_ledger import Job, completion, register, sign
+from tests.fixtures.ledger import Job, completion, register, sign
 
 MODEL = "smollm2-135m"
 
