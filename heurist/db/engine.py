@@ -42,7 +42,7 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
 
 
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
-    """An engine for the ledger: SQLite gets WAL, a busy timeout and foreign keys; PostgreSQL pings
+    """An engine for the database: SQLite gets WAL, a busy timeout and foreign keys; PostgreSQL pings
     pooled connections so a restarted server does not fail the next verification."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":

@@ -44,7 +44,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def downgrade(url: str, revision: str) -> None:
-    """Take the database back to ``revision`` (``base`` drops every ledger table)."""
+    """Take the database back to ``revision`` (``base`` drops every table)."""
     with _ALEMBIC_LOCK:
         command.downgrade(alembic_config(url), revision)
 

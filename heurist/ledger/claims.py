@@ -8,7 +8,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from heurist.jobs import DeviceInfo, ImageParams, TextParams, Timings
-from heurist.ledger.service import PARAMS
+from heurist.ledger.reader import PARAMS
 from heurist.ledger.tables import CompletionRow, Job, Miner
 
 
