@@ -31,7 +31,6 @@ def up(
     import uvicorn
 
     from heurist.credits.ledger import CreditLedger
-    from heurist.db import open_engine
     from heurist.gateway.app import create_app
 
     sock = _bind(host, port)  # a busy port fails before anything starts
@@ -46,7 +45,7 @@ def up(
                 with err_console.status("miner: verifying model files and loading pipelines"):
                     wait_until(lambda: client.ledger.is_registered(miner.address), 600, "the miner to start",
                                check=net.check_alive)
-                credits = CreditLedger(open_engine(settings))  # at head already: the ledger migrated it
+                credits = CreditLedger(client.ledger.engine)  # opened by open_engine: migrated, credit tables too
                 _, key = credits.create_key("heurist-up", units)
                 app = create_app(settings, client, credits)
                 _ingest_demo_corpus(app.state.search.index)
