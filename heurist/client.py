@@ -28,7 +28,8 @@ from heurist.storage.backend import ObjectStore
 from heurist.submission import image_params, text_params
 
 if TYPE_CHECKING:
-    from heurist.ledger.service import JobView, Ledger
+    from heurist.ledger.jobbook import JobBook
+    from heurist.ledger.reader import JobView, LedgerReader
 
 EXTENSIONS = {"image/png": ".png", "application/json": ".json"}
 
@@ -113,7 +114,7 @@ class Client:
     """Submit jobs to the network. Holds the trusted side's credentials (ledger DB, S3 keys, broker)."""
 
     def __init__(self, settings: Settings | None = None, *, catalog: Catalog | None = None,
-                 store: ObjectStore | None = None, ledger: Ledger | None = None, app: Celery | None = None,
+                 store: ObjectStore | None = None, ledger: LedgerReader | None = None, app: Celery | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings or get_settings()
         self.catalog = catalog or load_catalog(self.settings.catalog_path)
@@ -131,10 +132,18 @@ class Client:
         return make_store(self.settings)
 
     @cached_property
-    def ledger(self) -> Ledger:
-        from heurist.ledger.factory import open_ledger
+    def ledger(self) -> LedgerReader:
+        """The ledger's read side: the client polls it and never verifies or credits anything."""
+        from heurist.ledger.factory import open_reader
 
-        return open_ledger(self.settings, self.catalog, self.store)
+        return open_reader(self.settings)
+
+    @cached_property
+    def job_book(self) -> JobBook:
+        """Where the client records the jobs it sends (and sending failures), on the reader's database."""
+        from heurist.ledger.jobbook import JobBook
+
+        return JobBook(self.ledger.engine)
 
     @cached_property
     def app(self) -> Celery:
@@ -232,11 +241,11 @@ class Client:
         deadline_at = self.clock() + spec.deadline.seconds(_work_units(params))
         message = job_message(job_id, spec.id, params, output_key, deadline_at, self.store,
                               self.settings.presign_expiry_s).model_copy(update={"stream": stream})
-        self.ledger.create_job(job_id, spec, params, output_key, spec.queue, deadline_at)
+        self.job_book.create_job(job_id, spec, params, output_key, spec.queue, deadline_at)
         try:
             self._send(message, spec.queue)
         except Exception:
-            self.ledger.record_failure(job_id, "could not enqueue: broker unreachable")
+            self.job_book.record_failure(job_id, "could not enqueue: broker unreachable")
             raise
         return JobHandle(self, job_id, spec, output_key)
 

@@ -1,6 +1,6 @@
-"""Alembic environment for the ledger database.
+"""Alembic environment for the network's database (every package's tables: ``heurist.db.schema``).
 
-The URL comes from, in order: ``config.attributes["url"]`` (``heurist.ledger.migrate``), ``-x url=...`` on
+The URL comes from, in order: ``config.attributes["url"]`` (``heurist.db.migrate``), ``-x url=...`` on
 the alembic command line, then heurist settings. A caller may also pass an open connection in
 ``config.attributes["connection"]``. SQLite migrations run in batch mode (it cannot ALTER most things).
 """
@@ -13,8 +13,8 @@ from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 
-from heurist.ledger.db import is_sqlite, make_engine, normalize_url
-from heurist.ledger.tables import metadata
+from heurist.db.engine import is_sqlite, make_engine, normalize_url
+from heurist.db.schema import metadata
 
 config = context.config
 

@@ -11,19 +11,21 @@ import pytest
 from sqlalchemy import Engine, delete, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from heurist.audit import AuditSampler, MinerStanding
+from heurist.audit import AuditSampler
 from heurist.catalog import Catalog, load_catalog
+from heurist.db import migrate
+from heurist.db.engine import make_engine, session_scope
 from heurist.errors import InvalidJobError
 from heurist.identity import Wallet
 from heurist.jobs import JobState
-from heurist.ledger import migrate, tables
-from heurist.ledger.audit_service import BAN_THRESHOLD, EPOCH_SECONDS, RECENT_AUDITS, AuditLedger
-from heurist.ledger.db import make_engine, session_scope
+from heurist.ledger import tables
+from heurist.ledger.audit_service import BAN_THRESHOLD, EPOCH_SECONDS, AuditLedger
 from heurist.ledger.service import Ledger, Reason
+from heurist.ledger.standing import RECENT_AUDITS, MinerStanding
 from heurist.ledger.tables import AuditReason, EntryKind, MinerEventKind
 from heurist.points import MICRO
 from heurist.storage.backend import ObjectStore
-from tests.test_ledger import Clock, Job, credited_entries, deliver, image_job, register
+from tests.fixtures.ledger import Clock, Job, credited_entries, deliver, image_job, register
 
 DAY0 = 1_700_000_000.0  # epoch 19675 (the quotient is 19675.9: rounding would say 19676)
 EPOCH0 = 19675
@@ -101,7 +103,7 @@ def view(engine: Engine, name: str, address: str, order: str = "miner_address") 
 
 
 def points_of(ledger: Ledger, address: str) -> float:
-    return {m.address: m.points for m in ledger.miner_points()}[address]
+    return {m.address: m.points for m in ledger.reader.miner_points()}[address]
 
 
 # ---------------------------------------------------------------------------------------------- sampler
@@ -157,7 +159,7 @@ def test_failed_audit_claws_back_once(engine: Engine, catalog: Catalog, object_s
     assert kinds(engine, job) == [(EntryKind.JOB_CREDIT, 8 * MICRO), (EntryKind.CLAWBACK, -8 * MICRO)]
     [clawback] = [e for e in credited_entries(engine, job.id) if e.kind is EntryKind.CLAWBACK]
     assert clawback.idempotency_key == f"clawback:{job.id}" and clawback.created_at == clock.now
-    assert ledger.job(job.id).points == 0 and points_of(ledger, wallet.address) == 0  # type: ignore[union-attr]
+    assert ledger.reader.job(job.id).points == 0 and points_of(ledger, wallet.address) == 0  # type: ignore[union-attr]
     assert audits.standing(wallet.address) == MinerStanding(passed=0, failed=2, recent_failed=2)
     assert audits.reputation(wallet.address) == pytest.approx(1 / (2 + 1 + 0.9))
     assert events(engine, wallet.address) == [MinerEventKind.SAMPLING_RAISED]  # once, when it became suspect
@@ -235,8 +237,8 @@ def test_ban_after_the_threshold(engine: Engine, ledger: Ledger, catalog: Catalo
     _, verdict = deliver(ledger, object_store, job, miner)
     assert (verdict.accepted, verdict.reason, verdict.points, verdict.state) == (
         False, Reason.BANNED, 0.0, JobState.QUEUED)  # void work: the job waits for another miner
-    assert ledger.points_entries(job.id) == 0 and points_of(ledger, miner.address) == before == 0
-    assert ledger.rejections(job.id) == [(Reason.BANNED, miner.address)]
+    assert ledger.reader.points_entries(job.id) == 0 and points_of(ledger, miner.address) == before == 0
+    assert ledger.reader.rejections(job.id) == [(Reason.BANNED, miner.address)]
     refused = register(ledger, miner)
     assert (refused.accepted, refused.reason) == (False, Reason.BANNED)
     # An honest miner can still take the freed job.

@@ -28,11 +28,11 @@ from heurist.audit.middleware import MetricsFlagging
 from heurist.catalog import Catalog, ModelSpec, load_catalog
 from heurist.catalog.attestation import WeightPins
 from heurist.catalog.schema import Benchmark
+from heurist.db.engine import make_engine
+from heurist.db.migrate import upgrade
 from heurist.identity import Wallet
 from heurist.jobs import DeviceInfo, ImageParams, JobMessage, MinerHello, SignedHello, TextParams
 from heurist.ledger.audit_service import AuditLedger
-from heurist.ledger.db import make_engine
-from heurist.ledger.migrate import upgrade
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import AuditReason, Reason
 from heurist.points import image_work_units, text_work_units
@@ -128,7 +128,7 @@ class Network:
         job_id = str(uuid.uuid4())
         key = f"outputs/{spec.id}/{job_id}{'.png' if isinstance(params, ImageParams) else '.json'}"
         deadline = time.time() + 3600
-        self.ledger.create_job(job_id, spec, params, key, spec.queue, deadline)
+        self.ledger.book.create_job(job_id, spec, params, key, spec.queue, deadline)
         return JobMessage(job_id=job_id, model_id=spec.id, params=params, output_url=self.store.presign_put(key, 600),
                           deadline_at=deadline)
 

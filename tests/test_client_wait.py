@@ -22,14 +22,14 @@ def _jobs(ledger: Ledger, catalog: Catalog, n: int) -> list[str]:
     ids = [str(uuid.uuid4()) for _ in range(n)]
     for i, job_id in enumerate(ids):
         params = ImageParams(prompt="a kite", width=512, height=512, steps=20, guidance=7.5, seed=i)
-        ledger.create_job(job_id, spec, params, f"outputs/sd15/{job_id}.png", spec.queue, time.time() + 60)
+        ledger.book.create_job(job_id, spec, params, f"outputs/sd15/{job_id}.png", spec.queue, time.time() + 60)
     return ids
 
 
 @pytest.fixture
 def client(ledger: Ledger, catalog: Catalog, object_store: ObjectStore) -> Client:
     settings = Settings(_env_file=None, result_poll_interval_s=0.02)  # type: ignore[call-arg]
-    return Client(settings, catalog=catalog, store=object_store, ledger=ledger)
+    return Client(settings, catalog=catalog, store=object_store, ledger=ledger.reader)
 
 
 def test_a_timeout_names_exactly_the_unfinished_jobs(client: Client, ledger: Ledger, catalog: Catalog) -> None:

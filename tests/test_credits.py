@@ -20,8 +20,8 @@ from heurist.credits.keys import hash_key
 from heurist.credits.ledger import CreditLedger, InsufficientCreditsError
 from heurist.credits.pricing import price_units
 from heurist.credits.tables import CreditEntry
-from heurist.ledger import migrate
-from heurist.ledger.db import make_engine, session_scope
+from heurist.db import migrate
+from heurist.db.engine import make_engine, session_scope
 from heurist.submission import image_params, text_params
 
 CATALOG = load_catalog()

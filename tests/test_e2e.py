@@ -103,7 +103,7 @@ def _unsent_job(client: Client, seed: int):
     params = image_params(spec, "a quiet harbour", seed=seed, steps=4)
     job_id = f"manual-{seed}-{id(params)}"
     key = f"outputs/tiny-sd/{job_id}.png"
-    client.ledger.create_job(job_id, spec, params, key, spec.queue, deadline_at=10**10)
+    client.job_book.create_job(job_id, spec, params, key, spec.queue, deadline_at=10**10)
     return JobMessage(job_id=job_id, model_id=spec.id, params=params, deadline_at=10**10,
                       output_url=client.store.presign_put(key, 600))
 
@@ -208,7 +208,7 @@ def test_a_job_the_miner_refuses_ends_failed_over_the_broker(client: Client, min
     params = image_params(spec, "too late", seed=1)
     job_id = "expired-" + hashlib.sha256(str(id(params)).encode()).hexdigest()[:12]
     key = f"outputs/tiny-sd/{job_id}.png"
-    client.ledger.create_job(job_id, spec, params, key, spec.queue, deadline_at=1.0)
+    client.job_book.create_job(job_id, spec, params, key, spec.queue, deadline_at=1.0)
     client._send(JobMessage(job_id=job_id, model_id=spec.id, params=params, deadline_at=1.0,
                             output_url=client.store.presign_put(key, 600)), spec.queue)
     with pytest.raises(JobFailedError, match=f"job {job_id} ended failed: the miner reported an error"):

@@ -185,8 +185,8 @@ def test_audit_verdicts_flags_bans_and_clawbacks_are_counted(client: Client, exp
 
 def _seed_ledger(url: str, now: float) -> Any:
     """A migrated ledger with two miners (one silent for an hour), and nothing else yet."""
-    from heurist.ledger.db import make_engine, session_scope
-    from heurist.ledger.migrate import upgrade
+    from heurist.db.engine import make_engine, session_scope
+    from heurist.db.migrate import upgrade
     from heurist.ledger.tables import Miner
 
     upgrade(url)
@@ -202,8 +202,8 @@ def _seed_ledger(url: str, now: float) -> Any:
 def _add_job(engine: Any, job_id: str, model: str, created: float, finished: float, run_s: float,
              state: JobState = JobState.COMPLETED, points_micro: int = 0) -> None:
     from heurist.catalog.schema import JobKind
-    from heurist.ledger.db import session_scope
-    from heurist.ledger.tables import Completion, EntryKind, Job, PointsEntry
+    from heurist.db.engine import session_scope
+    from heurist.ledger.tables import CompletionRow, EntryKind, Job, PointsEntry
 
     miner = "0x" + "a" * 40
     with session_scope(engine) as session:
@@ -211,11 +211,11 @@ def _add_job(engine: Any, job_id: str, model: str, created: float, finished: flo
                         output_key=f"outputs/{job_id}", created_at=created, deadline_at=created + 600,
                         miner_address=miner, finished_at=finished))
         session.flush()
-        session.add(Completion(job_id=job_id, miner_address=miner, output_sha256="0" * 64, output_bytes=1,
-                               content_type="image/png", input_tokens=0, output_tokens=0,
-                               timings={"run_s": run_s, "upload_s": 0.0, "total_s": run_s}, device={},
-                               weights_sha256=None, finished_at=finished, signature="0x" + "1" * 130,
-                               received_at=finished))
+        session.add(CompletionRow(job_id=job_id, miner_address=miner, output_sha256="0" * 64, output_bytes=1,
+                                  content_type="image/png", input_tokens=0, output_tokens=0,
+                                  timings={"run_s": run_s, "upload_s": 0.0, "total_s": run_s}, device={},
+                                  weights_sha256=None, finished_at=finished, signature="0x" + "1" * 130,
+                                  received_at=finished))
         if points_micro:
             session.add(PointsEntry(idempotency_key=f"credit:{job_id}", miner_address=miner, job_id=job_id,
                                     kind=EntryKind.ESCROW, amount_micro=points_micro, created_at=finished))
@@ -229,7 +229,7 @@ def _expected(values: list[float]) -> Histogram:
 
 
 def test_latency_histograms_fold_history_in_sql_then_count_each_new_job_once(db_url: str) -> None:
-    from heurist.ledger.db import session_scope
+    from heurist.db.engine import session_scope
 
     now = time.time()
     engine = _seed_ledger(db_url, now)
@@ -264,7 +264,7 @@ def test_latency_histograms_fold_history_in_sql_then_count_each_new_job_once(db_
 def test_append_only_sums_count_a_late_committed_row_once(db_url: str) -> None:
     """Ids 1-4 are history (one GROUP BY), 5 and 7 new rows; 6 becomes visible after 7, as a PostgreSQL
     transaction that took its id first but committed last would."""
-    from heurist.ledger.db import session_scope
+    from heurist.db.engine import session_scope
     from heurist.ledger.tables import EntryKind, PointsEntry
     from heurist.monitoring.increments import AppendOnlySums
 
@@ -297,9 +297,9 @@ def test_append_only_sums_count_a_late_committed_row_once(db_url: str) -> None:
 
 
 def test_ledger_stats_count_jobs_points_miners_and_standing(db_url: str) -> None:
-    from heurist.ledger.db import session_scope
+    from heurist.db.engine import session_scope
     from heurist.ledger.tables import MinerEvent, MinerEventKind
-    from heurist.monitoring.ledger_stats import LedgerReader
+    from heurist.monitoring.ledger_stats import LedgerStatsReader
 
     now = time.time()
     engine = _seed_ledger(db_url, now)
@@ -312,7 +312,7 @@ def test_ledger_stats_count_jobs_points_miners_and_standing(db_url: str) -> None
             session.add(MinerEvent(miner_address=miner, kind=kind, detail="", created_at=now))
     catalog = load_catalog()
     with session_scope(engine) as session:
-        stats = LedgerReader(catalog).read(session, active_since=now - 90)
+        stats = LedgerStatsReader(catalog).read(session, active_since=now - 90)
     assert stats.jobs == {("sd15", "completed"): 1, ("sdxl", "completed"): 1, ("sdxl", "failed"): 1}
     assert stats.points_issued == {"sd15": 1.5, "sdxl": 3.3} and stats.points_escrowed == pytest.approx(4.8)
     assert stats.miners_registered == 2

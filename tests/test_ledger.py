@@ -5,102 +5,37 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import DBAPIError
 
-from heurist.catalog import Catalog, ModelSpec
+from heurist.catalog import Catalog
 from heurist.catalog.attestation import weights_digest
+from heurist.db.engine import make_engine, session_scope
 from heurist.errors import InvalidJobError
 from heurist.identity import Wallet
-from heurist.jobs import (
-    Completion,
-    ImageParams,
-    JobState,
-    MinerHello,
-    SignedCompletion,
-    SignedHello,
-    TextParams,
-    Timings,
-)
+from heurist.jobs import ImageParams, JobState, MinerHello, SignedCompletion, SignedHello, TextParams
 from heurist.ledger import tables
-from heurist.ledger.db import make_engine, session_scope
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
 from heurist.ledger.service import CompletionVerdict, Ledger, Reason
 from heurist.points import MICRO, job_points, to_micro
 from heurist.storage.backend import ObjectInfo, ObjectStore
-from tests.fixtures.ledger import DEVICE, Clock, register
-
-PNG = b"\x89PNG\r\n\x1a\n" + b"pretend image bytes" * 50
-
-
-@dataclass(frozen=True)
-class Job:
-    id: str
-    spec: ModelSpec
-    params: ImageParams | TextParams
-    output_key: str
-    deadline_at: float
-
-
-def image_job(ledger: Ledger, catalog: Catalog, clock: Clock, *, model: str = "sd15", width: int = 1024,
-              height: int = 1024, steps: int = 40, deadline_s: float = 60.0) -> Job:
-    spec = catalog[model]
-    params = ImageParams(prompt="a lighthouse at dawn", width=width, height=height, steps=steps, guidance=7.5,
-                         seed=7)
-    return _create(ledger, spec, params, ".png", clock.now + deadline_s)
-
-
-def text_job(ledger: Ledger, catalog: Catalog, clock: Clock, *, prompt: str = "Name three primary colors.",
-             max_tokens: int = 32, model: str = "smollm2-135m") -> Job:
-    spec = catalog[model]
-    params = TextParams(prompt=prompt, max_tokens=max_tokens, temperature=0.0, seed=0)
-    return _create(ledger, spec, params, ".json", clock.now + 60.0)
-
-
-def _create(ledger: Ledger, spec: ModelSpec, params: ImageParams | TextParams, ext: str,
-            deadline: float) -> Job:
-    job_id = str(uuid.uuid4())
-    key = f"outputs/{spec.id}/{job_id}{ext}"
-    ledger.create_job(job_id, spec, params, key, spec.queue, deadline)
-    return Job(job_id, spec, params, key, deadline)
-
-
-def completion(job: Job, wallet: Wallet, data: bytes, *, input_tokens: int = 0, output_tokens: int = 0,
-               model_id: str | None = None, output_bytes: int | None = None,
-               miner: str | None = None, weights_sha256: str | None = None) -> Completion:
-    return Completion(
-        job_id=job.id, model_id=model_id or job.spec.id, miner=miner or wallet.address,
-        output_sha256=hashlib.sha256(data).hexdigest(),
-        output_bytes=len(data) if output_bytes is None else output_bytes,
-        content_type="image/png" if job.output_key.endswith(".png") else "application/json",
-        input_tokens=input_tokens, output_tokens=output_tokens,
-        timings=Timings(run_s=1.0, upload_s=0.01, total_s=1.01), device=DEVICE,
-        weights_sha256=weights_sha256 or weights_digest(job.spec.files), finished_at=time.time(),
-    )
-
-
-def sign(c: Completion, wallet: Wallet) -> SignedCompletion:
-    return SignedCompletion(completion=c, signature=wallet.sign(c.signing_payload()))
-
-
-def deliver(ledger: Ledger, store: ObjectStore, job: Job, wallet: Wallet, data: bytes = PNG, *,
-            input_tokens: int = 0, output_tokens: int = 0) -> tuple[SignedCompletion, CompletionVerdict]:
-    """What an honest miner does: PUT the output, then send the signed completion."""
-    store.put(job.output_key, data, "image/png")
-    claim = completion(job, wallet, data, input_tokens=input_tokens, output_tokens=output_tokens)
-    signed = sign(claim, wallet)
-    return signed, ledger.record_completion(signed)
-
-
-def credited_entries(engine: Engine, job_id: str) -> list[tables.PointsEntry]:
-    with session_scope(engine) as session:
-        return list(session.scalars(select(tables.PointsEntry).where(tables.PointsEntry.job_id == job_id)))
+from tests.fixtures.ledger import (
+    DEVICE,
+    PNG,
+    Clock,
+    Job,
+    completion,
+    credited_entries,
+    deliver,
+    image_job,
+    register,
+    sign,
+    text_job,
+)
 
 
 def outcome(verdict: CompletionVerdict) -> tuple[bool, Reason | None, JobState | None]:
@@ -108,8 +43,8 @@ def outcome(verdict: CompletionVerdict) -> tuple[bool, Reason | None, JobState |
 
 
 def assert_nothing_credited(ledger: Ledger, job: Job) -> None:
-    assert ledger.points_entries(job.id) == 0
-    view = ledger.job(job.id)
+    assert ledger.reader.points_entries(job.id) == 0
+    view = ledger.reader.job(job.id)
     assert view is not None and view.points == 0
 
 
@@ -124,7 +59,7 @@ def test_image_completion_credits_exactly_the_formula(ledger: Ledger, engine: En
     assert verdict.accepted and verdict.reason is None and not verdict.duplicate
     assert verdict.points == 8.0 and verdict.points_micro == 8 * MICRO
     assert verdict.state is JobState.COMPLETED
-    view = ledger.job(job.id)
+    view = ledger.reader.job(job.id)
     assert view is not None
     assert (view.state, view.points, view.points_micro, view.miner) == (JobState.COMPLETED, 8.0, 8 * MICRO,
                                                                        miner.address)
@@ -133,7 +68,7 @@ def test_image_completion_credits_exactly_the_formula(ledger: Ledger, engine: En
     [entry] = credited_entries(engine, job.id)
     assert entry.idempotency_key == f"job:{job.id}" and entry.kind is tables.EntryKind.JOB_CREDIT
     assert entry.amount_micro == 8_000_000 and entry.miner_address == miner.address
-    standing = {m.address: m for m in ledger.miner_points()}[miner.address]
+    standing = {m.address: m for m in ledger.reader.miner_points()}[miner.address]
     assert (standing.jobs, standing.points) == (1, 8.0)
 
 
@@ -154,7 +89,7 @@ def test_text_completion_credits_tokens_times_coefficient(ledger: Ledger, catalo
                          input_tokens=12, output_tokens=20)
     coefficient = catalog[model].coefficient
     assert verdict.accepted and verdict.points_micro == to_micro((12 + 20) / 1000 * coefficient)
-    view = ledger.job(job.id)
+    view = ledger.reader.job(job.id)
     assert view is not None and (view.input_tokens, view.output_tokens, view.tokens) == (12, 20, 32)
 
 
@@ -166,7 +101,7 @@ def test_text_token_claims_are_clamped_to_the_job(ledger: Ledger, catalog: Catal
                          input_tokens=1_000_000, output_tokens=1_000_000)
     spec = catalog["smollm2-135m"]
     assert verdict.points_micro == to_micro(job_points(spec, job.params, 6 + 64, 16))
-    view = ledger.job(job.id)
+    view = ledger.reader.job(job.id)
     assert view is not None and view.output_tokens == 1_000_000  # the claim is kept for the audit
 
 
@@ -194,9 +129,9 @@ def test_same_completion_delivered_twice_credits_once(ledger: Ledger, catalog: C
     second = ledger.record_completion(signed)
     assert second.duplicate and second.reason is Reason.DUPLICATE
     assert (second.accepted, second.points, second.state) == (first.accepted, first.points, first.state)
-    assert ledger.points_entries(job.id) == 1 and ledger.job(job.id).points == 8.0  # type: ignore[union-attr]
-    assert ledger.rejections(job.id) == [(Reason.DUPLICATE, miner.address)]
-    assert ledger.totals().points_total == 8.0
+    assert ledger.reader.points_entries(job.id) == 1 and ledger.reader.job(job.id).points == 8.0  # type: ignore[union-attr]
+    assert ledger.reader.rejections(job.id) == [(Reason.DUPLICATE, miner.address)]
+    assert ledger.reader.totals().points_total == 8.0
 
 
 class BarrierStore(ObjectStore):
@@ -248,8 +183,8 @@ def test_concurrent_deliveries_credit_once(migrated_url: str, ledger: Ledger, ca
     verdicts = _race(migrated_url, catalog, object_store, clock, [signed, signed])
     assert sorted(v.duplicate for v in verdicts) == [False, True]
     assert all(v.accepted and v.points == 8.0 and v.state is JobState.COMPLETED for v in verdicts)
-    assert ledger.points_entries(job.id) == 1
-    assert ledger.totals().points_total == 8.0
+    assert ledger.reader.points_entries(job.id) == 1
+    assert ledger.reader.totals().points_total == 8.0
 
 
 def test_two_miners_racing_on_one_job_credit_one(migrated_url: str, ledger: Ledger, catalog: Catalog,
@@ -263,9 +198,9 @@ def test_two_miners_racing_on_one_job_credit_one(migrated_url: str, ledger: Ledg
     verdicts = _race(migrated_url, catalog, object_store, clock, deliveries)
     assert sorted(v.duplicate for v in verdicts) == [False, True]
     winner = next(d for d, v in zip(deliveries, verdicts, strict=True) if not v.duplicate).completion.miner
-    view = ledger.job(job.id)
+    view = ledger.reader.job(job.id)
     assert view is not None and view.miner == winner and view.points == 8.0
-    points = {m.address: m.points for m in ledger.miner_points()}
+    points = {m.address: m.points for m in ledger.reader.miner_points()}
     assert sorted([points[miner.address], points[other.address]]) == [0.0, 8.0]
 
 
@@ -277,7 +212,7 @@ def test_many_concurrent_redeliveries_credit_once(ledger: Ledger, catalog: Catal
     with ThreadPoolExecutor(8) as pool:
         verdicts = list(pool.map(lambda _: ledger.record_completion(signed), range(8)))
     assert [v.duplicate for v in verdicts].count(False) == 1
-    assert all(v.points == 8.0 for v in verdicts) and ledger.points_entries(job.id) == 1
+    assert all(v.points == 8.0 for v in verdicts) and ledger.reader.points_entries(job.id) == 1
 
 
 def test_points_entries_are_append_only_in_the_database(engine: Engine, ledger: Ledger, catalog: Catalog,
@@ -288,7 +223,7 @@ def test_points_entries_are_append_only_in_the_database(engine: Engine, ledger: 
     for statement in (update(tables.PointsEntry).values(amount_micro=10**12), delete(tables.PointsEntry)):
         with pytest.raises(DBAPIError, match="append-only"), session_scope(engine) as session:
             session.execute(statement.where(tables.PointsEntry.job_id == job.id))
-    assert ledger.job(job.id).points == 8.0  # type: ignore[union-attr]
+    assert ledger.reader.job(job.id).points == 8.0  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------------------ refusals
@@ -310,10 +245,10 @@ def test_bad_signature_is_rejected_and_leaves_the_job_alone(ledger: Ledger, cata
     inflated = honest.completion.model_copy(update={"output_tokens": 99})
     tampered = honest.model_copy(update={"completion": inflated})
     assert ledger.record_completion(tampered).reason is Reason.BAD_SIGNATURE
-    view = ledger.job(job.id)
+    view = ledger.reader.job(job.id)
     assert view is not None and view.state is JobState.QUEUED and view.miner is None
     assert_nothing_credited(ledger, job)
-    assert ledger.rejections(job.id) == [(Reason.BAD_SIGNATURE, None)] * 2
+    assert ledger.reader.rejections(job.id) == [(Reason.BAD_SIGNATURE, None)] * 2
     # The real miner can still deliver.
     assert ledger.record_completion(honest).points == 8.0
 
@@ -324,9 +259,9 @@ def test_unknown_signer_is_rejected(ledger: Ledger, catalog: Catalog, clock: Clo
     job = image_job(ledger, catalog, clock)
     _, verdict = deliver(ledger, object_store, job, stranger)
     assert (verdict.accepted, verdict.reason) == (False, Reason.UNKNOWN_SIGNER)
-    assert ledger.job(job.id).state is JobState.QUEUED  # type: ignore[union-attr]
+    assert ledger.reader.job(job.id).state is JobState.QUEUED  # type: ignore[union-attr]
     assert_nothing_credited(ledger, job)
-    assert ledger.rejections(job.id) == [(Reason.UNKNOWN_SIGNER, stranger.address)]
+    assert ledger.reader.rejections(job.id) == [(Reason.UNKNOWN_SIGNER, stranger.address)]
 
 
 def test_unknown_job_is_rejected(ledger: Ledger, catalog: Catalog, clock: Clock, miner: Wallet) -> None:
@@ -334,8 +269,8 @@ def test_unknown_job_is_rejected(ledger: Ledger, catalog: Catalog, clock: Clock,
     ghost = Job(str(uuid.uuid4()), catalog["sd15"], params, "outputs/none.png", 0)
     verdict = ledger.record_completion(sign(completion(ghost, miner, PNG), miner))
     assert outcome(verdict) == (False, Reason.UNKNOWN_JOB, None)
-    assert ledger.job(ghost.id) is None
-    assert ledger.rejections(ghost.id) == [(Reason.UNKNOWN_JOB, miner.address)]
+    assert ledger.reader.job(ghost.id) is None
+    assert ledger.reader.rejections(ghost.id) == [(Reason.UNKNOWN_JOB, miner.address)]
 
 
 def test_wrong_model_is_rejected(ledger: Ledger, catalog: Catalog, clock: Clock, object_store: ObjectStore,
@@ -344,7 +279,7 @@ def test_wrong_model_is_rejected(ledger: Ledger, catalog: Catalog, clock: Clock,
     object_store.put(job.output_key, PNG, "image/png")
     verdict = ledger.record_completion(sign(completion(job, miner, PNG, model_id="sd15"), miner))
     assert (verdict.accepted, verdict.reason) == (False, Reason.WRONG_MODEL)
-    assert ledger.job(job.id).state is JobState.QUEUED  # type: ignore[union-attr]
+    assert ledger.reader.job(job.id).state is JobState.QUEUED  # type: ignore[union-attr]
     assert_nothing_credited(ledger, job)
 
 
@@ -354,11 +289,11 @@ def test_sha256_mismatch_rejects_the_job(ledger: Ledger, catalog: Catalog, clock
     object_store.put(job.output_key, b"something else entirely", "image/png")
     verdict = ledger.record_completion(sign(completion(job, miner, PNG), miner))
     assert outcome(verdict) == (False, Reason.SHA256_MISMATCH, JobState.REJECTED)
-    view = ledger.job(job.id)
+    view = ledger.reader.job(job.id)
     assert view is not None and view.state is JobState.REJECTED and view.miner == miner.address
     assert view.error is not None and view.error.startswith("sha256_mismatch")
     assert_nothing_credited(ledger, job)
-    assert ledger.rejections(job.id) == [(Reason.SHA256_MISMATCH, miner.address)]
+    assert ledger.reader.rejections(job.id) == [(Reason.SHA256_MISMATCH, miner.address)]
 
 
 def test_attested_weights_other_than_the_pinned_ones_reject_the_job(
@@ -397,7 +332,7 @@ def test_a_rejected_job_still_takes_a_valid_completion(ledger: Ledger, catalog: 
     job = image_job(ledger, catalog, clock)
     assert ledger.record_completion(sign(completion(job, miner, PNG), miner)).reason is Reason.OUTPUT_MISSING
     _, verdict = deliver(ledger, object_store, job, miner)
-    assert verdict.accepted and verdict.points == 8.0 and ledger.job(job.id).error is None  # type: ignore[union-attr]
+    assert verdict.accepted and verdict.points == 8.0 and ledger.reader.job(job.id).error is None  # type: ignore[union-attr]
 
 
 def test_completion_after_the_deadline_is_late_and_earns_nothing(ledger: Ledger, catalog: Catalog,
@@ -408,7 +343,7 @@ def test_completion_after_the_deadline_is_late_and_earns_nothing(ledger: Ledger,
     signed, verdict = deliver(ledger, object_store, job, miner)
     assert (verdict.accepted, verdict.reason, verdict.points, verdict.state) == (
         True, Reason.LATE, 0.0, JobState.LATE)
-    view = ledger.job(job.id)
+    view = ledger.reader.job(job.id)
     assert view is not None and view.state is JobState.LATE and view.state.has_output
     assert view.output_sha256 == hashlib.sha256(PNG).hexdigest()  # the output is kept
     assert_nothing_credited(ledger, job)
@@ -423,34 +358,34 @@ def test_record_failure(ledger: Ledger, catalog: Catalog, clock: Clock, object_s
                         miner: Wallet) -> None:
     job = image_job(ledger, catalog, clock)
     ledger.record_failure(job.id, "the miner reported an error")
-    view = ledger.job(job.id)
+    view = ledger.reader.job(job.id)
     assert view is not None and view.state is JobState.FAILED and view.error == "the miner reported an error"
     # A valid completion arriving later (a retry elsewhere) is still verified and credited.
     _, verdict = deliver(ledger, object_store, job, miner)
     assert verdict.accepted and verdict.points == 8.0
     ledger.record_failure(job.id, "late failure report")  # a verdict is never undone by a failure
-    view = ledger.job(job.id)
+    view = ledger.reader.job(job.id)
     assert view is not None and view.state is JobState.COMPLETED and view.error is None
     ledger.record_failure("no-such-job", "ignored")
 
 
 def test_register_miner(ledger: Ledger, engine: Engine, clock: Clock) -> None:
     wallet = Wallet.create()
-    assert not ledger.is_registered(wallet.address)
+    assert not ledger.reader.is_registered(wallet.address)
     hello = MinerHello(miner=wallet.address, models=["sd15"], queues=["vram8.sd15"], device=DEVICE,
                        started_at=clock.now)
     forged = SignedHello(hello=hello, signature=Wallet.create().sign(hello.signing_payload()))
     refused = ledger.register_miner(forged)
     assert (refused.accepted, refused.reason) == (False, Reason.BAD_SIGNATURE)
-    assert not ledger.is_registered(wallet.address)
+    assert not ledger.reader.is_registered(wallet.address)
     first_seen = clock.now
     signed = SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload()))
     assert ledger.register_miner(signed).accepted
     clock.now += 100
     verdict = register(ledger, wallet, models=("sd15", "sdxl"))
     assert verdict.accepted and verdict.address == wallet.address
-    assert ledger.is_registered(wallet.address) and ledger.is_registered(wallet.address.lower())
-    assert not ledger.is_registered("not an address")
+    assert ledger.reader.is_registered(wallet.address) and ledger.reader.is_registered(wallet.address.lower())
+    assert not ledger.reader.is_registered("not an address")
     with session_scope(engine) as session:
         row = session.get(tables.Miner, wallet.address)
         assert row is not None and (row.first_seen, row.last_seen) == (first_seen, clock.now)
@@ -460,13 +395,13 @@ def test_register_miner(ledger: Ledger, engine: Engine, clock: Clock) -> None:
 def test_create_job_refuses_params_of_the_wrong_kind(ledger: Ledger, catalog: Catalog) -> None:
     params = TextParams(prompt="x", max_tokens=4, temperature=0.0, seed=0)
     with pytest.raises(InvalidJobError, match="image"):
-        ledger.create_job("j", catalog["sd15"], params, "k", "q", 0.0)
-    assert ledger.job("j") is None
+        ledger.book.create_job("j", catalog["sd15"], params, "k", "q", 0.0)
+    assert ledger.reader.job("j") is None
 
 
 def test_read_side_totals(ledger: Ledger, engine: Engine, catalog: Catalog, clock: Clock,
                           object_store: ObjectStore, miner: Wallet) -> None:
-    before = ledger.totals()
+    before = ledger.reader.totals()
     done = image_job(ledger, catalog, clock)
     deliver(ledger, object_store, done, miner)
     image_job(ledger, catalog, clock)
@@ -474,7 +409,7 @@ def test_read_side_totals(ledger: Ledger, engine: Engine, catalog: Catalog, cloc
     ledger.record_failure(failed.id, "boom")
     rejected = image_job(ledger, catalog, clock)
     ledger.record_completion(sign(completion(rejected, miner, PNG), miner))
-    after = ledger.totals()
+    after = ledger.reader.totals()
     expected = {JobState.COMPLETED: 1, JobState.QUEUED: 1, JobState.FAILED: 1, JobState.REJECTED: 1,
                 JobState.LATE: 0}
     assert {s: after.jobs[s] - before.jobs[s] for s in JobState} == expected
@@ -483,7 +418,7 @@ def test_read_side_totals(ledger: Ledger, engine: Engine, catalog: Catalog, cloc
     with session_scope(engine) as session:
         total = session.scalar(select(func.sum(tables.PointsEntry.amount_micro)))
     assert int(total or 0) == after.points_total_micro
-    assert ledger.job("never-created") is None
+    assert ledger.reader.job("never-created") is None
 
 
 class Recorder(LedgerMiddleware):

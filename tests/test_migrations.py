@@ -13,9 +13,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from heurist.ledger import migrate
-from heurist.ledger.db import make_engine
-from heurist.ledger.tables import metadata
+from heurist.db import migrate
+from heurist.db.engine import make_engine
+from heurist.db.schema import metadata
 
 LEDGER_TABLES = {"miners", "jobs", "completions", "points_entries", "rejections", "audits", "miner_events",
                  "api_keys", "credit_entries", "search_documents", "search_chunks", "miner_uptime",
@@ -75,7 +75,7 @@ def test_schema_diff_would_notice_a_drift(db_url: str) -> None:
 def test_concurrent_upgrades_do_not_collide(db_url: str) -> None:
     """A client and a ledger starting together both migrate at start: processes take turns on a database
     lock, threads of one process on a lock around Alembic's process-global state."""
-    code = "import sys; from heurist.ledger.migrate import upgrade; upgrade(sys.argv[1])"
+    code = "import sys; from heurist.db.migrate import upgrade; upgrade(sys.argv[1])"
     procs = [subprocess.Popen([sys.executable, "-c", code, db_url], cwd=REPO, stderr=subprocess.PIPE,
                               text=True) for _ in range(3)]
     with ThreadPoolExecutor(3) as pool:

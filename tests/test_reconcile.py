@@ -17,13 +17,12 @@ from heurist.identity import Wallet
 from heurist.ledger.service import Ledger
 from heurist.points import job_points
 from heurist.storage.backend import ObjectStore
-from tests.fixtures.ledger import Clock
-from tests.test_ledger import deliver, image_job, text_job
+from tests.fixtures.ledger import Clock, deliver, image_job, text_job
 
 
 def test_failed_and_finished_text_jobs_are_closed_once(ledger: Ledger, catalog: Catalog, clock: Clock,
                                                         object_store: ObjectStore, miner: Wallet) -> None:
-    credits = CreditLedger(ledger.engine)
+    credits, reader = CreditLedger(ledger.engine), ledger.reader
     key_id, _ = credits.create_key("app", 100.0)
     failed, answered, image, running = (image_job(ledger, catalog, clock), text_job(ledger, catalog, clock),
                                         image_job(ledger, catalog, clock), text_job(ledger, catalog, clock))
@@ -37,14 +36,14 @@ def test_failed_and_finished_text_jobs_are_closed_once(ledger: Ledger, catalog: 
     assert open_charges(credits, clock.now - 30) == []  # within the grace a waiting request closes them
     clock.now += 31
     assert sorted(j for j, _ in open_charges(credits, clock.now - 30)) == sorted([failed.id, answered.id])
-    done = reconcile(credits, ledger, catalog)
+    done = reconcile(credits, reader, catalog)
     assert (done.refunded, done.settled) == ([failed.id], [answered.id])
     actual = job_points(answered.spec, answered.params, 12, 6)
     assert credits.charged(failed.id) == 0.0 and credits.charged(answered.id) == pytest.approx(actual)
     assert actual < worst_case
     assert credits.charged(image.id) == price_units(image.spec, image.params)  # images cost what was reserved
     assert credits.charged(running.id) == price_units(running.spec, running.params)  # still running: untouched
-    assert reconcile(credits, ledger, catalog) == reconcile(credits, ledger, catalog)  # nothing left: once only
+    assert reconcile(credits, reader, catalog) == reconcile(credits, reader, catalog)  # nothing left: once only
     assert credits.refund(failed.id) == 0.0 and credits.settle(answered.id, actual) == 0.0  # a late request too
     assert credits.balance(key_id) == pytest.approx(credits.entries_total(key_id))
     assert credits.balance(key_id) == pytest.approx(100.0 - sum(credits.charged(j.id) for j in

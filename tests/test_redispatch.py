@@ -14,17 +14,17 @@ from kombu import Connection
 
 from heurist.catalog import Catalog, load_catalog
 from heurist.celery_app import create_app
+from heurist.db.engine import make_engine
+from heurist.db.migrate import upgrade
 from heurist.identity import Wallet
 from heurist.jobs import JobMessage, JobState, TextParams
 from heurist.ledger.audit_service import AuditLedger
-from heurist.ledger.db import make_engine
-from heurist.ledger.migrate import upgrade
 from heurist.ledger.redispatch import MAX_BANNED_ATTEMPTS, redispatch
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import Reason
 from heurist.settings import Settings
 from heurist.storage.backend import ObjectStore
-from tests.test_ledger import Job, completion, register, sign
+from tests.fixtures.ledger import Job, completion, register, sign
 
 MODEL = "smollm2-135m"
 
@@ -75,7 +75,7 @@ def test_a_job_a_banned_miner_took_is_sent_again_then_failed_after_three(
     spec = catalog[MODEL]
     params = TextParams(prompt="Name three colors.", max_tokens=8)
     job_id, key = str(uuid.uuid4()), f"outputs/{MODEL}/{uuid.uuid4()}.json"
-    ledger.create_job(job_id, spec, params, key, spec.queue, time.time() + 600)
+    ledger.book.create_job(job_id, spec, params, key, spec.queue, time.time() + 600)
     settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
     for attempt in range(1, MAX_BANNED_ATTEMPTS + 1):
         deliver_banned(ledger, object_store, job_id, key, banned_miner(ledger))
@@ -86,5 +86,5 @@ def test_a_job_a_banned_miner_took_is_sent_again_then_failed_after_three(
             assert (message.job_id, message.params, message.model_id) == (job_id, params, MODEL)
             assert key in message.output_url  # the same output key, a fresh presigned URL
     assert not sent and queued_messages(app, spec.queue) == []
-    view = ledger.job(job_id)
+    view = ledger.reader.job(job_id)
     assert view is not None and view.state is JobState.FAILED and "banned miners" in (view.error or "")

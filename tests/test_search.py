@@ -18,9 +18,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from heurist.client import Client
+from heurist.db.engine import make_engine
+from heurist.db.migrate import upgrade
 from heurist.jobs import TextOutput
-from heurist.ledger.db import make_engine
-from heurist.ledger.migrate import upgrade
 from heurist.search.answer import build_prompt, search_answer
 from heurist.search.attribution import attribute
 from heurist.search.chunking import chunk_text

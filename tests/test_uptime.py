@@ -11,15 +11,16 @@ import pytest
 from sqlalchemy import Engine, select
 
 from heurist.catalog import Catalog, load_catalog
+from heurist.db.engine import session_factory
 from heurist.identity import Wallet
 from heurist.jobs import Heartbeat, SignedHeartbeat
 from heurist.ledger.audit_service import AuditLedger
-from heurist.ledger.db import session_factory
 from heurist.ledger.roster import Presence, Roster
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import MinerUptime, Reason
 from heurist.ledger.uptime import EpochClock, UptimeBook
 from heurist.routing import miner_tier
+from heurist.storage.backend import ObjectStore
 from tests.fixtures.ledger import Clock, register
 
 T0 = 1_000_000.0  # an epoch boundary for epoch_s=100 and a slot boundary for interval 10
@@ -32,9 +33,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def ledger(engine: Engine, clock: Clock) -> Ledger:
-    """No object store: heartbeats never touch one (the shared fixture's miner registers through this)."""
-    return Ledger(engine, load_catalog(), None, clock=clock)
+def ledger(engine: Engine, clock: Clock, object_store: ObjectStore) -> Ledger:
+    """Heartbeats never touch the object store (the shared fixture's miner registers through this)."""
+    return Ledger(engine, load_catalog(), object_store, clock=clock)
 
 
 @pytest.fixture

@@ -1,6 +1,10 @@
-"""The audit's trusted side: which completions to re-check (``sampler``). Verdicts and their penalties are
-ledger entries (``heurist.ledger.audit_service``). Nothing here imports torch."""
+"""The audit's trusted side: which completions to re-check (``sampler``), whether reported metrics are
+plausible (``metrics``), the ledger middleware that flags and samples (``middleware``), and reports.
 
-from heurist.audit.sampler import AuditSampler, MinerStanding
+This package may import ``heurist.ledger``; the ledger never imports it. Verdicts, penalties and a miner's
+standing are ledger data (``heurist.ledger.audit_service``, ``heurist.ledger.standing``). Nothing here
+imports torch."""
 
-__all__ = ["AuditSampler", "MinerStanding"]
+from heurist.audit.sampler import AuditSampler
+
+__all__ = ["AuditSampler"]

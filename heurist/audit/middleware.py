@@ -1,8 +1,9 @@
 """The audit's ledger middleware: flag implausible metrics, then sample the job for a replay.
 
-Order matters and ``heurist.ledger.consumer`` keeps it: ``MetricsFlagging`` first, so a miner flagged
-for this very completion's metrics is sampled at the suspicious rate by ``AuditSampling``. A sampled job
-goes to its model's trusted audit queue, ``<prefix>.<model>``.
+Order matters and ``audit_middleware`` keeps it: ``MetricsFlagging`` first, so a miner flagged for this
+very completion's metrics is sampled at the suspicious rate by ``AuditSampling``. A sampled job goes to
+its model's trusted audit queue, ``<prefix>.<model>``. The ledger package never imports this one: the
+ledger consumer takes ``audit_middleware`` from whoever starts it (``heurist ledger``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import TYPE_CHECKING
 
 from celery import Celery
 
-from heurist.audit.metrics import check_metrics
+from heurist.audit.metrics import ReportedMetrics, check_metrics
 from heurist.audit.sampler import AuditSampler
 from heurist.ledger.audit_service import AuditLedger
 from heurist.ledger.middleware import Accepted, LedgerMiddleware
+from heurist.settings import Settings
 from tasks.names import AUDIT_JOB
 
 if TYPE_CHECKING:
@@ -38,7 +40,8 @@ class MetricsFlagging(LedgerMiddleware):
         self.audits = audits
 
     def after_accept(self, ledger: Ledger, accepted: Accepted) -> None:
-        verdict = check_metrics(accepted.spec, accepted.params, accepted.reported())
+        reported = ReportedMetrics.of(accepted.claim, accepted.wall_s, accepted.registered_device)
+        verdict = check_metrics(accepted.spec, accepted.params, reported)
         if verdict.plausible:
             return
         self.audits.flag(accepted.miner, f"job {accepted.job_id}: {verdict.detail}")
@@ -57,3 +60,10 @@ class AuditSampling(LedgerMiddleware):
             return
         self.app.send_task(AUDIT_JOB, args=[accepted.job_id], queue=audit_queue(self.prefix, accepted.spec.id))
         log.info("job %s of %s sampled for audit", accepted.job_id, accepted.miner)
+
+
+def audit_middleware(app: Celery, settings: Settings, ledger: Ledger) -> list[LedgerMiddleware]:
+    """What the ledger consumer runs after its verdicts for the audit, in order: flag, then sample."""
+    sampler = AuditSampler(base_rate=settings.audit_base_rate, new_miner_rate=settings.audit_new_miner_rate,
+                           suspicious_rate=settings.audit_suspicious_rate, seed=settings.audit_seed)
+    return [MetricsFlagging(AuditLedger(ledger.engine)), AuditSampling(app, sampler, settings.audit_queue_prefix)]

@@ -6,38 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+
+from heurist.ledger.standing import NEW_MINER_AUDITS, MinerStanding
 
 BASE_RATE = 0.10
 NEW_MINER_RATE = 0.5
 SUSPICIOUS_RATE = 1.0
-NEW_MINER_AUDITS = 5  # a miner is new (and its points sit in escrow) until this many audits pass
-
-
-@dataclass(frozen=True)
-class MinerStanding:
-    """A miner's audit record, as the ledger reads it.
-
-    ``recent_failed``: failed audits among the miner's last ``RECENT_AUDITS``; ``odd_metrics``: flagged
-    for implausible reported metrics (and not unflagged since)."""
-
-    passed: int = 0
-    failed: int = 0
-    recent_failed: int = 0
-    banned: bool = False
-    odd_metrics: bool = False
-
-    def is_new(self, new_miner_audits: int = NEW_MINER_AUDITS) -> bool:
-        return self.passed < new_miner_audits
-
-    @property
-    def audited(self) -> int:
-        """Audits with a verdict, passed or failed."""
-        return self.passed + self.failed
-
-    @property
-    def suspicious(self) -> bool:
-        return self.banned or self.recent_failed > 0 or self.odd_metrics
 
 
 def _check_rate(name: str, rate: float) -> None:

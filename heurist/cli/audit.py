@@ -24,13 +24,10 @@ def report(
     v_audit_outcomes, v_flagged_miners.
     """
     from heurist.audit.report import audit_report
+    from heurist.db import open_engine
     from heurist.ledger.audit_service import AuditLedger
-    from heurist.ledger.db import make_engine
-    from heurist.ledger.migrate import upgrade
 
-    url = settings_with().resolved_database_url()
-    upgrade(url)
-    rows = audit_report(AuditLedger(make_engine(url)), miner)
+    rows = audit_report(AuditLedger(open_engine(settings_with())), miner)
     if json_out:
         print_json([row.as_dict() for row in rows])
         return

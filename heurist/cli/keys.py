@@ -19,12 +19,9 @@ app = typer.Typer(
 
 def _ledger() -> CreditLedger:
     """The credit ledger of HEURIST_DATABASE_URL, migrated on open like every ledger process does."""
-    from heurist.ledger.db import make_engine
-    from heurist.ledger.migrate import upgrade
+    from heurist.db import open_engine
 
-    url = settings_with().resolved_database_url()
-    upgrade(url)
-    return CreditLedger(make_engine(url))
+    return CreditLedger(open_engine(settings_with()))
 
 
 def _when(ts: float) -> str:

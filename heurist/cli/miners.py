@@ -39,13 +39,13 @@ def miners(json_out: bool = typer.Option(False, "--json", help="Print one JSON l
     epoch's heartbeat slots (HEURIST_EPOCH_S / HEURIST_HEARTBEAT_INTERVAL_S) the miner was heard in, so far;
     "last epoch" is the same for the whole previous epoch, the factor its rewards are multiplied by.
     """
-    from heurist.ledger.factory import open_ledger, open_uptime
+    from heurist.ledger.factory import open_reader, open_uptime
     from heurist.ledger.roster import Roster
 
     settings = settings_with()
     catalog = load_catalog(settings.catalog_path)
-    ledger = open_ledger(settings, catalog, None)
-    roster = Roster(ledger.engine, catalog, open_uptime(settings, ledger), settings.offline_after_s())
+    reader = open_reader(settings)
+    roster = Roster(reader.engine, catalog, open_uptime(settings, reader), settings.offline_after_s())
     rows = roster.statuses()
     if json_out:
         print_json([row.as_json() for row in rows])

@@ -104,10 +104,12 @@ def ledger(
     loglevel: str = typer.Option("INFO", "--loglevel"),
 ) -> None:
     """Run the trusted ledger consumer: verify completions and credit points exactly once."""
+    from heurist.audit.middleware import audit_middleware
     from heurist.ledger.consumer import run_ledger
 
     settings = settings_with()
-    run_ledger(settings, load_catalog(settings.catalog_path), concurrency=concurrency, loglevel=loglevel)
+    run_ledger(settings, load_catalog(settings.catalog_path), audit_middleware, concurrency=concurrency,
+               loglevel=loglevel)
 
 
 def auditor(
@@ -125,10 +127,10 @@ def auditor(
 
 def points(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """Points per miner, from the append-only ledger."""
-    from heurist.ledger.factory import open_ledger
+    from heurist.ledger.factory import open_reader
 
     settings = settings_with()
-    rows = open_ledger(settings, load_catalog(settings.catalog_path), None).miner_points()
+    rows = open_reader(settings).miner_points()
     if json_out:
         print_json([{"miner": r.address, "jobs": r.jobs, "points": r.points} for r in rows])
         return
@@ -195,7 +197,7 @@ def verify(models: str | None = typer.Option(None, "--models", help="Comma-separ
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Migrate the ledger database up (default: to the newest schema)."""
-    from heurist.ledger.migrate import upgrade
+    from heurist.db.migrate import upgrade
 
     upgrade(settings_with().resolved_database_url(), revision)
     console.print(f"ledger database at {revision}")
@@ -204,7 +206,7 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
 @db_app.command("downgrade")
 def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. 'base'.")) -> None:
     """Migrate the ledger database down."""
-    from heurist.ledger.migrate import downgrade
+    from heurist.db.migrate import downgrade
 
     downgrade(settings_with().resolved_database_url(), revision)
     console.print(f"ledger database at {revision}")

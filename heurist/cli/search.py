@@ -20,12 +20,9 @@ app = typer.Typer(
 
 def _index() -> VectorIndex:
     """The index of HEURIST_DATABASE_URL, migrated on open like every ledger process does."""
-    from heurist.ledger.db import make_engine
-    from heurist.ledger.migrate import upgrade
+    from heurist.db import open_engine
 
-    url = settings_with().resolved_database_url()
-    upgrade(url)
-    return VectorIndex(make_engine(url), Embedder())
+    return VectorIndex(open_engine(settings_with()), Embedder())
 
 
 def _documents(files: list[Path], single: bool) -> list[SourceDocument]:

@@ -32,7 +32,6 @@ def up(
 
     from heurist.credits.ledger import CreditLedger
     from heurist.gateway.app import create_app
-    from heurist.ledger.migrate import upgrade
 
     sock = _bind(host, port)  # a busy port fails before anything starts
     signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` cleans up like Ctrl-C
@@ -46,8 +45,7 @@ def up(
                 with err_console.status("miner: verifying model files and loading pipelines"):
                     wait_until(lambda: client.ledger.is_registered(miner.address), 600, "the miner to start",
                                check=net.check_alive)
-                upgrade(settings.resolved_database_url())  # the credit tables (the ledger made the rest)
-                credits = CreditLedger(client.ledger.engine)
+                credits = CreditLedger(client.ledger.engine)  # opened by open_engine: migrated, credit tables too
                 _, key = credits.create_key("heurist-up", units)
                 app = create_app(settings, client, credits)
                 _ingest_demo_corpus(app.state.search.index)

@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from heurist.credits.keys import display_prefix, hash_key, new_key
 from heurist.credits.tables import ApiKey, CreditEntry, CreditEntryKind
+from heurist.db.engine import session_scope
 from heurist.errors import HeuristError
-from heurist.ledger.db import session_scope
 from heurist.points import from_micro, to_micro
 
 

@@ -20,9 +20,9 @@ from heurist.catalog import Catalog
 from heurist.catalog.schema import JobKind
 from heurist.credits.ledger import CreditLedger
 from heurist.credits.tables import CreditEntry, CreditEntryKind
+from heurist.db.engine import session_scope
 from heurist.jobs import JobState
-from heurist.ledger.db import session_scope
-from heurist.ledger.service import Ledger
+from heurist.ledger.reader import LedgerReader
 from heurist.ledger.tables import Job
 from heurist.points import job_points
 
@@ -52,7 +52,7 @@ def open_charges(credits: CreditLedger, ended_before: float, limit: int = 500) -
         return [(job_id, state) for job_id, state in session.execute(stmt).tuples()]
 
 
-def reconcile(credits: CreditLedger, ledger: Ledger, catalog: Catalog, grace_s: float = 30.0) -> Reconciled:
+def reconcile(credits: CreditLedger, ledger: LedgerReader, catalog: Catalog, grace_s: float = 30.0) -> Reconciled:
     """Refund failed jobs and settle finished text jobs that no request closed; idempotent."""
     done = Reconciled()
     for job_id, state in open_charges(credits, ledger.clock() - grace_s):
@@ -72,7 +72,7 @@ def reconcile(credits: CreditLedger, ledger: Ledger, catalog: Catalog, grace_s: 
 class Reconciler:
     """Runs ``reconcile`` every ``interval_s`` on a daemon thread, for as long as the gateway serves."""
 
-    def __init__(self, credits: CreditLedger, ledger: Ledger, catalog: Catalog, interval_s: float) -> None:
+    def __init__(self, credits: CreditLedger, ledger: LedgerReader, catalog: Catalog, interval_s: float) -> None:
         self.credits, self.ledger, self.catalog, self.interval_s = credits, ledger, catalog, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heurist-reconcile", daemon=True)

@@ -1,4 +1,5 @@
-"""Credit tables, declared on the ledger's ``Base`` so one metadata (and one migration chain) holds all.
+"""Credit tables, declared on the shared ``Base`` (``heurist.db.base``) so one metadata (and one migration
+chain) holds all.
 
 ``api_keys.balance_micro`` is the fast overdraw check; ``credit_entries`` (append-only, a trigger refuses
 UPDATE and DELETE, see migration 0004) is the history, and the balance always equals the sum of a key's
@@ -12,7 +13,7 @@ from enum import StrEnum
 from sqlalchemy import BigInteger, Boolean, Double, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from heurist.ledger.tables import ID_LEN, Base, BigId, StrEnumType
+from heurist.db.base import ID_LEN, Base, BigId, StrEnumType
 
 KEY_HASH_LEN = 64  # sha256 hex
 PREFIX_LEN = 16

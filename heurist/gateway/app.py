@@ -44,14 +44,8 @@ def create_app(settings: Settings, client: Client, credits: CreditLedger) -> Fas
 def app_from_settings(settings: Settings) -> FastAPI:
     """What ``heurist gateway`` serves: the ledger database migrated, the client's broker connection opened
     lazily. The object store is made first, so missing S3 keys stop the gateway at start, not at a request."""
+    from heurist.db import open_engine
     from heurist.storage import make_store
 
     store = make_store(settings)
-    from heurist.ledger.db import make_engine
-    from heurist.ledger.migrate import upgrade
-
-    url = settings.resolved_database_url()
-    if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(url)
-    return create_app(settings, Client(settings, store=store), CreditLedger(make_engine(url)))
+    return create_app(settings, Client(settings, store=store), CreditLedger(open_engine(settings)))

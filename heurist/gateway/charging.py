@@ -11,7 +11,7 @@ from heurist.errors import JobTimeoutError
 from heurist.gateway.errors import ApiError
 
 if TYPE_CHECKING:
-    from heurist.ledger.service import JobView
+    from heurist.ledger.reader import JobView
 
 
 def reserve_all(credits: CreditLedger, key_id: int, job_ids: Sequence[str], prices: Sequence[float]) -> None:

@@ -21,7 +21,7 @@ from heurist.jobs import ImageParams
 from heurist.submission import image_params
 
 if TYPE_CHECKING:
-    from heurist.ledger.service import JobView
+    from heurist.ledger.reader import JobView
 
 router = APIRouter(tags=["images"])
 

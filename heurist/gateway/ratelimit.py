@@ -16,7 +16,7 @@ from sqlalchemy import Engine, case, select, update
 from sqlalchemy.exc import IntegrityError
 
 from heurist.credits.tables import RateBucket
-from heurist.ledger.db import session_scope
+from heurist.db.engine import session_scope
 
 
 class RateLimiter:

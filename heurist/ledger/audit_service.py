@@ -25,13 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, ScalarSelect, func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from heurist.audit.sampler import NEW_MINER_AUDITS, MinerStanding
+from heurist.db.engine import session_factory, session_scope
 from heurist.errors import InvalidJobError
-from heurist.ledger.db import session_factory, session_scope
+from heurist.ledger.standing import NEW_MINER_AUDITS, MinerStanding, read_banned, read_standing
 from heurist.ledger.tables import (
     CLAWBACK_KINDS,
     CREDITED_KINDS,
@@ -39,7 +39,7 @@ from heurist.ledger.tables import (
     Audit,
     AuditOutcome,
     AuditReason,
-    Completion,
+    CompletionRow,
     EntryKind,
     MinerEvent,
     MinerEventKind,
@@ -49,48 +49,13 @@ from heurist.ledger.tables import (
 log = logging.getLogger(__name__)
 
 EPOCH_SECONDS = 86400  # v_points_per_miner_epoch: epoch = floor(created_at / EPOCH_SECONDS) (frozen in 0002)
-RECENT_AUDITS = 10  # a failure among a miner's last this-many audits makes it suspicious (frozen in 0002)
 BAN_THRESHOLD = 3  # failed audits that ban a miner
 REPUTATION_DECAY = 0.9
 REPUTATION_WINDOW = 50  # older audits weigh < 0.9**50 ≈ 0.005: ignored
 CREDIT_KINDS = (EntryKind.JOB_CREDIT, EntryKind.ESCROW)  # what a job earned when it was verified
 
 
-# ------------------------------------------------------------------------------- reads (shared with Ledger)
-
-
-def _latest(miner: str, on: MinerEventKind, off: MinerEventKind) -> ScalarSelect[Any]:
-    """The miner's latest ``on``/``off`` event kind (events are ordered by id), as a scalar subquery."""
-    return (select(MinerEvent.kind).where(MinerEvent.miner_address == miner, MinerEvent.kind.in_((on, off)))
-            .order_by(MinerEvent.id.desc()).limit(1).scalar_subquery())
-
-
-def _count(miner: str, outcome: AuditOutcome) -> ScalarSelect[Any]:
-    return (select(func.count()).select_from(Audit)
-            .where(Audit.miner_address == miner, Audit.outcome == outcome).scalar_subquery())
-
-
-def _recent_failed(miner: str, recent: int) -> ScalarSelect[Any]:
-    latest = (select(Audit.outcome).where(Audit.miner_address == miner)
-              .order_by(Audit.audited_at.desc(), Audit.id.desc()).limit(recent).subquery())
-    return select(func.count()).select_from(latest).where(latest.c.outcome == AuditOutcome.FAILED).scalar_subquery()
-
-
-def read_banned(session: Session, miner: str) -> bool:
-    """Whether the miner is banned now (its latest banned/unbanned event is a ban)."""
-    return session.scalar(select(_latest(miner, MinerEventKind.BANNED, MinerEventKind.UNBANNED))) == "banned"
-
-
-def read_standing(session: Session, miner: str, recent: int = RECENT_AUDITS) -> MinerStanding:
-    """The miner's audit record, in one round trip: what the sampler, escrow and bans all decide from."""
-    row: Any = session.execute(select(
-        _count(miner, AuditOutcome.PASSED), _count(miner, AuditOutcome.FAILED), _recent_failed(miner, recent),
-        _latest(miner, MinerEventKind.BANNED, MinerEventKind.UNBANNED),
-        _latest(miner, MinerEventKind.FLAGGED, MinerEventKind.UNFLAGGED),
-    )).one()
-    passed, failed, recent_failed, ban, flag = row
-    return MinerStanding(passed=int(passed), failed=int(failed), recent_failed=int(recent_failed or 0),
-                         banned=ban == MinerEventKind.BANNED.value, odd_metrics=flag == MinerEventKind.FLAGGED.value)
+# ------------------------------------------------------------------------------------------------- reads
 
 
 def _sum_kinds(session: Session, miner: str, kinds: tuple[EntryKind, ...]) -> int:
@@ -202,7 +167,7 @@ class AuditLedger:
     def _record(self, job_id: str, passed: bool, reason: AuditReason | None, detail: str,
                 metrics: dict[str, Any], auditor: str) -> AuditResult:
         with session_scope(self._sessions) as session:
-            miner = session.scalar(select(Completion.miner_address).where(Completion.job_id == job_id))
+            miner = session.scalar(select(CompletionRow.miner_address).where(CompletionRow.job_id == job_id))
             if miner is None:
                 raise InvalidJobError(f"job {job_id} has no accepted completion to audit")
             existing = session.scalar(select(Audit).where(Audit.job_id == job_id, Audit.auditor == auditor))
@@ -309,10 +274,7 @@ class AuditLedger:
 __all__ = [
     "BAN_THRESHOLD",
     "EPOCH_SECONDS",
-    "RECENT_AUDITS",
     "AuditLedger",
     "AuditResult",
     "MinerBalance",
-    "read_banned",
-    "read_standing",
 ]

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from heurist.audit.metrics import ReportedMetrics
 from heurist.jobs import DeviceInfo, ImageParams, TextParams, Timings
-from heurist.ledger.service import PARAMS
-from heurist.ledger.tables import Completion, Job, Miner
+from heurist.ledger.reader import PARAMS
+from heurist.ledger.tables import CompletionRow, Job, Miner
 
 
 @dataclass(frozen=True)
@@ -28,14 +27,11 @@ class AcceptedClaim:
     wall_s: float  # job created -> completion received, by the ledger's clock
     registered_device: DeviceInfo | None
 
-    def reported(self) -> ReportedMetrics:
-        return ReportedMetrics.of(self, self.wall_s, self.registered_device)
-
 
 def read_claim(engine: Engine, job_id: str) -> AcceptedClaim | None:
     """The accepted claim of ``job_id``, or None if it has none."""
-    stmt = (select(Job, Completion, Miner.device).join(Completion, Completion.job_id == Job.id)
-            .outerjoin(Miner, Miner.address == Completion.miner_address).where(Job.id == job_id))
+    stmt = (select(Job, CompletionRow, Miner.device).join(CompletionRow, CompletionRow.job_id == Job.id)
+            .outerjoin(Miner, Miner.address == CompletionRow.miner_address).where(Job.id == job_id))
     with Session(engine) as session:
         row = session.execute(stmt).tuples().first()
     if row is None:

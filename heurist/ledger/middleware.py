@@ -1,9 +1,11 @@
-"""Ledger middleware: what follows a verdict (metric flags, audit sampling, redispatch), one class each.
+"""Ledger middleware: the hooks that follow a verdict (metric flags, audit sampling, redispatch), one class each.
 
 The ledger calls each middleware after a verdict is committed, in order, with what verification already
 loaded: the claim, the job's parameters, the miner's registered device and its standing before this
 completion. So a hook costs no database read of its own (three re-reads per completion had cut the job
-path from 99 to 60 jobs/s). A middleware that raises is logged; the committed verdict stands.
+path from 99 to 60 jobs/s). A middleware that raises is logged; the committed verdict stands. The audit's
+middleware (``heurist.audit.middleware``) builds on these types; the ledger never imports it: whoever starts
+the ledger consumer installs it.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from heurist.audit.metrics import ReportedMetrics
-from heurist.audit.sampler import MinerStanding
 from heurist.catalog import ModelSpec
 from heurist.jobs import Completion, DeviceInfo, ImageParams, TextParams
+from heurist.ledger.standing import MinerStanding
 from heurist.ledger.tables import Reason
 
 if TYPE_CHECKING:
@@ -35,9 +36,6 @@ class Accepted:
     registered_device: DeviceInfo | None
     standing: MinerStanding
     late: bool
-
-    def reported(self) -> ReportedMetrics:
-        return ReportedMetrics.of(self.claim, self.wall_s, self.registered_device)
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ MAX_BANNED_ATTEMPTS = 3
 
 def redispatch(app: Celery, ledger: Ledger, settings: Settings, job_id: str) -> bool:
     """Send a still-queued job again; False (and the job failed) once banned miners took it too often."""
-    view, params = ledger.job(job_id), ledger.job_params(job_id)
+    view, params = ledger.reader.job(job_id), ledger.reader.job_params(job_id)
     if view is None or params is None or view.state.terminal:
         return False
-    taken = sum(reason is Reason.BANNED for reason, _ in ledger.rejections(job_id))
+    taken = sum(reason is Reason.BANNED for reason, _ in ledger.reader.rejections(job_id))
     if taken >= MAX_BANNED_ATTEMPTS:
         ledger.record_failure(job_id, f"taken {taken} times by banned miners")
         return False

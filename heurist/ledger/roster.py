@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from heurist.catalog import Catalog
+from heurist.db.engine import session_factory
 from heurist.ledger.audit_service import AuditLedger
-from heurist.ledger.db import session_factory
 from heurist.ledger.tables import Miner, PointsEntry
 from heurist.ledger.uptime import UptimeBook
 from heurist.points import MICRO

@@ -16,30 +16,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from eth_utils import to_checksum_address
-from pydantic import TypeAdapter
-from sqlalchemy import Engine, Select, func, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from heurist.audit.sampler import NEW_MINER_AUDITS, MinerStanding
-from heurist.catalog import Catalog, JobKind, ModelSpec
+from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import WeightPins
-from heurist.errors import ConfigError, InvalidJobError
+from heurist.db.base import ID_LEN
+from heurist.db.engine import session_factory, session_scope
 from heurist.identity import recover_signer
-from heurist.jobs import Completion as ClaimedCompletion
-from heurist.jobs import DeviceInfo, ImageParams, JobParams, JobState, SignedCompletion, SignedHello, TextParams
-from heurist.ledger.audit_service import read_banned, read_standing
-from heurist.ledger.db import session_factory, session_scope
+from heurist.jobs import Completion, DeviceInfo, ImageParams, JobState, SignedCompletion, SignedHello
+from heurist.ledger.jobbook import JobBook
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
-from heurist.ledger.tables import ID_LEN, Completion, EntryKind, Job, Miner, PointsEntry, Reason, Rejection
+from heurist.ledger.reader import PARAMS, LedgerReader, sum_micro
+from heurist.ledger.standing import NEW_MINER_AUDITS, MinerStanding, read_banned, read_standing
+from heurist.ledger.tables import CompletionRow, EntryKind, Job, Miner, PointsEntry, Reason, Rejection
 from heurist.points import MICRO, from_micro, job_points, to_micro
 from heurist.storage.backend import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
-PARAMS: TypeAdapter[ImageParams | TextParams] = TypeAdapter(JobParams)  # type: ignore[arg-type]
 # No tokenizer emits more tokens than the prompt has bytes; the slack covers chat-template tokens.
 PROMPT_TOKEN_SLACK = 64
 # A job may still take a completion in these states; COMPLETED and LATE already hold one.
@@ -78,61 +75,6 @@ class CompletionVerdict:
         return from_micro(self.points_micro)
 
 
-@dataclass(frozen=True)
-class JobView:
-    """A job as the ledger knows it: for clients polling results."""
-
-    job_id: str
-    model_id: str
-    kind: JobKind
-    state: JobState
-    output_key: str
-    points_micro: int
-    miner: str | None
-    output_sha256: str | None
-    input_tokens: int | None  # as the miner reported them
-    output_tokens: int | None
-    error: str | None
-    created_at: float
-    deadline_at: float
-    finished_at: float | None
-
-    @property
-    def points(self) -> float:
-        return from_micro(self.points_micro)
-
-    @property
-    def tokens(self) -> int | None:
-        if self.input_tokens is None or self.output_tokens is None:
-            return None
-        return self.input_tokens + self.output_tokens
-
-
-@dataclass(frozen=True)
-class MinerPoints:
-    """A registered miner's standing: accepted completions and the sum of its points entries."""
-
-    address: str
-    jobs: int
-    points_micro: int
-
-    @property
-    def points(self) -> float:
-        return from_micro(self.points_micro)
-
-
-@dataclass(frozen=True)
-class LedgerTotals:
-    jobs: dict[JobState, int]
-    points_total_micro: int
-    miners: int
-    rejections: int
-
-    @property
-    def points_total(self) -> float:
-        return from_micro(self.points_total_micro)
-
-
 # ---------------------------------------------------------------------------------- verification steps
 
 
@@ -164,7 +106,7 @@ class _Attempt:
     registered_device: DeviceInfo | None = None
 
     @property
-    def claim(self) -> ClaimedCompletion:
+    def claim(self) -> Completion:
         return self.signed.completion
 
     @property
@@ -172,55 +114,33 @@ class _Attempt:
         return self.signed.completion.job_id
 
 
-def _sum_micro(value: Any) -> int:
-    """SUM over BIGINT is NUMERIC on PostgreSQL (a Decimal); always an int here."""
-    return int(value or 0)
-
-
 class Ledger:
     """Verifies completions and keeps the append-only points ledger. Thread-safe: a session per call.
 
-    Banned miners (``heurist.ledger.audit_service``) are refused: hellos and completions. With
+    Banned miners (``heurist.ledger.standing``) are refused: hellos and completions. With
     ``escrow_new_miners``, a miner with fewer than ``new_miner_audits`` passed audits is credited ESCROW
-    entries (held until its audits pass) instead of JOB_CREDIT. Points totals (``miner_points``,
-    ``totals``, ``JobView.points``) are sums of all entries: they count escrowed points, net of clawbacks.
+    entries (held until its audits pass) instead of JOB_CREDIT. It reads through ``reader`` (a
+    ``LedgerReader`` on the same engine and clock) and records jobs through ``book`` (a ``JobBook``).
     """
 
-    def __init__(self, engine: Engine, catalog: Catalog, store: ObjectStore | None,
+    def __init__(self, engine: Engine, catalog: Catalog, store: ObjectStore,
                  clock: Callable[[], float] = time.time, *, escrow_new_miners: bool = False,
                  new_miner_audits: int = NEW_MINER_AUDITS, pins: WeightPins | None = None,
                  middleware: Sequence[LedgerMiddleware] = ()) -> None:
-        """``store`` None opens a read-only view (reports, `heurist points`): it cannot verify completions.
-        ``pins`` None skips the weight attestation check (the auditor still makes it)."""
+        """``pins`` None skips the weight attestation check (the auditor still makes it)."""
         self.pins = pins
         self.middleware = list(middleware)
         self.escrow_new_miners = escrow_new_miners
         self.new_miner_audits = new_miner_audits
         self.engine = engine
         self.catalog = catalog
-        self._store = store
+        self.store = store
         self.clock = clock
+        self.reader = LedgerReader(engine, clock)
+        self.book = JobBook(engine, clock)
         self._sessions = session_factory(engine)
 
-    @property
-    def store(self) -> ObjectStore:
-        if self._store is None:
-            raise ConfigError("this ledger was opened without object storage, so it cannot verify outputs: "
-                              "set HEURIST_S3_ENDPOINT and its keys")
-        return self._store
-
-    # ------------------------------------------------------------------------------------ jobs, miners
-
-    def create_job(self, job_id: str, spec: ModelSpec, params: ImageParams | TextParams, output_key: str,
-                   queue: str, deadline_at: float) -> None:
-        """Record a job before it is sent: its parameters here are the only ones points are computed from."""
-        if params.kind is not spec.kind:
-            raise InvalidJobError(f"model {spec.id} runs {spec.kind.value} jobs, not {params.kind.value}")
-        row = Job(id=job_id, model_id=spec.id, kind=spec.kind, params=params.model_dump(mode="json"),
-                  queue=queue, state=JobState.QUEUED, output_key=output_key, created_at=self.clock(),
-                  deadline_at=deadline_at)
-        with session_scope(self._sessions) as session:
-            session.add(row)
+    # ---------------------------------------------------------------------------------- miners, failures
 
     def register_miner(self, signed: SignedHello) -> RegistrationVerdict:
         """Record a miner that proved it holds its key; later hellos refresh last_seen, models, device."""
@@ -260,15 +180,8 @@ class Ledger:
         ))
 
     def record_failure(self, job_id: str, reason: str) -> None:
-        """A miner (or the broker) reported an error: the job ends FAILED unless it already has a verdict.
-        A valid completion arriving later is still verified and credited."""
-        with session_scope(self._sessions) as session:
-            done = session.execute(
-                update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
-                .values(state=JobState.FAILED, error=reason, finished_at=self.clock())
-            )
-        if done.rowcount == 0:  # type: ignore[attr-defined]
-            log.info("failure report for job %s ignored: unknown or already terminal", job_id)
+        """A miner's task raised: the job ends FAILED unless it already has a verdict (``JobBook``)."""
+        self.book.record_failure(job_id, reason)
 
     # ------------------------------------------------------------------------------------ completions
 
@@ -335,7 +248,7 @@ class Ledger:
             a.banned = a.standing.banned
             a.escrow = a.registered and self.escrow_new_miners and a.standing.is_new(self.new_miner_audits)
             a.job = session.get(Job, a.job_id)
-            a.has_completion = a.job is not None and session.get(Completion, a.job_id) is not None
+            a.has_completion = a.job is not None and session.get(CompletionRow, a.job_id) is not None
         return None
 
     def _check_signer(self, a: _Attempt) -> _Refusal | None:
@@ -411,7 +324,7 @@ class Ledger:
 
     # ----------------------------------------------------------------------------------------- verdicts
 
-    def _credit_micro(self, job: Job, spec: ModelSpec, claim: ClaimedCompletion) -> int:
+    def _credit_micro(self, job: Job, spec: ModelSpec, claim: Completion) -> int:
         """Points from the job record's parameters, never the miner's; token claims are clamped to what
         the job allows (the audit checks exact counts)."""
         params = PARAMS.validate_python(job.params)
@@ -449,25 +362,25 @@ class Ledger:
         return CompletionVerdict(job_id=a.job_id, accepted=True, reason=Reason.LATE if late else None,
                                  points_micro=micro, state=state)
 
-    def _completion_row(self, a: _Attempt) -> Completion:
+    def _completion_row(self, a: _Attempt) -> CompletionRow:
         c = a.claim
         assert a.signer is not None
-        return Completion(job_id=c.job_id, miner_address=a.signer, output_sha256=c.output_sha256,
-                          output_bytes=c.output_bytes, content_type=c.content_type,
-                          input_tokens=c.input_tokens, output_tokens=c.output_tokens,
-                          timings=c.timings.model_dump(mode="json"), device=c.device.model_dump(mode="json"),
-                          weights_sha256=c.weights_sha256, finished_at=c.finished_at,
-                          signature=a.signed.signature, received_at=a.received_at)
+        return CompletionRow(job_id=c.job_id, miner_address=a.signer, output_sha256=c.output_sha256,
+                             output_bytes=c.output_bytes, content_type=c.content_type,
+                             input_tokens=c.input_tokens, output_tokens=c.output_tokens,
+                             timings=c.timings.model_dump(mode="json"), device=c.device.model_dump(mode="json"),
+                             weights_sha256=c.weights_sha256, finished_at=c.finished_at,
+                             signature=a.signed.signature, received_at=a.received_at)
 
     def _has_completion(self, job_id: str) -> bool:
         with self._sessions() as session:
-            return session.get(Completion, job_id) is not None
+            return session.get(CompletionRow, job_id) is not None
 
     def _duplicate(self, a: _Attempt) -> CompletionVerdict:
         """Answer a second delivery with the first verdict; record it, credit nothing."""
         with session_scope(self._sessions) as session:
             earlier = self._earlier_verdict(session, a.job_id)
-            holder = session.scalar(select(Completion.miner_address).where(Completion.job_id == a.job_id))
+            holder = session.scalar(select(CompletionRow.miner_address).where(CompletionRow.job_id == a.job_id))
             refusal = _Refusal(Reason.DUPLICATE, f"the job already has an accepted completion from {holder}",
                                miner=a.signer)
             session.add(self._rejection_row(a, refusal))
@@ -480,7 +393,7 @@ class Ledger:
             PointsEntry.job_id == job_id, PointsEntry.kind.in_((EntryKind.JOB_CREDIT, EntryKind.ESCROW))))
         return CompletionVerdict(job_id=job_id, accepted=state is not None and state.has_output,
                                  reason=Reason.LATE if state is JobState.LATE else None,
-                                 points_micro=_sum_micro(credited), state=state)
+                                 points_micro=sum_micro(credited), state=state)
 
     def _rejection_row(self, a: _Attempt, refusal: _Refusal) -> Rejection:
         return Rejection(job_id=a.job_id[:ID_LEN], miner_address=refusal.miner, reason=refusal.reason,
@@ -501,95 +414,11 @@ class Ledger:
         return CompletionVerdict(job_id=a.job_id, accepted=False, reason=refusal.reason, points_micro=0,
                                  state=state)
 
-    # ---------------------------------------------------------------------------------------- read side
-
-    def job_params(self, job_id: str) -> ImageParams | TextParams | None:
-        """The parameters recorded at submit time: what an auditor replays (never the miner's claim)."""
-        with self._sessions() as session:
-            raw = session.scalar(select(Job.params).where(Job.id == job_id))
-        return None if raw is None else PARAMS.validate_python(raw)
-
-    def job(self, job_id: str) -> JobView | None:
-        """The job's state, output, points and miner; None if the ledger never recorded it."""
-        found = self.jobs([job_id])
-        return found[0] if found else None
-
-    def jobs(self, job_ids: Sequence[str]) -> list[JobView]:
-        """Many jobs in one query (those the ledger knows; any order): what a client polling a batch needs."""
-        points = (select(func.sum(PointsEntry.amount_micro)).where(PointsEntry.job_id == Job.id)
-                  .correlate(Job).scalar_subquery())
-        stmt = (select(Job, Completion, points).outerjoin(Completion, Completion.job_id == Job.id)
-                .where(Job.id.in_(list(job_ids))))
-        with self._sessions() as session:
-            rows = session.execute(stmt).all()
-        return [self._view(row[0], row[1], row[2]) for row in rows]
-
-    @staticmethod
-    def _view(job: Job, completion: Completion | None, micro: Any) -> JobView:
-        return JobView(
-            job_id=job.id, model_id=job.model_id, kind=job.kind, state=job.state, output_key=job.output_key,
-            points_micro=_sum_micro(micro), miner=job.miner_address,
-            output_sha256=completion.output_sha256 if completion else None,
-            input_tokens=completion.input_tokens if completion else None,
-            output_tokens=completion.output_tokens if completion else None,
-            error=job.error, created_at=job.created_at, deadline_at=job.deadline_at,
-            finished_at=job.finished_at,
-        )
-
-    def miner_points(self) -> list[MinerPoints]:
-        """Every registered miner with its accepted completions and points, most points first."""
-        jobs = (select(func.count()).where(Completion.miner_address == Miner.address)
-                .correlate(Miner).scalar_subquery())
-        points = (select(func.sum(PointsEntry.amount_micro)).where(PointsEntry.miner_address == Miner.address)
-                  .correlate(Miner).scalar_subquery())
-        stmt: Select[Any] = select(Miner.address, jobs, points)
-        with self._sessions() as session:
-            rows: list[Any] = list(session.execute(stmt).all())
-        result = [MinerPoints(address=a, jobs=int(j or 0), points_micro=_sum_micro(p)) for a, j, p in rows]
-        return sorted(result, key=lambda m: (-m.points_micro, m.address))
-
-    def totals(self) -> LedgerTotals:
-        """Jobs by state (every state present), points credited overall, miners and rejections."""
-        with self._sessions() as session:
-            counts = session.execute(select(Job.state, func.count()).group_by(Job.state)).tuples().all()
-            total = session.scalar(select(func.sum(PointsEntry.amount_micro)))
-            miners = session.scalar(select(func.count()).select_from(Miner))
-            rejections = session.scalar(select(func.count()).select_from(Rejection))
-        by_state = dict(counts)
-        return LedgerTotals(jobs={s: int(by_state.get(s, 0)) for s in JobState},
-                            points_total_micro=_sum_micro(total), miners=int(miners or 0),
-                            rejections=int(rejections or 0))
-
-    def points_entries(self, job_id: str) -> int:
-        """How many points entries a job has (1 after a credit, however often it was delivered)."""
-        with self._sessions() as session:
-            return int(session.scalar(select(func.count()).select_from(PointsEntry)
-                                      .where(PointsEntry.job_id == job_id)) or 0)
-
-    def rejections(self, job_id: str) -> list[tuple[Reason, str | None]]:
-        """The refusals recorded for a job id, oldest first: (reason, miner)."""
-        with self._sessions() as session:
-            rows = session.execute(select(Rejection.reason, Rejection.miner_address)
-                                   .where(Rejection.job_id == job_id[:ID_LEN]).order_by(Rejection.id)).all()
-        return [(r, m) for r, m in rows]
-
-    def is_registered(self, address: str) -> bool:
-        """Whether a miner with this address has sent a valid signed hello."""
-        try:
-            checksummed = to_checksum_address(address)
-        except ValueError:
-            return False
-        with self._sessions() as session:
-            return session.get(Miner, checksummed) is not None
-
 
 __all__ = [
     "MICRO",
     "CompletionVerdict",
-    "JobView",
     "Ledger",
-    "LedgerTotals",
-    "MinerPoints",
     "Reason",
     "RegistrationVerdict",
 ]

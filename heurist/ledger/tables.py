@@ -12,40 +12,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Double,
-    ForeignKey,
-    Integer,
-    MetaData,
-    String,
-    Text,
-    UniqueConstraint,
-)
-from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy import JSON, BigInteger, Double, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
 
 from heurist.catalog.schema import JobKind
+from heurist.db.base import ADDRESS_LEN, ID_LEN, KEY_LEN, Base, BigId, StrEnumType
 from heurist.jobs import JobState
-
-# Deterministic constraint names: Alembic batch migrations on SQLite need names to drop or alter them.
-NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-ADDRESS_LEN = 42  # 0x + 40 hex digits
-ID_LEN = 64
-KEY_LEN = 1024  # S3 keys are at most 1024 bytes
-ENUM_LEN = 32
-
-# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class EntryKind(StrEnum):
@@ -112,27 +84,6 @@ class Reason(StrEnum):
     WEIGHTS_MISMATCH = "weights_mismatch"  # the miner attests model files other than the pinned ones
 
 
-class StrEnumType(TypeDecorator[Any]):
-    """A ``StrEnum`` stored as its value in a VARCHAR: plain strings in the database, enums in Python."""
-
-    impl = String(ENUM_LEN)
-    cache_ok = True
-
-    def __init__(self, enum: type[StrEnum]) -> None:
-        super().__init__()
-        self.enum = enum
-
-    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
-        return None if value is None else self.enum(value).value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> StrEnum | None:
-        return None if value is None else self.enum(value)
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
 class Miner(Base):
     """A miner that proved it holds its key (a signed hello)."""
 
@@ -180,7 +131,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text())
 
 
-class Completion(Base):
+class CompletionRow(Base):
     """The one accepted completion of a job (its primary key is the job id: a second cannot be inserted)."""
 
     __tablename__ = "completions"
@@ -257,13 +208,6 @@ class MinerEvent(Base):
     created_at: Mapped[float] = mapped_column(Double())
 
 
-metadata = Base.metadata
-
-# The credit tables share this metadata (one schema, one migration chain); importing them here means
-# whoever reads ``metadata`` (Alembic's env.py, the schema tests) sees them. Last: they need ``Base``.
-import heurist.credits.tables  # noqa: E402,F401
-from heurist.search import tables as _search_tables  # noqa: E402,F401
-
 __all__ = [
     "CLAWBACK_KINDS",
     "CREDITED_KINDS",
@@ -271,8 +215,7 @@ __all__ = [
     "Audit",
     "AuditOutcome",
     "AuditReason",
-    "Base",
-    "Completion",
+    "CompletionRow",
     "EntryKind",
     "Job",
     "Miner",
@@ -281,5 +224,4 @@ __all__ = [
     "PointsEntry",
     "Reason",
     "Rejection",
-    "metadata",
 ]

@@ -19,10 +19,10 @@ from sqlalchemy import Engine, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from heurist.db.engine import session_factory, session_scope
 from heurist.identity import recover_signer
 from heurist.jobs import SignedHeartbeat
-from heurist.ledger.audit_service import read_banned
-from heurist.ledger.db import session_factory, session_scope
+from heurist.ledger.standing import read_banned
 from heurist.ledger.tables import Miner, MinerUptime, Reason
 
 log = logging.getLogger(__name__)

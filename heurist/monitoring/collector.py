@@ -20,11 +20,11 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
 from heurist.catalog import Catalog
+from heurist.db.engine import session_scope
 from heurist.jobs import JobState
-from heurist.ledger.db import session_scope
 from heurist.ledger.tables import AuditOutcome
 from heurist.monitoring.latency import Histogram, LatencyHistograms
-from heurist.monitoring.ledger_stats import LedgerReader, LedgerStats
+from heurist.monitoring.ledger_stats import LedgerStats, LedgerStatsReader
 from heurist.monitoring.queues import QueueDepths, WatchedQueue
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class NetworkCollector(Collector):
                  offline_after_s: float, clock: Callable[[], float] = time.time) -> None:
         self.catalog, self.engine, self.depths, self.queues = catalog, engine, depths, queues
         self.offline_after_s, self.clock = offline_after_s, clock
-        self.ledger = LedgerReader(catalog)
+        self.stats = LedgerStatsReader(catalog)
         self.latency = LatencyHistograms()
         self._lock = threading.Lock()
 
@@ -97,7 +97,7 @@ class NetworkCollector(Collector):
 
     def _ledger_families(self) -> list[Metric]:
         with session_scope(self.engine) as session:
-            stats = self.ledger.read(session, self.clock() - self.offline_after_s)
+            stats = self.stats.read(session, self.clock() - self.offline_after_s)
             self.latency.update(session)
         return [*self._job_families(stats), *self._latency_families(), *self._points_families(stats),
                 *self._miner_families(stats)]

@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.orm import Session
 
 from heurist.jobs import JobState
-from heurist.ledger.tables import Completion, Job
+from heurist.ledger.tables import CompletionRow, Job
 from heurist.monitoring.increments import LOOKBACK_S
 
 BUCKETS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -82,10 +82,10 @@ class LatencyHistograms:
         if self.watermark is None:
             self._bootstrap(session)
         latency = Job.finished_at - Job.created_at
-        run_s = Completion.timings["run_s"].as_float()
+        run_s = CompletionRow.timings["run_s"].as_float()
         rows = session.execute(
             select(Job.id, Job.model_id, Job.finished_at, latency, run_s)
-            .join(Completion, Completion.job_id == Job.id)
+            .join(CompletionRow, CompletionRow.job_id == Job.id)
             .where(Job.state.in_(VERIFIED), Job.finished_at > self.watermark)
         ).all()
         self._observe(rows)
@@ -112,11 +112,11 @@ class LatencyHistograms:
             return
         measures: tuple[tuple[ColumnElement[Any], dict[str, Histogram]], ...] = (
             (Job.finished_at - Job.created_at, self.latency),
-            (Completion.timings["run_s"].as_float(), self.compute),
+            (CompletionRow.timings["run_s"].as_float(), self.compute),
         )
         for value, target in measures:
             stmt = (select(Job.model_id, func.coalesce(func.sum(value), 0.0), *_bucket_sums(value))
-                    .join(Completion, Completion.job_id == Job.id)
+                    .join(CompletionRow, CompletionRow.job_id == Job.id)
                     .where(Job.state.in_(VERIFIED), Job.finished_at <= self.watermark, value.is_not(None))
                     .group_by(Job.model_id))
             for row in session.execute(stmt):

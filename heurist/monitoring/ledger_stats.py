@@ -55,7 +55,7 @@ class LedgerStats:
     miners_flagged: int = 0
 
 
-class LedgerReader:
+class LedgerStatsReader:
     """Reads a ``LedgerStats`` per scrape, keeping the running sums of the append-only tables between them."""
 
     def __init__(self, catalog: Catalog, lookback_s: float = LOOKBACK_S) -> None:

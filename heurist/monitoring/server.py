@@ -10,8 +10,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 
 from heurist.catalog import Catalog, load_catalog
+from heurist.db import open_engine
 from heurist.errors import ConfigError
-from heurist.ledger.db import make_engine
 from heurist.monitoring.collector import NetworkCollector
 from heurist.monitoring.queues import QueueDepths, watched_queues
 from heurist.settings import Settings
@@ -20,7 +20,7 @@ from heurist.settings import Settings
 def build_collector(settings: Settings, catalog: Catalog | None = None) -> NetworkCollector:
     """A collector on the settings' ledger database and broker (trusted URLs: run it beside the ledger)."""
     catalog = catalog or load_catalog(settings.catalog_path)
-    engine = make_engine(settings.resolved_database_url())
+    engine = open_engine(settings, migrate=False)  # only reads: the ledger's processes migrate
     depths = QueueDepths(settings.resolved_broker_url())
     queues = watched_queues(catalog, settings.ledger_queue, settings.audit_queue_prefix)
     return NetworkCollector(catalog, engine, depths, queues, settings.offline_after_s())

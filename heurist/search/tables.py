@@ -1,4 +1,5 @@
-"""Search tables, declared on the ledger's ``Base`` so one metadata (and one migration chain) holds all.
+"""Search tables, declared on the shared ``Base`` (``heurist.db.base``) so one metadata (and one migration
+chain) holds all.
 
 Embeddings are stored as raw little-endian float32 bytes: the same column type on SQLite and PostgreSQL
 (pgvector is not available on both), and a bit-exact round trip.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import Double, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from heurist.ledger.tables import Base, BigId
+from heurist.db.base import Base, BigId
 
 
 class SearchDocument(Base):

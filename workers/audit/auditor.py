@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from heurist.access import broker_access
-from heurist.audit.metrics import check_metrics
+from heurist.audit.metrics import ReportedMetrics, check_metrics
 from heurist.audit.middleware import audit_queue
 from heurist.catalog import Catalog, JobKind
 from heurist.celery_app import create_app, run_worker, worker_pool
@@ -94,7 +94,7 @@ class Auditor:
     on_ban: Sequence[Callable[[str], None]] = ()  # called with the miner's address when an audit bans it
 
     def audit(self, job_id: str) -> dict[str, Any]:
-        view = self.ledger.job(job_id)
+        view = self.ledger.reader.job(job_id)
         claim = read_claim(self.ledger.engine, job_id)
         if view is None or claim is None or view.output_sha256 is None:
             raise HeuristError(f"job {job_id} has no accepted completion to audit")
@@ -126,7 +126,8 @@ class Auditor:
         if claim.weights_sha256 is not None and claim.weights_sha256 != pipeline.weights_sha256:
             return Finding(False, AuditReason.WEIGHTS_TAMPERED, f"attests weights {claim.weights_sha256[:12]}…; "
                            f"the auditor's verified files hash to {pipeline.weights_sha256[:12]}…", {})
-        metrics = check_metrics(pipeline.spec, claim.params, claim.reported())
+        reported = ReportedMetrics.of(claim, claim.wall_s, claim.registered_device)
+        metrics = check_metrics(pipeline.spec, claim.params, reported)
         if not metrics.plausible:
             return Finding(False, AuditReason.METRICS_IMPLAUSIBLE, metrics.detail, metrics.metrics)
         return CHECKS[pipeline.spec.kind](pipeline, claim.params, claimed)

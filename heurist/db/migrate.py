@@ -1,4 +1,4 @@
-"""Migrate the ledger database with Alembic, programmatically.
+"""Migrate the database (every package's tables, ``heurist.db.schema``) with Alembic, programmatically.
 
 The scripts are found through the ``migrations`` package (shipped in the wheel), never the working
 directory, so ``heurist db upgrade`` works from any directory and from an installed package.
@@ -15,7 +15,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from heurist.ledger.db import make_engine
+from heurist.db.engine import make_engine
 
 # Alembic's ``context``/``op`` proxies are process-global: two threads migrating at once would clobber
 # each other. Threads take turns here; processes take turns on a database lock (migrations/env.py).
@@ -44,7 +44,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def downgrade(url: str, revision: str) -> None:
-    """Take the database back to ``revision`` (``base`` drops every ledger table)."""
+    """Take the database back to ``revision`` (``base`` drops every table)."""
     with _ALEMBIC_LOCK:
         command.downgrade(alembic_config(url), revision)
 

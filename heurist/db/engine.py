@@ -1,4 +1,7 @@
-"""Engines and sessions for the ledger database, per backend: SQLite embedded, PostgreSQL in production."""
+"""Engines and sessions for the network's database, per backend: SQLite embedded, PostgreSQL in production.
+
+One place builds engines, so every process (ledger, client, gateway, exporter, CLI) gets the same pragmas,
+pool pings and driver; ``heurist.db.open_engine`` adds the settings and the migration to head."""
 
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
 
 
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
-    """An engine for the ledger: SQLite gets WAL, a busy timeout and foreign keys; PostgreSQL pings
+    """An engine for the database: SQLite gets WAL, a busy timeout and foreign keys; PostgreSQL pings
     pooled connections so a restarted server does not fail the next verification."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":

@@ -1,0 +1,19 @@
+"""The whole schema: every package's tables on one ``metadata``, for Alembic's ``env.py`` and the schema tests.
+
+Tables are declared where they belong (``heurist.ledger.tables``, ``heurist.credits.tables``,
+``heurist.search.tables``) on the shared ``heurist.db.base.Base``; importing a package's tables registers
+them. Whoever needs the complete ``metadata`` (autogenerate, the migrations-match-the-models check) imports
+it from here, so it never depends on which table modules some other import happened to load. A package
+that adds tables adds its import here.
+"""
+
+from __future__ import annotations
+
+import heurist.credits.tables
+import heurist.ledger.tables
+import heurist.search.tables
+from heurist.db.base import metadata
+
+PACKAGE_TABLES = (heurist.ledger.tables, heurist.credits.tables, heurist.search.tables)
+
+__all__ = ["PACKAGE_TABLES", "metadata"]

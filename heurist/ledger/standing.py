@@ -1,0 +1,82 @@
+"""A miner's standing: its audit record as the ledger reads it, what escrow, bans and audit sampling decide from.
+
+The ledger owns this data (audits and miner events are its tables) and reads it while it verifies, so the
+type and its reads live here; the audit package's sampler only turns a standing into a rate. Every read is
+one round trip of scalar subqueries, inside the caller's session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ScalarSelect, func, select
+from sqlalchemy.orm import Session
+
+from heurist.ledger.tables import Audit, AuditOutcome, MinerEvent, MinerEventKind
+
+NEW_MINER_AUDITS = 5  # a miner is new (and its points sit in escrow) until this many audits pass
+RECENT_AUDITS = 10  # a failure among a miner's last this-many audits makes it suspicious (frozen in 0002)
+
+
+@dataclass(frozen=True)
+class MinerStanding:
+    """A miner's audit record, as the ledger reads it.
+
+    ``recent_failed``: failed audits among the miner's last ``RECENT_AUDITS``; ``odd_metrics``: flagged
+    for implausible reported metrics (and not unflagged since)."""
+
+    passed: int = 0
+    failed: int = 0
+    recent_failed: int = 0
+    banned: bool = False
+    odd_metrics: bool = False
+
+    def is_new(self, new_miner_audits: int = NEW_MINER_AUDITS) -> bool:
+        return self.passed < new_miner_audits
+
+    @property
+    def audited(self) -> int:
+        """Audits with a verdict, passed or failed."""
+        return self.passed + self.failed
+
+    @property
+    def suspicious(self) -> bool:
+        return self.banned or self.recent_failed > 0 or self.odd_metrics
+
+
+def _latest(miner: str, on: MinerEventKind, off: MinerEventKind) -> ScalarSelect[Any]:
+    """The miner's latest ``on``/``off`` event kind (events are ordered by id), as a scalar subquery."""
+    return (select(MinerEvent.kind).where(MinerEvent.miner_address == miner, MinerEvent.kind.in_((on, off)))
+            .order_by(MinerEvent.id.desc()).limit(1).scalar_subquery())
+
+
+def _count(miner: str, outcome: AuditOutcome) -> ScalarSelect[Any]:
+    return (select(func.count()).select_from(Audit)
+            .where(Audit.miner_address == miner, Audit.outcome == outcome).scalar_subquery())
+
+
+def _recent_failed(miner: str, recent: int) -> ScalarSelect[Any]:
+    latest = (select(Audit.outcome).where(Audit.miner_address == miner)
+              .order_by(Audit.audited_at.desc(), Audit.id.desc()).limit(recent).subquery())
+    return select(func.count()).select_from(latest).where(latest.c.outcome == AuditOutcome.FAILED).scalar_subquery()
+
+
+def read_banned(session: Session, miner: str) -> bool:
+    """Whether the miner is banned now (its latest banned/unbanned event is a ban)."""
+    return session.scalar(select(_latest(miner, MinerEventKind.BANNED, MinerEventKind.UNBANNED))) == "banned"
+
+
+def read_standing(session: Session, miner: str, recent: int = RECENT_AUDITS) -> MinerStanding:
+    """The miner's audit record, in one round trip: what the sampler, escrow and bans all decide from."""
+    row: Any = session.execute(select(
+        _count(miner, AuditOutcome.PASSED), _count(miner, AuditOutcome.FAILED), _recent_failed(miner, recent),
+        _latest(miner, MinerEventKind.BANNED, MinerEventKind.UNBANNED),
+        _latest(miner, MinerEventKind.FLAGGED, MinerEventKind.UNFLAGGED),
+    )).one()
+    passed, failed, recent_failed, ban, flag = row
+    return MinerStanding(passed=int(passed), failed=int(failed), recent_failed=int(recent_failed or 0),
+                         banned=ban == MinerEventKind.BANNED.value, odd_metrics=flag == MinerEventKind.FLAGGED.value)
+
+
+__all__ = ["NEW_MINER_AUDITS", "RECENT_AUDITS", "MinerStanding", "read_banned", "read_standing"]
