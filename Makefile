@@ -25,9 +25,11 @@ install: $(STAMP)
 services:
 	bash scripts/ensure-services.sh
 
+# ruff, mypy, and the import contract (who may import whom: the trust boundary, tests/test_import_contract.py).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_import_contract.py
 
 demo: install
 	$(VENV)/bin/heurist demo

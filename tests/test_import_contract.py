@@ -1,0 +1,64 @@
+"""The trust boundary as a checked contract: who may import whom, over the whole import graph.
+
+grimp (the graph behind import-linter) sees every import, function-level ones included, and follows chains, so
+a miner module that imports a helper that imports the ledger breaks a rule as surely as a direct import does.
+The rules are data here rather than an import-linter config because two of the packages they protect
+(``heurist.economy`` and the privacy key-release side, ``heurist.privacy.keyrelease``) do not exist yet, and
+import-linter refuses a contract that names a missing module: this test holds the rule from the day they land.
+Each rule's failure message is the offending chain, module by module.
+"""
+
+from __future__ import annotations
+
+import grimp
+import pytest
+
+# The miner side runs on strangers' machines: it never holds ledger, credit, gateway, economy or key-release code.
+MINER_SIDE = ("workers.miner", "tasks.miner")
+TRUSTED_ONLY = ("heurist.ledger", "heurist.credits", "heurist.gateway", "heurist.economy",
+                "heurist.privacy.keyrelease")
+# The client, the gateway and the ledger start fast and run without a GPU stack.
+TORCH_FREE = ("heurist.client", "heurist.gateway", "heurist.ledger")
+TORCH = ("torch", "diffusers", "transformers")
+# The one way the gateway reaches torch: AI search embeds queries with MiniLM, importing torch and transformers
+# inside this module's functions on the first search (tests/test_search.py checks the gateway starts without).
+LAZY_TORCH = {"heurist.search.embedder": ("torch", "transformers")}
+
+
+def build() -> grimp.ImportGraph:
+    return grimp.build_graph("heurist", "tasks", "workers", include_external_packages=True, cache_dir=None)
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return build()
+
+
+def chains(graph: grimp.ImportGraph, importers: tuple[str, ...], imported: tuple[str, ...]) -> list[str]:
+    """Every shortest import chain from a package of ``importers`` to one of ``imported`` (absent ones: none)."""
+    return sorted(" -> ".join(chain) for src in importers if src in graph.modules for dst in imported
+                  if dst in graph.modules for chain in graph.find_shortest_chains(importer=src, imported=dst))
+
+
+def test_the_miner_side_never_imports_the_trusted_side(graph: grimp.ImportGraph) -> None:
+    assert chains(graph, MINER_SIDE, TRUSTED_ONLY) == []
+
+
+def test_client_gateway_and_ledger_never_import_torch() -> None:
+    pruned = build()  # a graph of its own: the sanctioned lazy imports are taken out of it
+    for module, packages in LAZY_TORCH.items():
+        for package in packages:
+            pruned.remove_import(importer=module, imported=package)
+    assert chains(pruned, TORCH_FREE, TORCH) == []
+
+
+def test_the_ledger_never_imports_the_audit(graph: grimp.ImportGraph) -> None:
+    """The ledger owns its data (standing, audit entries); the audit's policy imports it, never the reverse."""
+    assert chains(graph, ("heurist.ledger",), ("heurist.audit", "workers")) == []
+
+
+def test_the_checker_sees_chains_where_they_are(graph: grimp.ImportGraph) -> None:
+    """The rules above could fail: the same check finds the chains that do exist on the other sides."""
+    assert any(c.endswith("torch") for c in chains(graph, ("workers.miner",), TORCH))
+    assert chains(graph, ("workers.audit",), ("heurist.ledger",))
+    assert chains(graph, ("heurist.gateway",), ("torch",)), "the search embedder's lazy torch import is seen"
