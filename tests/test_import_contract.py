@@ -57,6 +57,18 @@ def test_the_ledger_never_imports_the_audit(graph: grimp.ImportGraph) -> None:
     assert chains(graph, ("heurist.ledger",), ("heurist.audit", "workers")) == []
 
 
+def test_the_library_reaches_the_compute_side_only_through_the_cli(graph: grimp.ImportGraph) -> None:
+    """``workers`` (torch, model files, the miner's runtime) is started by ``heurist miner``/``auditor``/``bench``;
+    no other part of the library imports it."""
+    library = tuple(sorted(m for m in graph.find_children("heurist") if m != "heurist.cli"))
+    assert chains(graph, library, ("workers",)) == []
+
+
+def test_task_contracts_stay_thin(graph: grimp.ImportGraph) -> None:
+    """Tasks parse a message and call a service; the work lives in the roles that hold those services."""
+    assert chains(graph, ("tasks",), ("workers", "heurist.ledger", "heurist.audit", "heurist.credits")) == []
+
+
 def test_the_checker_sees_chains_where_they_are(graph: grimp.ImportGraph) -> None:
     """The rules above could fail: the same check finds the chains that do exist on the other sides."""
     assert any(c.endswith("torch") for c in chains(graph, ("workers.miner",), TORCH))
