@@ -143,7 +143,7 @@ class Client:
         """Where the client records the jobs it sends (and sending failures), on the reader's database."""
         from heurist.ledger.jobbook import JobBook
 
-        return JobBook(self.ledger.engine)
+        return JobBook(self.ledger.engine, self.ledger.clock)
 
     @cached_property
     def app(self) -> Celery:

@@ -20,11 +20,30 @@ from heurist.jobs import JobMessage, SignedCompletion, SignedHeartbeat, SignedHe
 T = TypeVar("T")
 
 
+class Verdict(Protocol):
+    """What the completion task reports of the ledger's verdict (``heurist.ledger.service.CompletionVerdict``);
+    read-only, as that frozen dataclass's fields are."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def accepted(self) -> bool: ...
+
+    @property
+    def duplicate(self) -> bool: ...
+
+    @property
+    def reason(self) -> object: ...
+
+    @property
+    def points(self) -> float: ...
+
+
 class LedgerService(Protocol):
     """The ledger's write side, as its tasks use it."""
 
-    def record_completion(self, signed: SignedCompletion) -> Any:
-        """The ledger's verdict (its ``CompletionVerdict``, whose fields the task reports)."""
+    def record_completion(self, signed: SignedCompletion) -> Verdict: ...
 
     def record_failure(self, job_id: str, reason: str) -> None: ...
 

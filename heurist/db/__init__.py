@@ -10,7 +10,6 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from heurist.db.engine import is_sqlite, make_engine
-from heurist.db.migrate import upgrade
 from heurist.settings import Settings
 
 
@@ -20,6 +19,8 @@ def open_engine(settings: Settings, migrate: bool = True) -> Engine:
     if is_sqlite(url):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     if migrate:
+        from heurist.db.migrate import upgrade  # Alembic (~0.1 s) only for callers that migrate
+
         upgrade(url)
     return make_engine(url)
 

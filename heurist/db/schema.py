@@ -9,11 +9,10 @@ that adds tables adds its import here.
 
 from __future__ import annotations
 
-import heurist.credits.tables
-import heurist.ledger.tables
-import heurist.search.tables
+# Importing a package's tables registers them on the shared metadata.
+from heurist.credits import tables as credits_tables  # noqa: F401
 from heurist.db.base import metadata
+from heurist.ledger import tables as ledger_tables  # noqa: F401
+from heurist.search import tables as search_tables  # noqa: F401
 
-PACKAGE_TABLES = (heurist.ledger.tables, heurist.credits.tables, heurist.search.tables)
-
-__all__ = ["PACKAGE_TABLES", "metadata"]
+__all__ = ["metadata"]

@@ -1,7 +1,7 @@
 """What gateway routes depend on, in one place: the services ``create_app`` builds once, the caller's API key,
 and the error responses every route documents.
 
-Routers import these from here and never from one another (``images`` used to define ``Gateway`` and
+Routers import these from here, not from a sibling router (``images`` used to define ``Gateway`` and
 ``ERRORS`` for every other router, and ``charging`` imported them back). Handlers receive the services through
 FastAPI's ``Depends`` (``gw: Gateway = Depends(gateway)``), not by reading ``request.app.state`` themselves, so
 a test can override one dependency without building the whole app.
