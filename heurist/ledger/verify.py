@@ -1,0 +1,207 @@
+"""Verification of one signed completion: small checks in a fixed order, the first refusal wins.
+
+The order is cheapest and least trusting first: the signature before any database read, the database
+before object storage, so a forged or misaddressed completion costs no S3 round trip. Every check only
+reads, and none holds a write transaction, so S3 never keeps a database lock; the writer
+(``heurist.ledger.service.Ledger``) then records the verdict in one short transaction.
+``_check_not_duplicate`` is only the fast path for redeliveries: exactly once rests on the writer's unique
+constraints.
+
+A check takes the ``Verifier`` (what checks may read) and the ``Attempt`` (what earlier checks learned), may
+fill the attempt in, and returns a ``Refusal`` or None. Adding one is a function and a line in ``CHECKS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from heurist.catalog import Catalog, ModelSpec
+from heurist.catalog.attestation import WeightPins
+from heurist.identity import recover_signer
+from heurist.jobs import Completion, DeviceInfo, SignedCompletion
+from heurist.ledger.standing import MinerStanding, read_standing
+from heurist.ledger.tables import CompletionRow, Job, Miner, Reason
+from heurist.storage.backend import ObjectInfo, ObjectStore
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a completion is not accepted. ``marks_job``: a registered miner delivered a bad result."""
+
+    reason: Reason
+    detail: str
+    miner: str | None = None
+    marks_job: bool = False
+
+
+@dataclass
+class Attempt:
+    """What verification has learned so far about one delivery."""
+
+    signed: SignedCompletion
+    received_at: float
+    signer: str | None = None
+    registered: bool = False
+    banned: bool = False
+    escrow: bool = False  # credit as ESCROW: the miner has not passed enough audits yet
+    job: Job | None = None
+    has_completion: bool = False
+    spec: ModelSpec | None = None
+    info: ObjectInfo | None = None
+    standing: MinerStanding = field(default_factory=MinerStanding)
+    registered_device: DeviceInfo | None = None
+
+    @property
+    def claim(self) -> Completion:
+        return self.signed.completion
+
+    @property
+    def job_id(self) -> str:
+        return self.signed.completion.job_id
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """What the checks read: the ledger's sessions, the catalog, object storage, the weight pins (None skips
+    the attestation check; the auditor still makes it) and whether new miners are credited in escrow."""
+
+    sessions: sessionmaker[Session]
+    catalog: Catalog
+    store: ObjectStore
+    pins: WeightPins | None
+    escrow_new_miners: bool
+    new_miner_audits: int
+
+    def verify(self, attempt: Attempt) -> Refusal | None:
+        """Run ``CHECKS`` in order; the first refusal wins."""
+        for check in CHECKS:
+            refusal = check(self, attempt)
+            if refusal is not None:
+                return refusal
+        return None
+
+
+def _check_signature(v: Verifier, a: Attempt) -> Refusal | None:
+    """Anyone can send a completion naming any miner: only the key's holder can sign it."""
+    a.signer = recover_signer(a.claim.signing_payload(), a.signed.signature)
+    if a.signer is None or a.signer.lower() != a.claim.miner.lower():
+        return Refusal(Reason.BAD_SIGNATURE, f"signature does not recover to {a.claim.miner}")
+    return None
+
+
+def _load(v: Verifier, a: Attempt) -> Refusal | None:
+    """Read the signer, the job and whether it already has a completion, in one short session."""
+    assert a.signer is not None
+    with v.sessions() as session:
+        miner = session.get(Miner, a.signer)
+        a.registered = miner is not None
+        if miner is not None:
+            a.standing = read_standing(session, a.signer)
+            a.registered_device = DeviceInfo.model_validate(miner.device) if miner.device else None
+        a.banned = a.standing.banned
+        a.escrow = a.registered and v.escrow_new_miners and a.standing.is_new(v.new_miner_audits)
+        a.job = session.get(Job, a.job_id)
+        a.has_completion = a.job is not None and session.get(CompletionRow, a.job_id) is not None
+    return None
+
+
+def _check_signer(v: Verifier, a: Attempt) -> Refusal | None:
+    if not a.registered:
+        return Refusal(Reason.UNKNOWN_SIGNER, f"{a.signer} never sent a signed hello", miner=a.signer)
+    return None
+
+
+def _check_not_banned(v: Verifier, a: Attempt) -> Refusal | None:
+    """A banned miner's work earns nothing and is void: the job stays queued for another miner (the ledger
+    consumer sends it again: ``heurist.ledger.redispatch``)."""
+    if a.banned:
+        return Refusal(Reason.BANNED, f"{a.signer} is banned after failed audits", miner=a.signer)
+    return None
+
+
+def _check_job(v: Verifier, a: Attempt) -> Refusal | None:
+    if a.job is None:
+        return Refusal(Reason.UNKNOWN_JOB, "no such job", miner=a.signer)
+    return None
+
+
+def _check_model(v: Verifier, a: Attempt) -> Refusal | None:
+    assert a.job is not None
+    if a.claim.model_id != a.job.model_id:
+        return Refusal(Reason.WRONG_MODEL, f"job is for {a.job.model_id}, completion claims {a.claim.model_id}",
+                       miner=a.signer)
+    a.spec = v.catalog.models.get(a.job.model_id)
+    if a.spec is None:
+        return Refusal(Reason.UNKNOWN_MODEL, f"{a.job.model_id} is no longer in the catalog", miner=a.signer)
+    return None
+
+
+def _check_weights(v: Verifier, a: Attempt) -> Refusal | None:
+    """A miner that attests other files than the pinned ones ran a modified model: no credit."""
+    assert a.spec is not None
+    expected = v.pins.expected(a.spec) if v.pins is not None else None
+    if expected is not None and a.claim.weights_sha256 != expected:
+        return Refusal(Reason.WEIGHTS_MISMATCH, f"attests weights {a.claim.weights_sha256[:12]}…, "
+                       f"{a.spec.id} is pinned to {expected[:12]}…", miner=a.signer, marks_job=True)
+    return None
+
+
+def _check_not_duplicate(v: Verifier, a: Attempt) -> Refusal | None:
+    """The fast path for redeliveries; the completions primary key is what guarantees it under races."""
+    if a.has_completion:
+        return Refusal(Reason.DUPLICATE, "the job already has an accepted completion", miner=a.signer)
+    return None
+
+
+def _check_output_exists(v: Verifier, a: Attempt) -> Refusal | None:
+    assert a.job is not None
+    a.info = v.store.stat(a.job.output_key)
+    if a.info is None:
+        return Refusal(Reason.OUTPUT_MISSING, f"no object at {a.job.output_key}", miner=a.signer, marks_job=True)
+    return None
+
+
+def _check_sha256(v: Verifier, a: Attempt) -> Refusal | None:
+    """The store's own checksum (verified on upload) when it kept one, else the hash of the bytes."""
+    assert a.job is not None and a.info is not None
+    stored = a.info.sha256 or v.store.sha256_of(a.job.output_key)
+    stored = stored.lower() if stored else None
+    if stored is None:
+        return Refusal(Reason.OUTPUT_MISSING, f"object at {a.job.output_key} vanished", miner=a.signer,
+                       marks_job=True)
+    if stored != a.claim.output_sha256:
+        return Refusal(Reason.SHA256_MISMATCH, f"stored object has sha256 {stored}, claimed "
+                       f"{a.claim.output_sha256}", miner=a.signer, marks_job=True)
+    return None
+
+
+def _check_size(v: Verifier, a: Attempt) -> Refusal | None:
+    assert a.info is not None
+    if a.info.size != a.claim.output_bytes:
+        return Refusal(Reason.SIZE_MISMATCH, f"stored object has {a.info.size} bytes, claimed "
+                       f"{a.claim.output_bytes}", miner=a.signer, marks_job=True)
+    return None
+
+
+Check = Callable[[Verifier, Attempt], Refusal | None]
+
+# The order is the contract: each check may rely on what the ones before it filled in.
+CHECKS: tuple[Check, ...] = (
+    _check_signature,
+    _load,
+    _check_signer,
+    _check_not_banned,
+    _check_job,
+    _check_model,
+    _check_weights,
+    _check_not_duplicate,
+    _check_output_exists,
+    _check_sha256,
+    _check_size,
+)
+
+
+__all__ = ["CHECKS", "Attempt", "Check", "Refusal", "Verifier"]
