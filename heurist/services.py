@@ -21,23 +21,10 @@ T = TypeVar("T")
 
 
 class Verdict(Protocol):
-    """What the completion task reports of the ledger's verdict (``heurist.ledger.service.CompletionVerdict``);
-    read-only, as that frozen dataclass's fields are."""
+    """The ledger's verdict on a completion (``heurist.ledger.service.CompletionVerdict``), as its task reports it."""
 
-    @property
-    def job_id(self) -> str: ...
-
-    @property
-    def accepted(self) -> bool: ...
-
-    @property
-    def duplicate(self) -> bool: ...
-
-    @property
-    def reason(self) -> object: ...
-
-    @property
-    def points(self) -> float: ...
+    def report(self) -> dict[str, Any]:
+        """job_id, accepted, duplicate, reason and points, ready for JSON."""
 
 
 class LedgerService(Protocol):

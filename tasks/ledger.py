@@ -38,11 +38,8 @@ def register_ledger_tasks(app: Celery) -> None:
         parsed = _parse(SignedCompletion, signed)
         if parsed is None:
             return {"accepted": False, "reason": "malformed"}
-        verdict = services(self.app).ledger.record_completion(parsed)
-        claim = parsed.completion
-        return {"job_id": verdict.job_id, "miner": claim.miner, "model_id": claim.model_id,
-                "accepted": verdict.accepted, "duplicate": verdict.duplicate, "reason": str(verdict.reason),
-                "points": verdict.points}
+        verdict = services(self.app).ledger.record_completion(parsed).report()
+        return {**verdict, "miner": parsed.completion.miner, "model_id": parsed.completion.model_id}
 
     @app.task(name=RECORD_FAILURE, bind=True, acks_late=True, **RETRY)
     def record_failure(self: Task, job_id: str) -> None:

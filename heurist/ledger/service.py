@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -63,6 +64,11 @@ class CompletionVerdict:
     @property
     def points(self) -> float:
         return from_micro(self.points_micro)
+
+    def report(self) -> dict[str, Any]:
+        """The verdict as the completion task returns it (JSON: the reason as its string value)."""
+        return {"job_id": self.job_id, "accepted": self.accepted, "duplicate": self.duplicate,
+                "reason": str(self.reason), "points": self.points}
 
 
 class Ledger:
