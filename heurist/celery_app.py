@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Collection
 from typing import Any
 
 from celery import Celery
@@ -31,6 +32,23 @@ def create_app(settings: Settings, services: Services | None = None) -> HeuristC
     app.conf.broker_connection_retry_on_startup = True
     app.steps["worker"].add(WakeOnSignal)  # SIGTERM or Ctrl-C stops a worker at once, not after its poll
     return app
+
+
+def only_tasks(app: Celery, names: Collection[str]) -> None:
+    """Make ``app``'s workers run the tasks ``names`` and nothing else.
+
+    Every Celery app registers the canvas built-ins (``celery.group``, ``celery.chain``, ``celery.chord``,
+    ``celery.map``, ...), and a worker runs any of them that arrives on a queue it consumes. Anyone who may
+    publish there can send one: a miner's user may publish into the ``ledger`` exchange, and a
+    ``celery.group`` there made the trusted ledger publish six ``replay_job`` messages (forced audits, about
+    116 s of auditor CPU each, a way to frame an honest miner). Unregistered, such a message is rejected
+    and logged by Celery ("Received unregistered task of type 'celery.group'") and nothing runs.
+    """
+    missing = [name for name in names if name not in app.tasks]  # reading app.tasks finalizes the app
+    if missing:
+        raise HeuristError(f"only_tasks: {', '.join(missing)} not registered on the {app.main} app")
+    for name in [name for name in app.tasks if name not in names]:
+        app.tasks.unregister(name)
 
 
 def services(app: Celery) -> Services:

@@ -7,3 +7,9 @@ RECORD_FAILURE = "heurist.ledger.record_failure"
 REGISTER_MINER = "heurist.ledger.register_miner"
 RECORD_HEARTBEAT = "heurist.ledger.record_heartbeat"
 AUDIT_JOB = "heurist.audit.replay_job"
+
+# What each role's worker runs, and nothing else (``heurist.celery_app.only_tasks``): Celery's built-ins
+# (``celery.group``, ``celery.chain``, ``celery.chord``, ...) are not among them.
+MINER_TASKS = (RUN_JOB,)
+LEDGER_TASKS = (REGISTER_MINER, RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT)
+AUDIT_TASKS = (AUDIT_JOB,)

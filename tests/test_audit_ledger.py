@@ -332,3 +332,17 @@ def test_downgrade_drops_exactly_what_0002_adds(db_url: str) -> None:
     migrate.upgrade(db_url)
     assert migrate.current(db_url) == migrate.head()
 
+
+
+def test_recorded_gives_this_auditors_earlier_verdict_before_any_replay(
+        ledger: Ledger, audits: AuditLedger, catalog: Catalog, clock: Clock, object_store: ObjectStore,
+        miner: Wallet) -> None:
+    job = completed_job(ledger, catalog, clock, object_store, miner)
+    assert audits.recorded(job.id, "auditor-a") is None
+    first = audits.record_audit(job.id, False, AuditReason.IMAGE_MISMATCH, "a different image", auditor="auditor-a")
+    earlier = audits.recorded(job.id, "auditor-a")
+    assert earlier is not None and earlier.duplicate and not earlier.passed
+    assert earlier.reason is AuditReason.IMAGE_MISMATCH and first.reason is AuditReason.IMAGE_MISMATCH
+    assert earlier.clawback_micro == first.clawback_micro == -8 * MICRO
+    assert audits.recorded(job.id, "auditor-b") is None  # another auditor's verdict is its own
+    assert audits.balance(miner.address).total_micro == 0  # reading took nothing more

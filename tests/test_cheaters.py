@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,7 @@ class Outcome:
     rejected: Reason | None
     flagged: bool
     audit_reason: AuditReason | None
+    job_id: str = ""
 
 
 @dataclass
@@ -118,7 +120,7 @@ class Network:
         with threads(AUDITOR_THREADS):
             audit = self.auditor.audit(verdict.job_id)
         credited = self.audits.balance(wallet.address).total_micro > 0
-        return Outcome(credited, None, flagged, audit["reason"])
+        return Outcome(credited, None, flagged, audit["reason"], verdict.job_id)
 
     def _register(self, wallet: Wallet, device: DeviceInfo, model_id: str) -> None:
         hello = MinerHello(miner=wallet.address, models=[model_id], queues=[], device=device, started_at=time.time())
@@ -249,3 +251,24 @@ def test_a_consistent_gpu_liar_is_caught_by_speed(net: Network) -> None:
     outcomes = [net.run("tiny-sd", image(seed), "fake-device", registered=FakeDevice.CLAIMED) for seed in IMAGE_SEEDS]
     assert _report("tiny-sd fake-device (consistent)", outcomes) == len(outcomes)
     assert all(o.audit_reason is AuditReason.METRICS_IMPLAUSIBLE for o in outcomes)
+
+
+def test_a_judged_job_is_never_replayed_again(net: Network, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another replay_job for a job this auditor judged (a redelivery, a repeated or forged message) answers
+    with the first verdict: no second replay (the auditor's dearest step), no second clawback."""
+    first = net.run("tiny-sd", image(IMAGE_SEEDS[0]), "other-seed")
+    assert first.audit_reason is AuditReason.IMAGE_MISMATCH and not first.credited
+    replays: list[object] = []
+    pipeline = net.auditor.pipelines["tiny-sd"]
+    honest_run = pipeline.run
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        replays.append(args)
+        return honest_run(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run", counted)
+    again = net.auditor.audit(first.job_id)
+    assert replays == []
+    assert again["duplicate"] and not again["passed"] and again["reason"] is AuditReason.IMAGE_MISMATCH
+    assert net.audits.balance(again["miner"]).total_micro == 0
+    assert net.audits.standing(again["miner"]).failed == 1

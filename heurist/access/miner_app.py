@@ -19,11 +19,9 @@ from kombu import Exchange, Queue
 
 from heurist.errors import HeuristError
 from heurist.settings import is_amqp
-from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT, REGISTER_MINER
+from tasks.names import LEDGER_TASKS
 
 log = logging.getLogger(__name__)
-
-LEDGER_TASKS = (REGISTER_MINER, RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT)
 
 
 def confine_miner(app: Celery, broker_url: str, ledger_queue: str, wait_s: float = 300.0) -> None:

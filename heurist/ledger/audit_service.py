@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -84,6 +84,7 @@ class AuditResult:
     released_micro: int  # >= 0: escrow this audit released
     banned: bool  # the miner is banned after this audit
     standing: MinerStanding
+    reason: AuditReason | None = None  # why it failed (None for a pass)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,13 @@ class AuditLedger:
                                 escrowed_micro=_sum_kinds(session, miner, ESCROWED_KINDS),
                                 clawed_back_micro=_sum_kinds(session, miner, CLAWBACK_KINDS))
 
+    def recorded(self, job_id: str, auditor: str) -> AuditResult | None:
+        """This auditor's verdict on the job if it gave one already: read before a replay, so a job sent to
+        the audit queue again (a redelivery, or a forged or repeated message) costs no second replay."""
+        with self._sessions() as session:
+            audit = session.scalar(select(Audit).where(Audit.job_id == job_id, Audit.auditor == auditor))
+            return None if audit is None else self._duplicate(session, audit)
+
     # ---------------------------------------------------------------------------------------- writes
 
     def record_audit(self, job_id: str, passed: bool, reason: AuditReason | str | None = None,
@@ -181,7 +189,7 @@ class AuditLedger:
             session.flush()  # the (job_id, auditor) key refuses a concurrent twin here
             if passed:
                 return self._after_pass(session, job_id, miner, now)
-            return self._after_failure(session, job_id, miner, before, now)
+            return replace(self._after_failure(session, job_id, miner, before, now), reason=reason)
 
     def _duplicate(self, session: Session, audit: Audit) -> AuditResult:
         miner, job_id = audit.miner_address, audit.job_id
@@ -190,7 +198,8 @@ class AuditLedger:
         passed = audit.outcome is AuditOutcome.PASSED
         return AuditResult(job_id=job_id, miner=miner, passed=passed, duplicate=True,
                            clawback_micro=0 if passed else int(clawed or 0), released_micro=0,
-                           banned=read_banned(session, miner), standing=read_standing(session, miner))
+                           banned=read_banned(session, miner), standing=read_standing(session, miner),
+                           reason=audit.reason)
 
     def _after_pass(self, session: Session, job_id: str, miner: str, now: float) -> AuditResult:
         standing = read_standing(session, miner)

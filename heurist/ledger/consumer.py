@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from celery import Celery
 
 from heurist.catalog import Catalog
-from heurist.celery_app import create_app, run_worker, worker_pool
+from heurist.celery_app import create_app, only_tasks, run_worker, worker_pool
 from heurist.ledger.factory import open_ledger, open_uptime
 from heurist.ledger.middleware import LedgerMiddleware
 from heurist.ledger.redispatch import Redispatch
@@ -21,6 +21,7 @@ from heurist.services import Services
 from heurist.settings import Settings
 from heurist.storage import make_store
 from tasks.ledger import register_ledger_tasks
+from tasks.names import LEDGER_TASKS
 
 # Builds the middleware that runs after each verdict, before the ledger's own (redispatch).
 MiddlewareFactory = Callable[[Celery, Settings, Ledger], Sequence[LedgerMiddleware]]
@@ -34,6 +35,7 @@ def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFacto
     ledger = open_ledger(settings, catalog, store)
     app = create_app(settings, Services("ledger", ledger=ledger, uptime=open_uptime(settings, ledger)))
     register_ledger_tasks(app)
+    only_tasks(app, LEDGER_TASKS)  # a miner may publish here: Celery's built-ins (celery.group) are refused
     ledger.middleware += [*middleware(app, settings, ledger), Redispatch(app, settings)]
     pool, concurrency = worker_pool(settings.resolved_broker_url(), concurrency)
     worker = app.Worker(hostname=f"ledger@{socket.gethostname()}", queues=[settings.ledger_queue],

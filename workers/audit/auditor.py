@@ -21,10 +21,10 @@ from heurist.access import broker_access
 from heurist.audit.metrics import ReportedMetrics, check_metrics
 from heurist.audit.middleware import audit_queue
 from heurist.catalog import Catalog, JobKind
-from heurist.celery_app import create_app, run_worker, worker_pool
+from heurist.celery_app import create_app, only_tasks, run_worker, worker_pool
 from heurist.errors import HeuristError
 from heurist.jobs import ImageParams, TextOutput, TextParams
-from heurist.ledger.audit_service import AuditLedger
+from heurist.ledger.audit_service import AuditLedger, AuditResult
 from heurist.ledger.claims import AcceptedClaim, read_claim
 from heurist.ledger.factory import open_ledger
 from heurist.ledger.service import Ledger
@@ -33,6 +33,7 @@ from heurist.services import Services
 from heurist.settings import Settings
 from heurist.storage import make_store
 from tasks.audit import register_audit_tasks
+from tasks.names import AUDIT_TASKS
 from workers.miner.device import detect_device
 from workers.miner.launch import load_pipelines, plan_miner
 from workers.miner.pipelines.backend import Pipeline
@@ -83,6 +84,12 @@ CHECKS: dict[JobKind, Callable[[Pipeline, ImageParams | TextParams, bytes], Find
 }
 
 
+def _report(result: AuditResult) -> dict[str, Any]:
+    """What the audit task returns (and logs) for one verdict."""
+    return {"job_id": result.job_id, "miner": result.miner, "passed": result.passed, "reason": result.reason,
+            "clawback": result.clawback_micro, "banned": result.banned, "duplicate": result.duplicate}
+
+
 @dataclass
 class Auditor:
     """Replays jobs of the models it has loaded; one verdict per (job, auditor)."""
@@ -94,6 +101,10 @@ class Auditor:
     on_ban: Sequence[Callable[[str], None]] = ()  # called with the miner's address when an audit bans it
 
     def audit(self, job_id: str) -> dict[str, Any]:
+        earlier = self.audits.recorded(job_id, self.name)
+        if earlier is not None:  # judged already: no second replay, no second penalty
+            log.warning("job %s was audited already by %s: not replayed", job_id, self.name)
+            return _report(earlier)
         view = self.ledger.reader.job(job_id)
         claim = read_claim(self.ledger.engine, job_id)
         if view is None or claim is None or view.output_sha256 is None:
@@ -105,8 +116,7 @@ class Auditor:
             self._banned(result.miner)
         if result.passed and result.standing.odd_metrics:
             self.audits.unflag(result.miner, f"job {job_id} passed its audit, metrics included")
-        return {"job_id": job_id, "miner": result.miner, "passed": result.passed, "reason": finding.reason,
-                "clawback": result.clawback_micro, "banned": result.banned}
+        return _report(result)
 
     def _banned(self, miner: str) -> None:
         """Run the ban hooks; the ban itself is already a ledger entry, so a hook's failure is only logged
@@ -144,6 +154,7 @@ def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], logl
                       on_ban=[broker_access(settings).revoke])
     app = create_app(settings, Services("auditor", auditor=auditor))
     register_audit_tasks(app)
+    only_tasks(app, AUDIT_TASKS)
     queues = [audit_queue(settings.audit_queue_prefix, model_id) for model_id in pipelines]
     console.print(f"auditor consuming {', '.join(queues)}")
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from heurist.access.miner_app import confine_miner
 from heurist.catalog import Catalog, ModelSpec
-from heurist.celery_app import create_app, run_worker, worker_pool
+from heurist.celery_app import create_app, only_tasks, run_worker, worker_pool
 from heurist.errors import ConfigError, ModelNotPresentError
 from heurist.identity import Wallet
 from heurist.jobs import MinerHello, SignedHello
@@ -27,7 +27,7 @@ from heurist.routing import servable, tier_of
 from heurist.services import Services
 from heurist.settings import Settings
 from tasks.miner import register_miner_tasks
-from tasks.names import REGISTER_MINER
+from tasks.names import MINER_TASKS, REGISTER_MINER
 from workers.miner.device import Device, detect_device
 from workers.miner.heartbeat import install_heartbeats
 from workers.miner.middleware import Middleware, default_middleware, wrap_pipelines
@@ -156,6 +156,7 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines, middleware=chain)
     app = create_app(settings, Services("miner", miner_runtime=runtime))
     register_miner_tasks(app)
+    only_tasks(app, MINER_TASKS)  # a job message naming another task (celery.group, ...) is refused
     confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue)
     install_heartbeats(app, wallet, settings.heartbeat_interval_s, settings.ledger_queue)
     app.conf.heurist_miner = miner_card(wallet, plan)  # `celery inspect conf`: Flower's worker page shows it
