@@ -86,8 +86,9 @@ class Settings(BaseSettings):
         """The management API URL: set, or derived from an AMQP broker URL; None for other brokers."""
         if self.broker_admin_url:
             return self.broker_admin_url
-        parts = urlsplit(self.resolved_broker_url())
-        if not is_amqp(self.resolved_broker_url()) or not parts.hostname:
+        url = self.resolved_broker_url()
+        parts = urlsplit(url)
+        if not is_amqp(url) or not parts.hostname:
             return None
         user, password = parts.username or "guest", parts.password or "guest"  # kombu's defaults
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname

@@ -43,9 +43,9 @@ def create_app(settings: Settings, client: Client, credits: CreditLedger) -> Fas
 
 def app_from_settings(settings: Settings) -> FastAPI:
     """What ``heurist gateway`` serves: the ledger database migrated, the client's broker connection opened
-    lazily. The object store is made first, so missing S3 keys stop the gateway at start, not at a request."""
-    from heurist.db import open_engine
+    lazily. The object store is made first, so missing S3 keys stop the gateway at start, not at a request.
+    The credit ledger shares the client's engine (``open_reader``: migrated once, one connection pool)."""
     from heurist.storage import make_store
 
-    store = make_store(settings)
-    return create_app(settings, Client(settings, store=store), CreditLedger(open_engine(settings)))
+    client = Client(settings, store=make_store(settings))
+    return create_app(settings, client, CreditLedger(client.ledger.engine))
