@@ -154,9 +154,13 @@ class TokenChunk(Frozen):
 
 
 class MinerHello(Signable):
-    """A miner announcing itself at worker start; signed, so registration proves key possession."""
+    """A miner announcing itself at worker start; signed, so registration proves key possession.
+
+    ``operator``: on a multi-GPU box, the box's own address, whose broker user this worker's key (derived from
+    the operator's) connects as; the hello then carries the operator's signature of the worker's address."""
 
     miner: ADDRESS
+    operator: ADDRESS | None = None
     models: list[str]
     queues: list[str]
     device: DeviceInfo
@@ -166,6 +170,12 @@ class MinerHello(Signable):
 class SignedHello(Frozen):
     hello: MinerHello
     signature: SIGNATURE
+    operator_signature: SIGNATURE | None = None  # the operator's EIP-191 signature of delegation_payload(miner)
+
+
+def delegation_payload(worker: str) -> bytes:
+    """What an operator signs to vouch that key ``worker`` is one of its GPU workers (``Wallet.derive``)."""
+    return b"heurist/gpu-worker-delegation/v1:" + worker.lower().encode()
 
 
 class Heartbeat(Signable):

@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     s3_bucket: str = "heurist-outputs"
     presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
 
+    inbox_max_messages: int = Field(1000, ge=10, description="Messages a miner's inbox holds before the broker "
+                                    "refuses its publishes (policy `heurist-inboxes`, overflow reject-publish).")
+    inbox_max_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, description="Bytes a miner's inbox holds: also the "
+                                 "largest message a miner can send the ledger (an honest completion is about 2 KB).")
+    dead_letters_max: int = Field(100_000, ge=100, description="Dead letters kept (`heurist broker dead-letters`); "
+                                  "the oldest are dropped first.")
+    inbox_poll_s: float = Field(2.0, gt=0, le=60, description="How often the ledger looks for new miners' inboxes.")
+
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads of a miner or auditor; default: torch's (all cores). Set it "
         "when several torch processes share the cores: two with 2 threads each on 2 cores ran a job 35x slower.")

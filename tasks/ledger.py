@@ -9,6 +9,7 @@ from celery import Celery, Task
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
+from heurist.access.senders import sender_of
 from heurist.celery_app import services
 from heurist.errors import StorageError
 from heurist.jobs import SignedCompletion, SignedHeartbeat, SignedHello
@@ -38,7 +39,7 @@ def register_ledger_tasks(app: Celery) -> None:
         parsed = _parse(SignedCompletion, signed)
         if parsed is None:
             return {"accepted": False, "reason": "malformed"}
-        verdict = services(self.app).ledger.record_completion(parsed).report()
+        verdict = services(self.app).ledger.record_completion(parsed, sender_of(self.request)).report()
         return {**verdict, "miner": parsed.completion.miner, "model_id": parsed.completion.model_id}
 
     @app.task(name=RECORD_FAILURE, bind=True, acks_late=True, **RETRY)
@@ -51,11 +52,11 @@ def register_ledger_tasks(app: Celery) -> None:
         """Record a miner that proved it holds its key; completions from unknown keys are rejected."""
         parsed = _parse(SignedHello, signed)
         if parsed is not None:
-            services(self.app).ledger.register_miner(parsed)
+            services(self.app).ledger.register_miner(parsed, sender_of(self.request))
 
     @app.task(name=RECORD_HEARTBEAT, bind=True, acks_late=True, **RETRY)
     def record_heartbeat(self: Task, signed: Any) -> None:
         """Count a miner's signed heartbeat towards its uptime this epoch (``heurist.ledger.uptime``)."""
         parsed = _parse(SignedHeartbeat, signed)
         if parsed is not None:
-            services(self.app).uptime.record(parsed)
+            services(self.app).uptime.record(parsed, sender_of(self.request))

@@ -18,7 +18,7 @@ from heurist.ledger.middleware import LedgerMiddleware
 from heurist.ledger.redispatch import Redispatch
 from heurist.ledger.service import Ledger
 from heurist.services import Services
-from heurist.settings import Settings
+from heurist.settings import Settings, is_amqp
 from heurist.storage import make_store
 from tasks.ledger import register_ledger_tasks
 from tasks.names import LEDGER_TASKS
@@ -37,6 +37,11 @@ def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFacto
     register_ledger_tasks(app)
     only_tasks(app, LEDGER_TASKS)  # a miner may publish here: Celery's built-ins (celery.group) are refused
     ledger.middleware += [*middleware(app, settings, ledger), Redispatch(app, settings)]
+    if is_amqp(settings.resolved_broker_url()):  # miners send through their inboxes (heurist.ledger.inboxes)
+        from heurist.access.backends.rabbitmq import RabbitMQAccess
+        from heurist.ledger.inboxes import watch_inboxes
+
+        watch_inboxes(app, RabbitMQAccess.from_settings(settings), settings.inbox_poll_s)
     pool, concurrency = worker_pool(settings.resolved_broker_url(), concurrency)
     worker = app.Worker(hostname=f"ledger@{socket.gethostname()}", queues=[settings.ledger_queue],
                         pool=pool, concurrency=concurrency, loglevel=loglevel, quiet=True)

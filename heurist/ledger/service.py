@@ -99,9 +99,9 @@ class Ledger:
 
     # ---------------------------------------------------------------------------------- miners, failures
 
-    def register_miner(self, signed: SignedHello) -> RegistrationVerdict:
+    def register_miner(self, signed: SignedHello, sender: str | None = None) -> RegistrationVerdict:
         """Record a miner that proved it holds its key (``heurist.ledger.registration``)."""
-        return register_miner(self.engine, self._sessions, self.clock, signed)
+        return register_miner(self.engine, self._sessions, self.clock, signed, sender)
 
     def record_failure(self, job_id: str, reason: str) -> None:
         """A miner's task raised: the job ends FAILED unless it already has a verdict (``JobBook``)."""
@@ -109,9 +109,9 @@ class Ledger:
 
     # ------------------------------------------------------------------------------------ completions
 
-    def record_completion(self, signed: SignedCompletion) -> CompletionVerdict:
+    def record_completion(self, signed: SignedCompletion, sender: str | None = None) -> CompletionVerdict:
         """Verify a signed completion and, if it holds, credit its job exactly once."""
-        attempt = Attempt(signed=signed, received_at=self.clock())
+        attempt = Attempt(signed=signed, received_at=self.clock(), sender=sender)
         refusal = self._verifier().verify(attempt)
         if refusal is None:
             verdict = self._accept(attempt)

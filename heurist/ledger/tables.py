@@ -82,6 +82,7 @@ class Reason(StrEnum):
     LATE = "late"
     BANNED = "banned"  # the miner failed too many audits: its hellos and completions are refused
     WEIGHTS_MISMATCH = "weights_mismatch"  # the miner attests model files other than the pinned ones
+    WRONG_SENDER = "wrong_sender"  # signed by a key that belongs to another broker user (operator)
 
 
 class Miner(Base):
@@ -94,6 +95,9 @@ class Miner(Base):
     last_seen: Mapped[float] = mapped_column(Double())
     models: Mapped[list[str]] = mapped_column(JSON())
     device: Mapped[dict[str, Any]] = mapped_column(JSON())
+    # The RabbitMQ user (one operator) whose inbox brought the key's first hello; only that user's messages
+    # count for this key, and a ban of any of the user's keys bans them all. None: the embedded broker.
+    broker_user: Mapped[str | None] = mapped_column(String(128), index=True, default=None)
 
 
 class MinerUptime(Base):

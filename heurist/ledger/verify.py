@@ -43,7 +43,9 @@ class Attempt:
 
     signed: SignedCompletion
     received_at: float
+    sender: str | None = None  # the broker user whose inbox brought it (None: embedded broker, trusted user)
     signer: str | None = None
+    broker_user: str | None = None  # the broker user the signer's key is bound to
     registered: bool = False
     banned: bool = False
     escrow: bool = False  # credit as ESCROW: the miner has not passed enough audits yet
@@ -99,6 +101,7 @@ def _load(v: Verifier, a: Attempt) -> Refusal | None:
         miner = session.get(Miner, a.signer)
         a.registered = miner is not None
         if miner is not None:
+            a.broker_user = miner.broker_user
             a.standing = read_standing(session, a.signer)
             a.registered_device = DeviceInfo.model_validate(miner.device) if miner.device else None
         a.banned = a.standing.banned
@@ -111,6 +114,15 @@ def _load(v: Verifier, a: Attempt) -> Refusal | None:
 def _check_signer(v: Verifier, a: Attempt) -> Refusal | None:
     if not a.registered:
         return Refusal(Reason.UNKNOWN_SIGNER, f"{a.signer} never sent a signed hello", miner=a.signer)
+    return None
+
+
+def _check_sender(v: Verifier, a: Attempt) -> Refusal | None:
+    """A completion counts only from the broker user (operator) the key is bound to: one relayed through
+    another miner's inbox (a claim re-signed by someone else, a key lent out) earns nothing."""
+    if a.sender is not None and a.sender != a.broker_user:
+        return Refusal(Reason.WRONG_SENDER, f"key {a.signer} belongs to broker user {a.broker_user}, the "
+                       f"completion came from {a.sender}", miner=a.signer)
     return None
 
 
@@ -193,6 +205,7 @@ CHECKS: tuple[Check, ...] = (
     _check_signature,
     _load,
     _check_signer,
+    _check_sender,
     _check_not_banned,
     _check_job,
     _check_model,
