@@ -44,7 +44,9 @@ class Settings(BaseSettings):
                                             "HEURIST_S3_ENDPOINT.")
     s3_region: str = "us-east-1"
     s3_bucket: str = "heurist-outputs"
-    presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    presign_expiry_s: int = Field(
+        3600, ge=60, le=7 * 24 * 3600, description="Longest life of a presigned URL. A job's PUT URL lives until "
+        "the job's deadline and at most this (heurist.dispatch.upload_expiry_s); GET URLs live this long.")
 
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads of a miner or auditor; default: torch's (all cores). Set it "

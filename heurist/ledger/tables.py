@@ -82,6 +82,7 @@ class Reason(StrEnum):
     LATE = "late"
     BANNED = "banned"  # the miner failed too many audits: its hellos and completions are refused
     WEIGHTS_MISMATCH = "weights_mismatch"  # the miner attests model files other than the pinned ones
+    OUTPUT_CHANGED = "output_changed"  # the object was overwritten between verification and freezing
 
 
 class Miner(Base):
@@ -149,6 +150,10 @@ class CompletionRow(Base):
     finished_at: Mapped[float] = mapped_column(Double())  # the miner's claim; kept so the signature verifies
     signature: Mapped[str] = mapped_column(String(132))
     received_at: Mapped[float] = mapped_column(Double())
+    # The credited bytes, copied where no URL can write (heurist.storage.freeze); None before migration 0011:
+    # readers then fall back to the job's output_key, checked against output_sha256.
+    frozen_key: Mapped[str | None] = mapped_column(String(KEY_LEN))
+    uploaded_at: Mapped[float | None] = mapped_column(Double())  # the store's LastModified: lateness's clock
 
 
 class PointsEntry(Base):
