@@ -181,7 +181,7 @@ class S3ObjectStore(ObjectStore):
         """Server-side copy, only of the bytes whose ETag is ``if_match`` (412 from the service: None).
 
         The copy keeps the source's stored sha256 and content type (SeaweedFS 4.48 and AWS both do);
-        SeaweedFS copied a 2 KB object in about 5 ms here, no bytes through this process.
+        SeaweedFS copies in about 9-10 ms here (2 KB to 200 KB), and no bytes pass through this process.
         """
         with self._errors(f"COPY {source} to {dest}"):
             try:
