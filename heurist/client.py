@@ -47,6 +47,12 @@ class JobResult:
     output_key: str
     output_sha256: str | None = None
     error: str | None = None
+    frozen_key: str | None = None  # the credited bytes, copied where no URL can write (heurist.storage.freeze)
+
+    @property
+    def stored_key(self) -> str:
+        """Where the credited output is read: the frozen copy, else (completed before freezing) the output key."""
+        return self.frozen_key or self.output_key
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,10 @@ class JobHandle:
 
     @property
     def url(self) -> str:
-        """A presigned GET URL for the output (valid once the job has completed)."""
-        return self.client.store.presign_get(self.output_key, self.client.settings.presign_expiry_s)
+        """A presigned GET URL for the output (valid once the job has completed): its frozen copy once credited."""
+        view = self.client.ledger.job(self.id)
+        key = view.stored_key if view is not None else self.output_key
+        return self.client.store.presign_get(key, self.client.settings.presign_expiry_s)
 
     def state(self) -> JobState:
         view = self.client.ledger.job(self.id)
@@ -216,9 +224,10 @@ class Client:
             time.sleep(self.settings.result_poll_interval_s)
 
     def fetch_output(self, result: JobResult) -> bytes:
-        """The output bytes, checked against the sha256 the ledger verified: a miner could reuse its
-        presigned URL to overwrite the object after it was credited."""
-        data = self.store.get(result.output_key)
+        """The credited bytes: the frozen copy the ledger made of exactly what it verified, which no
+        presigned URL can overwrite. They are still checked against the verified sha256, because completions
+        from before freezing are read from the mutable output key."""
+        data = self.store.get(result.stored_key)
         if result.output_sha256 is None or hashlib.sha256(data).hexdigest() != result.output_sha256:
             raise JobFailedError(
                 f"output of job {result.job_id} does not match the sha256 the ledger verified "
@@ -227,10 +236,10 @@ class Client:
         return data
 
     def to_result(self, view: JobView) -> JobResult:
-        url = self.store.presign_get(view.output_key, self.settings.presign_expiry_s) if view.state.has_output else None
+        url = self.store.presign_get(view.stored_key, self.settings.presign_expiry_s) if view.state.has_output else None
         return JobResult(job_id=view.job_id, model_id=view.model_id, state=view.state, points=view.points,
                          miner=view.miner, url=url, output_key=view.output_key, output_sha256=view.output_sha256,
-                         error=view.error)
+                         error=view.error, frozen_key=view.frozen_key)
 
     def submit_params(self, spec: ModelSpec, params: ImageParams | TextParams, *, job_id: str | None = None,
                       stream: bool = False) -> JobHandle:
@@ -240,7 +249,7 @@ class Client:
         output_key = f"outputs/{spec.id}/{job_id}{EXTENSIONS[_content_type(spec)]}"
         deadline_at = self.clock() + spec.deadline.seconds(_work_units(params))
         message = job_message(job_id, spec.id, params, output_key, deadline_at, self.store,
-                              self.settings.presign_expiry_s).model_copy(update={"stream": stream})
+                              self.settings.presign_expiry_s, now=self.clock()).model_copy(update={"stream": stream})
         self.job_book.create_job(job_id, spec, params, output_key, spec.queue, deadline_at)
         try:
             self._send(message, spec.queue)

@@ -44,7 +44,9 @@ class Settings(BaseSettings):
                                             "HEURIST_S3_ENDPOINT.")
     s3_region: str = "us-east-1"
     s3_bucket: str = "heurist-outputs"
-    presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    presign_expiry_s: int = Field(
+        3600, ge=60, le=7 * 24 * 3600, description="Longest life of a presigned URL. A job's PUT URL lives until "
+        "the job's deadline and at most this (heurist.dispatch.upload_expiry_s); GET URLs live this long.")
 
     inbox_max_messages: int = Field(1000, ge=10, description="Messages a miner's inbox holds before the broker "
                                     "refuses its publishes (policy `heurist-inboxes`, overflow reject-publish).")

@@ -50,10 +50,17 @@ class JobView:
     created_at: float
     deadline_at: float
     finished_at: float | None
+    frozen_key: str | None = None  # the credited bytes, where no URL can write (None: not frozen)
 
     @property
     def points(self) -> float:
         return from_micro(self.points_micro)
+
+    @property
+    def stored_key(self) -> str:
+        """Where to read the credited output: its frozen copy (``heurist.storage.freeze``), or for a
+        completion accepted before outputs were frozen, the job's output key (check it against the sha256)."""
+        return self.frozen_key or self.output_key
 
     @property
     def tokens(self) -> int | None:
@@ -126,7 +133,7 @@ class LedgerReader:
             input_tokens=completion.input_tokens if completion else None,
             output_tokens=completion.output_tokens if completion else None,
             error=job.error, created_at=job.created_at, deadline_at=job.deadline_at,
-            finished_at=job.finished_at,
+            finished_at=job.finished_at, frozen_key=completion.frozen_key if completion else None,
         )
 
     def miner_points(self) -> list[MinerPoints]:

@@ -12,7 +12,7 @@ import logging
 
 from celery import Celery
 
-from heurist.dispatch import job_message, send_job
+from heurist.dispatch import DeadlinePassedError, job_message, send_job
 from heurist.ledger.middleware import LedgerMiddleware, Refused
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import Reason
@@ -33,8 +33,12 @@ def redispatch(app: Celery, ledger: Ledger, settings: Settings, job_id: str) -> 
         ledger.record_failure(job_id, f"taken {taken} times by banned miners")
         return False
     spec = ledger.catalog[view.model_id]
-    message = job_message(job_id, spec.id, params, view.output_key, view.deadline_at, ledger.store,
-                          settings.presign_expiry_s)
+    try:  # its upload URL expires at the deadline: an overdue job cannot be done any more
+        message = job_message(job_id, spec.id, params, view.output_key, view.deadline_at, ledger.store,
+                              settings.presign_expiry_s, now=ledger.clock())
+    except DeadlinePassedError:
+        ledger.record_failure(job_id, "its deadline passed before it could be sent again")
+        return False
     send_job(app, message, spec.queue, settings.ledger_queue)
     log.info("job %s sent again: a banned miner took it (%d time(s))", job_id, taken)
     return True

@@ -6,6 +6,9 @@ one short transaction: accepted, rejected, or a duplicate answered with the firs
 rests on unique constraints, not on the earlier read: ``completions.job_id`` is the primary key (one
 accepted completion per job) and ``points_entries.idempotency_key`` is unique. Two ledger workers racing on
 the same job both pass the reads; the second insert fails, rolls back, and is answered with the first verdict.
+
+Lateness is judged by the store's upload time of the output (``Attempt.uploaded_at``), never by when the
+ledger processed the message; the credited bytes are the frozen copy the last check made.
 """
 
 from __future__ import annotations
@@ -161,7 +164,7 @@ class Ledger:
     def _accept(self, a: Attempt) -> CompletionVerdict:
         """Store the completion, credit the job, set its state: one transaction, or nothing."""
         assert a.job is not None and a.spec is not None and a.signer is not None
-        late_by = a.received_at - a.job.deadline_at
+        late_by = a.uploaded_at - a.job.deadline_at  # the store's clock, never the ledger's backlog
         late = late_by > 0
         micro = 0 if late else self._credit_micro(a.job, a.spec, a.claim)
         state = JobState.LATE if late else JobState.COMPLETED
@@ -176,13 +179,14 @@ class Ledger:
                                             created_at=a.received_at))
                 session.execute(update(Job).where(Job.id == a.job_id).values(
                     state=state, miner_address=a.signer, finished_at=a.received_at,
-                    error=f"delivered {late_by:.1f}s after the deadline: no points" if late else None))
+                    error=f"uploaded {late_by:.0f}s after the deadline (the store's clock): no points"
+                    if late else None))
         except IntegrityError:
             if not self._has_completion(a.job_id):
                 raise
             return self._duplicate(a)
         if late:
-            log.info("job %s late by %.1fs: output kept, no points", a.job_id, late_by)
+            log.info("job %s uploaded %.0fs late: output kept (frozen), no points", a.job_id, late_by)
         return CompletionVerdict(job_id=a.job_id, accepted=True, reason=Reason.LATE if late else None,
                                  points_micro=micro, state=state)
 
@@ -194,7 +198,8 @@ class Ledger:
                              input_tokens=c.input_tokens, output_tokens=c.output_tokens,
                              timings=c.timings.model_dump(mode="json"), device=c.device.model_dump(mode="json"),
                              weights_sha256=c.weights_sha256, finished_at=c.finished_at,
-                             signature=a.signed.signature, received_at=a.received_at)
+                             signature=a.signed.signature, received_at=a.received_at,
+                             frozen_key=a.frozen_key, uploaded_at=a.uploaded_at)
 
     def _has_completion(self, job_id: str) -> bool:
         with self._sessions() as session:

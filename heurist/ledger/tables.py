@@ -83,6 +83,7 @@ class Reason(StrEnum):
     BANNED = "banned"  # the miner failed too many audits: its hellos and completions are refused
     WEIGHTS_MISMATCH = "weights_mismatch"  # the miner attests model files other than the pinned ones
     WRONG_SENDER = "wrong_sender"  # signed by a key that belongs to another broker user (operator)
+    OUTPUT_CHANGED = "output_changed"  # the object was overwritten between verification and freezing
 
 
 class Miner(Base):
@@ -153,6 +154,10 @@ class CompletionRow(Base):
     finished_at: Mapped[float] = mapped_column(Double())  # the miner's claim; kept so the signature verifies
     signature: Mapped[str] = mapped_column(String(132))
     received_at: Mapped[float] = mapped_column(Double())
+    # The credited bytes, copied where no URL can write (heurist.storage.freeze); None before migration 0011:
+    # readers then fall back to the job's output_key, checked against output_sha256.
+    frozen_key: Mapped[str | None] = mapped_column(String(KEY_LEN))
+    uploaded_at: Mapped[float | None] = mapped_column(Double())  # the store's LastModified: lateness's clock
 
 
 class PointsEntry(Base):

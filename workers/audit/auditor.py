@@ -109,7 +109,7 @@ class Auditor:
         claim = read_claim(self.ledger.engine, job_id)
         if view is None or claim is None or view.output_sha256 is None:
             raise HeuristError(f"job {job_id} has no accepted completion to audit")
-        finding = self._check(self.pipelines[claim.model_id], claim, view.output_key, view.output_sha256)
+        finding = self._check(self.pipelines[claim.model_id], claim, view.stored_key, view.output_sha256)
         result = self.audits.record_audit(job_id, finding.passed, finding.reason, finding.detail, finding.metrics,
                                           auditor=self.name)
         if result.banned and not result.duplicate:
@@ -129,7 +129,11 @@ class Auditor:
                           miner, err, miner)
 
     def _check(self, pipeline: Pipeline, claim: AcceptedClaim, key: str, sha256: str) -> Finding:
-        """Cheapest first: the stored bytes, the weight attestation, the reported metrics, then the replay."""
+        """Cheapest first: the stored bytes, the weight attestation, the reported metrics, then the replay.
+
+        ``key`` is the frozen copy of the credited bytes (``heurist.storage.freeze``): an overwrite through
+        the job's URL after the credit cannot make an honest miner fail here. The sha256 check remains for
+        completions accepted before outputs were frozen."""
         claimed = self.ledger.store.get(key)
         if hashlib.sha256(claimed).hexdigest() != sha256:
             return Finding(False, AuditReason.OUTPUT_MISSING, "the stored output changed after it was credited", {})
