@@ -25,7 +25,6 @@ from heurist.jobs import (
     SignedCompletion,
     SignedHello,
     TextOutput,
-    Timings,
     TokenChunk,
 )
 from heurist.settings import Settings
