@@ -94,12 +94,9 @@ def _peek_amqp(conn: Connection, limit: int) -> DeadLetters:
             return DeadLetters(0, [])
         queue = dead_letter_queue()(channel)
         letters: list[DeadLetter] = []
-        while len(letters) < min(limit, total):
-            message = queue.get(no_ack=False)
-            if message is None:
-                break
+        while len(letters) < limit and (message := queue.get(no_ack=False)) is not None:
             letters.append(DeadLetter.of(message.headers, as_bytes(message.body)))
-        return DeadLetters(total, letters)
+        return DeadLetters(max(total, len(letters)), letters)
     finally:
         channel.close()  # unacknowledged: RabbitMQ requeues them in place
 
