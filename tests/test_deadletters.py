@@ -88,8 +88,10 @@ def _hello(wallet: Wallet, device_name: str) -> dict[str, Any]:
 def test_the_embedded_ledger_keeps_poison_and_goes_on(embedded: EmbeddedNetwork) -> None:
     settings = embedded.settings()
     honest, attacker = Wallet.create(), Wallet.create()
+    bulky_headers, small_body = _task(REGISTER_MINER, _hello(attacker, "CPU"))
     poison = [_task(REGISTER_MINER, _hello(attacker, "G" * 2**20)), _task("celery.group", []),
-              _task(REGISTER_MINER, _hello(attacker, "G" * 1000)), ({}, b"\x00\x01 not json")]
+              _task(REGISTER_MINER, _hello(attacker, "G" * 1000)), ({}, b"\x00\x01 not json"),
+              ({**bulky_headers, "argsrepr": "A" * 100_000}, small_body)]
     broker.register()
     with Client(settings) as client, Connection(settings.resolved_broker_url()) as conn:
         wait_until(lambda: (embedded.logs / "ledger.log").exists(), 30, "the ledger to start",
@@ -104,8 +106,9 @@ def test_the_embedded_ledger_keeps_poison_and_goes_on(embedded: EmbeddedNetwork)
                    check=embedded.check_alive)
         assert not client.ledger.is_registered(attacker.address)
     found = peek(settings)
-    assert sorted(letter.reason for letter in found.letters) == ["malformed", "oversized", "undecodable",
-                                                                  "unknown-task"]
+    assert sorted(letter.reason for letter in found.letters) == ["malformed", "oversized", "oversized",
+                                                                  "undecodable", "unknown-task"]
+    assert any("bytes of headers" in letter.detail for letter in found.letters)  # not only the body counts
     assert {letter.source for letter in found.letters} == {settings.ledger_queue}
     assert {letter.sender for letter in found.letters} == {""}  # the SQLite broker has no users
     done = subprocess.run(heurist_cmd("broker", "dead-letters"), env={**embedded.trusted_env(), "COLUMNS": "250"},

@@ -14,7 +14,8 @@ app = typer.Typer(
     "completions to the ledger, never to read the ledger or audit queues. The auditor revokes a miner it bans: "
     "permissions removed, connections closed, its unfinished jobs go to other miners. The management API "
     "comes from HEURIST_BROKER_ADMIN_URL (default: the broker's host, port 15672, the broker URL's "
-    "credentials). The embedded SQLite broker has no users: there, only the ledger's ban applies.",
+    "credentials). The embedded SQLite broker has no users: there, only the ledger's ban applies. "
+    "`heurist broker dead-letters` lists the poison messages the ledger and the auditor refused and kept.",
     no_args_is_help=True,
 )
 

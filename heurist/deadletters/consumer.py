@@ -3,9 +3,9 @@
 Celery's worker consumer has one hook per kind of poison (``on_unknown_message``, ``on_unknown_task``,
 ``on_invalid_task``, ``on_decode_error``); each logged the message and dropped it. ``PoisonConsumer`` keeps a
 copy first (``heurist.deadletters.keep``), then lets Celery log and reject or ack it as before, so nothing
-is requeued and nothing crash-loops. In front of them it refuses a body above ``max_message_bytes``
-before anything parses it: a 64 MB message took the ledger from 206 MB to 662 MB RSS (issue 12, attack 7)
-while it was decoded and validated; now its body is measured, its first 4 KB kept, and it is rejected.
+is requeued and nothing crash-loops. In front of them it refuses a body above ``max_message_bytes`` (headers
+counted too) before anything parses it: a 64 MB message took the ledger from 206 MB to 662 MB RSS (issue 12,
+attack 7) while it was decoded and validated; now its size is measured, its first 4 KB kept, and it is rejected.
 
 ``keep_poison(app, settings)`` declares the dead-letter queue and makes ``app``'s workers use this consumer
 (``app.conf.worker_consumer``); the ledger and the auditor call it before they start.
@@ -36,6 +36,14 @@ def _task_name(message: Any, payload: Any = None) -> str | None:
     return None if name is None else str(name)
 
 
+def _header_bytes(headers: Any) -> int:
+    """About how many bytes a message's headers hold (Celery copies them into every request): ~500 for
+    Celery's own, so a miner cannot move the bulk of a message from its body into a header."""
+    if not isinstance(headers, dict):
+        return 0
+    return sum(len(str(key)) + len(str(value)) for key, value in headers.items())
+
+
 class PoisonConsumer(Consumer):
     """Celery's consumer, keeping each poison message in ``dead-letters`` before it is refused."""
 
@@ -53,9 +61,10 @@ class PoisonConsumer(Consumer):
         limit = self.max_message_bytes
 
         def on_task_received(message: Any) -> Any:
-            size = len(message.body or b"")
-            if size > limit:
-                keep(self.app, self.poison(message, Reason.OVERSIZED, f"{size} bytes, above the limit of {limit} "
+            size, headers = len(message.body or b""), _header_bytes(message.headers)
+            if size + headers > limit:
+                what = f"{size} bytes" + (f" and {headers} bytes of headers" if headers > limit // 8 else "")
+                keep(self.app, self.poison(message, Reason.OVERSIZED, f"{what}, above the limit of {limit} "
                                            "(HEURIST_MAX_MESSAGE_BYTES)"))
                 message.reject_log_error(log, self.connection_errors)
                 return None
