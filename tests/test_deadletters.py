@@ -13,12 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection, Producer
+from kombu import Connection, Exchange, Producer, Queue
 
 from heurist import broker
 from heurist.celery_app import create_app
 from heurist.client import Client
-from heurist.deadletters import EXCERPT_BYTES, Poison, Reason, dead_letter_queue, keep
+from heurist.deadletters import (
+    EXCERPT_BYTES,
+    Poison,
+    Reason,
+    dead_letter_queue,
+    declare_dead_letters,
+    has_fanout,
+    keep,
+)
 from heurist.deadletters.listing import peek, purge
 from heurist.embedded import EmbeddedNetwork, heurist_cmd, wait_until
 from heurist.identity import Wallet
@@ -51,7 +59,7 @@ def test_kept_poison_is_listed_without_being_consumed_then_purged(settings: Sett
     assert first.letters[1].sender == "" and first.letters[1].time  # no user_id: unknown sender; now
     assert len(peek(settings, 1).letters) == 1
     with Connection(settings.resolved_broker_url()) as conn:  # the kept body is capped
-        queue = dead_letter_queue()(conn.default_channel)
+        queue = dead_letter_queue(has_fanout(conn))(conn.default_channel)
         queue.declare()
         message = queue.get(no_ack=False)
         assert len(message.body) == EXCERPT_BYTES and message.headers["size"] == len(big)
@@ -59,6 +67,26 @@ def test_kept_poison_is_listed_without_being_consumed_then_purged(settings: Sett
     assert purge(settings) == 2
     assert peek(settings).total == 0
     app.close()
+
+
+def test_what_the_broker_dead_letters_itself_is_listed_too(rabbit_url: str, tmp_path: Path) -> None:
+    """A consumer that rejects without requeue, on a queue whose dead-letter exchange is ``heurist.dead`` (the
+    policy ``heurist broker setup`` sets): RabbitMQ's ``x-death`` header gives the reason and the queue."""
+    settings = Settings(_env_file=None, broker_url=rabbit_url, data_dir=tmp_path)  # type: ignore[call-arg]
+    with Connection(rabbit_url) as conn:
+        declare_dead_letters(conn)
+        channel = conn.channel()
+        source = Queue("inbox.miner-0xabc", Exchange("inbox.miner-0xabc", "direct"), routing_key="inbox.miner-0xabc",
+                       queue_arguments={"x-dead-letter-exchange": "heurist.dead"})(channel)
+        source.declare()
+        Producer(channel).publish({"x": 1}, exchange="inbox.miner-0xabc", routing_key="inbox.miner-0xabc",
+                                  user_id="guest", serializer="json")
+        wait_until(lambda: (message := source.get(no_ack=False)) is not None and message.reject() is None, 10,
+                   "the message to be rejected")
+    wait_until(lambda: peek(settings).total == 1, 10, "the broker to dead-letter it")
+    letter = peek(settings).letters[0]
+    assert (letter.reason, letter.source, letter.sender) == ("broker-rejected", "inbox.miner-0xabc", "guest")
+    assert letter.time and letter.excerpt == '{"x": 1}'
 
 
 @pytest.fixture(scope="module")

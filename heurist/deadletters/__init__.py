@@ -16,10 +16,14 @@ dead-letters`). A kept message carries headers saying why:
   and ``task``.
 
 The kept body is the first 4,096 bytes of the original (``EXCERPT_BYTES``), so an 8 MB message costs 4 KB
-here; on RabbitMQ the queue keeps the newest 10,000 (``x-max-length``, drop-head), so a flood costs at most
-~45 MB. The embedded broker (kombu's SQLite transport) has no length limit: there ``dead-letters`` is a
-plain queue. Poison is never requeued or retried: it is kept once and the original is rejected (or, for a
-malformed payload in a task, the task returns). A failure to keep it is logged and never stops the worker.
+here. On RabbitMQ ``heurist.dead`` is a fanout exchange into the durable ``dead-letters`` queue, declared
+without arguments: ``heurist broker setup`` bounds it by policy (newest kept, oldest dropped) and points the
+dead-letter policy of the ledger queue and the inboxes at the same exchange, so a message the broker
+dead-letters itself (rejected without requeue) lands next to these, with RabbitMQ's ``x-death`` header
+instead of ours (``heurist.deadletters.listing`` reads both). The embedded broker (kombu's SQLite transport)
+has no fanout exchanges and no policies: there ``dead-letters`` is a plain, unbounded queue reached by name.
+Poison is never requeued or retried: it is kept once and the original acknowledged (or, for a malformed
+payload in a task, the task returns). A failure to keep it is logged and never stops the worker.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ log = logging.getLogger(__name__)
 
 DEAD_EXCHANGE = "heurist.dead"
 DEAD_QUEUE = "dead-letters"
-MAX_KEPT = 10_000  # messages kept on RabbitMQ (the oldest are dropped first)
 EXCERPT_BYTES = 4096  # bytes of each poison message's body kept
 DETAIL_CHARS = 500
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
@@ -68,18 +71,26 @@ class Poison:
                 "task": (self.task or "")[:200]}
 
 
-def dead_letter_queue() -> Queue:
-    """The durable queue ``dead-letters`` behind the direct exchange ``heurist.dead``; miners can neither read nor
-    write either (their permissions name neither)."""
-    return Queue(DEAD_QUEUE, Exchange(DEAD_EXCHANGE, type="direct", durable=True), routing_key=DEAD_QUEUE,
-                 durable=True, queue_arguments={"x-max-length": MAX_KEPT})
+def dead_letter_queue(fanout: bool = True) -> Queue:
+    """The durable queue ``dead-letters``, bound to the fanout exchange ``heurist.dead`` (``fanout=False``: on the
+    default exchange, for transports without fanout). Miners can neither read nor write either (their
+    permissions name neither)."""
+    if not fanout:
+        return Queue(DEAD_QUEUE, routing_key=DEAD_QUEUE, durable=True)
+    return Queue(DEAD_QUEUE, Exchange(DEAD_EXCHANGE, type="fanout", durable=True), routing_key=DEAD_QUEUE,
+                 durable=True)
+
+
+def has_fanout(connection: Connection) -> bool:
+    """Whether the connection's transport routes fanout exchanges (RabbitMQ does, kombu's SQL transport not)."""
+    return "fanout" in connection.transport.implements.exchange_type
 
 
 def declare_dead_letters(connection: Connection) -> None:
-    """Declare the exchange, the queue and their binding (trusted side, idempotent): ``heurist ledger`` and the
+    """Declare the queue, its exchange and their binding (trusted side, idempotent): ``heurist ledger`` and the
     auditor call it at start, so nothing refused before an operator looks is lost."""
     with connection.channel() as channel:
-        dead_letter_queue()(channel).declare()
+        dead_letter_queue(has_fanout(connection))(channel).declare()
 
 
 def as_bytes(body: Any) -> bytes:
@@ -104,8 +115,9 @@ def keep(app: Celery, poison: Poison) -> bool:
                 len(poison.body))
     try:
         with app.producer_pool.acquire(block=True, timeout=10) as producer:
-            producer.publish(poison.body[:EXCERPT_BYTES], exchange=DEAD_EXCHANGE, routing_key=DEAD_QUEUE,
-                             declare=[dead_letter_queue()], headers=poison.headers(),
+            fanout = has_fanout(producer.connection)
+            producer.publish(poison.body[:EXCERPT_BYTES], exchange=DEAD_EXCHANGE if fanout else "",
+                             routing_key=DEAD_QUEUE, declare=[dead_letter_queue(fanout)], headers=poison.headers(),
                              content_type="application/octet-stream", content_encoding="binary",
                              delivery_mode=2, retry=True, retry_policy=PUBLISH_RETRY)
     except Exception:  # the broker is down or refused: the message is still refused, and the worker goes on

@@ -21,7 +21,7 @@ from amqp.exceptions import NotFound
 from kombu import Connection
 
 from heurist import broker
-from heurist.deadletters import DEAD_QUEUE, as_bytes, dead_letter_queue
+from heurist.deadletters import DEAD_QUEUE, as_bytes, dead_letter_queue, has_fanout
 from heurist.settings import Settings, is_amqp
 
 EXCERPT_CHARS = 120  # of the kept body, in a listing
@@ -41,11 +41,21 @@ class DeadLetter:
     excerpt: str  # the start of the kept body, undecodable bytes replaced
 
     @classmethod
-    def of(cls, headers: dict[str, Any] | None, body: bytes) -> DeadLetter:
-        h = headers or {}
+    def of(cls, headers: dict[str, Any] | None, properties: dict[str, Any] | None, body: bytes) -> DeadLetter:
+        """From our headers (``heurist.deadletters.Poison``), or RabbitMQ's ``x-death`` when the broker
+        dead-lettered the message itself (a consumer rejected it without requeue, or it expired)."""
+        h, sender = headers or {}, str((properties or {}).get("user_id") or "")
+        if "reason" not in h and isinstance(h.get("x-death"), list) and h["x-death"]:
+            death = h["x-death"][0]
+            when = death.get("time")
+            return cls(reason=f"broker-{death.get('reason', '?')}", detail=f"dead-lettered by the broker "
+                       f"({death.get('count', 1)} time(s)); no reason recorded", source=str(death.get("queue", "")),
+                       sender=sender, time=when.astimezone(UTC).isoformat(timespec="seconds")
+                       if isinstance(when, datetime) else str(when or ""), size=len(body),
+                       task=str(h.get("task", "")), excerpt=body[:EXCERPT_CHARS].decode("utf-8", "replace"))
         dead_at = float(h.get("dead_at") or 0.0)
         return cls(reason=str(h.get("reason", "?")), detail=str(h.get("detail", "")),
-                   source=str(h.get("source", "")), sender=str(h.get("sender", "")),
+                   source=str(h.get("source", "")), sender=str(h.get("sender", "")) or sender,
                    time=datetime.fromtimestamp(dead_at, UTC).isoformat(timespec="seconds") if dead_at else "",
                    size=int(h.get("size") or len(body)), task=str(h.get("task", "")),
                    excerpt=body[:EXCERPT_CHARS].decode("utf-8", "replace"))
@@ -81,7 +91,7 @@ def peek(settings: Settings, limit: int = 50) -> DeadLetters:
 def purge(settings: Settings) -> int:
     """Delete every kept message; how many there were."""
     with _connection(settings) as conn, conn.channel() as channel:
-        dead_letter_queue()(channel).declare()
+        dead_letter_queue(has_fanout(conn))(channel).declare()
         return int(channel.queue_purge(DEAD_QUEUE) or 0)
 
 
@@ -95,7 +105,7 @@ def _peek_amqp(conn: Connection, limit: int) -> DeadLetters:
         queue = dead_letter_queue()(channel)
         letters: list[DeadLetter] = []
         while len(letters) < limit and (message := queue.get(no_ack=False)) is not None:
-            letters.append(DeadLetter.of(message.headers, as_bytes(message.body)))
+            letters.append(DeadLetter.of(message.headers, message.properties, as_bytes(message.body)))
         return DeadLetters(max(total, len(letters)), letters)
     finally:
         channel.close()  # unacknowledged: RabbitMQ requeues them in place
@@ -116,7 +126,7 @@ def _peek_virtual(conn: Connection, limit: int) -> DeadLetters:
         body = payload.get("body") or ""
         if (payload.get("properties") or {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        letters.append(DeadLetter.of(payload.get("headers"), as_bytes(body)))
+        letters.append(DeadLetter.of(payload.get("headers"), payload.get("properties"), as_bytes(body)))
     total = visible.count()
     session.rollback()  # read-only: release SQLite's snapshot
     return DeadLetters(total, letters)
