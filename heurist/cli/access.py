@@ -111,7 +111,10 @@ def dead_letters(json_out: bool = JSON,
     **unknown-task** (Celery's built-ins included) or is **undecodable** (not JSON). It keeps the first
     4 KB in the `dead-letters` queue with the reason, the detail, the source queue, the sender (the
     broker-validated user: `miner-0x…` on RabbitMQ, empty on the embedded broker), the time and the size.
-    RabbitMQ keeps the newest 10,000. `--purge` empties the queue.
+    Messages RabbitMQ dead-lettered by itself (a consumer rejected them without requeue) show as
+    `broker-rejected`, with the queue from its `x-death` header. On RabbitMQ the queue is bounded by the
+    policy `heurist broker setup` sets (oldest dropped first); the embedded broker's is not. Listing
+    consumes nothing; `--purge` empties the queue.
     """
     from heurist.deadletters import DEAD_QUEUE
     from heurist.deadletters.listing import peek
