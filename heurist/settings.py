@@ -62,6 +62,10 @@ class Settings(BaseSettings):
 
     miner_key: SecretStr | None = Field(None, description="Miner private key (hex). Prefer --key-file.")
     ledger_queue: str = "ledger"
+    max_message_bytes: int = Field(
+        65_536, ge=4096, le=16 * 2**20, description="Largest message body the ledger and the auditor accept; "
+        "a larger one is refused before it is parsed and kept in `dead-letters` (an honest completion is ~1.3 KB, "
+        "a hello under 16 KB).")
     audit_queue_prefix: str = Field("audit", description="Sampled jobs go to '<prefix>.<model>'.")
     audit_base_rate: float = Field(0.10, ge=0, le=1, description="Share of jobs audited for miners in good standing.")
     audit_new_miner_rate: float = Field(0.5, ge=0, le=1)

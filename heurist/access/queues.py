@@ -1,4 +1,4 @@
-"""The broker names the whole network shares, and kombu's view of them: tier queues, inboxes, dead letters.
+"""The broker names the whole network shares, and kombu's view of them: tier queues and inboxes.
 
 Both sides use these definitions: the trusted side declares them (``heurist.access.topology``), miners use
 them with ``no_declare`` (they have no configure right), so a name means the same queue everywhere.
@@ -10,8 +10,6 @@ from kombu import Exchange, Queue
 
 from heurist.access.backend import inbox_name
 
-DEAD_EXCHANGE = "heurist.dead"
-DEAD_QUEUE = "dead-letters"
 STREAM_EXCHANGE = "heurist.stream"
 
 
@@ -28,7 +26,3 @@ def tier_queue(name: str, declare: bool = True) -> Queue:
 def inbox_queue(user: str, declare: bool = True) -> Queue:
     """Broker user ``user``'s inbox, its only way to the ledger."""
     return direct_queue(inbox_name(user), declare)
-
-
-def dead_letter_queue() -> Queue:
-    return Queue(DEAD_QUEUE, Exchange(DEAD_EXCHANGE, "fanout", durable=True), routing_key=DEAD_QUEUE)

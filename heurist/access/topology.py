@@ -30,8 +30,9 @@ from kombu import Connection, Exchange
 from heurist.access.backend import INBOX_PREFIX, inbox_name
 from heurist.access.backends.rabbitmq import ManagementAPI, quoted
 from heurist.access.permissions import TIER_QUEUE
-from heurist.access.queues import DEAD_EXCHANGE, DEAD_QUEUE, STREAM_EXCHANGE, dead_letter_queue, direct_queue
+from heurist.access.queues import STREAM_EXCHANGE, direct_queue
 from heurist.catalog import Catalog
+from heurist.deadletters import DEAD_EXCHANGE, DEAD_QUEUE, dead_letter_queue
 from heurist.settings import Settings
 
 STREAM_QUEUES = r"^heurist\.stream\."

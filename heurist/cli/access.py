@@ -19,7 +19,8 @@ app = typer.Typer(
     "`heurist.stream`, and declare nothing (docs/trust-boundary.md). The auditor revokes an operator it bans: "
     "permissions removed, connections closed, its unfinished jobs go to other miners. The management API comes "
     "from HEURIST_BROKER_ADMIN_URL (default: the broker's host, port 15672, the broker URL's credentials). The "
-    "embedded SQLite broker has no users: there, only the ledger's ban applies.",
+    "embedded SQLite broker has no users: there, only the ledger's ban applies. `heurist broker dead-letters` lists "
+    "the poison messages the ledger and the auditor refused and kept.",
     no_args_is_help=True,
 )
 
@@ -125,3 +126,50 @@ def miners(json_out: bool = JSON) -> None:
                       "?" if row.connections is None else str(row.connections))
     console.print(table)
 
+
+
+@app.command("dead-letters")
+def dead_letters(json_out: bool = JSON,
+                 limit: int = typer.Option(50, "--limit", "-n", min=1, max=10_000,
+                                           help="List at most this many, oldest first."),
+                 purge: bool = typer.Option(False, "--purge", help="Delete every kept message (asks first)."),
+                 yes: bool = typer.Option(False, "--yes", "-y", help="With --purge: do not ask.")) -> None:
+    """List the poison messages the ledger and the auditor refused and kept, without consuming them.
+
+    A trusted worker refuses a message that is **malformed** (not a task message, or a field its model
+    refuses), **oversized** (above HEURIST_MAX_MESSAGE_BYTES, refused before parsing), names an
+    **unknown-task** (Celery's built-ins included) or is **undecodable** (not JSON). It keeps the first
+    4 KB in the `dead-letters` queue with the reason, the detail, the source queue, the sender (the
+    broker-validated user: `miner-0x…` on RabbitMQ, empty on the embedded broker), the time and the size.
+    Messages RabbitMQ dead-lettered by itself (a consumer rejected them without requeue) show as
+    `broker-rejected`, with the queue from its `x-death` header. On RabbitMQ the queue is bounded by the
+    policy `heurist broker setup` sets (oldest dropped first); the embedded broker's is not. Listing
+    consumes nothing; `--purge` empties the queue.
+    """
+    from heurist.deadletters import DEAD_QUEUE
+    from heurist.deadletters.listing import peek
+    from heurist.deadletters.listing import purge as purge_queue
+
+    settings = settings_with()
+    if purge:
+        if not yes and not typer.confirm(f"Delete every message in {DEAD_QUEUE} on "
+                                         f"{redacted(settings.resolved_broker_url())}?"):
+            raise typer.Exit(1)
+        count = purge_queue(settings)
+        if json_out:
+            print_json({"purged": count})
+        else:
+            console.print(f"purged {count} message(s) from {DEAD_QUEUE}")
+        return
+    found = peek(settings, limit)
+    if json_out:
+        print_json({"total": found.total, "dead_letters": [letter.as_json() for letter in found.letters]})
+        return
+    table = Table(title=f"{DEAD_QUEUE}: {len(found.letters)} of {found.total} on "
+                        f"{redacted(settings.resolved_broker_url())}")
+    for column in ("time", "reason", "detail", "source", "sender", "size"):
+        table.add_column(column, overflow="fold", justify="right" if column == "size" else "left")
+    for letter in found.letters:
+        table.add_row(letter.time, letter.reason, letter.detail, letter.source, letter.sender or "-",
+                      f"{letter.size:,}")
+    console.print(table)

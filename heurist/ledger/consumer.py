@@ -13,6 +13,7 @@ from celery import Celery
 
 from heurist.catalog import Catalog
 from heurist.celery_app import create_app, only_tasks, run_worker, worker_pool
+from heurist.deadletters.consumer import keep_poison
 from heurist.ledger.factory import open_ledger, open_uptime
 from heurist.ledger.middleware import LedgerMiddleware
 from heurist.ledger.redispatch import Redispatch
@@ -36,6 +37,7 @@ def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFacto
     app = create_app(settings, Services("ledger", ledger=ledger, uptime=open_uptime(settings, ledger)))
     register_ledger_tasks(app)
     only_tasks(app, LEDGER_TASKS)  # a miner may publish here: Celery's built-ins (celery.group) are refused
+    keep_poison(app, settings)  # malformed, oversized, undecodable or unknown messages go to dead-letters
     ledger.middleware += [*middleware(app, settings, ledger), Redispatch(app, settings)]
     if is_amqp(settings.resolved_broker_url()):  # miners send through their inboxes (heurist.ledger.inboxes)
         from heurist.access.backends.rabbitmq import RabbitMQAccess

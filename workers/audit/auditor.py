@@ -22,6 +22,7 @@ from heurist.audit.metrics import ReportedMetrics, check_metrics
 from heurist.audit.middleware import audit_queue
 from heurist.catalog import Catalog, JobKind
 from heurist.celery_app import create_app, only_tasks, run_worker, worker_pool
+from heurist.deadletters.consumer import keep_poison
 from heurist.errors import HeuristError
 from heurist.jobs import ImageParams, TextOutput, TextParams
 from heurist.ledger.audit_service import AuditLedger, AuditResult
@@ -159,6 +160,7 @@ def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], logl
     app = create_app(settings, Services("auditor", auditor=auditor))
     register_audit_tasks(app)
     only_tasks(app, AUDIT_TASKS)
+    keep_poison(app, settings)
     queues = [audit_queue(settings.audit_queue_prefix, model_id) for model_id in pipelines]
     console.print(f"auditor consuming {', '.join(queues)}")
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
