@@ -78,7 +78,15 @@ class PoisonConsumer(Consumer):
                 self.refuse(message, Reason.OVERSIZED, f"{what}, above the limit of {limit} "
                             "(HEURIST_MAX_MESSAGE_BYTES)")
                 return None
-            return handle(message)
+            try:
+                return handle(message)
+            except (*self.connection_errors, *self.channel_errors):
+                raise
+            except Exception as err:  # e.g. a dict body where Celery unpacks (args, kwargs, embed): it once
+                # raised out of the consumer, which restarted, got the message again, and crash-looped
+                self.refuse(message, Reason.MALFORMED, f"not a task message Celery can run: {type(err).__name__}: "
+                            f"{str(err)[:200]}")
+                return None
 
         return on_task_received
 

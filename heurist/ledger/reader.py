@@ -173,6 +173,15 @@ class LedgerReader:
                                    .where(Rejection.job_id == job_id[:ID_LEN]).order_by(Rejection.id)).all()
         return [(r, m) for r, m in rows]
 
+    def operator_of(self, address: str) -> str:
+        """The operator address whose broker user miner ``address`` is bound to (a GPU worker's key belongs to
+        its box's operator); the address itself when unbound (the embedded broker) or unknown."""
+        from heurist.access.backend import address_of
+
+        with self._sessions() as session:
+            user = session.scalar(select(Miner.broker_user).where(Miner.address == address))
+        return (address_of(user) if user else None) or address
+
     def is_registered(self, address: str) -> bool:
         """Whether a miner with this address has sent a valid signed hello."""
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,8 +24,7 @@ import requests
 from kombu import Connection, Queue
 from sqlalchemy import select
 
-from heurist.access import BrokerAccess, broker_access
-from heurist.access.backends.rabbitmq import RabbitMQAccess
+from heurist.access import BrokerAccess
 from heurist.audit.middleware import audit_queue
 from heurist.catalog import load_catalog
 from heurist.catalog.loader import read_catalog_text
@@ -57,27 +55,6 @@ def network_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     assert load_catalog(catalog)[MODEL].deadline.base_s == DEADLINE_S
     return {"catalog_path": catalog, "audit_base_rate": 0.0, "audit_new_miner_rate": 0.0,
             "audit_suspicious_rate": 0.0}
-
-
-@pytest.fixture(scope="module")
-def access(network: EmbeddedNetwork) -> Iterator[RabbitMQAccess]:
-    """The trusted side's broker access; the broker users made here outlive the vhost, so they are deleted."""
-    backend = broker_access(network.settings())
-    assert isinstance(backend, RabbitMQAccess)
-    before = {a.user for a in backend.list_miners()}
-    yield backend
-    for account in backend.list_miners():
-        if account.user not in before:
-            backend.api.call("DELETE", f"/users/{account.user}", allow_missing=True)
-
-
-@pytest.fixture(scope="module")
-def honest(network: EmbeddedNetwork, client: Client, access: BrokerAccess) -> str:
-    wallet = network.start_miner([MODEL], name="honest",
-                                 broker_url=lambda address: access.add_miner(address).broker_url)
-    wait_until(lambda: client.ledger.is_registered(wallet.address), 300, "the honest miner to register",
-               check=network.check_alive)
-    return wallet.address
 
 
 # ------------------------------------------------------------------------------------------- the attacker

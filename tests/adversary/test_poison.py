@@ -14,18 +14,15 @@ import hashlib
 import json
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
 
 import pytest
-from amqp.exceptions import AccessRefused, NotFound, PreconditionFailed
+from amqp.exceptions import AccessRefused, MessageNacked, PreconditionFailed
 from kombu import Connection, Producer
 from sqlalchemy import text
 
-from heurist.access import BrokerAccess, MinerCredentials, broker_access
-from heurist.access.backends.rabbitmq import RabbitMQAccess
+from heurist.access import BrokerAccess, MinerCredentials
+from heurist.access.backend import inbox_name
 from heurist.client import Client
 from heurist.deadletters import DEAD_QUEUE
 from heurist.deadletters.listing import peek
@@ -33,40 +30,10 @@ from heurist.embedded import EmbeddedNetwork, heurist_cmd, wait_until
 from heurist.identity import Wallet
 from heurist.jobs import JobState
 from tasks.names import RECORD_COMPLETION, REGISTER_MINER
+from tests.adversary.conftest import ready, task_body, task_headers
 
-EIGHT_MB = 8 * 2**20
-
-
-@pytest.fixture(scope="module")
-def access(network: EmbeddedNetwork) -> Iterator[RabbitMQAccess]:
-    """The trusted side's broker access; the broker users made here outlive the vhost, so they are deleted."""
-    backend = broker_access(network.settings())
-    assert isinstance(backend, RabbitMQAccess)
-    before = {a.user for a in backend.list_miners()}
-    yield backend
-    for account in backend.list_miners():
-        if account.user not in before:
-            backend.api.call("DELETE", f"/users/{account.user}", allow_missing=True)
-
-
-@pytest.fixture(scope="module")
-def honest(network: EmbeddedNetwork, client: Client, access: BrokerAccess) -> str:
-    wallet = network.start_miner(["tiny-sd"], name="honest",
-                                 broker_url=lambda address: access.add_miner(address).broker_url)
-    wait_until(lambda: client.ledger.is_registered(wallet.address), 120, "the honest miner to register",
-               check=network.check_alive)
-    return wallet.address
-
-
-def _headers(task: str) -> dict[str, Any]:
-    task_id = str(uuid.uuid4())
-    return {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None, "group": None,
-            "retries": 0, "eta": None, "expires": None, "timelimit": [None, None], "argsrepr": "(...)",
-            "kwargsrepr": "{}", "origin": "attacker", "ignore_result": True}
-
-
-def _task_body(*args: Any) -> bytes:
-    return json.dumps([list(args), {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
+EIGHT_MB = 8 * 2**20  # above the inbox's byte bound (4 MiB): the broker refuses it
+OVERSIZED = 200_000  # below the inbox's bound, above the ledger's max_message_bytes (64 KiB)
 
 
 def _device(name: str) -> dict[str, Any]:
@@ -93,32 +60,25 @@ def _poison(attacker: Wallet, victim_job: str) -> list[tuple[str, str, dict[str,
     """(expected reason, content type, headers, body) of each poison message."""
     pickled = b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00\x8c\x07os.exit\x94."
     return [
-        ("malformed", "application/json", _headers(RECORD_COMPLETION),
-         _task_body(_completion(attacker, victim_job, "image/png" + " " * 10_000))),
-        ("malformed", "application/json", _headers(REGISTER_MINER), _task_body(_hello(attacker, "G" * 20_000))),
-        ("oversized", "application/json", _headers(REGISTER_MINER), _task_body(_hello(attacker, "G" * EIGHT_MB))),
-        ("unknown-task", "application/json", _headers("heurist.ledger.credit_everyone"), _task_body(victim_job)),
-        ("undecodable", "application/json", _headers(RECORD_COMPLETION), b"\xff\xfe{not json at all"),
-        ("undecodable", "application/x-python-serialize", _headers(RECORD_COMPLETION), pickled),
+        ("malformed", "application/json", task_headers(RECORD_COMPLETION),
+         task_body(_completion(attacker, victim_job, "image/png" + " " * 10_000))),
+        ("malformed", "application/json", task_headers(REGISTER_MINER), task_body(_hello(attacker, "G" * 20_000))),
+        ("oversized", "application/json", task_headers(REGISTER_MINER), task_body(_hello(attacker, "G" * OVERSIZED))),
+        ("unknown-task", "application/json", task_headers("heurist.ledger.credit_everyone"), task_body(victim_job)),
+        ("undecodable", "application/json", task_headers(RECORD_COMPLETION), b"\xff\xfe{not json at all"),
+        ("undecodable", "application/x-python-serialize", task_headers(RECORD_COMPLETION), pickled),
     ]
 
 
 def _publish(creds: MinerCredentials, messages: list[tuple[str, str, dict[str, Any], bytes]]) -> None:
-    """Publish as the attacker: raw kombu on its own broker user into the ``ledger`` exchange, declaring nothing.
-    ``user_id`` is the attacker's own user (RabbitMQ refuses any other)."""
+    """Publish as the attacker: raw kombu on its own broker user into its own inbox (the only exchange it may
+    write towards the ledger), declaring nothing. ``user_id`` is its own user (RabbitMQ refuses any other)."""
+    inbox = inbox_name(creds.user)
     with Connection(creds.broker_url) as conn:
         producer = Producer(conn.channel())
         for _reason, content_type, headers, body in messages:
-            producer.publish(body, exchange="ledger", routing_key="ledger", headers=headers,
+            producer.publish(body, exchange=inbox, routing_key=inbox, headers=headers,
                              content_type=content_type, content_encoding="utf-8", user_id=creds.user, retry=False)
-
-
-def _ready(client: Client, queue: str) -> int:
-    with client.app.connection_for_write() as conn:
-        try:
-            return int(conn.channel().queue_declare(queue, passive=True).message_count)
-        except NotFound:
-            return 0
 
 
 def test_poison_is_kept_with_its_reason_and_the_ledger_keeps_crediting(network: EmbeddedNetwork, client: Client,
@@ -127,11 +87,6 @@ def test_poison_is_kept_with_its_reason_and_the_ledger_keeps_crediting(network: 
     assert victim.state is JobState.COMPLETED and victim.miner == honest
     attacker_key = Wallet.create()
     attacker = access.add_miner(attacker_key.address)
-    # As `heurist broker setup` will: the broker dead-letters what a consumer rejects from the ledger queue. The
-    # ledger acks what it kept, so nothing is kept twice.
-    access.api.call("PUT", f"/policies/{quote(access.vhost, safe='')}/heurist-ledger",
-                    json={"pattern": "^ledger$", "definition": {"dead-letter-exchange": "heurist.dead"},
-                          "apply-to": "queues", "priority": 10})
     messages = _poison(attacker_key, victim.job_id)
     started = time.monotonic()
     _publish(attacker, messages)
@@ -147,15 +102,15 @@ def test_poison_is_kept_with_its_reason_and_the_ledger_keeps_crediting(network: 
     found = peek(settings, 50)
     assert found.total == len(messages), "poison was requeued or kept twice"  # never retried
     assert sorted(letter.reason for letter in found.letters) == sorted(reason for reason, *_ in messages)
-    assert {letter.source for letter in found.letters} == {"ledger"}
+    assert {letter.source for letter in found.letters} == {inbox_name(attacker.user)}
     assert {letter.sender for letter in found.letters} == {attacker.user}  # RabbitMQ-validated
     by_reason = {letter.reason: letter for letter in found.letters}
-    assert by_reason["oversized"].size > EIGHT_MB and "above the limit of 65536" in by_reason["oversized"].detail
+    assert by_reason["oversized"].size > OVERSIZED and "above the limit of 65536" in by_reason["oversized"].detail
     assert "heurist.ledger.credit_everyone" in by_reason["unknown-task"].detail
     details = sorted(letter.detail for letter in found.letters if letter.reason == "malformed")
     assert details[0].startswith("completion.content_type: String should have at most 64 characters"), details
     assert details[1].startswith("hello.device.name: String should have at most 256 characters"), details
-    assert _ready(client, "ledger") == 0  # nothing left behind to be redelivered
+    assert ready(client, inbox_name(attacker.user)) == 0  # nothing left behind to be redelivered
     assert peek(settings, 50).total == len(messages)  # listing consumed nothing
 
     # Nothing of the attacker's is stored or credited, and the victim keeps its own answer.
@@ -198,6 +153,11 @@ def test_a_miner_can_neither_read_nor_write_the_dead_letters(access: BrokerAcces
     confirmed = {"confirm_publish": True}  # wait for the broker's answer to each publish
     with Connection(creds.broker_url, transport_options=confirmed) as conn, pytest.raises(AccessRefused):
         Producer(conn.channel()).publish(b"x", exchange="heurist.dead", routing_key=DEAD_QUEUE, retry=False)
+    inbox = inbox_name(creds.user)
+    with Connection(creds.broker_url, transport_options=confirmed) as conn, pytest.raises(MessageNacked):
+        Producer(conn.channel()).publish(b"G" * EIGHT_MB, exchange=inbox, routing_key=inbox, retry=False)
+    with Connection(creds.broker_url, transport_options=confirmed) as conn, pytest.raises(AccessRefused):
+        Producer(conn.channel()).publish(b"x", exchange="ledger", routing_key="ledger", retry=False)
     with Connection(creds.broker_url, transport_options=confirmed) as conn, pytest.raises(PreconditionFailed):
-        Producer(conn.channel()).publish(b"x", exchange="ledger", routing_key="ledger",  # nor pose as another
+        Producer(conn.channel()).publish(b"x", exchange=inbox, routing_key=inbox,  # nor pose as another
                                          user_id="miner-0x" + "0" * 40, retry=False)  # miner: user_id is checked

@@ -155,8 +155,9 @@ def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], logl
     plan = plan_miner(catalog, model_ids, None, detect_device(None, settings.torch_threads))
     pipelines = load_pipelines(plan, settings.resolved_models_dir(), console)
     ledger = open_ledger(settings, catalog, store)
-    auditor = Auditor(ledger=ledger, audits=AuditLedger(ledger.engine), pipelines=pipelines,
-                      on_ban=[broker_access(settings).revoke])
+    access = broker_access(settings)
+    auditor = Auditor(ledger=ledger, audits=AuditLedger(ledger.engine), pipelines=pipelines,  # a ban revokes the
+                      on_ban=[lambda miner: access.revoke(ledger.reader.operator_of(miner))])  # operator's user
     app = create_app(settings, Services("auditor", auditor=auditor))
     register_audit_tasks(app)
     only_tasks(app, AUDIT_TASKS)
