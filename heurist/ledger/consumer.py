@@ -16,6 +16,7 @@ from heurist.celery_app import create_app, only_tasks, run_worker, worker_pool
 from heurist.deadletters.consumer import keep_poison
 from heurist.ledger.factory import open_ledger, open_uptime
 from heurist.ledger.middleware import LedgerMiddleware
+from heurist.ledger.miner_events import MinerEvents, MonitoredUptime
 from heurist.ledger.redispatch import Redispatch
 from heurist.ledger.service import Ledger
 from heurist.services import Services
@@ -34,7 +35,10 @@ def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFacto
     store = make_store(settings)
     store.ensure_bucket()
     ledger = open_ledger(settings, catalog, store)
-    app = create_app(settings, Services("ledger", ledger=ledger, uptime=open_uptime(settings, ledger)))
+    app = create_app(settings, Services("ledger", ledger=ledger))
+    # Miners send no events of their own: Flower sees them through the ledger's verified heartbeats.
+    events = MinerEvents(app, settings.heartbeat_interval_s)
+    app.services.uptime = MonitoredUptime(open_uptime(settings, ledger), events)
     register_ledger_tasks(app)
     only_tasks(app, LEDGER_TASKS)  # a miner may publish here: Celery's built-ins (celery.group) are refused
     keep_poison(app, settings)  # malformed, oversized, undecodable or unknown messages go to dead-letters
