@@ -28,7 +28,8 @@ an early ``done``) gains nothing: the verified rest is sent and the stream ends 
 The embedded SQLite broker has no users: anyone who can open its file reads every queue, so there the MAC
 and the final check hold, and the user lock does not.
 
-Cost: one HMAC per chunk, about 2 µs on this machine, against tens of milliseconds per generated token.
+Cost, measured here (2 shared cores): sealing a chunk 67 µs, checking one 46 µs (mostly the canonical JSON),
+against about 65 ms per generated token for SmolLM2-135M on this CPU.
 """
 
 from __future__ import annotations
