@@ -11,7 +11,9 @@ stream key. Then:
   miner's broker user;
 * keyed chunks sent before the honest miner starts win the lock and are shown as previews (what a same-tier miner
   can still do, ``heurist.stream_auth``), but the stream ends in a ``stream_mismatch`` error event naming the
-  attacker's broker user, never in a final event.
+  attacker's broker user, never in a final event;
+* a keyed ``done`` with no text that races ahead (to blank every stream of its tier) gains nothing: what was shown
+  is a prefix of the verified answer, so the gateway sends the rest from the verified answer and ends normally.
 
 Each test then checks that the verified answer is the honest miner's, that the next streamed job works, and
 that nothing is credited to the attacker.
@@ -265,4 +267,26 @@ def test_a_same_tier_miner_racing_with_the_key_ends_in_an_error_naming_it(
     assert attacker.user in error["message"] and victim.job_id in error["message"]
     assert EVIL in victim.shown  # the residual: a same-tier miner's previews are shown until the check
     verified_text(client, victim.job_id, honest)  # the verified answer is the honest miner's
+    honest_network_still_streams(base_url, api_key, client, honest, attacker)
+
+
+def test_a_racing_miner_that_only_ends_the_stream_early_gains_nothing(
+        network: EmbeddedNetwork, client: Client, base_url: str, api_key: str, honest: str,
+        attacker: MinerCredentials) -> None:
+    """It wins the lock with a keyed ``done`` and no text, hoping to blank or break every stream of its tier: the
+    shown text ("") is a prefix of the verified answer, so the gateway sends the verified answer, then the final
+    event."""
+    queue = client.catalog[MODEL].queue
+    with busy_miner(network, client):
+        victim = Victim(base_url, api_key, "What is the capital of France?")
+        job = steal_job(attacker, queue)
+        with Connection(attacker.broker_url) as conn:
+            done = sealed(job["stream_key"], job_id=job["job_id"], index=0, text="", done=True, finish_reason="stop")
+            Producer(conn.channel()).publish(done.model_dump(mode="json"), exchange=STREAM_EXCHANGE,
+                                             routing_key=job["job_id"], serializer="json", user_id=attacker.user)
+    victim.finish()
+    assert not victim.errors and victim.finish_reasons, victim.events
+    contents = [e["choices"][0]["delta"].get("content") for e in victim.events if e.get("choices")]
+    verified = verified_text(client, victim.job_id, honest)
+    assert contents[1] == verified == victim.shown  # one delta, from the verified answer
     honest_network_still_streams(base_url, api_key, client, honest, attacker)
