@@ -13,9 +13,10 @@ while the verified answer was "Paris."):
    without one and locks the stream to the first user that sent a valid chunk; valid chunks from any other
    user are dropped, counted and logged by name (the key leaked: one of the two read a job it does not hold).
 3. **The final check.** When the ledger has verified the stored ``TextOutput``, the text shown must be the
-   verified text or a prefix of it (the rest is then sent from the verified answer, never from a miner), and
-   the stream's user must be the completing miner's broker user when the ledger knows it. Otherwise the
-   gateway sends an error event instead of the final one, naming the stream's broker user.
+   verified text or a prefix of it (the rest is then sent from the verified answer, never from a miner).
+   Otherwise the gateway sends an error event instead of the final one, naming the stream's broker user, and,
+   when the ledger knows the completing miner's broker user (``miners.broker_user``) and it is another, saying
+   so: the stream's user read the job without holding it.
 
 What remains: a miner serving the same tier can read the job message (and so the key) from the queue with
 ``basic_get`` and a requeue, as consuming needs the read right. It can then race the honest miner. At worst
@@ -37,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from typing import Any
 
@@ -46,6 +48,8 @@ from heurist.jobs import TokenChunk
 DOMAIN = b"heurist/stream-chunk/v1\x00"
 KEY_HEX_CHARS = 64  # 32 bytes
 MAX_CHUNK_BYTES = 16_384  # one token's text is a few bytes; bigger messages are dropped before parsing
+
+log = logging.getLogger(__name__)
 
 
 class StreamMismatchError(HeuristError):
@@ -80,19 +84,24 @@ def mac_ok(key: str, chunk: TokenChunk) -> bool:
 
 def check_stream(job_id: str, shown: str, verified: str, stream_user: str | None,
                  completing_user: str | None) -> str:
-    """The part of ``verified`` still to send after ``shown``; StreamMismatchError if the stream was not it.
+    """The part of ``verified`` still to send after ``shown``; StreamMismatchError if what was shown is not it.
 
-    ``completing_user`` is the broker user of the miner whose completion the ledger verified (None while the
-    ledger does not record it, and on the embedded broker): a stream locked to anyone else is refused.
+    ``completing_user`` is the broker user of the miner whose completion the ledger verified (None when the ledger
+    knows none: the embedded broker, a miner on a trusted user). A stream locked to another user was written by
+    a miner that read the job without holding it: that is logged, and named in the error. It is not an error by
+    itself when what it showed is a prefix of the verified answer (an early ``done``), or any same-tier miner
+    could break every stream of its tier with one keyed empty chunk per job.
     """
     who = f"broker user {stream_user!r}" if stream_user else "a sender without a broker user (embedded broker)"
-    fix = f"the verified answer is in the job's stored output (GET /v1/jobs/{job_id})"
-    if completing_user is not None and stream_user != completing_user:
-        raise StreamMismatchError(
-            f"job {job_id}: the stream came from {who}, not from the completing miner's broker user "
-            f"{completing_user!r}; its text was not the miner's. {fix}", stream_user)
+    impostor = completing_user is not None and stream_user != completing_user
+    if impostor:
+        log.warning("job %s: the stream was locked to %s, not to the completing miner's broker user %r, which "
+                    "holds the job: %s read it from the tier queue", job_id, who, completing_user, stream_user)
     if not verified.startswith(shown):
+        proof = (f"; the completing miner is broker user {completing_user!r}, so {who} injected it" if impostor
+                 else "")
         raise StreamMismatchError(
             f"job {job_id}: the streamed text ({len(shown)} chars from {who}) is not the verified answer "
-            f"({len(verified)} chars); disregard what was streamed, {fix}", stream_user)
+            f"({len(verified)} chars){proof}; disregard what was streamed, the verified answer is in the job's "
+            f"stored output (GET /v1/jobs/{job_id})", stream_user)
     return verified[len(shown):]

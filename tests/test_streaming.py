@@ -236,8 +236,11 @@ def test_the_final_check_accepts_the_verified_text_or_its_prefix_and_nothing_els
     with pytest.raises(StreamMismatchError, match="not the verified answer") as err:
         check_stream("j", "Berlin. Send your API key", "Paris.", "miner-evil", None)
     assert err.value.broker_user == "miner-evil" and "miner-evil" in str(err.value)
-    with pytest.raises(StreamMismatchError, match="not from the completing miner's broker user 'miner-a'"):
-        check_stream("j", "Paris.", "Paris.", "miner-evil", "miner-a")
+    # locked to a user that is not the completing miner's: named, and an error only if what it showed is wrong
+    assert check_stream("j", "", "Paris.", "miner-evil", "miner-a") == "Paris."
+    with pytest.raises(StreamMismatchError, match="completing miner is broker user 'miner-a', so broker user "
+                                                  "'miner-evil' injected it"):
+        check_stream("j", "Berlin.", "Paris.", "miner-evil", "miner-a")
 
 
 def _publish(conn: Connection, job_id: str, body: object, **options: object) -> None:

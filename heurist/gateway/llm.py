@@ -108,10 +108,10 @@ def complete(gw: Gateway, job: TextJob) -> tuple[TextOutput, float]:
 
 
 def completing_broker_user(gw: Gateway, job_id: str) -> str | None:
-    """HOOK (issue 12): the broker user of the miner whose completion the ledger verified for ``job_id``, which a
-    stream must come from. None until the ledger records each miner's broker user (``miners.broker_user``);
-    until then the text check alone decides, and the stream's user is only named in the error."""
-    return None
+    """The broker user of the miner whose completion the ledger verified for ``job_id``: a stream must come from
+    it. None when the ledger knows none (the embedded broker, a miner on a trusted user): the text check decides."""
+    view = gw.client.ledger.job(job_id)
+    return None if view is None or view.miner is None else gw.client.ledger.broker_user(view.miner)
 
 
 def _sse(body: dict[str, Any]) -> str:

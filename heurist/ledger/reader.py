@@ -173,6 +173,16 @@ class LedgerReader:
                                    .where(Rejection.job_id == job_id[:ID_LEN]).order_by(Rejection.id)).all()
         return [(r, m) for r, m in rows]
 
+    def broker_user(self, address: str) -> str | None:
+        """The broker user (operator) miner ``address``'s key is bound to; None if unknown, or if its hellos came
+        without one (the embedded broker, a trusted user). A streamed answer must come from this user."""
+        try:
+            checksummed = to_checksum_address(address)
+        except ValueError:
+            return None
+        with self._sessions() as session:
+            return session.scalar(select(Miner.broker_user).where(Miner.address == checksummed))
+
     def is_registered(self, address: str) -> bool:
         """Whether a miner with this address has sent a valid signed hello."""
         try:

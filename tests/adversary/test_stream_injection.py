@@ -12,8 +12,9 @@ stream key. Then:
 * keyed chunks sent before the honest miner starts win the lock and are shown as previews (what a same-tier miner
   can still do, ``heurist.stream_auth``), but the stream ends in a ``stream_mismatch`` error event naming the
   attacker's broker user, never in a final event;
-* a keyed ``done`` with no text that races ahead (to blank every stream of its tier) gains nothing: what was shown
-  is a prefix of the verified answer, so the gateway sends the rest from the verified answer and ends normally.
+* a keyed ``done`` with no text that races ahead (to blank or break every stream of its tier) gains nothing: what
+  was shown is a prefix of the verified answer, so the gateway sends the rest from the verified answer and ends
+  normally, logging the attacker's user as not the completing miner's.
 
 Each test then checks that the verified answer is the honest miner's, that the next streamed job works, and
 that nothing is credited to the attacker.
@@ -265,6 +266,8 @@ def test_a_same_tier_miner_racing_with_the_key_ends_in_an_error_naming_it(
     [error] = victim.errors
     assert error["code"] == "stream_mismatch" and error["broker_user"] == attacker.user
     assert attacker.user in error["message"] and victim.job_id in error["message"]
+    assert f"the completing miner is broker user {miner_user(honest)!r}, so broker user {attacker.user!r} " \
+           "injected it" in error["message"]  # the ledger's binding of the honest key to its user names the thief
     assert EVIL in victim.shown  # the residual: a same-tier miner's previews are shown until the check
     verified_text(client, victim.job_id, honest)  # the verified answer is the honest miner's
     honest_network_still_streams(base_url, api_key, client, honest, attacker)
@@ -272,7 +275,7 @@ def test_a_same_tier_miner_racing_with_the_key_ends_in_an_error_naming_it(
 
 def test_a_racing_miner_that_only_ends_the_stream_early_gains_nothing(
         network: EmbeddedNetwork, client: Client, base_url: str, api_key: str, honest: str,
-        attacker: MinerCredentials) -> None:
+        attacker: MinerCredentials, caplog: pytest.LogCaptureFixture) -> None:
     """It wins the lock with a keyed ``done`` and no text, hoping to blank or break every stream of its tier: the
     shown text ("") is a prefix of the verified answer, so the gateway sends the verified answer, then the final
     event."""
@@ -289,4 +292,6 @@ def test_a_racing_miner_that_only_ends_the_stream_early_gains_nothing(
     contents = [e["choices"][0]["delta"].get("content") for e in victim.events if e.get("choices")]
     verified = verified_text(client, victim.job_id, honest)
     assert contents[1] == verified == victim.shown  # one delta, from the verified answer
+    assert (f"the stream was locked to broker user {attacker.user!r}, not to the completing miner's broker user "
+            f"{miner_user(honest)!r}") in caplog.text  # and the thief is named in the gateway's log
     honest_network_still_streams(base_url, api_key, client, honest, attacker)
