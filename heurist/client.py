@@ -174,9 +174,10 @@ class Client:
         return self.submit_params(spec, params)
 
     def submit(self, request: ImageRequest | TextRequest, *, job_id: str | None = None,
-               stream: bool = False) -> JobHandle:
+               stream_key: str | None = None) -> JobHandle:
         """Validate and enqueue; ``job_id`` lets a caller (the gateway) reserve credits under the id first;
-        ``stream`` asks the miner to publish tokens (open a ``heurist.streams.TokenStream`` first)."""
+        ``stream_key`` asks the miner to publish tokens: open a ``heurist.streams.TokenStream`` for the job id
+        first and pass its ``key``; after the stream, ``TokenStream.verify`` checks it against the answer."""
         spec = self.catalog[request.model]
         if isinstance(request, ImageRequest):
             params: ImageParams | TextParams = image_params(
@@ -185,7 +186,7 @@ class Client:
         else:
             params = text_params(spec, request.prompt, max_tokens=request.max_tokens,
                                  temperature=request.temperature, seed=_seed(request.seed))
-        return self.submit_params(spec, params, job_id=job_id, stream=stream)
+        return self.submit_params(spec, params, job_id=job_id, stream_key=stream_key)
 
     def map(self, requests: Sequence[ImageRequest | TextRequest], *, timeout: float = 600.0,
             progress: bool = True) -> list[JobResult]:
@@ -242,14 +243,17 @@ class Client:
                          error=view.error, frozen_key=view.frozen_key)
 
     def submit_params(self, spec: ModelSpec, params: ImageParams | TextParams, *, job_id: str | None = None,
-                      stream: bool = False) -> JobHandle:
+                      stream_key: str | None = None) -> JobHandle:
         """Record, presign and enqueue parameters already validated against ``spec``
-        (``heurist.submission``): the gateway validates a request once, prices it, then sends it here."""
+        (``heurist.submission``): the gateway validates a request once, prices it, then sends it here.
+        ``stream_key``: as in ``submit``."""
         job_id = job_id or str(uuid.uuid4())
         output_key = f"outputs/{spec.id}/{job_id}{EXTENSIONS[_content_type(spec)]}"
         deadline_at = self.clock() + spec.deadline.seconds(_work_units(params))
         message = job_message(job_id, spec.id, params, output_key, deadline_at, self.store,
-                              self.settings.presign_expiry_s, now=self.clock()).model_copy(update={"stream": stream})
+                              self.settings.presign_expiry_s, now=self.clock())
+        if stream_key is not None:  # validated, so a malformed key is refused here, not by the miner
+            message = JobMessage.model_validate({**message.model_dump(), "stream": True, "stream_key": stream_key})
         self.job_book.create_job(job_id, spec, params, output_key, spec.queue, deadline_at)
         try:
             self._send(message, spec.queue)

@@ -6,13 +6,14 @@ import json
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from heurist.catalog.schema import JobKind
 
 SHA256_HEX = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 ADDRESS = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
 SIGNATURE = Annotated[str, Field(pattern=r"^(0x)?[0-9a-fA-F]{130}$")]
+HEX32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 # Size limits on what miners send: generous for honest use, small for storage. Issue 12, attack 7: one
 # completion stored 8 MB in `rejections` and one hello 8 MB in `miners`. A field over its limit makes the
@@ -107,6 +108,15 @@ class JobMessage(Frozen):
     deadline_at: float = Field(description="Unix time after which the job earns nothing.")
     stream: bool = Field(False, description="Publish the answer's tokens to heurist.stream as they are made "
                                             "(unverified previews; text jobs only).")
+    stream_key: HEX32 | None = Field(None, description="With stream: the per-job key the miner MACs each chunk "
+                                                       "with (heurist.stream_auth), made by the receiver.")
+
+    @model_validator(mode="after")
+    def _stream_has_key(self) -> JobMessage:
+        if self.stream != (self.stream_key is not None):
+            raise ValueError("stream_key: set it exactly when stream is true (the TokenStream's key, "
+                             "heurist.streams.TokenStream.key)")
+        return self
 
 
 class DeviceInfo(Frozen):
@@ -159,8 +169,8 @@ class TextOutput(Frozen):
 class TokenChunk(Frozen):
     """One streamed token of a text job (``done``: the end of the stream, carrying no token).
 
-    An unverified preview sent straight from the miner: the verified answer is still the stored
-    ``TextOutput`` the ledger checks, so applications must not bill or trust by chunks.
+    A preview sent straight from the miner, MACed with the job's stream key (``heurist.stream_auth``); the
+    verified answer is still the stored ``TextOutput`` the ledger checks, so applications must not bill by chunks.
     """
 
     job_id: JOB_ID
@@ -169,6 +179,7 @@ class TokenChunk(Frozen):
     token_id: int | None = None
     done: bool = False
     finish_reason: Literal["stop", "length", "deadline", "error"] | None = None
+    mac: HEX32 | None = None
 
 
 class MinerHello(Signable):

@@ -173,13 +173,22 @@ class LedgerReader:
                                    .where(Rejection.job_id == job_id[:ID_LEN]).order_by(Rejection.id)).all()
         return [(r, m) for r, m in rows]
 
+    def broker_user(self, address: str) -> str | None:
+        """The broker user (operator) miner ``address``'s key is bound to; None if unknown, or if its hellos came
+        without one (the embedded broker, a trusted user). A streamed answer must come from this user."""
+        try:
+            checksummed = to_checksum_address(address)
+        except ValueError:
+            return None
+        with self._sessions() as session:
+            return session.scalar(select(Miner.broker_user).where(Miner.address == checksummed))
+
     def operator_of(self, address: str) -> str:
         """The operator address whose broker user miner ``address`` is bound to (a GPU worker's key belongs to
         its box's operator); the address itself when unbound (the embedded broker) or unknown."""
         from heurist.access.backend import address_of
 
-        with self._sessions() as session:
-            user = session.scalar(select(Miner.broker_user).where(Miner.address == address))
+        user = self.broker_user(address)
         return (address_of(user) if user else None) or address
 
     def is_registered(self, address: str) -> bool:
