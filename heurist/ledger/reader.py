@@ -51,6 +51,7 @@ class JobView:
     deadline_at: float
     finished_at: float | None
     frozen_key: str | None = None  # the credited bytes, where no URL can write (None: not frozen)
+    resends: int = 0  # times the stranded-job sweep sent it again (``heurist.ledger.sweep``)
 
     @property
     def points(self) -> float:
@@ -134,6 +135,7 @@ class LedgerReader:
             output_tokens=completion.output_tokens if completion else None,
             error=job.error, created_at=job.created_at, deadline_at=job.deadline_at,
             finished_at=job.finished_at, frozen_key=completion.frozen_key if completion else None,
+            resends=job.resends,
         )
 
     def miner_points(self) -> list[MinerPoints]:

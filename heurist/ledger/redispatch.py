@@ -30,7 +30,7 @@ def redispatch(app: Celery, ledger: Ledger, settings: Settings, job_id: str) -> 
         return False
     taken = sum(reason is Reason.BANNED for reason, _ in ledger.reader.rejections(job_id))
     if taken >= MAX_BANNED_ATTEMPTS:
-        ledger.record_failure(job_id, f"taken {taken} times by banned miners")
+        ledger.book.record_failure(job_id, f"taken {taken} times by banned miners")
         return False
     spec = ledger.catalog[view.model_id]
     try:  # its upload URL expires at the deadline: an overdue job cannot be done any more
