@@ -147,7 +147,8 @@ def test_a_stale_copy_refused_by_a_miner_does_not_fail_the_resent_job(ledger: Le
     assert view is not None and view.state is JobState.FAILED
     fresh = text_job(ledger, catalog, clock)  # never re-sent: a failure report ends it at once, as before
     ledger.record_failure(fresh.id, "the miner reported an error")
-    assert (v := ledger.reader.job(fresh.id)) is not None and v.state is JobState.FAILED
+    view = ledger.reader.job(fresh.id)
+    assert view is not None and view.state is JobState.FAILED
 
 
 def _race(sweeps: list[Sweep]) -> list[list[str]]:

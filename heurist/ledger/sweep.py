@@ -211,12 +211,11 @@ def install_sweep(app: Celery, settings: Settings, ledger: Ledger) -> Sweeper:
 
         label = "stranded-job sweep"
 
-        def __init__(self, parent: Any, **kwargs: Any) -> None:
-            super().__init__(parent, **kwargs)
-            self.obj = sweeper
+        def create(self, parent: Any) -> Sweeper:
+            return sweeper  # the step's ``obj``: what it starts and stops
 
     app.steps["worker"].add(SweepStep)
     return sweeper
 
 
-__all__ = ["SendJob", "Sweep", "SweepPolicy", "Swept", "Sweeper", "install_sweep", "never_completed"]
+__all__ = ["SendJob", "Sweep", "SweepPolicy", "Sweeper", "Swept", "install_sweep", "never_completed"]
