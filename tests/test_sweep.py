@@ -26,6 +26,7 @@ from heurist.jobs import JobMessage, JobState
 from heurist.ledger.service import Ledger
 from heurist.ledger.sweep import Sweep, SweepPolicy, never_completed
 from heurist.ledger.tables import JobResend
+from heurist.monitoring.ledger_stats import LedgerStatsReader
 from heurist.settings import Settings
 from heurist.storage.backend import ObjectStore
 from tests.fixtures.ledger import Clock, Job, deliver, text_job
@@ -96,6 +97,8 @@ def test_a_stranded_job_is_resent_with_a_fresh_deadline_then_failed(ledger: Ledg
     assert queued_messages(app, job.spec.queue) == []  # failed, not sent a third time
     assert sweep.run_once() == sweep.run_once()  # nothing left: FAILED is terminal
     assert len(resend_rows(ledger.engine, job.id)) == 2
+    with session_scope(ledger.engine) as session:  # what the exporter reports as heurist_job_resends_total
+        assert LedgerStatsReader(catalog).read(session, 0.0).resends == {job.spec.id: 2}
 
 
 def test_a_completion_of_the_resent_job_is_judged_by_its_fresh_deadline(
