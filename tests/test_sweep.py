@@ -5,9 +5,13 @@ refunded; exactly once when two ledger processes sweep at the same time."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from amqp.exceptions import NotFound
@@ -68,7 +72,8 @@ def resend_rows(engine: Engine, job_id: str) -> list[JobResend]:
 
 
 def test_a_stranded_job_is_resent_with_a_fresh_deadline_then_failed(ledger: Ledger, catalog: Catalog,
-                                                                     clock: Clock, app: Celery) -> None:
+                                                                     clock: Clock, app: Celery,
+                                                                     migrated_url: str) -> None:
     job = text_job(ledger, catalog, clock)  # deadline in 60 s
     duration, sweep = job.deadline_at - clock.now, sweep_for(ledger, app)
     queued_messages(app, job.spec.queue)  # only what the sweep sends from here on
@@ -99,6 +104,21 @@ def test_a_stranded_job_is_resent_with_a_fresh_deadline_then_failed(ledger: Ledg
     assert len(resend_rows(ledger.engine, job.id)) == 2
     with session_scope(ledger.engine) as session:  # what the exporter reports as heurist_job_resends_total
         assert LedgerStatsReader(catalog).read(session, 0.0).resends == {job.spec.id: 2}
+    text_job(ledger, catalog, clock)  # never re-sent: `heurist jobs --resent` leaves it out
+    [listed] = heurist_jobs(migrated_url, "--resent")
+    assert (listed["job_id"], listed["state"], listed["resends"], listed["error"]) == \
+        (job.id, "failed", 2, never_completed(2))
+    assert len(heurist_jobs(migrated_url)) == 2
+
+
+def heurist_jobs(database_url: str, *args: str) -> list[dict[str, Any]]:
+    """What an operator sees: `heurist jobs --json` on the ledger database."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")},
+           "HEURIST_DATABASE_URL": database_url}
+    done = subprocess.run([sys.executable, "-m", "heurist.cli.main", "jobs", "--json", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def test_a_completion_of_the_resent_job_is_judged_by_its_fresh_deadline(

@@ -125,6 +125,19 @@ class LedgerReader:
             rows = session.execute(stmt).all()
         return [self._view(row[0], row[1], row[2]) for row in rows]
 
+    def recent_jobs(self, limit: int = 20, state: JobState | None = None, resent: bool = False) -> list[JobView]:
+        """The newest jobs first (``heurist jobs``): of one state, or only those the sweep sent again."""
+        points = (select(func.sum(PointsEntry.amount_micro)).where(PointsEntry.job_id == Job.id)
+                  .correlate(Job).scalar_subquery())
+        stmt = select(Job, CompletionRow, points).outerjoin(CompletionRow, CompletionRow.job_id == Job.id)
+        if state is not None:
+            stmt = stmt.where(Job.state == state)
+        if resent:
+            stmt = stmt.where(Job.resends > 0)
+        with self._sessions() as session:
+            rows = session.execute(stmt.order_by(Job.created_at.desc()).limit(limit)).all()
+        return [self._view(row[0], row[1], row[2]) for row in rows]
+
     @staticmethod
     def _view(job: Job, completion: CompletionRow | None, micro: Any) -> JobView:
         return JobView(
