@@ -37,7 +37,7 @@ def redispatch(app: Celery, ledger: Ledger, settings: Settings, job_id: str) -> 
         message = job_message(job_id, spec.id, params, view.output_key, view.deadline_at, ledger.store,
                               settings.presign_expiry_s, now=ledger.clock())
     except DeadlinePassedError:
-        ledger.record_failure(job_id, "its deadline passed before it could be sent again")
+        ledger.book.record_failure(job_id, "its deadline passed before it could be sent again")
         return False
     send_job(app, message, spec.queue, settings.ledger_queue)
     log.info("job %s sent again: a banned miner took it (%d time(s))", job_id, taken)

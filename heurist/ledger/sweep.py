@@ -53,7 +53,7 @@ from heurist.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MIN_DURATION_S = 1.0  # a re-sent job always gets at least this long
+MIN_DURATION_S = 2.0  # a re-sent job always gets at least this long (its upload URL lives whole seconds)
 
 # Sends one job message to a queue; the ledger's is ``heurist.dispatch.send_job`` on its Celery app.
 SendJob = Callable[[JobMessage, str], None]
@@ -147,7 +147,7 @@ class Sweep:
         except IntegrityError:
             return False  # another sweep recorded this attempt first
         message = job_message(job.id, model_id, PARAMS.validate_python(job.params), job.output_key, deadline_at,
-                              self.ledger.store, self.policy.presign_expiry_s)
+                              self.ledger.store, self.policy.presign_expiry_s, now=now)
         try:
             self.send(message, queue)
         except Exception:  # the broker is away: the job is swept again once this new deadline passes
