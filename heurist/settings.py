@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     gateway_reconcile_interval_s: float = Field(30.0, gt=0, description="How often the gateway refunds failed "
                                                 "jobs and settles text jobs whose request had already timed out.")
 
+    sweep_interval_s: float = Field(30.0, gt=0, description="How often the ledger looks for stranded jobs: still "
+                                    "queued past their deadline (lost, purged or never taken).")
+    sweep_grace_s: float = Field(60.0, ge=0, description="How long past its deadline a queued job is left alone "
+                                 "before the sweep re-sends or fails it (a completion may still be on its way).")
+    sweep_output_wait_s: float = Field(300.0, ge=0, description="Extra wait for a stranded job whose output object "
+                                       "already exists: its completion is probably still queued for the ledger.")
+    job_resends: int = Field(2, ge=0, description="How many times the sweep re-sends a stranded job (fresh "
+                             "deadline, fresh upload URL) before failing it, which refunds its credits.")
+
     flower_user: str = Field("admin", pattern=r"^[^:\s]+$", description="Basic-auth user of `heurist flower`.")
     flower_password: SecretStr | None = Field(None, description="Basic-auth password of `heurist flower`; "
                                               "required: Flower never starts as an open dashboard.")

@@ -19,6 +19,7 @@ from heurist.ledger.middleware import LedgerMiddleware
 from heurist.ledger.miner_events import MinerEvents, MonitoredUptime
 from heurist.ledger.redispatch import Redispatch
 from heurist.ledger.service import Ledger
+from heurist.ledger.sweep import install_sweep
 from heurist.services import Services
 from heurist.settings import Settings, is_amqp
 from heurist.storage import make_store
@@ -48,6 +49,7 @@ def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFacto
         from heurist.ledger.inboxes import watch_inboxes
 
         watch_inboxes(app, RabbitMQAccess.from_settings(settings), settings.inbox_poll_s)
+    install_sweep(app, settings, ledger)  # stranded jobs (purged, lost, never taken): re-sent, then failed
     pool, concurrency = worker_pool(settings.resolved_broker_url(), concurrency)
     worker = app.Worker(hostname=f"ledger@{socket.gethostname()}", queues=[settings.ledger_queue],
                         pool=pool, concurrency=concurrency, loglevel=loglevel, quiet=True)

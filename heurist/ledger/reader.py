@@ -51,6 +51,7 @@ class JobView:
     deadline_at: float
     finished_at: float | None
     frozen_key: str | None = None  # the credited bytes, where no URL can write (None: not frozen)
+    resends: int = 0  # times the stranded-job sweep sent it again (``heurist.ledger.sweep``)
 
     @property
     def points(self) -> float:
@@ -124,6 +125,19 @@ class LedgerReader:
             rows = session.execute(stmt).all()
         return [self._view(row[0], row[1], row[2]) for row in rows]
 
+    def recent_jobs(self, limit: int = 20, state: JobState | None = None, resent: bool = False) -> list[JobView]:
+        """The newest jobs first (``heurist jobs``): of one state, or only those the sweep sent again."""
+        points = (select(func.sum(PointsEntry.amount_micro)).where(PointsEntry.job_id == Job.id)
+                  .correlate(Job).scalar_subquery())
+        stmt = select(Job, CompletionRow, points).outerjoin(CompletionRow, CompletionRow.job_id == Job.id)
+        if state is not None:
+            stmt = stmt.where(Job.state == state)
+        if resent:
+            stmt = stmt.where(Job.resends > 0)
+        with self._sessions() as session:
+            rows = session.execute(stmt.order_by(Job.created_at.desc()).limit(limit)).all()
+        return [self._view(row[0], row[1], row[2]) for row in rows]
+
     @staticmethod
     def _view(job: Job, completion: CompletionRow | None, micro: Any) -> JobView:
         return JobView(
@@ -134,6 +148,7 @@ class LedgerReader:
             output_tokens=completion.output_tokens if completion else None,
             error=job.error, created_at=job.created_at, deadline_at=job.deadline_at,
             finished_at=job.finished_at, frozen_key=completion.frozen_key if completion else None,
+            resends=job.resends,
         )
 
     def miner_points(self) -> list[MinerPoints]:

@@ -107,8 +107,9 @@ class Ledger:
         return register_miner(self.engine, self._sessions, self.clock, signed, sender)
 
     def record_failure(self, job_id: str, reason: str) -> None:
-        """A miner's task raised: the job ends FAILED unless it already has a verdict (``JobBook``)."""
-        self.book.record_failure(job_id, reason)
+        """A miner's task raised: the job ends FAILED unless it already has a verdict, or the report may be
+        about a stale copy of a re-sent job (``JobBook.record_failure``)."""
+        self.book.record_failure(job_id, reason, from_miner=True)
 
     # ------------------------------------------------------------------------------------ completions
 

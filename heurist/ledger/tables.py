@@ -134,6 +134,24 @@ class Job(Base):
     )
     finished_at: Mapped[float | None] = mapped_column(Double(), index=True)  # the exporter and sweep read recent ones
     error: Mapped[str | None] = mapped_column(Text())
+    # Times the stranded-job sweep sent it again (``heurist.ledger.sweep``); its conditional UPDATE on this
+    # count is what makes two sweeps re-send a job once.
+    resends: Mapped[int] = mapped_column(Integer(), default=0, server_default="0")
+
+
+class JobResend(Base):
+    """One re-send of a job still QUEUED past its deadline (lost, purged or never taken), append-only.
+    ``(job_id, attempt)`` is unique: a re-send is recorded once however many sweeps race on it."""
+
+    __tablename__ = "job_resends"
+    __table_args__ = (UniqueConstraint("job_id", "attempt", name="uq_job_resends_job_id_attempt"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(ID_LEN), ForeignKey("jobs.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer())  # 1 for the first re-send
+    sent_at: Mapped[float] = mapped_column(Double())
+    previous_deadline_at: Mapped[float] = mapped_column(Double())  # the deadline that passed
+    deadline_at: Mapped[float] = mapped_column(Double())  # the fresh one: sent_at + the job's original duration
 
 
 class CompletionRow(Base):
@@ -227,6 +245,7 @@ __all__ = [
     "CompletionRow",
     "EntryKind",
     "Job",
+    "JobResend",
     "Miner",
     "MinerEvent",
     "MinerEventKind",
