@@ -19,12 +19,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("miners") as batch:
-        batch.add_column(sa.Column("broker_user", sa.String(length=128), nullable=True))
-        batch.create_index("ix_miners_broker_user", ["broker_user"])
+    op.add_column("miners", sa.Column("broker_user", sa.String(length=128), nullable=True))
+    op.create_index("ix_miners_broker_user", "miners", ["broker_user"])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("miners") as batch:
-        batch.drop_index("ix_miners_broker_user")
-        batch.drop_column("broker_user")
+    """Plain ALTER TABLE … DROP COLUMN (SQLite 3.35+): a batch rebuild of ``miners`` would break the
+    ``v_flagged_miners`` view over it."""
+    op.drop_index("ix_miners_broker_user", table_name="miners")
+    op.execute("ALTER TABLE miners DROP COLUMN broker_user")
