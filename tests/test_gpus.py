@@ -194,15 +194,16 @@ def _supervise_and_stop(tmp_path: Path, rabbit_url: str, models_dir: Path, gpu_a
                         gpus: list[Gpu], device: str) -> None:
     """Start `heurist miner` as a supervisor, check each GPU's worker, Ctrl-C it, check nothing is left.
     (SIGTERM takes the same forwarding path; test_worker_shutdown stops a worker with either.)"""
-    from kombu import Connection, Exchange, Queue
+    from heurist.access.topology import setup_broker
+    from heurist.catalog import load_catalog
 
-    with Connection(rabbit_url) as conn:  # the ledger's route, which a miner waits for (the ledger would make it)
-        Queue("ledger", Exchange("ledger", "direct"), routing_key="ledger")(conn.default_channel).declare()
+    trusted = Settings(_env_file=None, broker_url=rabbit_url)  # type: ignore[call-arg]
+    setup_broker(trusted, load_catalog(None))  # miners declare nothing: the tier queues are the operator's
     key = tmp_path / "miner.key"
     operator = Wallet.create()
     operator.save(key)
     # The box's own restricted broker user (`heurist broker add-miner`), shared by its GPU workers.
-    own = broker_access(Settings(_env_file=None, broker_url=rabbit_url)).add_miner(operator.address)  # type: ignore[call-arg]
+    own = broker_access(trusted).add_miner(operator.address)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
     env.update(HEURIST_BROKER_URL=own.broker_url, HEURIST_MODELS_DIR=str(models_dir),
                HEURIST_DATA_DIR=str(tmp_path / "data"), HEURIST_TORCH_THREADS="1", COLUMNS="300")

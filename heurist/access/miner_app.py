@@ -63,6 +63,21 @@ def confine_miner(app: Celery, broker_url: str, ledger_queue: str, queues: Seque
 
     before_task_publish.connect(sign_as_user, weak=False)
     _await_exchange(app, inbox, wait_s)
+    _check_queues(app, queues)
+
+
+def _check_queues(app: Celery, queues: Sequence[str]) -> None:
+    """Each tier queue exists (a passive declare): a miner cannot declare one, so say who must."""
+    with app.connection_for_write() as conn:
+        for name in queues:
+            channel = conn.channel()
+            try:
+                channel.queue_declare(name, passive=True)
+                channel.close()
+            except NotFound:
+                raise HeuristError(f"queue {name!r} is not on the broker: miners declare nothing; ask the network's "
+                                   "operator to run `heurist broker setup` (after adding the model to the "
+                                   "catalog)") from None
 
 
 def _await_exchange(app: Celery, name: str, wait_s: float) -> None:
