@@ -39,11 +39,17 @@ def access(network: EmbeddedNetwork) -> Iterator[RabbitMQAccess]:
 
 
 @pytest.fixture(scope="module")
-def honest(network: EmbeddedNetwork, client: Client, access: BrokerAccess) -> str:
-    """An honest tiny-sd miner on its own broker user (`heurist broker add-miner`), registered."""
-    wallet = network.start_miner(["tiny-sd"], name="honest",
+def honest_models() -> list[str]:
+    """What the honest miner serves; a module overrides this fixture to change it."""
+    return ["tiny-sd"]
+
+
+@pytest.fixture(scope="module")
+def honest(network: EmbeddedNetwork, client: Client, access: BrokerAccess, honest_models: list[str]) -> str:
+    """An honest miner on its own broker user (`heurist broker add-miner`), registered."""
+    wallet = network.start_miner(honest_models, name="honest",
                                  broker_url=lambda address: access.add_miner(address).broker_url)
-    wait_until(lambda: client.ledger.is_registered(wallet.address), 120, "the honest miner to register",
+    wait_until(lambda: client.ledger.is_registered(wallet.address), 300, "the honest miner to register",
                check=network.check_alive)
     return wallet.address
 

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from amqp.exceptions import NotFound
 from kombu import Connection
 from sqlalchemy import select
 
-from heurist.access import BrokerAccess, broker_access
-from heurist.access.backends.rabbitmq import RabbitMQAccess
+from heurist.access import BrokerAccess
 from heurist.catalog import ModelSpec, load_catalog
 from heurist.catalog.schema import Deadline
 from heurist.client import Client
@@ -35,6 +32,7 @@ from heurist.jobs import JobState
 from heurist.ledger.sweep import never_completed
 from heurist.ledger.tables import JobResend
 from heurist.submission import image_params, text_params
+from tests.adversary.conftest import ready
 
 GRACE_S, INTERVAL_S = 2.0, 1.0
 VICTIM_DEADLINE_S = 45.0  # long enough for the honest miner, started after the purge, to be up at the re-send
@@ -48,41 +46,10 @@ def network_settings() -> dict[str, Any]:
             "audit_base_rate": 0.0, "audit_new_miner_rate": 0.0, "audit_suspicious_rate": 0.0}
 
 
-@pytest.fixture(scope="module")
-def access(network: EmbeddedNetwork) -> Iterator[RabbitMQAccess]:
-    """The trusted side's broker access; the broker users made here outlive the vhost, so they are deleted."""
-    backend = broker_access(network.settings())
-    assert isinstance(backend, RabbitMQAccess)
-    before = {a.user for a in backend.list_miners()}
-    yield backend
-    for account in backend.list_miners():
-        if account.user not in before:
-            backend.api.call("DELETE", f"/users/{account.user}", allow_missing=True)
-
-
-@pytest.fixture(scope="module")
-def honest(network: EmbeddedNetwork, client: Client, access: BrokerAccess) -> str:
-    """The only miner, serving tiny-sd; started by the first test after the purge."""
-    wallet = network.start_miner(["tiny-sd"], name="honest",
-                                 broker_url=lambda address: access.add_miner(address).broker_url)
-    wait_until(lambda: client.ledger.is_registered(wallet.address), 120, "the honest miner to register",
-               check=network.check_alive)
-    return wallet.address
-
-
 def _purge(broker_url: str, queue: str) -> int:
     """The attack: purge ``queue`` as a miner, raw kombu on its own broker user, declaring nothing."""
     with Connection(broker_url) as conn:
         return int(conn.default_channel.queue_purge(queue) or 0)
-
-
-def _ready(client: Client, queue: str) -> int:
-    """Messages waiting in ``queue``; a queue nobody declared holds none."""
-    with client.app.connection_for_write() as conn:
-        try:
-            return int(conn.channel().queue_declare(queue, passive=True).message_count)
-        except NotFound:
-            return 0
 
 
 def _resends(client: Client, job_id: str) -> list[JobResend]:
@@ -111,10 +78,10 @@ def test_a_purged_job_is_resent_and_completed_by_the_honest_miner(network: Embed
                                                                  request: pytest.FixtureRequest) -> None:
     submitted, spec = time.time(), _short("tiny-sd", VICTIM_DEADLINE_S)
     victim = client.submit_params(spec, image_params(spec, "a lighthouse at dawn", steps=8, seed=11))
-    wait_until(lambda: _ready(client, TINY_QUEUE) == 1, 30, "the victim's job in its queue")
+    wait_until(lambda: ready(client, TINY_QUEUE) == 1, 30, "the victim's job in its queue")
     attacker = access.add_miner(Wallet.create().address)
     assert _purge(attacker.broker_url, TINY_QUEUE) == 1  # the broker allows it: read right = purge right
-    assert _ready(client, TINY_QUEUE) == 0
+    assert ready(client, TINY_QUEUE) == 0
     view = client.ledger.job(victim.id)
     assert view is not None and view.state is JobState.QUEUED and view.resends == 0
     first_deadline = view.deadline_at

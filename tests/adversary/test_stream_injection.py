@@ -38,9 +38,8 @@ import requests
 import uvicorn
 from kombu import Connection, Producer
 
-from heurist.access import BrokerAccess, broker_access
+from heurist.access import BrokerAccess
 from heurist.access.backend import MinerCredentials, miner_user
-from heurist.access.backends.rabbitmq import RabbitMQAccess
 from heurist.client import Client
 from heurist.credits.ledger import CreditLedger
 from heurist.embedded import EmbeddedNetwork, wait_until
@@ -57,24 +56,8 @@ EVIL = "evil.example"
 
 
 @pytest.fixture(scope="module")
-def access(network: EmbeddedNetwork) -> Iterator[RabbitMQAccess]:
-    """The trusted side's broker access; the broker users made here outlive the vhost, so they are deleted."""
-    backend = broker_access(network.settings())
-    assert isinstance(backend, RabbitMQAccess)
-    before = {a.user for a in backend.list_miners()}
-    yield backend
-    for account in backend.list_miners():
-        if account.user not in before:
-            backend.api.call("DELETE", f"/users/{account.user}", allow_missing=True)
-
-
-@pytest.fixture(scope="module")
-def honest(network: EmbeddedNetwork, client: Client, access: BrokerAccess) -> str:
-    wallet = network.start_miner([MODEL], name="honest",
-                                 broker_url=lambda address: access.add_miner(address).broker_url)
-    wait_until(lambda: client.ledger.is_registered(wallet.address), 300, "the honest miner to register",
-               check=network.check_alive)
-    return wallet.address
+def honest_models() -> list[str]:
+    return [MODEL]
 
 
 @pytest.fixture(scope="module")
