@@ -18,9 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from heurist.catalog import Catalog, JobKind, ModelSpec, load_catalog
 from heurist.celery_app import create_app
-from heurist.dispatch import job_message, send_job
+from heurist.dispatch import DispatchSigner, dispatch_signer, job_message, send_job
 from heurist.errors import JobFailedError, JobTimeoutError
-from heurist.jobs import ImageParams, JobMessage, JobState, TextParams
+from heurist.jobs import ImageParams, JobState, SignedJob, TextParams
 from heurist.points import image_work_units, text_work_units
 from heurist.settings import Settings, get_settings
 from heurist.storage import make_store
@@ -149,6 +149,11 @@ class Client:
     def app(self) -> Celery:
         return create_app(self.settings)
 
+    @cached_property
+    def signer(self) -> DispatchSigner:
+        """The network's dispatch key, which signs every job message this client sends."""
+        return dispatch_signer(self.settings)
+
     def submit_image(self, prompt: str, *, model: str = "sd15", width: int | None = None,
                      height: int | None = None, steps: int | None = None, guidance: float | None = None,
                      seed: int | None = None, negative_prompt: str = "") -> JobHandle:
@@ -241,16 +246,17 @@ class Client:
         deadline_at = self.clock() + spec.deadline.seconds(_work_units(params))
         message = job_message(job_id, spec.id, params, output_key, deadline_at, self.store,
                               self.settings.presign_expiry_s).model_copy(update={"stream": stream})
+        signed = self.signer.sign(message)
         self.job_book.create_job(job_id, spec, params, output_key, spec.queue, deadline_at)
         try:
-            self._send(message, spec.queue)
+            self._send(signed, spec.queue)
         except Exception:
             self.job_book.record_failure(job_id, "could not enqueue: broker unreachable")
             raise
         return JobHandle(self, job_id, spec, output_key)
 
-    def _send(self, message: JobMessage, queue: str) -> None:
-        send_job(self.app, message, queue, self.settings.ledger_queue)
+    def _send(self, signed: SignedJob, queue: str) -> None:
+        send_job(self.app, signed, queue)
 
     def close(self) -> None:
         if "app" in self.__dict__:

@@ -51,6 +51,14 @@ class Settings(BaseSettings):
         "when several torch processes share the cores: two with 2 threads each on 2 cores ran a job 35x slower.")
 
     miner_key: SecretStr | None = Field(None, description="Miner private key (hex). Prefer --key-file.")
+    dispatch_key: SecretStr | None = Field(
+        None, description="Trusted side only: the network's dispatch key (hex private key) that signs every job "
+        "message (client, gateway, ledger redispatch). Default: data_dir/dispatch.key, created (0600) on first "
+        "use. Every trusted process of one network must use the same key.")
+    dispatch_address: str | None = Field(
+        None, pattern=r"^0x[0-9a-fA-F]{40}$", description="Miners: the address of the network's dispatch key; "
+        "a miner runs only job messages it signed. The operator's `heurist broker add-miner --json` prints it "
+        "(dispatch_address).")
     ledger_queue: str = "ledger"
     audit_queue_prefix: str = Field("audit", description="Sampled jobs go to '<prefix>.<model>'.")
     audit_base_rate: float = Field(0.10, ge=0, le=1, description="Share of jobs audited for miners in good standing.")

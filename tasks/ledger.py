@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 from heurist.celery_app import services
 from heurist.errors import StorageError
-from heurist.jobs import SignedCompletion, SignedHeartbeat, SignedHello
+from heurist.jobs import SignedCompletion, SignedFailure, SignedHeartbeat, SignedHello
 from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT, REGISTER_MINER
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,8 @@ TRANSIENT = (OperationalError, StorageError)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 30, "max_retries": 20}
 
 
-def _parse(model: type[SignedCompletion] | type[SignedHello] | type[SignedHeartbeat], payload: Any) -> Any:
+def _parse(model: type[SignedCompletion] | type[SignedFailure] | type[SignedHello] | type[SignedHeartbeat],
+           payload: Any) -> Any:
     try:
         return model.model_validate(payload)
     except ValidationError as err:
@@ -42,9 +43,12 @@ def register_ledger_tasks(app: Celery) -> None:
         return {**verdict, "miner": parsed.completion.miner, "model_id": parsed.completion.model_id}
 
     @app.task(name=RECORD_FAILURE, bind=True, acks_late=True, **RETRY)
-    def record_failure(self: Task, job_id: str) -> None:
-        """A miner's task raised: the job ends failed (a later valid completion is still verified)."""
-        services(self.app).ledger.record_failure(job_id, "the miner reported an error")
+    def record_failure(self: Task, signed: Any) -> None:
+        """A miner's signed report that its task raised: the job ends failed if a registered miner signed it
+        (a later valid completion is still verified)."""
+        parsed = _parse(SignedFailure, signed)
+        if parsed is not None:
+            services(self.app).ledger.report_failure(parsed)
 
     @app.task(name=REGISTER_MINER, bind=True, acks_late=True, **RETRY)
     def register_miner(self: Task, signed: Any) -> None:
