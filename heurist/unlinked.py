@@ -31,9 +31,11 @@ from celery.worker.request import Request
 
 log = logging.getLogger(__name__)
 
-# What a message may say about what happens after its task: never obeyed.
+# What a message may say about what happens after its task: never obeyed. Every message Celery sends has a
+# reply_to (the sender's thread id) and a correlation_id (the task id): those are cleared without a warning.
 EMBEDDED = ("callbacks", "errbacks", "chain", "chord")
 HEADERS = ("group", "group_index", "reply_to", "correlation_id")
+ROUTINE = ("reply_to", "correlation_id")
 
 
 class UnlinkedRequest(Request):  # type: ignore[misc]
@@ -44,7 +46,7 @@ class UnlinkedRequest(Request):  # type: ignore[misc]
         # Request's private decoded body (a name-mangled slot: mypy cannot see it, hence getattr/setattr)
         args, task_kwargs, embed = getattr(self, "_Request__payload")  # noqa: B009
         dropped = sorted(k for k in EMBEDDED if (embed or {}).get(k))
-        dropped += sorted(k for k in HEADERS if self._request_dict.get(k) not in (None, ""))
+        dropped += sorted(k for k in HEADERS if k not in ROUTINE and self._request_dict.get(k) not in (None, ""))
         if dropped:
             log.warning("task %s[%s]: ignoring %s carried in the message", self.name, self.id, ", ".join(dropped))
         clean = (args, task_kwargs, {k: v for k, v in (embed or {}).items() if k not in EMBEDDED})
@@ -54,7 +56,7 @@ class UnlinkedRequest(Request):  # type: ignore[misc]
         for key in HEADERS:
             self._request_dict[key] = None
         self._request_dict["properties"] = {k: v for k, v in self._request_dict.get("properties", {}).items()
-                                            if k not in ("reply_to", "correlation_id")}
+                                            if k not in ROUTINE}
 
 
 class UnlinkedTask(Task):  # type: ignore[misc]
