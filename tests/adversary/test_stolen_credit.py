@@ -46,9 +46,10 @@ def honest(network: EmbeddedNetwork, client: Client, access: BrokerAccess) -> st
 
 @pytest.fixture
 def inbox(client: Client) -> Iterator[str]:
-    """The attacker's own queue and exchange, declared by the trusted side for the test (miners will not be
-    allowed to declare anything), so that a message sent there stays there to be counted."""
-    name = f"attacker-{uuid.uuid4().hex[:8]}"
+    """The attacker's own exchange and queue, named inside the tier namespace that miner users may write to today,
+    as in the attack. The trusted side declares them for the test (miners will not be allowed to declare
+    anything), so that a message sent there stays there to be counted."""
+    name = f"vram8.attacker-{uuid.uuid4().hex[:8]}"
     queue = Queue(name, Exchange(name, "direct"), routing_key=name)
     with client.app.connection_for_write() as conn:
         queue.bind(conn.default_channel).declare()
@@ -96,10 +97,10 @@ def test_a_republished_job_with_callbacks_to_the_attacker_credits_the_honest_min
                   callbacks_to(inbox), reply_to=inbox)
     [view] = client.wait_all([signed.job.job_id], timeout=120)
     assert view.state is JobState.COMPLETED and view.miner == honest  # genuine, so it runs; credited to its miner
-    logged(network, "honest", f"[{signed.job.job_id}]: ignoring callbacks, chain, errbacks")
     after = client.submit_image("a harbour", model=MODEL, steps=4, seed=22).result(timeout=120)
     assert after.state is JobState.COMPLETED and after.miner == honest
     assert ready(client, inbox) == 0, "the honest miner's completion reached the attacker's queue"
+    logged(network, "honest", f"[{signed.job.job_id}]: ignoring callbacks, chain, errbacks")
     assert client.ledger.points_entries(signed.job.job_id) == 1
     assert_nothing_for_the_attacker(client, attacker, honest)
 
@@ -129,10 +130,11 @@ def test_the_ledger_ignores_a_link_to_replay_job(network: EmbeddedNetwork, clien
             "options": {"queue": AUDIT_QUEUE}}
     message = task_message(RECORD_COMPLETION, [{"completion": "junk"}], embed={"callbacks": [link] * 3})
     publish(attacker.broker_url, "ledger", message)
-    logged(network, "ledger", f"[{message[0]['id']}]: ignoring callbacks")
+    logged(network, "ledger", "rejected malformed SignedCompletion")
     after = client.submit_image("a harbour", model=MODEL, steps=4, seed=25).result(timeout=120)
     assert after.state is JobState.COMPLETED and after.miner == honest
     assert ready(client, AUDIT_QUEUE) == 0, "the ledger queued the attacker's replay_job"
+    logged(network, "ledger", f"[{message[0]['id']}]: ignoring callbacks")
     assert client.ledger.points_entries(victim.job_id) == 1
     assert_nothing_for_the_attacker(client, attacker, honest)
 
