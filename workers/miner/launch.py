@@ -135,7 +135,6 @@ def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, options: Min
               console: Console | None = None) -> None:
     """Load everything, announce, and consume this miner's queues until stopped."""
     console = console or Console(stderr=True)
-    Admission.from_settings(settings, [])  # refuse to start without the dispatch address and the store, before loading
     wanted = list(catalog) if options.model_ids is None else list(options.model_ids)
     plan = plan_miner(catalog, wanted, options.vram_gb, detect_device(options.device_kind, settings.torch_threads))
     plan = replace(plan, gpu_index=options.gpu_index, operator=options.operator)
