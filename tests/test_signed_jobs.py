@@ -175,6 +175,15 @@ def test_signed_jobs_outside_the_rules_are_refused(admission: Admission, dispatc
     assert _refusal(admission, dispatcher.sign(_job(**change)).model_dump(mode="json")) == reason
 
 
+def test_the_same_signed_message_runs_once_and_a_redispatched_one_again(admission: Admission,
+                                                                       dispatcher: DispatchSigner) -> None:
+    signed = dispatcher.sign(_job()).model_dump(mode="json")
+    admission.admit(signed)
+    assert _refusal(admission, signed) == "replayed"
+    again = dispatcher.sign(_job(output_url=f"{STORE}/heurist-outputs/outputs/tiny-sd/job-1.png?X-Amz-Signature=new"))
+    assert admission.admit(again.model_dump(mode="json")).job_id == "job-1"  # the ledger's redispatch: a new URL
+
+
 def test_the_store_check_follows_the_endpoint_path_and_default_ports() -> None:
     assert Origin.of("https://s3.example.net").holds("https://S3.example.net:443/bucket/key?sig=1")
     assert not Origin.of("https://s3.example.net").holds("https://s3.example.net:8443/bucket/key")

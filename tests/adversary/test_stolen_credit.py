@@ -101,6 +101,8 @@ def test_a_republished_job_with_callbacks_to_the_attacker_credits_the_honest_min
     assert after.state is JobState.COMPLETED and after.miner == honest
     assert ready(client, inbox) == 0, "the honest miner's completion reached the attacker's queue"
     logged(network, "honest", f"[{signed.job.job_id}]: ignoring callbacks, chain, errbacks")
+    attacker.send(client.catalog[MODEL].queue, signed.model_dump(mode="json"), signed.job.job_id)  # once more
+    logged(network, "honest", f"refused job message {signed.job.job_id}: replayed")
     assert client.ledger.points_entries(signed.job.job_id) == 1
     assert_nothing_for_the_attacker(client, attacker, honest)
 

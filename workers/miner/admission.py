@@ -13,7 +13,10 @@ only if:
 4. its model is one this miner loaded (a genuine job republished into another model's queue);
 5. its parameters are within the catalog's limits (``heurist.submission``, the checks the client runs);
 6. its upload URL is on the configured store: same scheme, host and port as ``HEURIST_S3_ENDPOINT`` (and
-   under its path, if it has one).
+   under its path, if it has one);
+7. this process has not admitted the very same signed message before (a genuine message republished many
+   times would otherwise be run each time: free compute for nobody). A redispatched job is a new message
+   (fresh URL, new signature) and runs. Up to ``REMEMBERED`` signatures are kept, each until its deadline.
 
 Checks 3 to 6 hold only what a correct dispatcher already guarantees; they bound the damage of a
 dispatcher bug or a leaked dispatch key. The signature comes first: nothing in an unsigned message is worth
@@ -25,8 +28,9 @@ refused message would let anyone fail a victim's job by republishing it where it
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,6 +44,7 @@ from heurist.signing import job_signer
 from heurist.submission import image_params, text_params
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+REMEMBERED = 10_000  # admitted signatures kept against replays (about 2 MB)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class Admission:
     store: Origin
     models: Mapping[str, ModelSpec]
     clock: Callable[[], float] = time.time
+    admitted: OrderedDict[str, float] = field(default_factory=OrderedDict, compare=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, models: Sequence[ModelSpec]) -> Admission:
@@ -163,6 +169,18 @@ def _check_output_url(a: Admission, c: Candidate) -> None:
                          f"{there.port}, not to the store {a.store.scheme}://{a.store.host}:{a.store.port}")
 
 
+def _check_not_replayed(a: Admission, c: Candidate) -> None:
+    """Last, so only a message that passed everything is remembered (signature -> deadline)."""
+    assert c.signed is not None
+    now = a.clock()
+    while a.admitted and (len(a.admitted) >= REMEMBERED or next(iter(a.admitted.values())) < now):
+        a.admitted.popitem(last=False)  # oldest first; an expired message is refused by its deadline anyway
+    signature = c.signed.signature.lower().removeprefix("0x")
+    if signature in a.admitted:
+        raise JobRefused("replayed", f"job {c.job.job_id}: this very message was already run here")
+    a.admitted[signature] = c.job.deadline_at
+
+
 Check = Callable[[Admission, Candidate], None]
 
 # The order is the contract: each check may rely on what the ones before it filled in.
@@ -173,6 +191,7 @@ CHECKS: tuple[Check, ...] = (
     _check_model,
     _check_params,
     _check_output_url,
+    _check_not_replayed,
 )
 
 
