@@ -20,7 +20,7 @@ from heurist.catalog import Catalog, JobKind, ModelSpec, load_catalog
 from heurist.celery_app import create_app
 from heurist.dispatch import DispatchSigner, dispatch_signer, job_message, send_job
 from heurist.errors import JobFailedError, JobTimeoutError
-from heurist.jobs import ImageParams, JobState, SignedJob, TextParams
+from heurist.jobs import ImageParams, JobMessage, JobState, SignedJob, TextParams
 from heurist.points import image_work_units, text_work_units
 from heurist.settings import Settings, get_settings
 from heurist.storage import make_store
@@ -47,6 +47,12 @@ class JobResult:
     output_key: str
     output_sha256: str | None = None
     error: str | None = None
+    frozen_key: str | None = None  # the credited bytes, copied where no URL can write (heurist.storage.freeze)
+
+    @property
+    def stored_key(self) -> str:
+        """Where the credited output is read: the frozen copy, else (completed before freezing) the output key."""
+        return self.frozen_key or self.output_key
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,10 @@ class JobHandle:
 
     @property
     def url(self) -> str:
-        """A presigned GET URL for the output (valid once the job has completed)."""
-        return self.client.store.presign_get(self.output_key, self.client.settings.presign_expiry_s)
+        """A presigned GET URL for the output (valid once the job has completed): its frozen copy once credited."""
+        view = self.client.ledger.job(self.id)
+        key = view.stored_key if view is not None else self.output_key
+        return self.client.store.presign_get(key, self.client.settings.presign_expiry_s)
 
     def state(self) -> JobState:
         view = self.client.ledger.job(self.id)
@@ -171,9 +179,10 @@ class Client:
         return self.submit_params(spec, params)
 
     def submit(self, request: ImageRequest | TextRequest, *, job_id: str | None = None,
-               stream: bool = False) -> JobHandle:
+               stream_key: str | None = None) -> JobHandle:
         """Validate and enqueue; ``job_id`` lets a caller (the gateway) reserve credits under the id first;
-        ``stream`` asks the miner to publish tokens (open a ``heurist.streams.TokenStream`` first)."""
+        ``stream_key`` asks the miner to publish tokens: open a ``heurist.streams.TokenStream`` for the job id
+        first and pass its ``key``; after the stream, ``TokenStream.verify`` checks it against the answer."""
         spec = self.catalog[request.model]
         if isinstance(request, ImageRequest):
             params: ImageParams | TextParams = image_params(
@@ -182,7 +191,7 @@ class Client:
         else:
             params = text_params(spec, request.prompt, max_tokens=request.max_tokens,
                                  temperature=request.temperature, seed=_seed(request.seed))
-        return self.submit_params(spec, params, job_id=job_id, stream=stream)
+        return self.submit_params(spec, params, job_id=job_id, stream_key=stream_key)
 
     def map(self, requests: Sequence[ImageRequest | TextRequest], *, timeout: float = 600.0,
             progress: bool = True) -> list[JobResult]:
@@ -221,9 +230,10 @@ class Client:
             time.sleep(self.settings.result_poll_interval_s)
 
     def fetch_output(self, result: JobResult) -> bytes:
-        """The output bytes, checked against the sha256 the ledger verified: a miner could reuse its
-        presigned URL to overwrite the object after it was credited."""
-        data = self.store.get(result.output_key)
+        """The credited bytes: the frozen copy the ledger made of exactly what it verified, which no
+        presigned URL can overwrite. They are still checked against the verified sha256, because completions
+        from before freezing are read from the mutable output key."""
+        data = self.store.get(result.stored_key)
         if result.output_sha256 is None or hashlib.sha256(data).hexdigest() != result.output_sha256:
             raise JobFailedError(
                 f"output of job {result.job_id} does not match the sha256 the ledger verified "
@@ -232,20 +242,23 @@ class Client:
         return data
 
     def to_result(self, view: JobView) -> JobResult:
-        url = self.store.presign_get(view.output_key, self.settings.presign_expiry_s) if view.state.has_output else None
+        url = self.store.presign_get(view.stored_key, self.settings.presign_expiry_s) if view.state.has_output else None
         return JobResult(job_id=view.job_id, model_id=view.model_id, state=view.state, points=view.points,
                          miner=view.miner, url=url, output_key=view.output_key, output_sha256=view.output_sha256,
-                         error=view.error)
+                         error=view.error, frozen_key=view.frozen_key)
 
     def submit_params(self, spec: ModelSpec, params: ImageParams | TextParams, *, job_id: str | None = None,
-                      stream: bool = False) -> JobHandle:
+                      stream_key: str | None = None) -> JobHandle:
         """Record, presign and enqueue parameters already validated against ``spec``
-        (``heurist.submission``): the gateway validates a request once, prices it, then sends it here."""
+        (``heurist.submission``): the gateway validates a request once, prices it, then sends it here.
+        ``stream_key``: as in ``submit``."""
         job_id = job_id or str(uuid.uuid4())
         output_key = f"outputs/{spec.id}/{job_id}{EXTENSIONS[_content_type(spec)]}"
         deadline_at = self.clock() + spec.deadline.seconds(_work_units(params))
         message = job_message(job_id, spec.id, params, output_key, deadline_at, self.store,
-                              self.settings.presign_expiry_s).model_copy(update={"stream": stream})
+                              self.settings.presign_expiry_s, now=self.clock())
+        if stream_key is not None:  # validated, so a malformed key is refused here, not by the miner
+            message = JobMessage.model_validate({**message.model_dump(), "stream": True, "stream_key": stream_key})
         signed = self.signer.sign(message)
         self.job_book.create_job(job_id, spec, params, output_key, spec.queue, deadline_at)
         try:

@@ -14,19 +14,25 @@ and every heurist worker ignores callbacks found in a message (``heurist.unlinke
 The dispatch key: ``HEURIST_DISPATCH_KEY``, or ``data_dir/dispatch.key`` created on first use (0600), so the
 embedded network and the tests need no setup. A key file is published atomically (written aside, then
 hard-linked into place), so a ledger and a client starting together agree on one key.
+
+The URL expires at the job's deadline (``upload_expiry_s``). Every miner of the tier can read the
+message, and a URL that outlived the deadline (it used to live ``presign_expiry_s``, 3,600 s) let anybody
+overwrite the output long after the job was done.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from celery import Celery
 
-from heurist.errors import ConfigError
+from heurist.errors import ConfigError, HeuristError
 from heurist.identity import Wallet
 from heurist.jobs import ImageParams, JobMessage, SignedJob, TextParams
 from heurist.settings import Settings
@@ -83,11 +89,31 @@ def _key_file_wallet(path: Path) -> Wallet:
                           "one (miners must then be given the new HEURIST_DISPATCH_ADDRESS)") from None
 
 
+class DeadlinePassedError(HeuristError):
+    """The job's deadline is less than a second away: no upload URL can still be valid, so it is not sent."""
+
+
+def upload_expiry_s(deadline_at: float, now: float, cap_s: int) -> int:
+    """Seconds a PUT URL presigned at ``now`` may live: until the deadline, at most ``cap_s``
+    (``Settings.presign_expiry_s``).
+
+    SigV4 counts whole seconds from ``X-Amz-Date``, which is ``now`` floored, so flooring the time left keeps
+    the expiry at or before the deadline. A deadline less than 1 s away raises DeadlinePassedError.
+    """
+    left = math.floor(deadline_at - now)
+    if left < 1:
+        raise DeadlinePassedError(f"the job's deadline passed {now - deadline_at:.1f}s ago (or is under 1 s away): "
+                                  "no upload URL can be valid; submit it again")
+    return min(left, cap_s)
+
+
 def job_message(job_id: str, model_id: str, params: ImageParams | TextParams, output_key: str,
-                deadline_at: float, store: ObjectStore, expiry_s: int) -> JobMessage:
-    """What a miner receives: the job and where to put its output, nothing more."""
+                deadline_at: float, store: ObjectStore, expiry_s: int, *, now: float | None = None) -> JobMessage:
+    """What a miner receives: the job and where to put its output, nothing more. The PUT URL lives until
+    the deadline, capped at ``expiry_s``; ``now`` is the clock the deadline was set by (default: time.time)."""
+    lifetime = upload_expiry_s(deadline_at, time.time() if now is None else now, expiry_s)
     return JobMessage(job_id=job_id, model_id=model_id, params=params,
-                      output_url=store.presign_put(output_key, expiry_s), deadline_at=deadline_at)
+                      output_url=store.presign_put(output_key, lifetime), deadline_at=deadline_at)
 
 
 def send_job(app: Celery, signed: SignedJob, queue: str) -> None:

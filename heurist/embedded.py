@@ -25,7 +25,7 @@ from heurist.dispatch import dispatch_signer
 from heurist.errors import HeuristError
 from heurist.identity import Wallet
 from heurist.processes import spawn, stop_all, tail
-from heurist.settings import Settings, settings_env
+from heurist.settings import Settings, is_amqp, settings_env
 from heurist.storage.seaweed import SeaweedServer
 
 
@@ -64,6 +64,7 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
     seaweed: SeaweedServer | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     wallets: list[Wallet] = field(default_factory=list)
+    broker_users: list[str] = field(default_factory=list)  # miners given their own broker user here
 
     @property
     def logs(self) -> Path:
@@ -123,7 +124,30 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         if self.base.s3_endpoint is None:
             self.seaweed = SeaweedServer(self.root / "s3")
             self.seaweed.start()
+        self.setup_broker()
         self.start_ledger()
+
+    def setup_broker(self) -> None:
+        """On RabbitMQ, declare the network's queues and policies as `heurist broker setup` does (miners may
+        declare nothing). Other brokers need nothing: every process declares what it uses."""
+        settings = self.settings()
+        if is_amqp(settings.resolved_broker_url()):
+            from heurist.access.topology import setup_broker
+            from heurist.catalog import load_catalog
+
+            setup_broker(settings, load_catalog(settings.catalog_path))
+
+    def own_broker_url(self, address: str) -> str | None:
+        """On RabbitMQ, a new broker user for miner ``address`` (`heurist broker add-miner`), deleted on close;
+        None elsewhere (the embedded broker has no users: miners share its URL)."""
+        settings = self.settings()
+        if not is_amqp(settings.resolved_broker_url()):
+            return None
+        from heurist.access import broker_access
+
+        url = broker_access(settings).add_miner(address).broker_url
+        self.broker_users.append(address)
+        return url
 
     def start_ledger(self) -> None:
         self.spawn("ledger", heurist_cmd("ledger", "--loglevel", "WARNING"), self.trusted_env())
@@ -139,7 +163,8 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         command = [sys.executable, "-m", "workers.testing.cheater", "--cheat", cheat] if cheat else heurist_cmd("miner")
         argv = [*command, "--key-file", str(key_file), "--models", ",".join(models or self.miner_models),
                 "--device", "cpu", "--loglevel", "WARNING"]
-        self.spawn(name, argv, self.miner_env(broker_url(wallet.address) if broker_url else None))
+        own = broker_url(wallet.address) if broker_url else self.own_broker_url(wallet.address)
+        self.spawn(name, argv, self.miner_env(own))
         return wallet
 
     def start_auditor(self, models: Sequence[str] | None = None) -> None:
@@ -178,8 +203,20 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         stop_all([proc for name, proc in self.procs.items() if name != "ledger"])
         stop_all([proc for name, proc in self.procs.items() if name == "ledger"])
         self.procs.clear()
+        self._forget_broker_users()
         if self.seaweed is not None:
             self.seaweed.stop()
+
+    def _forget_broker_users(self) -> None:
+        """Broker users outlive a vhost: delete the ones this network made."""
+        if not self.broker_users:
+            return
+        from heurist.access import broker_access
+
+        access = broker_access(self.settings())
+        for address in self.broker_users:
+            access.forget(address)
+        self.broker_users.clear()
 
 
 def _remove(path: Path) -> None:

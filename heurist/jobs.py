@@ -6,13 +6,32 @@ import json
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from heurist.catalog.schema import JobKind
 
 SHA256_HEX = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 ADDRESS = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
 SIGNATURE = Annotated[str, Field(pattern=r"^(0x)?[0-9a-fA-F]{130}$")]
+HEX32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+# Size limits on what miners send: generous for honest use, small for storage. Issue 12, attack 7: one
+# completion stored 8 MB in `rejections` and one hello 8 MB in `miners`. A field over its limit makes the
+# message malformed (refused, and kept in the dead-letter queue: heurist.deadletters). Honest figures today:
+# a job id is a 36-char uuid4, the longest model id 12 chars, the longest queue name ~27, a content type 16,
+# a device kind 4, a CPU or GPU name ~60, a hello lists 5 models and ~5 queues, a token's text a few chars.
+# With these limits a hello stores at most ~13 KB (64 x 64 + 64 x 128 chars) and a completion ~1 KB.
+JOB_ID = Annotated[str, Field(min_length=1, max_length=128)]
+MODEL_ID = Annotated[str, Field(min_length=1, max_length=64)]
+QUEUE_NAME = Annotated[str, Field(min_length=1, max_length=128)]
+SHORT_TEXT = Annotated[str, Field(max_length=64)]  # content types, device kinds
+NAME_TEXT = Annotated[str, Field(max_length=256)]  # device names
+MAX_LISTED = 64  # models or queues a hello may list (the catalog has 5 models)
+MAX_COUNT = 2**31 - 1  # token counts: the largest max_tokens in the catalog is 4,096
+MAX_BYTES = 2**40  # an output's size: 1 TiB, far above any image or answer
+TOKEN_TEXT = Annotated[str, Field(max_length=256)]  # one streamed token's text (a few chars in practice)
+MAX_ANSWER_CHARS = 262_144  # a stored answer: 4,096 tokens x 64 chars each
+MAX_ANSWER_TOKENS = 65_536  # 16 x the catalog's largest max_tokens
 
 
 def _no_nul(value: str) -> str:
@@ -89,6 +108,15 @@ class JobMessage(Frozen):
     deadline_at: float = Field(description="Unix time after which the job earns nothing.")
     stream: bool = Field(False, description="Publish the answer's tokens to heurist.stream as they are made "
                                             "(unverified previews; text jobs only).")
+    stream_key: HEX32 | None = Field(None, description="With stream: the per-job key the miner MACs each chunk "
+                                                       "with (heurist.stream_auth), made by the receiver.")
+
+    @model_validator(mode="after")
+    def _stream_has_key(self) -> JobMessage:
+        if self.stream != (self.stream_key is not None):
+            raise ValueError("stream_key: set it exactly when stream is true (the TokenStream's key, "
+                             "heurist.streams.TokenStream.key)")
+        return self
 
 
 class SignedJob(Frozen):
@@ -120,8 +148,8 @@ class SignedFailure(Frozen):
 
 
 class DeviceInfo(Frozen):
-    kind: str  # "cuda" or "cpu"
-    name: str
+    kind: SHORT_TEXT  # "cuda" or "cpu"
+    name: NAME_TEXT
     vram_gb: float
     torch_threads: int | None = None
 
@@ -136,14 +164,14 @@ class Timings(Frozen):
 class Completion(Signable):
     """A miner's claim that it did a job. Signed; the ledger checks everything it can."""
 
-    job_id: str
-    model_id: str
+    job_id: JOB_ID
+    model_id: MODEL_ID
     miner: ADDRESS
     output_sha256: SHA256_HEX
-    output_bytes: int = Field(ge=0)
-    content_type: str
-    input_tokens: int = Field(0, ge=0)
-    output_tokens: int = Field(0, ge=0)
+    output_bytes: int = Field(ge=0, le=MAX_BYTES)
+    content_type: SHORT_TEXT
+    input_tokens: int = Field(0, ge=0, le=MAX_COUNT)
+    output_tokens: int = Field(0, ge=0, le=MAX_COUNT)
     timings: Timings
     device: DeviceInfo
     weights_sha256: SHA256_HEX = Field(description="Attestation of the model files loaded "
@@ -159,34 +187,39 @@ class SignedCompletion(Frozen):
 class TextOutput(Frozen):
     """The JSON object a text job stores: the answer and its token counts (and ids, for the audit)."""
 
-    text: str
+    text: str = Field(max_length=MAX_ANSWER_CHARS)
     input_tokens: int
     output_tokens: int
-    output_token_ids: list[int]
+    output_token_ids: list[int] = Field(max_length=MAX_ANSWER_TOKENS)
     finish_reason: Literal["stop", "length", "deadline"]
 
 
 class TokenChunk(Frozen):
     """One streamed token of a text job (``done``: the end of the stream, carrying no token).
 
-    An unverified preview sent straight from the miner: the verified answer is still the stored
-    ``TextOutput`` the ledger checks, so applications must not bill or trust by chunks.
+    A preview sent straight from the miner, MACed with the job's stream key (``heurist.stream_auth``); the
+    verified answer is still the stored ``TextOutput`` the ledger checks, so applications must not bill by chunks.
     """
 
-    job_id: str
+    job_id: JOB_ID
     index: int = Field(ge=0)
-    text: str
+    text: TOKEN_TEXT
     token_id: int | None = None
     done: bool = False
     finish_reason: Literal["stop", "length", "deadline", "error"] | None = None
+    mac: HEX32 | None = None
 
 
 class MinerHello(Signable):
-    """A miner announcing itself at worker start; signed, so registration proves key possession."""
+    """A miner announcing itself at worker start; signed, so registration proves key possession.
+
+    ``operator``: on a multi-GPU box, the box's own address, whose broker user this worker's key (derived from
+    the operator's) connects as; the hello then carries the operator's signature of the worker's address."""
 
     miner: ADDRESS
-    models: list[str]
-    queues: list[str]
+    operator: ADDRESS | None = None
+    models: list[MODEL_ID] = Field(max_length=MAX_LISTED)
+    queues: list[QUEUE_NAME] = Field(max_length=MAX_LISTED)
     device: DeviceInfo
     started_at: float
 
@@ -194,6 +227,12 @@ class MinerHello(Signable):
 class SignedHello(Frozen):
     hello: MinerHello
     signature: SIGNATURE
+    operator_signature: SIGNATURE | None = None  # the operator's EIP-191 signature of delegation_payload(miner)
+
+
+def delegation_payload(worker: str) -> bytes:
+    """What an operator signs to vouch that key ``worker`` is one of its GPU workers (``Wallet.derive``)."""
+    return b"heurist/gpu-worker-delegation/v1:" + worker.lower().encode()
 
 
 class Heartbeat(Signable):

@@ -44,7 +44,17 @@ class Settings(BaseSettings):
                                             "HEURIST_S3_ENDPOINT.")
     s3_region: str = "us-east-1"
     s3_bucket: str = "heurist-outputs"
-    presign_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    presign_expiry_s: int = Field(
+        3600, ge=60, le=7 * 24 * 3600, description="Longest life of a presigned URL. A job's PUT URL lives until "
+        "the job's deadline and at most this (heurist.dispatch.upload_expiry_s); GET URLs live this long.")
+
+    inbox_max_messages: int = Field(1000, ge=10, description="Messages a miner's inbox holds before the broker "
+                                    "refuses its publishes (policy `heurist-inboxes`, overflow reject-publish).")
+    inbox_max_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, description="Bytes a miner's inbox holds: also the "
+                                 "largest message a miner can send the ledger (an honest completion is about 2 KB).")
+    dead_letters_max: int = Field(100_000, ge=100, description="Dead letters kept (`heurist broker dead-letters`); "
+                                  "the oldest are dropped first.")
+    inbox_poll_s: float = Field(2.0, gt=0, le=60, description="How often the ledger looks for new miners' inboxes.")
 
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads of a miner or auditor; default: torch's (all cores). Set it "
@@ -60,6 +70,10 @@ class Settings(BaseSettings):
         "a miner runs only job messages it signed. The operator's `heurist broker add-miner --json` prints it "
         "(dispatch_address).")
     ledger_queue: str = "ledger"
+    max_message_bytes: int = Field(
+        65_536, ge=4096, le=16 * 2**20, description="Largest message body the ledger and the auditor accept; "
+        "a larger one is refused before it is parsed and kept in `dead-letters` (an honest completion is ~1.3 KB, "
+        "a hello under 16 KB).")
     audit_queue_prefix: str = Field("audit", description="Sampled jobs go to '<prefix>.<model>'.")
     audit_base_rate: float = Field(0.10, ge=0, le=1, description="Share of jobs audited for miners in good standing.")
     audit_new_miner_rate: float = Field(0.5, ge=0, le=1)
@@ -72,6 +86,15 @@ class Settings(BaseSettings):
     gateway_max_timeout_s: float = Field(600.0, gt=0, description="The largest `timeout_s` a request may ask.")
     gateway_reconcile_interval_s: float = Field(30.0, gt=0, description="How often the gateway refunds failed "
                                                 "jobs and settles text jobs whose request had already timed out.")
+
+    sweep_interval_s: float = Field(30.0, gt=0, description="How often the ledger looks for stranded jobs: still "
+                                    "queued past their deadline (lost, purged or never taken).")
+    sweep_grace_s: float = Field(60.0, ge=0, description="How long past its deadline a queued job is left alone "
+                                 "before the sweep re-sends or fails it (a completion may still be on its way).")
+    sweep_output_wait_s: float = Field(300.0, ge=0, description="Extra wait for a stranded job whose output object "
+                                       "already exists: its completion is probably still queued for the ledger.")
+    job_resends: int = Field(2, ge=0, description="How many times the sweep re-sends a stranded job (fresh "
+                             "deadline, fresh upload URL) before failing it, which refunds its credits.")
 
     flower_user: str = Field("admin", pattern=r"^[^:\s]+$", description="Basic-auth user of `heurist flower`.")
     flower_password: SecretStr | None = Field(None, description="Basic-auth password of `heurist flower`; "

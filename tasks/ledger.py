@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from celery import Celery, Task
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import OperationalError
 
+from heurist.access.senders import sender_of
 from heurist.celery_app import services
+from heurist.deadletters import Reason, first_error, keep_request
 from heurist.errors import StorageError
 from heurist.jobs import SignedCompletion, SignedFailure, SignedHeartbeat, SignedHello
 from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT, REGISTER_MINER
@@ -21,12 +24,13 @@ TRANSIENT = (OperationalError, StorageError)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 30, "max_retries": 20}
 
 
-def _parse(model: type[SignedCompletion] | type[SignedFailure] | type[SignedHello] | type[SignedHeartbeat],
-           payload: Any) -> Any:
+def _parse(task: Task, model: Any, payload: Any) -> Any:
+    """``payload`` as ``model``; None when malformed, after keeping the message in ``dead-letters``."""
     try:
-        return model.model_validate(payload)
+        return model.validate_python(payload) if isinstance(model, TypeAdapter) else model.model_validate(payload)
     except ValidationError as err:
-        log.warning("rejected malformed %s: %s", model.__name__, err.errors()[0])
+        body = json.dumps(payload, default=str).encode()
+        keep_request(task, Reason.MALFORMED, first_error(err), body)
         return None
 
 
@@ -36,30 +40,30 @@ def register_ledger_tasks(app: Celery) -> None:
     @app.task(name=RECORD_COMPLETION, bind=True, acks_late=True, **RETRY)
     def record_completion(self: Task, signed: Any) -> dict[str, Any]:
         """Verify a miner's signed completion and credit its job once."""
-        parsed = _parse(SignedCompletion, signed)
+        parsed = _parse(self, SignedCompletion, signed)
         if parsed is None:
             return {"accepted": False, "reason": "malformed"}
-        verdict = services(self.app).ledger.record_completion(parsed).report()
+        verdict = services(self.app).ledger.record_completion(parsed, sender_of(self.request)).report()
         return {**verdict, "miner": parsed.completion.miner, "model_id": parsed.completion.model_id}
 
     @app.task(name=RECORD_FAILURE, bind=True, acks_late=True, **RETRY)
     def record_failure(self: Task, signed: Any) -> None:
         """A miner's signed report that its task raised: the job ends failed if a registered miner signed it
-        (a later valid completion is still verified)."""
-        parsed = _parse(SignedFailure, signed)
+        from its own broker user (a later valid completion is still verified)."""
+        parsed = _parse(self, SignedFailure, signed)
         if parsed is not None:
-            services(self.app).ledger.report_failure(parsed)
+            services(self.app).ledger.report_failure(parsed, sender_of(self.request))
 
     @app.task(name=REGISTER_MINER, bind=True, acks_late=True, **RETRY)
     def register_miner(self: Task, signed: Any) -> None:
         """Record a miner that proved it holds its key; completions from unknown keys are rejected."""
-        parsed = _parse(SignedHello, signed)
+        parsed = _parse(self, SignedHello, signed)
         if parsed is not None:
-            services(self.app).ledger.register_miner(parsed)
+            services(self.app).ledger.register_miner(parsed, sender_of(self.request))
 
     @app.task(name=RECORD_HEARTBEAT, bind=True, acks_late=True, **RETRY)
     def record_heartbeat(self: Task, signed: Any) -> None:
         """Count a miner's signed heartbeat towards its uptime this epoch (``heurist.ledger.uptime``)."""
-        parsed = _parse(SignedHeartbeat, signed)
+        parsed = _parse(self, SignedHeartbeat, signed)
         if parsed is not None:
-            services(self.app).uptime.record(parsed)
+            services(self.app).uptime.record(parsed, sender_of(self.request))

@@ -19,12 +19,15 @@ from amqp.exceptions import AccessRefused, NotAllowed
 from kombu import Connection, Exchange, Producer, Queue
 
 from heurist.access import BrokerAccess, MinerCredentials, broker_access, miner_user
+from heurist.access.backend import inbox_name
 from heurist.access.backends.embedded import EmbeddedAccess
 from heurist.access.backends.rabbitmq import RabbitMQAccess
 from heurist.access.permissions import miner_permissions
+from heurist.access.topology import setup_broker
+from heurist.catalog import load_catalog
 from heurist.client import Client
 from heurist.embedded import EmbeddedNetwork, wait_until
-from heurist.errors import HeuristError
+from heurist.errors import ConfigError, HeuristError
 from heurist.identity import Wallet
 from heurist.jobs import JobState
 from heurist.ledger.audit_service import AuditLedger
@@ -73,20 +76,27 @@ def _refused(conn: Connection, operation: Callable[[Any], object]) -> None:
         channel.basic_qos(0, 1, False)  # a publish is refused asynchronously: a synchronous call surfaces it
 
 
-def test_permissions_name_only_tier_queues_own_pidbox_and_ledger_writes() -> None:
+def test_permissions_configure_nothing_read_tiers_write_only_the_own_inbox_and_streams() -> None:
     user = miner_user("0x" + "ab" * 20)
-    perms = miner_permissions(user, "ledger", "audit")
-    readable = ["vram8.tiny-sd", "vram24.mixtral-8x7b", "private.vram8.x", f"{user}-vram8@host.celery.pidbox"]
-    for name in readable:
-        assert re.match(perms.read, name) and re.match(perms.configure, name), name
+    perms = miner_permissions(user, inbox_name(user), ("ledger", "audit.x"))
+    shared = ["vram8.tiny-sd", "ledger", "celeryev", "celery.pidbox", "reply.celery.pidbox", "heurist.stream",
+              inbox_name(user), "amq.default", f"{user}-vram8@host.celery.pidbox", "dead-letters"]
+    assert not any(re.match(perms.configure, name) for name in shared)  # miners declare nothing
+    for name in ["vram8.tiny-sd", "vram24.mixtral-8x7b", "private.vram8.x"]:
+        assert re.match(perms.read, name), name
     for name in ["ledger", "audit.tiny-sd", "celeryev", "unrouted", "amq.default", "vram7.x", "xvram8.x",
-                 f"{miner_user('0x' + 'cd' * 20)}-vram8@host.celery.pidbox"]:
+                 inbox_name(user), "heurist.stream", "dead-letters"]:
         assert not re.match(perms.read, name), name
-    assert re.match(perms.write, "ledger") and not re.match(perms.configure, "ledger")
-    assert re.match(perms.write, "heurist.stream") and not re.match(perms.read, "heurist.stream")
-    assert not re.match(perms.configure, "heurist.stream") and not re.match(perms.write, "heurist.streamx")
-    for name in ["amq.default", "audit.tiny-sd", "celery.pidbox"]:
+    assert re.match(perms.write, inbox_name(user)) and re.match(perms.write, "heurist.stream")
+    for name in ["ledger", "amq.default", "audit.tiny-sd", "celery.pidbox", "celeryev", "reply.celery.pidbox",
+                 "vram8.tiny-sd", inbox_name(miner_user("0x" + "cd" * 20)), "heurist.streamx", "heurist.dead"]:
         assert not re.match(perms.write, name), name
+    limited = miner_permissions(user, inbox_name(user), ("ledger",), max_vram_gb=12)
+    assert re.match(limited.read, "vram12.x") and not re.match(limited.read, "vram24.x")
+    with pytest.raises(ConfigError, match="no VRAM class fits"):
+        miner_permissions(user, inbox_name(user), ("ledger",), max_vram_gb=4)
+    with pytest.raises(ConfigError, match="looks like a miner's tier queue"):
+        miner_permissions(user, inbox_name(user), ("vram8.ledger",))
 
 
 def test_admin_url_defaults_to_the_broker_host_and_credentials() -> None:
@@ -95,34 +105,33 @@ def test_admin_url_defaults_to_the_broker_host_and_credentials() -> None:
     assert Settings(_env_file=None).resolved_broker_admin_url() is None  # type: ignore[call-arg]
 
 
-def test_miner_user_consumes_its_tier_and_writes_the_ledger_but_reads_no_trusted_queue(
-        creds: MinerCredentials, admin: Connection) -> None:
+def test_miner_user_consumes_its_tier_and_writes_its_inbox_but_reads_no_trusted_queue(
+        creds: MinerCredentials, admin: Connection, rabbit_url: str) -> None:
     assert creds.user == miner_user(creds.address) and creds.password not in repr(creds)
-    audit = Queue("audit.tiny-sd", Exchange("audit.tiny-sd", "direct"), "audit.tiny-sd")
-    audit(admin.default_channel).declare()
+    setup_broker(Settings(_env_file=None, broker_url=rabbit_url), load_catalog(None))  # type: ignore[call-arg]
     stream = Queue("heurist.stream.job", Exchange("heurist.stream", "direct", durable=True), "job")
     stream(admin.default_channel).declare()
-    Producer(admin.default_channel).publish({"job": 1}, exchange="", routing_key=TIER_QUEUE,
-                                            declare=[Queue(TIER_QUEUE, Exchange(TIER_QUEUE), TIER_QUEUE)])
+    Producer(admin.default_channel).publish({"job": 1}, exchange=TIER_QUEUE, routing_key=TIER_QUEUE)
+    inbox = inbox_name(creds.user)
     with Connection(creds.broker_url) as miner:
-        job = miner.SimpleQueue(Queue(TIER_QUEUE, Exchange(TIER_QUEUE), TIER_QUEUE)).get(timeout=5)
+        job = miner.SimpleQueue(Queue(TIER_QUEUE, no_declare=True)).get(timeout=5)
         assert job.payload == {"job": 1}
         job.ack()
-        Producer(miner.channel()).publish({"completion": 1}, exchange="ledger", routing_key="ledger")
+        Producer(miner.channel()).publish({"completion": 1}, exchange=inbox, routing_key=inbox, user_id=creds.user)
         Producer(miner.channel()).publish({"token": 1}, exchange="heurist.stream", routing_key="job")
         _refused(miner, lambda ch: ch.basic_consume("heurist.stream.job", callback=print))
+        _refused(miner, lambda ch: ch.basic_consume(inbox, callback=print))  # nor read what it sent
         _refused(miner, lambda ch: ch.basic_consume("ledger", callback=print))
-        _refused(miner, lambda ch: ch.basic_consume("audit.tiny-sd", callback=print))
         _refused(miner, lambda ch: ch.queue_delete("ledger"))
+        _refused(miner, lambda ch: Producer(ch).publish({}, exchange="ledger", routing_key="ledger"))
         _refused(miner, lambda ch: Producer(ch).publish({}, exchange="", routing_key="audit.tiny-sd"))
         _refused(miner, lambda ch: Producer(ch).publish({"method": "shutdown"}, exchange="celery.pidbox"))
-    ledger = admin.SimpleQueue(Queue("ledger", no_declare=True)).get(timeout=5)
-    assert ledger.payload == {"completion": 1}
-    ledger.ack()
+    sent = admin.SimpleQueue(Queue(inbox, no_declare=True)).get(timeout=5)
+    assert sent.payload == {"completion": 1} and sent.properties["user_id"] == creds.user
+    sent.ack()
     token = admin.SimpleQueue(Queue("heurist.stream.job", no_declare=True)).get(timeout=5)
     assert token.payload == {"token": 1}
     token.ack()
-    assert admin.default_channel.queue_declare("audit.tiny-sd", passive=True).message_count == 0
 
 
 def test_revoked_user_cannot_connect_until_restored(access: RabbitMQAccess, creds: MinerCredentials) -> None:

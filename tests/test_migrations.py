@@ -19,9 +19,9 @@ from heurist.db.schema import metadata
 
 LEDGER_TABLES = {"miners", "jobs", "completions", "points_entries", "rejections", "audits", "miner_events",
                  "api_keys", "credit_entries", "search_documents", "search_chunks", "miner_uptime",
-                 "rate_buckets"}
+                 "rate_buckets", "job_resends"}
 REPO = Path(__file__).resolve().parents[1]
-HEAD = "0009"  # the newest revision: a new migration must be listed here on purpose
+HEAD = "0012"  # the newest revision: a new migration must be listed here on purpose
 
 
 def table_names(url: str) -> set[str]:

@@ -15,6 +15,7 @@ from heurist.errors import HeuristError
 
 ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
 USER_PREFIX = "miner-"
+INBOX_PREFIX = "inbox."
 
 
 class BrokerAccessError(HeuristError):
@@ -33,6 +34,18 @@ def checked_address(address: str) -> str:
 def miner_user(address: str) -> str:
     """The broker user name of a miner: ``miner-<address lowercase>``; the hostname its worker uses too."""
     return USER_PREFIX + checked_address(address)
+
+
+def inbox_name(user: str) -> str:
+    """The queue (and same-named exchange) broker user ``user`` publishes to the ledger through: ``inbox.<user>``.
+    Only that user may write the exchange, so the queue a message arrives on names its sender."""
+    return INBOX_PREFIX + user
+
+
+def inbox_owner(queue: str) -> str | None:
+    """The broker user whose inbox ``queue`` is, None if it is not an inbox."""
+    owner = queue.removeprefix(INBOX_PREFIX)
+    return owner if queue.startswith(INBOX_PREFIX) and owner else None
 
 
 def address_of(user: str) -> str | None:
@@ -65,8 +78,9 @@ class BrokerAccess(ABC):
     """Creates, revokes and restores miners' access to the broker (trusted side: needs admin rights)."""
 
     @abstractmethod
-    def add_miner(self, address: str) -> MinerCredentials:
-        """Create the miner's user (a new password if it exists) with its permissions; refused if revoked."""
+    def add_miner(self, address: str, max_vram_gb: int | None = None) -> MinerCredentials:
+        """Create the miner's user (a new password if it exists) with its permissions and its inbox; refused if
+        revoked. ``max_vram_gb``: it may consume only the tier queues of VRAM classes up to that (None: all)."""
 
     @abstractmethod
     def revoke(self, address: str) -> None:
@@ -75,6 +89,10 @@ class BrokerAccess(ABC):
     @abstractmethod
     def restore(self, address: str) -> None:
         """Give a revoked miner its permissions back (same user and password as before)."""
+
+    @abstractmethod
+    def forget(self, address: str) -> None:
+        """Delete the miner's user and inbox altogether (tests, demos); a ban revokes instead."""
 
     @abstractmethod
     def list_miners(self) -> list[MinerAccount]:

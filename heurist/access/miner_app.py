@@ -1,43 +1,68 @@
 """A miner's Celery app, confined to what its broker user may do (``heurist.access.permissions``).
 
-Celery sends a task for a direct queue through the default exchange and declares the queue first. A miner
-user may do neither for the ``ledger`` queue: writing to ``amq.default`` reaches every queue and declaring
-``ledger`` needs the right to delete it. So the miner's app routes its ledger tasks (hello, completion,
-failure) to the ``ledger`` exchange by name and never declares the ledger queue; the trusted side declares
-it (the ledger at start, ``BrokerAccess.add_miner`` before handing out credentials), and the miner waits for
-it before its hello, which would otherwise be dropped. Embedded brokers have no users: nothing changes there.
+On RabbitMQ a miner declares nothing (it has no configure right): it consumes the tier queues the trusted side
+declared (``heurist broker setup``) and sends everything for the ledger (hello, heartbeats, completions,
+failures) through its own inbox exchange ``inbox.<user>``, with the AMQP ``user_id`` property set to its
+broker user, which RabbitMQ checks against the connection's user. The worker runs without events, gossip,
+mingle, heartbeats or remote control: each needs a shared exchange (``celeryev``, ``celery.pidbox``) that
+one miner could delete or spoof for everyone. Monitoring shows miners from the ledger's signed heartbeats.
+
+Embedded brokers have no users: there the miner sends to the ``ledger`` queue, as the trusted side does.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from amqp.exceptions import NotFound
 from celery import Celery
+from celery.signals import before_task_publish
 from kombu import Exchange, Queue
 
+from heurist.access.backend import inbox_name
+from heurist.access.queues import direct_queue
 from heurist.errors import HeuristError
 from heurist.settings import is_amqp
 from tasks.names import LEDGER_TASKS
 
 log = logging.getLogger(__name__)
 
+# What a miner's worker runs without (and the app settings that turn each off).
+QUIET = {"worker_enable_remote_control": False, "worker_send_task_events": False, "task_send_sent_event": False}
+WORKER_OPTIONS = {"without_gossip": True, "without_mingle": True, "without_heartbeat": True}
 
-def confine_miner(app: Celery, broker_url: str, ledger_queue: str, wait_s: float = 300.0) -> None:
-    """On AMQP, route the miner's messages to the ledger through the ``ledger`` exchange, declaring nothing,
-    once that exchange exists (waiting up to ``wait_s`` for the ledger to start).
 
-    Other brokers are left alone: kombu's virtual transports (the embedded SQLite broker) keep exchange
-    bindings in each process, so a miner that did not declare ``ledger`` could not route to it.
-    """
+def broker_user(broker_url: str) -> str:
+    """The user a broker URL logs in as (kombu's default: guest)."""
+    return unquote(urlsplit(broker_url).username or "guest")
+
+
+def confine_miner(app: Celery, broker_url: str, ledger_queue: str, queues: Sequence[str],
+                  wait_s: float = 300.0) -> None:
+    """Make ``app`` a miner's: quiet (``QUIET``); on AMQP also declaring nothing, consuming ``queues`` as they
+    are and routing its ledger tasks into its inbox with its ``user_id``, once the inbox exists (waiting up to
+    ``wait_s`` for it: `heurist broker add-miner` makes it)."""
+    app.conf.update(QUIET)
     if not is_amqp(broker_url):
         return
-    route = {"queue": ledger_queue, "exchange": ledger_queue, "routing_key": ledger_queue}
+    user = broker_user(broker_url)
+    inbox = inbox_name(user)
+    # "ledger" is the queue every miner-side sender names; for this app it is the inbox, declared by others.
+    to_ledger = Queue(ledger_queue, Exchange(inbox, "direct", no_declare=True), routing_key=inbox, no_declare=True)
+    route = {"queue": ledger_queue, "exchange": inbox, "routing_key": inbox}  # without both: amq.default
     app.conf.task_routes = {name: route for name in LEDGER_TASKS}
-    app.conf.task_queues = [Queue(ledger_queue, Exchange(ledger_queue, "direct", no_declare=True),
-                                  routing_key=ledger_queue, no_declare=True)]
-    _await_exchange(app, ledger_queue, wait_s)
+    app.conf.task_queues = [to_ledger, *(direct_queue(q, declare=False) for q in queues)]
+
+    def sign_as_user(sender: str | None = None, properties: dict[str, Any] | None = None, **_: Any) -> None:
+        if properties is not None and sender in LEDGER_TASKS:
+            properties["user_id"] = user
+
+    before_task_publish.connect(sign_as_user, weak=False)
+    _await_exchange(app, inbox, wait_s)
 
 
 def _await_exchange(app: Celery, name: str, wait_s: float) -> None:
@@ -53,10 +78,10 @@ def _await_exchange(app: Celery, name: str, wait_s: float) -> None:
                 return
             except NotFound:
                 if time.monotonic() > give_up:
-                    raise HeuristError(f"the ledger's exchange {name!r} is not on the broker after {wait_s:g}s: "
-                                       "start the ledger (`heurist ledger`) or ask the operator to run "
-                                       "`heurist broker add-miner`") from None
+                    raise HeuristError(f"this miner's inbox {name!r} is not on the broker after {wait_s:g}s: ask "
+                                       "the network's operator to run `heurist broker add-miner` for its "
+                                       "address and use the broker URL it prints") from None
                 if not waited:
-                    log.warning("waiting for the ledger's exchange %r to appear on the broker", name)
+                    log.warning("waiting for this miner's inbox %r to appear on the broker", name)
                 waited = True
                 time.sleep(0.5)

@@ -1,21 +1,20 @@
 """What a miner's RabbitMQ user may touch, as the configure/write/read regexes RabbitMQ checks.
 
 RabbitMQ checks a regex against the name of each queue or exchange an operation touches (the default
-exchange is ``amq.default``). The rules, and why each name is in them:
+exchange is ``amq.default``). The rules (``docs/trust-boundary.md`` says why for each):
 
-* tier queues (``vram8.tiny-sd``, ``private.vram8.x``) and their same-named exchanges: the worker
-  declares them (configure), binds queue to exchange (write on the queue, read on the exchange) and
-  consumes (read). Nothing else is readable: not ``ledger``, not ``audit.*``, not other miners' pidboxes.
-* ``ledger`` exchange: write only, so a miner can send completions and its hello but not read or delete
-  the ledger queue. Miners publish to it by name (``heurist.access.miner_app``), never to ``amq.default``,
-  which would let them write into any queue, ``audit.*`` included.
-* ``<user>-….celery.pidbox``: its own remote-control queue (``celery inspect`` sees the miner), bound to
-  the ``celery.pidbox`` fanout (read, to receive broadcasts; never write, which would let a miner send
-  ``shutdown`` to the ledger); replies go to ``reply.celery.pidbox`` (write).
-* ``heurist.stream`` exchange: write only, so a miner can publish a streamed job's tokens
-  (``heurist.streams``) but neither read other jobs' streams nor declare the exchange (applications do).
-* ``celeryev``: worker and task events for monitoring (write; never read, which would show every job's
-  arguments, presigned URLs included). So miners run without gossip and mingle.
+* **configure: nothing.** Only the trusted side declares (``heurist broker setup`` and ``add-miner``,
+  ``heurist.access.topology``). A configure right on any shared name let one ``exchange.delete("celeryev")``
+  stop the ledger, the auditor and every miner within 20 s, and a tier queue be deleted and re-declared with
+  ``x-max-length=0``.
+* **read: the tier queues of the miner's VRAM classes** (``vram8.tiny-sd``, ``private.vram8.x``): consuming
+  needs it. RabbitMQ's read right also allows ``queue.purge``; the stranded-job sweep re-sends purged jobs.
+  Nothing else is readable: not ``ledger``, not ``audit.*``, not another miner's inbox, not the streams.
+* **write: its own inbox exchange ``inbox.<user>``** (completions, hellos, heartbeats, failures: bounded, drained
+  fairly by the ledger, every message's ``user_id`` validated by the broker) **and ``heurist.stream``** (streamed
+  tokens, MAC'd with the job's stream key). Never ``amq.default`` (which reaches every queue), never a tier queue
+  (forged jobs), never ``ledger``, ``celeryev`` or ``celery.pidbox`` (miners run without events and remote
+  control: monitoring shows them from the ledger's signed heartbeats).
 """
 
 from __future__ import annotations
@@ -28,10 +27,8 @@ from heurist.errors import ConfigError
 
 TIERS = "|".join(re.escape(v.value) for v in VramClass)
 TIER_QUEUE = rf"(?:private\.)?(?:{TIERS})\.[a-z0-9][a-z0-9.-]*"
-PIDBOX_EXCHANGE = r"celery\.pidbox"
-REPLY_EXCHANGE = r"reply\.celery\.pidbox"
-EVENTS_EXCHANGE = r"celeryev"
 STREAM_EXCHANGE = r"heurist\.stream"
+NOTHING = "^$"
 
 
 @dataclass(frozen=True)
@@ -50,16 +47,21 @@ def _anchored(*names: str) -> str:
     return "^(?:" + "|".join(names) + ")$"
 
 
-def miner_permissions(user: str, ledger_queue: str, audit_prefix: str) -> Permissions:
-    """The permissions of miner user ``user``; ConfigError if a trusted queue name looks like a tier queue."""
-    for trusted in (ledger_queue, f"{audit_prefix}.x"):
-        if re.fullmatch(TIER_QUEUE, trusted):
-            raise ConfigError(f"trusted queue name {trusted!r} looks like a miner's tier queue; rename it "
+def tier_queues(max_vram_gb: int | None) -> str:
+    """The regex of the tier queues a miner of ``max_vram_gb`` may consume (None: every tier)."""
+    tiers = [v for v in VramClass if max_vram_gb is None or v.gb <= max_vram_gb]
+    if not tiers:
+        smallest = min(v.gb for v in VramClass)
+        raise ConfigError(f"--vram {max_vram_gb}: no VRAM class fits; the smallest is {smallest} GB")
+    return rf"(?:private\.)?(?:{'|'.join(re.escape(v.value) for v in tiers)})\.[a-z0-9][a-z0-9.-]*"
+
+
+def miner_permissions(user: str, inbox: str, trusted: tuple[str, ...], max_vram_gb: int | None = None) -> Permissions:
+    """The permissions of miner user ``user`` publishing to exchange ``inbox``; ConfigError if a trusted queue
+    name (``trusted``: the ledger queue, an audit queue) looks like a tier queue a miner may read."""
+    for name in trusted:
+        if re.fullmatch(TIER_QUEUE, name):
+            raise ConfigError(f"trusted queue name {name!r} looks like a miner's tier queue; rename it "
                               "(HEURIST_LEDGER_QUEUE, HEURIST_AUDIT_QUEUE_PREFIX)")
-    pidbox = re.escape(user) + r"-.+\.celery\.pidbox"
-    return Permissions(
-        configure=_anchored(TIER_QUEUE, pidbox, PIDBOX_EXCHANGE, REPLY_EXCHANGE, EVENTS_EXCHANGE),
-        write=_anchored(TIER_QUEUE, pidbox, re.escape(ledger_queue), REPLY_EXCHANGE, EVENTS_EXCHANGE,
-                        STREAM_EXCHANGE),
-        read=_anchored(TIER_QUEUE, pidbox, PIDBOX_EXCHANGE),
-    )
+    return Permissions(configure=NOTHING, write=_anchored(re.escape(inbox), STREAM_EXCHANGE),
+                       read=_anchored(tier_queues(max_vram_gb)))

@@ -5,16 +5,22 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from heurist.catalog import load_catalog
 from heurist.cli.common import console, err_console, print_json, redacted, settings_with
+from heurist.errors import ConfigError
+from heurist.settings import is_amqp
 
 app = typer.Typer(
     rich_markup_mode="markdown",
-    help="Per-miner broker users (trusted side: needs broker admin rights). On RabbitMQ each miner gets user "
-    "`miner-<address>`, allowed to consume only the tier queues (`vram8.*` ... `vram80.*`, `private.*`) and to publish "
-    "completions to the ledger, never to read the ledger or audit queues. The auditor revokes a miner it bans: "
-    "permissions removed, connections closed, its unfinished jobs go to other miners. The management API "
-    "comes from HEURIST_BROKER_ADMIN_URL (default: the broker's host, port 15672, the broker URL's "
-    "credentials). The embedded SQLite broker has no users: there, only the ledger's ban applies.",
+    help="The broker's shape and per-miner broker users (trusted side: needs broker admin rights). Run "
+    "`heurist broker setup` once per vhost (and after catalog changes), then `heurist broker add-miner ADDRESS` "
+    "per operator. On RabbitMQ each operator gets user `miner-<address>`: it may consume its tier queues "
+    "(`vram8.*` ... `vram80.*`, `private.*`), publish to its own bounded inbox `inbox.miner-<address>` and to "
+    "`heurist.stream`, and declare nothing (docs/trust-boundary.md). The auditor revokes an operator it bans: "
+    "permissions removed, connections closed, its unfinished jobs go to other miners. The management API comes "
+    "from HEURIST_BROKER_ADMIN_URL (default: the broker's host, port 15672, the broker URL's credentials). The "
+    "embedded SQLite broker has no users: there, only the ledger's ban applies. `heurist broker dead-letters` lists "
+    "the poison messages the ledger and the auditor refused and kept.",
     no_args_is_help=True,
 )
 
@@ -31,16 +37,41 @@ ADDRESS = typer.Argument(..., callback=_address, help="The miner's EVM address (
 JSON = typer.Option(False, "--json", help="Print JSON instead of text.")
 
 
+@app.command("setup")
+def setup(json_out: bool = JSON) -> None:
+    """Declare the network's queues, exchanges and policies on the broker's vhost (idempotent).
+
+    Tier queues (one per catalog model), the ledger queue, the dead letters, the stream exchange, and the
+    policies that bound every miner's inbox and dead-letter rejected messages. Miners may declare nothing,
+    so run this before the first miner starts, and again after a catalog change.
+    """
+    from heurist.access.topology import setup_broker
+
+    settings = settings_with()
+    if not is_amqp(settings.resolved_broker_url()):
+        raise ConfigError("`heurist broker setup` is for RabbitMQ (HEURIST_BROKER_URL=amqp://...): the embedded "
+                          "broker has no users, and every process declares what it uses")
+    report = setup_broker(settings, load_catalog(settings.catalog_path))
+    if json_out:
+        print_json(report.__dict__)
+        return
+    console.print(f"vhost {report.vhost!r}: {len(report.queues)} queues declared, policies "
+                  f"{', '.join(report.policies)} set")
+
+
 @app.command("add-miner")
-def add_miner(address: str = ADDRESS, json_out: bool = JSON) -> None:
-    """Create the miner's broker user (a new password if it exists) and print its broker URL.
+def add_miner(address: str = ADDRESS, json_out: bool = JSON,
+              vram: int | None = typer.Option(None, "--vram", min=1, help="The largest VRAM class (GB) this "
+                                              "operator may consume: with --vram 24 it reads vram8 ... vram24 "
+                                              "queues only. Default: every tier.")) -> None:
+    """Create the miner's broker user (a new password if it exists) and its inbox; print its broker URL.
 
     Hand the URL to the miner over a private channel; it runs `heurist miner --broker URL` (or sets
     HEURIST_BROKER_URL). A revoked (banned) miner is refused: `heurist broker restore` first.
     """
     from heurist.access import broker_access
 
-    creds = broker_access(settings_with()).add_miner(address)
+    creds = broker_access(settings_with()).add_miner(address, max_vram_gb=vram)
     if json_out:
         print_json({"address": creds.address, "user": creds.user, "broker_url": creds.broker_url})
         return
@@ -95,3 +126,50 @@ def miners(json_out: bool = JSON) -> None:
                       "?" if row.connections is None else str(row.connections))
     console.print(table)
 
+
+
+@app.command("dead-letters")
+def dead_letters(json_out: bool = JSON,
+                 limit: int = typer.Option(50, "--limit", "-n", min=1, max=10_000,
+                                           help="List at most this many, oldest first."),
+                 purge: bool = typer.Option(False, "--purge", help="Delete every kept message (asks first)."),
+                 yes: bool = typer.Option(False, "--yes", "-y", help="With --purge: do not ask.")) -> None:
+    """List the poison messages the ledger and the auditor refused and kept, without consuming them.
+
+    A trusted worker refuses a message that is **malformed** (not a task message, or a field its model
+    refuses), **oversized** (above HEURIST_MAX_MESSAGE_BYTES, refused before parsing), names an
+    **unknown-task** (Celery's built-ins included) or is **undecodable** (not JSON). It keeps the first
+    4 KB in the `dead-letters` queue with the reason, the detail, the source queue, the sender (the
+    broker-validated user: `miner-0x…` on RabbitMQ, empty on the embedded broker), the time and the size.
+    Messages RabbitMQ dead-lettered by itself (a consumer rejected them without requeue) show as
+    `broker-rejected`, with the queue from its `x-death` header. On RabbitMQ the queue is bounded by the
+    policy `heurist broker setup` sets (oldest dropped first); the embedded broker's is not. Listing
+    consumes nothing; `--purge` empties the queue.
+    """
+    from heurist.deadletters import DEAD_QUEUE
+    from heurist.deadletters.listing import peek
+    from heurist.deadletters.listing import purge as purge_queue
+
+    settings = settings_with()
+    if purge:
+        if not yes and not typer.confirm(f"Delete every message in {DEAD_QUEUE} on "
+                                         f"{redacted(settings.resolved_broker_url())}?"):
+            raise typer.Exit(1)
+        count = purge_queue(settings)
+        if json_out:
+            print_json({"purged": count})
+        else:
+            console.print(f"purged {count} message(s) from {DEAD_QUEUE}")
+        return
+    found = peek(settings, limit)
+    if json_out:
+        print_json({"total": found.total, "dead_letters": [letter.as_json() for letter in found.letters]})
+        return
+    table = Table(title=f"{DEAD_QUEUE}: {len(found.letters)} of {found.total} on "
+                        f"{redacted(settings.resolved_broker_url())}")
+    for column in ("time", "reason", "detail", "source", "sender", "size"):
+        table.add_column(column, overflow="fold", justify="right" if column == "size" else "left")
+    for letter in found.letters:
+        table.add_row(letter.time, letter.reason, letter.detail, letter.source, letter.sender or "-",
+                      f"{letter.size:,}")
+    console.print(table)

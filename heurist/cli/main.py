@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from heurist.cli import access, audit, bench, demo, gateway, keys, network, search, submit, up, wallet
+from heurist.cli import access, audit, bench, demo, gateway, jobs, keys, network, search, submit, up, wallet
 from heurist.cli import miners as miners_cli
 from heurist.cli.common import err_console
 from heurist.cli.doctor import doctor as doctor_command
@@ -38,6 +38,7 @@ app.command("up")(up.up)
 app.command("exporter")(exporter_command)
 app.command("flower")(flower_command)
 app.command("miners")(miners_cli.miners)
+jobs.register(app)
 app.command("doctor")(doctor_command)
 
 

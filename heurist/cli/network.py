@@ -71,14 +71,17 @@ def miner(
         raise typer.Exit(run_supervisor(settings, catalog, wallet, per_gpu, wanted,
                                         _per_gpu_args(key_file, wanted, loglevel),
                                         "cpu" if gpu_inventory else "cuda:0", console))
+    from heurist.jobs import delegation_payload
     from workers.miner.launch import MinerOptions, run_miner  # torch is imported only on the miner side
 
-    operator = wallet.address
-    if gpu_index is not None:
-        wallet = wallet.derive(gpu_index)
+    operator, delegation = wallet.address, None
+    if gpu_index is not None:  # the operator vouches for its GPU worker's key: the ledger binds it to its user
+        worker = wallet.derive(gpu_index)
+        wallet, delegation = worker, wallet.sign(delegation_payload(worker.address))
     run_miner(settings, catalog, wallet, MinerOptions(model_ids=None if wanted is None else tuple(wanted),
                                                       vram_gb=vram, device_kind=device, loglevel=loglevel,
-                                                      gpu_index=gpu_index, operator=operator))
+                                                      gpu_index=gpu_index, operator=operator,
+                                                      delegation=delegation))
 
 
 def _per_gpu_args(key_file: Path | None, wanted: list[str] | None, loglevel: str) -> list[str]:

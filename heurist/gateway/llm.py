@@ -5,6 +5,9 @@ Each request is one text job on the network. Credits are reserved for the worst 
 With ``stream: true`` the answer arrives as server-sent events, token by token as the miner produces them
 (``heurist.streams``); those tokens are previews, so the closing event (finish reason, usage) is sent only
 once the ledger has verified the stored answer, and an answer that fails verification ends with an error.
+The stream shows only chunks MACed with the job's stream key from one broker user, and its text must be the
+verified answer (or a prefix of it, the rest then sent from the verified answer), else it ends with a
+``stream_mismatch`` error event naming the stream's broker user (``heurist.stream_auth``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from heurist.gateway.llm_schemas import (
 )
 from heurist.jobs import TextOutput, TextParams
 from heurist.points import job_points
+from heurist.stream_auth import StreamMismatchError
 from heurist.streams import TokenStream
 from heurist.submission import text_params
 
@@ -71,10 +75,10 @@ def start(gw: Gateway, key_id: int, model: str, prompt: str, req: ChatCompletion
     return job
 
 
-def send(gw: Gateway, job: TextJob, stream: bool) -> None:
-    """Submit the reserved job; if it cannot be sent its reservation is refunded."""
+def send(gw: Gateway, job: TextJob, stream_key: str | None = None) -> None:
+    """Submit the reserved job (streamed with ``stream_key``); if it cannot be sent its reservation is refunded."""
     try:
-        gw.client.submit_params(job.spec, job.params, job_id=job.job_id, stream=stream)
+        gw.client.submit_params(job.spec, job.params, job_id=job.job_id, stream_key=stream_key)
     except BaseException:
         gw.credits.refund(job.job_id)
         raise
@@ -99,8 +103,15 @@ def usage(output: TextOutput) -> Usage:
 
 
 def complete(gw: Gateway, job: TextJob) -> tuple[TextOutput, float]:
-    send(gw, job, stream=False)
+    send(gw, job)
     return finish(gw, job)
+
+
+def completing_broker_user(gw: Gateway, job_id: str) -> str | None:
+    """The broker user of the miner whose completion the ledger verified for ``job_id``: a stream must come from
+    it. None when the ledger knows none (the embedded broker, a miner on a trusted user): the text check decides."""
+    view = gw.client.ledger.job(job_id)
+    return None if view is None or view.miner is None else gw.client.ledger.broker_user(view.miner)
 
 
 def _sse(body: dict[str, Any]) -> str:
@@ -113,16 +124,22 @@ def events(gw: Gateway, job: TextJob, kind: str, include_usage: bool) -> Iterato
     try:
         with TokenStream(gw.settings.resolved_broker_url(), job.job_id,
                          chunk_timeout_s=gw.settings.gateway_timeout_s) as stream:
-            send(gw, job, stream=True)
+            send(gw, job, stream.key)
             if kind == "chat":
                 yield _sse(chunk(job.job_id, job.created, model, kind, {"role": "assistant", "content": ""}, None))
             for piece in stream:
                 if piece.text:
                     yield _sse(chunk(job.job_id, job.created, model, kind, {"content": piece.text}, None))
         output, _ = finish(gw, job)
+        rest = stream.verify(output.text, completing_broker_user(gw, job.job_id))
+        if rest:  # the stream stopped short (its sender sent `done` early): the rest comes from the verified answer
+            yield _sse(chunk(job.job_id, job.created, model, kind, {"content": rest}, None))
         yield _sse(chunk(job.job_id, job.created, model, kind, {}, output.finish_reason))
         if include_usage:
             yield _sse(chunk(job.job_id, job.created, model, kind, {}, None, usage(output)))
+    except StreamMismatchError as err:
+        yield _sse(error_body(str(err), "stream_mismatch", None, "stream_mismatch", job_ids=[job.job_id],
+                              broker_user=err.broker_user))
     except (ApiError, HeuristError) as err:
         api = err if isinstance(err, ApiError) else from_heurist(err)
         yield _sse(error_body(api.message, api.type, api.param, api.code, job_ids=[job.job_id]))

@@ -13,12 +13,15 @@ from celery import Celery
 
 from heurist.catalog import Catalog
 from heurist.celery_app import create_app, only_tasks, run_worker, worker_pool
+from heurist.deadletters.consumer import keep_poison
 from heurist.ledger.factory import open_ledger, open_uptime
 from heurist.ledger.middleware import LedgerMiddleware
+from heurist.ledger.miner_events import MinerEvents, MonitoredUptime
 from heurist.ledger.redispatch import Redispatch
 from heurist.ledger.service import Ledger
+from heurist.ledger.sweep import install_sweep
 from heurist.services import Services
-from heurist.settings import Settings
+from heurist.settings import Settings, is_amqp
 from heurist.storage import make_store
 from tasks.ledger import register_ledger_tasks
 from tasks.names import LEDGER_TASKS
@@ -33,10 +36,20 @@ def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFacto
     store = make_store(settings)
     store.ensure_bucket()
     ledger = open_ledger(settings, catalog, store)
-    app = create_app(settings, Services("ledger", ledger=ledger, uptime=open_uptime(settings, ledger)))
+    app = create_app(settings, Services("ledger", ledger=ledger))
+    # Miners send no events of their own: Flower sees them through the ledger's verified heartbeats.
+    events = MinerEvents(app, settings.heartbeat_interval_s)
+    app.services.uptime = MonitoredUptime(open_uptime(settings, ledger), events)
     register_ledger_tasks(app)
     only_tasks(app, LEDGER_TASKS)  # a miner may publish here: Celery's built-ins (celery.group) are refused
+    keep_poison(app, settings)  # malformed, oversized, undecodable or unknown messages go to dead-letters
     ledger.middleware += [*middleware(app, settings, ledger), Redispatch(app, settings)]
+    if is_amqp(settings.resolved_broker_url()):  # miners send through their inboxes (heurist.ledger.inboxes)
+        from heurist.access.backends.rabbitmq import RabbitMQAccess
+        from heurist.ledger.inboxes import watch_inboxes
+
+        watch_inboxes(app, RabbitMQAccess.from_settings(settings), settings.inbox_poll_s)
+    install_sweep(app, settings, ledger)  # stranded jobs (purged, lost, never taken): re-sent, then failed
     pool, concurrency = worker_pool(settings.resolved_broker_url(), concurrency)
     worker = app.Worker(hostname=f"ledger@{socket.gethostname()}", queues=[settings.ledger_queue],
                         pool=pool, concurrency=concurrency, loglevel=loglevel, quiet=True)

@@ -3,7 +3,8 @@
 The report used to be Celery's ``link_error`` carrying a bare job id, so anyone who could publish into the
 ledger's queue could fail anyone's job. Now it is a ``SignedFailure`` (EIP-712, ``heurist.signing``), and the
 ledger checks, in order and before any write: the signature recovers to the miner the report names; that
-miner sent a signed hello (registered); it is not banned. Then the job ends FAILED unless it already has a
+miner sent a signed hello (registered); the report came from the broker user that key is bound to (on
+RabbitMQ: the inbox's validated ``user_id``); it is not banned. Then the job ends FAILED unless it already has a
 verdict (``JobBook.record_failure``), and a valid completion arriving later is still verified and credited.
 
 What remains: any registered miner may still fail any QUEUED job, including one it never received; the
@@ -26,15 +27,19 @@ from heurist.signing import failure_signer
 log = logging.getLogger(__name__)
 
 
-def refuse_failure(sessions: sessionmaker[Session], signed: SignedFailure) -> Reason | None:
-    """Why this failure report is not believed, or None when it may be recorded."""
+def refuse_failure(sessions: sessionmaker[Session], signed: SignedFailure, sender: str | None = None) -> Reason | None:
+    """Why this failure report is not believed, or None when it may be recorded. ``sender``: the broker user
+    whose inbox brought it (None: the embedded broker, which has no users)."""
     claim = signed.failure
     signer = failure_signer(signed)
     if signer is None or signer.lower() != claim.miner.lower():
         return Reason.BAD_SIGNATURE
     with sessions() as session:
-        if session.get(Miner, signer) is None:
+        miner = session.get(Miner, signer)
+        if miner is None:
             return Reason.UNKNOWN_SIGNER
+        if sender is not None and sender != miner.broker_user:
+            return Reason.WRONG_SENDER
         if read_banned(session, signer):
             return Reason.BANNED
     return None

@@ -50,10 +50,18 @@ class JobView:
     created_at: float
     deadline_at: float
     finished_at: float | None
+    frozen_key: str | None = None  # the credited bytes, where no URL can write (None: not frozen)
+    resends: int = 0  # times the stranded-job sweep sent it again (``heurist.ledger.sweep``)
 
     @property
     def points(self) -> float:
         return from_micro(self.points_micro)
+
+    @property
+    def stored_key(self) -> str:
+        """Where to read the credited output: its frozen copy (``heurist.storage.freeze``), or for a
+        completion accepted before outputs were frozen, the job's output key (check it against the sha256)."""
+        return self.frozen_key or self.output_key
 
     @property
     def tokens(self) -> int | None:
@@ -117,6 +125,19 @@ class LedgerReader:
             rows = session.execute(stmt).all()
         return [self._view(row[0], row[1], row[2]) for row in rows]
 
+    def recent_jobs(self, limit: int = 20, state: JobState | None = None, resent: bool = False) -> list[JobView]:
+        """The newest jobs first (``heurist jobs``): of one state, or only those the sweep sent again."""
+        points = (select(func.sum(PointsEntry.amount_micro)).where(PointsEntry.job_id == Job.id)
+                  .correlate(Job).scalar_subquery())
+        stmt = select(Job, CompletionRow, points).outerjoin(CompletionRow, CompletionRow.job_id == Job.id)
+        if state is not None:
+            stmt = stmt.where(Job.state == state)
+        if resent:
+            stmt = stmt.where(Job.resends > 0)
+        with self._sessions() as session:
+            rows = session.execute(stmt.order_by(Job.created_at.desc()).limit(limit)).all()
+        return [self._view(row[0], row[1], row[2]) for row in rows]
+
     @staticmethod
     def _view(job: Job, completion: CompletionRow | None, micro: Any) -> JobView:
         return JobView(
@@ -126,7 +147,8 @@ class LedgerReader:
             input_tokens=completion.input_tokens if completion else None,
             output_tokens=completion.output_tokens if completion else None,
             error=job.error, created_at=job.created_at, deadline_at=job.deadline_at,
-            finished_at=job.finished_at,
+            finished_at=job.finished_at, frozen_key=completion.frozen_key if completion else None,
+            resends=job.resends,
         )
 
     def miner_points(self) -> list[MinerPoints]:
@@ -165,6 +187,24 @@ class LedgerReader:
             rows = session.execute(select(Rejection.reason, Rejection.miner_address)
                                    .where(Rejection.job_id == job_id[:ID_LEN]).order_by(Rejection.id)).all()
         return [(r, m) for r, m in rows]
+
+    def broker_user(self, address: str) -> str | None:
+        """The broker user (operator) miner ``address``'s key is bound to; None if unknown, or if its hellos came
+        without one (the embedded broker, a trusted user). A streamed answer must come from this user."""
+        try:
+            checksummed = to_checksum_address(address)
+        except ValueError:
+            return None
+        with self._sessions() as session:
+            return session.scalar(select(Miner.broker_user).where(Miner.address == checksummed))
+
+    def operator_of(self, address: str) -> str:
+        """The operator address whose broker user miner ``address`` is bound to (a GPU worker's key belongs to
+        its box's operator); the address itself when unbound (the embedded broker) or unknown."""
+        from heurist.access.backend import address_of
+
+        user = self.broker_user(address)
+        return (address_of(user) if user else None) or address
 
     def is_registered(self, address: str) -> bool:
         """Whether a miner with this address has sent a valid signed hello."""

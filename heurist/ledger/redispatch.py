@@ -12,7 +12,7 @@ import logging
 
 from celery import Celery
 
-from heurist.dispatch import DispatchSigner, dispatch_signer, job_message, send_job
+from heurist.dispatch import DeadlinePassedError, DispatchSigner, dispatch_signer, job_message, send_job
 from heurist.ledger.middleware import LedgerMiddleware, Refused
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import Reason
@@ -32,11 +32,15 @@ def redispatch(app: Celery, ledger: Ledger, settings: Settings, job_id: str,
         return False
     taken = sum(reason is Reason.BANNED for reason, _ in ledger.reader.rejections(job_id))
     if taken >= MAX_BANNED_ATTEMPTS:
-        ledger.record_failure(job_id, f"taken {taken} times by banned miners")
+        ledger.book.record_failure(job_id, f"taken {taken} times by banned miners")
         return False
     spec = ledger.catalog[view.model_id]
-    message = job_message(job_id, spec.id, params, view.output_key, view.deadline_at, ledger.store,
-                          settings.presign_expiry_s)
+    try:  # its upload URL expires at the deadline: an overdue job cannot be done any more
+        message = job_message(job_id, spec.id, params, view.output_key, view.deadline_at, ledger.store,
+                              settings.presign_expiry_s, now=ledger.clock())
+    except DeadlinePassedError:
+        ledger.book.record_failure(job_id, "its deadline passed before it could be sent again")
+        return False
     send_job(app, (signer or dispatch_signer(settings)).sign(message), spec.queue)
     log.info("job %s sent again: a banned miner took it (%d time(s))", job_id, taken)
     return True

@@ -6,6 +6,9 @@ one short transaction: accepted, rejected, or a duplicate answered with the firs
 rests on unique constraints, not on the earlier read: ``completions.job_id`` is the primary key (one
 accepted completion per job) and ``points_entries.idempotency_key`` is unique. Two ledger workers racing on
 the same job both pass the reads; the second insert fails, rolls back, and is answered with the first verdict.
+
+Lateness is judged by the store's upload time of the output (``Attempt.uploaded_at``), never by when the
+ledger processed the message; the credited bytes are the frozen copy the last check made.
 """
 
 from __future__ import annotations
@@ -100,18 +103,19 @@ class Ledger:
 
     # ---------------------------------------------------------------------------------- miners, failures
 
-    def register_miner(self, signed: SignedHello) -> RegistrationVerdict:
+    def register_miner(self, signed: SignedHello, sender: str | None = None) -> RegistrationVerdict:
         """Record a miner that proved it holds its key (``heurist.ledger.registration``)."""
-        return register_miner(self.engine, self._sessions, self.clock, signed)
+        return register_miner(self.engine, self._sessions, self.clock, signed, sender)
 
     def record_failure(self, job_id: str, reason: str) -> None:
-        """A miner's task raised: the job ends FAILED unless it already has a verdict (``JobBook``)."""
-        self.book.record_failure(job_id, reason)
+        """A miner's task raised: the job ends FAILED unless it already has a verdict, or the report may be
+        about a stale copy of a re-sent job (``JobBook.record_failure``)."""
+        self.book.record_failure(job_id, reason, from_miner=True)
 
-    def report_failure(self, signed: SignedFailure) -> bool:
-        """A miner's signed failure report: recorded (True) only if signed by a registered, unbanned miner
-        (``heurist.ledger.failures``)."""
-        refusal = refuse_failure(self._sessions, signed)
+    def report_failure(self, signed: SignedFailure, sender: str | None = None) -> bool:
+        """A miner's signed failure report: recorded (True) only if signed by a registered, unbanned miner and
+        sent by its broker user (``heurist.ledger.failures``)."""
+        refusal = refuse_failure(self._sessions, signed, sender)
         if refusal is not None:
             log_refused(signed, refusal)
             return False
@@ -120,9 +124,9 @@ class Ledger:
 
     # ------------------------------------------------------------------------------------ completions
 
-    def record_completion(self, signed: SignedCompletion) -> CompletionVerdict:
+    def record_completion(self, signed: SignedCompletion, sender: str | None = None) -> CompletionVerdict:
         """Verify a signed completion and, if it holds, credit its job exactly once."""
-        attempt = Attempt(signed=signed, received_at=self.clock())
+        attempt = Attempt(signed=signed, received_at=self.clock(), sender=sender)
         refusal = self._verifier().verify(attempt)
         if refusal is None:
             verdict = self._accept(attempt)
@@ -172,7 +176,7 @@ class Ledger:
     def _accept(self, a: Attempt) -> CompletionVerdict:
         """Store the completion, credit the job, set its state: one transaction, or nothing."""
         assert a.job is not None and a.spec is not None and a.signer is not None
-        late_by = a.received_at - a.job.deadline_at
+        late_by = a.uploaded_at - a.job.deadline_at  # the store's clock, never the ledger's backlog
         late = late_by > 0
         micro = 0 if late else self._credit_micro(a.job, a.spec, a.claim)
         state = JobState.LATE if late else JobState.COMPLETED
@@ -187,13 +191,14 @@ class Ledger:
                                             created_at=a.received_at))
                 session.execute(update(Job).where(Job.id == a.job_id).values(
                     state=state, miner_address=a.signer, finished_at=a.received_at,
-                    error=f"delivered {late_by:.1f}s after the deadline: no points" if late else None))
+                    error=f"uploaded {late_by:.0f}s after the deadline (the store's clock): no points"
+                    if late else None))
         except IntegrityError:
             if not self._has_completion(a.job_id):
                 raise
             return self._duplicate(a)
         if late:
-            log.info("job %s late by %.1fs: output kept, no points", a.job_id, late_by)
+            log.info("job %s uploaded %.0fs late: output kept (frozen), no points", a.job_id, late_by)
         return CompletionVerdict(job_id=a.job_id, accepted=True, reason=Reason.LATE if late else None,
                                  points_micro=micro, state=state)
 
@@ -205,7 +210,8 @@ class Ledger:
                              input_tokens=c.input_tokens, output_tokens=c.output_tokens,
                              timings=c.timings.model_dump(mode="json"), device=c.device.model_dump(mode="json"),
                              weights_sha256=c.weights_sha256, finished_at=c.finished_at,
-                             signature=a.signed.signature, received_at=a.received_at)
+                             signature=a.signed.signature, received_at=a.received_at,
+                             frozen_key=a.frozen_key, uploaded_at=a.uploaded_at)
 
     def _has_completion(self, job_id: str) -> bool:
         with self._sessions() as session:

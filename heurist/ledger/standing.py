@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import ScalarSelect, func, select
 from sqlalchemy.orm import Session
 
-from heurist.ledger.tables import Audit, AuditOutcome, MinerEvent, MinerEventKind
+from heurist.ledger.tables import Audit, AuditOutcome, Miner, MinerEvent, MinerEventKind
 
 NEW_MINER_AUDITS = 5  # a miner is new (and its points sit in escrow) until this many audits pass
 RECENT_AUDITS = 10  # a failure among a miner's last this-many audits makes it suspicious (frozen in 0002)
@@ -62,9 +62,25 @@ def _recent_failed(miner: str, recent: int) -> ScalarSelect[Any]:
     return select(func.count()).select_from(latest).where(latest.c.outcome == AuditOutcome.FAILED).scalar_subquery()
 
 
-def read_banned(session: Session, miner: str) -> bool:
-    """Whether the miner is banned now (its latest banned/unbanned event is a ban)."""
+def _banned_alone(session: Session, miner: str) -> bool:
     return session.scalar(select(_latest(miner, MinerEventKind.BANNED, MinerEventKind.UNBANNED))) == "banned"
+
+
+def read_user_banned(session: Session, broker_user: str | None) -> bool:
+    """Whether any key of broker user (operator) ``broker_user`` is banned: a ban covers all of them, the
+    derived GPU-worker keys and a fresh key registered after the ban included."""
+    if broker_user is None:
+        return False
+    keys = session.scalars(select(Miner.address).where(Miner.broker_user == broker_user)).all()
+    return any(_banned_alone(session, key) for key in keys)
+
+
+def read_banned(session: Session, miner: str) -> bool:
+    """Whether the miner is banned now: its latest banned/unbanned event is a ban, or one of the other keys of
+    its broker user (its operator) is banned."""
+    if _banned_alone(session, miner):
+        return True
+    return read_user_banned(session, session.scalar(select(Miner.broker_user).where(Miner.address == miner)))
 
 
 def read_standing(session: Session, miner: str, recent: int = RECENT_AUDITS) -> MinerStanding:
@@ -75,8 +91,9 @@ def read_standing(session: Session, miner: str, recent: int = RECENT_AUDITS) -> 
         _latest(miner, MinerEventKind.FLAGGED, MinerEventKind.UNFLAGGED),
     )).one()
     passed, failed, recent_failed, ban, flag = row
+    banned = ban == MinerEventKind.BANNED.value or read_banned(session, miner)
     return MinerStanding(passed=int(passed), failed=int(failed), recent_failed=int(recent_failed or 0),
-                         banned=ban == MinerEventKind.BANNED.value, odd_metrics=flag == MinerEventKind.FLAGGED.value)
+                         banned=banned, odd_metrics=flag == MinerEventKind.FLAGGED.value)
 
 
-__all__ = ["NEW_MINER_AUDITS", "RECENT_AUDITS", "MinerStanding", "read_banned", "read_standing"]
+__all__ = ["NEW_MINER_AUDITS", "RECENT_AUDITS", "MinerStanding", "read_banned", "read_standing", "read_user_banned"]

@@ -82,6 +82,8 @@ class Reason(StrEnum):
     LATE = "late"
     BANNED = "banned"  # the miner failed too many audits: its hellos and completions are refused
     WEIGHTS_MISMATCH = "weights_mismatch"  # the miner attests model files other than the pinned ones
+    WRONG_SENDER = "wrong_sender"  # signed by a key that belongs to another broker user (operator)
+    OUTPUT_CHANGED = "output_changed"  # the object was overwritten between verification and freezing
 
 
 class Miner(Base):
@@ -94,6 +96,9 @@ class Miner(Base):
     last_seen: Mapped[float] = mapped_column(Double())
     models: Mapped[list[str]] = mapped_column(JSON())
     device: Mapped[dict[str, Any]] = mapped_column(JSON())
+    # The RabbitMQ user (one operator) whose inbox brought the key's first hello; only that user's messages
+    # count for this key, and a ban of any of the user's keys bans them all. None: the embedded broker.
+    broker_user: Mapped[str | None] = mapped_column(String(128), index=True, default=None)
 
 
 class MinerUptime(Base):
@@ -129,6 +134,24 @@ class Job(Base):
     )
     finished_at: Mapped[float | None] = mapped_column(Double(), index=True)  # the exporter and sweep read recent ones
     error: Mapped[str | None] = mapped_column(Text())
+    # Times the stranded-job sweep sent it again (``heurist.ledger.sweep``); its conditional UPDATE on this
+    # count is what makes two sweeps re-send a job once.
+    resends: Mapped[int] = mapped_column(Integer(), default=0, server_default="0")
+
+
+class JobResend(Base):
+    """One re-send of a job still QUEUED past its deadline (lost, purged or never taken), append-only.
+    ``(job_id, attempt)`` is unique: a re-send is recorded once however many sweeps race on it."""
+
+    __tablename__ = "job_resends"
+    __table_args__ = (UniqueConstraint("job_id", "attempt", name="uq_job_resends_job_id_attempt"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(ID_LEN), ForeignKey("jobs.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer())  # 1 for the first re-send
+    sent_at: Mapped[float] = mapped_column(Double())
+    previous_deadline_at: Mapped[float] = mapped_column(Double())  # the deadline that passed
+    deadline_at: Mapped[float] = mapped_column(Double())  # the fresh one: sent_at + the job's original duration
 
 
 class CompletionRow(Base):
@@ -149,6 +172,10 @@ class CompletionRow(Base):
     finished_at: Mapped[float] = mapped_column(Double())  # the miner's claim; kept so the signature verifies
     signature: Mapped[str] = mapped_column(String(132))
     received_at: Mapped[float] = mapped_column(Double())
+    # The credited bytes, copied where no URL can write (heurist.storage.freeze); None before migration 0011:
+    # readers then fall back to the job's output_key, checked against output_sha256.
+    frozen_key: Mapped[str | None] = mapped_column(String(KEY_LEN))
+    uploaded_at: Mapped[float | None] = mapped_column(Double())  # the store's LastModified: lateness's clock
 
 
 class PointsEntry(Base):
@@ -218,6 +245,7 @@ __all__ = [
     "CompletionRow",
     "EntryKind",
     "Job",
+    "JobResend",
     "Miner",
     "MinerEvent",
     "MinerEventKind",

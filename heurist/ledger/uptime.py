@@ -71,8 +71,9 @@ class UptimeBook:
         self.max_age_s = max_age_s if max_age_s is not None else max(60.0, 2 * epochs.interval_s)
         self._sessions = session_factory(engine)
 
-    def record(self, signed: SignedHeartbeat) -> HeartbeatVerdict:
-        """Verify a heartbeat and count its slot once; refusals are verdicts (logged), not errors."""
+    def record(self, signed: SignedHeartbeat, sender: str | None = None) -> HeartbeatVerdict:
+        """Verify a heartbeat and count its slot once; refusals are verdicts (logged), not errors. ``sender``: the
+        broker user whose inbox brought it, which must be the one the key is bound to (None: not checked)."""
         beat = signed.heartbeat
         signer = recover_signer(beat.signing_payload(), signed.signature)
         if signer is None or signer.lower() != beat.miner.lower():
@@ -81,8 +82,11 @@ class UptimeBook:
         if abs(now - beat.sent_at) > self.max_age_s:
             return self._refuse(signer, Reason.LATE, f"signed {now - beat.sent_at:+.0f}s from the ledger's clock")
         with session_scope(self._sessions) as session:
-            if session.get(Miner, signer) is None:
+            miner = session.get(Miner, signer)
+            if miner is None:
                 return self._refuse(signer, Reason.UNKNOWN_SIGNER, "no hello from this miner yet")
+            if sender is not None and sender != miner.broker_user:
+                return self._refuse(signer, Reason.WRONG_SENDER, f"sent by broker user {sender}, not its own")
             if read_banned(session, signer):
                 return self._refuse(signer, Reason.BANNED, "banned")
             session.execute(update(Miner).where(Miner.address == signer)

@@ -1,9 +1,11 @@
 """Verification of one signed completion: small checks in a fixed order, the first refusal wins.
 
 The order is cheapest and least trusting first: the signature before any database read, the database
-before object storage, so a forged or misaddressed completion costs no S3 round trip. Every check only
-reads, and none holds a write transaction, so S3 never keeps a database lock; the writer
-(``heurist.ledger.service.Ledger``) then records the verdict in one short transaction.
+before object storage, so a forged or misaddressed completion costs no S3 round trip. No check writes to
+the database or holds a transaction, so S3 never keeps a database lock; the writer
+(``heurist.ledger.service.Ledger``) then records the verdict in one short transaction. The last check,
+``_freeze_output``, is the one that writes, and only to storage: it makes an idempotent, content-addressed
+copy of the verified bytes (``heurist.storage.freeze``), so nothing is credited that is not frozen.
 ``_check_not_duplicate`` is only the fast path for redeliveries: exactly once rests on the writer's unique
 constraints.
 
@@ -25,6 +27,7 @@ from heurist.jobs import Completion, DeviceInfo, SignedCompletion
 from heurist.ledger.standing import MinerStanding, read_standing
 from heurist.ledger.tables import CompletionRow, Job, Miner, Reason
 from heurist.storage.backend import ObjectInfo, ObjectStore
+from heurist.storage.freeze import freeze
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,9 @@ class Attempt:
 
     signed: SignedCompletion
     received_at: float
+    sender: str | None = None  # the broker user whose inbox brought it (None: embedded broker, trusted user)
     signer: str | None = None
+    broker_user: str | None = None  # the broker user the signer's key is bound to
     registered: bool = False
     banned: bool = False
     escrow: bool = False  # credit as ESCROW: the miner has not passed enough audits yet
@@ -53,6 +58,7 @@ class Attempt:
     info: ObjectInfo | None = None
     standing: MinerStanding = field(default_factory=MinerStanding)
     registered_device: DeviceInfo | None = None
+    frozen_key: str | None = None  # where the verified bytes were copied (``heurist.storage.freeze``)
 
     @property
     def claim(self) -> Completion:
@@ -61,6 +67,23 @@ class Attempt:
     @property
     def job_id(self) -> str:
         return self.signed.completion.job_id
+
+    @property
+    def uploaded_at(self) -> float:
+        """When the output was written, by the store's clock: what lateness is judged by.
+
+        That is S3 ``LastModified`` from the HEAD in ``_check_output_exists``. The miner cannot move it,
+        and it does not depend on when the ledger got round to the message (``received_at``): a flood
+        that delays the ledger no longer makes honest work late. It has whole-second granularity (an HTTP
+        date, floored), so the true upload time is in ``[uploaded_at, uploaded_at + 1)``. A job is late
+        only if ``uploaded_at > deadline_at``, which gives the miner the benefit of under 1 s of doubt and
+        never penalises it for the granularity. The PUT URL expires at the deadline anyway
+        (``heurist.dispatch``), so the store itself refuses uploads after it. A store that reports no
+        time falls back to the ledger's receipt time.
+        """
+        if self.info is not None and self.info.last_modified is not None:
+            return self.info.last_modified
+        return self.received_at
 
 
 @dataclass(frozen=True)
@@ -99,6 +122,7 @@ def _load(v: Verifier, a: Attempt) -> Refusal | None:
         miner = session.get(Miner, a.signer)
         a.registered = miner is not None
         if miner is not None:
+            a.broker_user = miner.broker_user
             a.standing = read_standing(session, a.signer)
             a.registered_device = DeviceInfo.model_validate(miner.device) if miner.device else None
         a.banned = a.standing.banned
@@ -111,6 +135,15 @@ def _load(v: Verifier, a: Attempt) -> Refusal | None:
 def _check_signer(v: Verifier, a: Attempt) -> Refusal | None:
     if not a.registered:
         return Refusal(Reason.UNKNOWN_SIGNER, f"{a.signer} never sent a signed hello", miner=a.signer)
+    return None
+
+
+def _check_sender(v: Verifier, a: Attempt) -> Refusal | None:
+    """A completion counts only from the broker user (operator) the key is bound to: one relayed through
+    another miner's inbox (a claim re-signed by someone else, a key lent out) earns nothing."""
+    if a.sender is not None and a.sender != a.broker_user:
+        return Refusal(Reason.WRONG_SENDER, f"key {a.signer} belongs to broker user {a.broker_user}, the "
+                       f"completion came from {a.sender}", miner=a.signer)
     return None
 
 
@@ -186,6 +219,18 @@ def _check_size(v: Verifier, a: Attempt) -> Refusal | None:
     return None
 
 
+def _freeze_output(v: Verifier, a: Attempt) -> Refusal | None:
+    """Copy exactly the verified bytes (conditional on the ETag the HEAD saw) to a key no URL can write.
+    Clients and auditors read that copy, so an overwrite after the credit changes nothing they see. An
+    overwrite racing between the HEAD and the copy is not frozen, and the completion is refused."""
+    assert a.job is not None and a.info is not None
+    a.frozen_key = freeze(v.store, a.info, a.claim.output_sha256)
+    if a.frozen_key is None:
+        return Refusal(Reason.OUTPUT_CHANGED, f"the object at {a.job.output_key} changed between verification "
+                       "and freezing", miner=a.signer, marks_job=True)
+    return None
+
+
 Check = Callable[[Verifier, Attempt], Refusal | None]
 
 # The order is the contract: each check may rely on what the ones before it filled in.
@@ -193,6 +238,7 @@ CHECKS: tuple[Check, ...] = (
     _check_signature,
     _load,
     _check_signer,
+    _check_sender,
     _check_not_banned,
     _check_job,
     _check_model,
@@ -201,6 +247,7 @@ CHECKS: tuple[Check, ...] = (
     _check_output_exists,
     _check_sha256,
     _check_size,
+    _freeze_output,  # last: only verified bytes are frozen, and nothing is credited unfrozen
 )
 
 

@@ -45,6 +45,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "heurist_points_escrowed": ("gauge", "Points held in escrow now, network-wide."),
     "heurist_audits": ("counter", "Audit verdicts per model and outcome."),
     "heurist_rejections": ("counter", "Completions refused by the ledger, per reason."),
+    "heurist_job_resends": ("counter", "Stranded jobs (queued past their deadline: lost, purged or never taken) "
+                            "the ledger's sweep sent again, per model."),
     "heurist_miners_registered": ("gauge", "Miners that ever proved their key (signed hello)."),
     "heurist_miners_active": ("gauge", "Miners seen within the offline threshold, per tier (largest class served)."),
     "heurist_miners_banned": ("gauge", "Miners banned now (their latest ban/unban event is a ban)."),
@@ -122,7 +124,10 @@ class NetworkCollector(Collector):
         rejections = _counter("heurist_rejections", ["reason"])
         for reason, count in sorted(stats.rejections.items()):
             rejections.add_metric([reason], count)
-        return [submitted, finished, queued, audits, rejections]
+        resends = _counter("heurist_job_resends", ["model"])
+        for model in self._models(stats.resends):
+            resends.add_metric([model], stats.resends.get(model, 0))
+        return [submitted, finished, queued, audits, rejections, resends]
 
     def _latency_families(self) -> list[Metric]:
         out: list[Metric] = []

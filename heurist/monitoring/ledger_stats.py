@@ -25,6 +25,7 @@ from heurist.ledger.tables import (
     Audit,
     EntryKind,
     Job,
+    JobResend,
     Miner,
     MinerEvent,
     MinerEventKind,
@@ -49,6 +50,7 @@ class LedgerStats:
     points_escrowed: float = 0.0
     audits: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, outcome) -> audits
     rejections: dict[str, int] = field(default_factory=dict)  # reason -> completions refused
+    resends: dict[str, int] = field(default_factory=dict)  # model -> stranded jobs sent again
     miners_registered: int = 0
     miners_active: dict[str, int] = field(default_factory=dict)  # tier -> miners seen recently
     miners_banned: int = 0
@@ -69,6 +71,8 @@ class LedgerStatsReader:
                                      lookback_s=lookback_s)
         self.rejections = AppendOnlySums(Rejection.id, Rejection.received_at, [Rejection.reason],
                                          lookback_s=lookback_s)
+        self.resends = AppendOnlySums(JobResend.id, JobResend.sent_at, [_model_of(JobResend.job_id)],
+                                      lookback_s=lookback_s)
 
     def read(self, session: Session, active_since: float) -> LedgerStats:
         """Everything but latencies (``heurist.monitoring.latency``), in the caller's transaction."""
@@ -80,6 +84,7 @@ class LedgerStatsReader:
         _fold_points(self.points.update(session), stats)
         stats.audits = {(model, str(outcome)): n for (model, outcome), n in self.audits.update(session).items()}
         stats.rejections = {str(reason): n for (reason,), n in self.rejections.update(session).items()}
+        stats.resends = {str(model): n for (model,), n in self.resends.update(session).items()}
         stats.miners_registered = session.scalar(select(func.count()).select_from(Miner)) or 0
         active = session.execute(select(Miner.models).where(Miner.last_seen >= active_since)).scalars()
         stats.miners_active = miners_per_tier(self.catalog, active)

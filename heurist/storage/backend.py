@@ -15,6 +15,8 @@ class ObjectInfo:
     size: int
     content_type: str | None
     sha256: str | None  # hex; from the store's verified checksum, None if it kept none
+    etag: str | None = None  # without quotes; what a conditional copy names to copy exactly these bytes
+    last_modified: float | None = None  # unix s, the store's own clock, whole seconds (HTTP date, floored)
 
 
 class ObjectStore(ABC):
@@ -37,6 +39,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:
         """Size, type and stored sha256 of an object (HEAD with checksum mode), None if absent."""
+
+    @abstractmethod
+    def copy(self, source: str, dest: str, *, if_match: str) -> str | None:
+        """Server-side copy of ``source`` to ``dest`` only if ``source``'s ETag is still ``if_match``
+        (S3 ``x-amz-copy-source-if-match``); the new object's ETag (no quotes), None if the condition failed."""
 
     @abstractmethod
     def get(self, key: str) -> bytes:

@@ -1,38 +1,87 @@
-"""The attacker of the adversary suite: a restricted miner broker user of its own (``heurist broker add-miner``)
-and its own key, nothing else. Audits are off, so any message on an audit queue is the attacker's doing."""
+"""What every attack test needs: the trusted side's broker access, an honest miner on its own broker user, and
+raw Celery messages published the way an attacker would (kombu on its own restricted user, declaring nothing)."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from amqp.exceptions import NotFound
+from kombu import Connection, Producer
 
-from heurist.access import BrokerAccess, broker_access
+from heurist.access import BrokerAccess, MinerCredentials, broker_access
+from heurist.access.backend import inbox_name
 from heurist.access.backends.rabbitmq import RabbitMQAccess
-from heurist.embedded import EmbeddedNetwork
+from heurist.client import Client
+from heurist.embedded import EmbeddedNetwork, wait_until
 from heurist.identity import Wallet
 from tests.adversary.raw import Attacker
 
 
 @pytest.fixture(scope="module")
-def network_settings() -> dict[str, Any]:
-    return {"audit_base_rate": 0.0, "audit_new_miner_rate": 0.0, "audit_suspicious_rate": 0.0}
+def access(network: EmbeddedNetwork) -> Iterator[RabbitMQAccess]:
+    """The trusted side's broker access; the broker users made through it outlive the vhost, so they are deleted
+    afterwards (only those: users are broker-wide, and other test runs may be using theirs)."""
+    backend = broker_access(network.settings())
+    assert isinstance(backend, RabbitMQAccess)
+    made: list[str] = []
+    add_miner = backend.add_miner
+
+    def recording(address: str, max_vram_gb: int | None = None) -> MinerCredentials:
+        made.append(address)
+        return add_miner(address, max_vram_gb)
+
+    backend.add_miner = recording  # type: ignore[method-assign]
+    yield backend
+    for address in made:
+        backend.forget(address)
 
 
 @pytest.fixture(scope="module")
-def access(network: EmbeddedNetwork) -> Iterator[RabbitMQAccess]:
-    """The trusted side's broker access; the broker users made here outlive the vhost, so they are deleted."""
-    backend = broker_access(network.settings())
-    assert isinstance(backend, RabbitMQAccess)
-    before = {a.user for a in backend.list_miners()}
-    yield backend
-    for account in backend.list_miners():
-        if account.user not in before:
-            backend.api.call("DELETE", f"/users/{account.user}", allow_missing=True)
+def honest(network: EmbeddedNetwork, client: Client, access: BrokerAccess) -> str:
+    """An honest tiny-sd miner on its own broker user (`heurist broker add-miner`), registered."""
+    wallet = network.start_miner(["tiny-sd"], name="honest",
+                                 broker_url=lambda address: access.add_miner(address).broker_url)
+    wait_until(lambda: client.ledger.is_registered(wallet.address), 120, "the honest miner to register",
+               check=network.check_alive)
+    return wallet.address
+
+
+def task_headers(task: str) -> dict[str, Any]:
+    """Celery protocol-2 headers of a message running ``task``."""
+    task_id = str(uuid.uuid4())
+    return {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None, "group": None,
+            "retries": 0, "eta": None, "expires": None, "timelimit": [None, None], "argsrepr": "(...)",
+            "kwargsrepr": "{}", "origin": "attacker", "ignore_result": True}
+
+
+def task_body(*args: Any) -> bytes:
+    return json.dumps([list(args), {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
+
+
+def send_to_inbox(creds: MinerCredentials, task: str, *args: Any, confirm: bool = True) -> None:
+    """Publish ``task(*args)`` as the attacker into its own inbox, its only way to the ledger."""
+    inbox = inbox_name(creds.user)
+    with Connection(creds.broker_url, transport_options={"confirm_publish": confirm}) as conn:
+        Producer(conn.channel()).publish(task_body(*args), exchange=inbox, routing_key=inbox,
+                                         headers=task_headers(task), content_type="application/json",
+                                         content_encoding="utf-8", user_id=creds.user, retry=False)
+
+
+def ready(client: Client, queue: str) -> int:
+    """Messages waiting in ``queue``; a queue nobody declared holds none."""
+    with client.app.connection_for_write() as conn:
+        try:
+            return int(conn.channel().queue_declare(queue, passive=True).message_count)
+        except NotFound:
+            return 0
 
 
 @pytest.fixture(scope="module")
 def attacker(access: BrokerAccess) -> Attacker:
+    """A miner's key and its own restricted broker user, nothing else."""
     wallet = Wallet.create()
-    return Attacker(wallet, access.add_miner(wallet.address).broker_url)
+    return Attacker(wallet, access.add_miner(wallet.address))

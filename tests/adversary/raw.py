@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from amqp.exceptions import ChannelError
 from kombu import Connection, Producer
 
+from heurist.access import MinerCredentials
+from heurist.access.backend import inbox_name
 from heurist.client import Client
 from heurist.dispatch import job_message
 from heurist.identity import Wallet
@@ -34,9 +37,9 @@ def task_message(task: str, args: list[Any], task_id: str | None = None,
 
 def publish(broker_url: str, exchange: str, message: tuple[dict[str, Any], list[Any]], routing_key: str | None = None,
             **properties: Any) -> None:
-    """Publish as the attacker: its own broker user, declaring nothing."""
+    """Publish ``message`` declaring nothing, with publisher confirms: a refusal by the broker raises at once."""
     headers, body = message
-    with Connection(broker_url) as conn:
+    with Connection(broker_url, transport_options={"confirm_publish": True}) as conn:
         Producer(conn.channel()).publish(body, exchange=exchange, routing_key=routing_key or exchange,
                                          headers=headers, serializer="json", retry=False, **properties)
 
@@ -78,15 +81,35 @@ def http_trap() -> Iterator[Trap]:
 
 @dataclass(frozen=True)
 class Attacker:
-    """A miner's key and its own restricted broker user."""
+    """A miner's key and its own restricted broker user (``heurist broker add-miner``)."""
 
     wallet: Wallet
-    broker_url: str
+    creds: MinerCredentials
 
-    def send(self, queue: str, payload: Any, task_id: str, embed: dict[str, Any] | None = None,
-             **properties: Any) -> None:
-        """Publish a ``run_job`` message into a tier queue's exchange."""
-        publish(self.broker_url, queue, task_message(RUN_JOB, [payload], task_id, embed), **properties)
+    def try_tier(self, queue: str, message: tuple[dict[str, Any], list[Any]], **properties: Any) -> bool:
+        """Publish into a tier queue's exchange as itself; False when the broker refuses (miners may write only
+        their inbox and the stream exchange, ``heurist.access.permissions``)."""
+        try:
+            publish(self.creds.broker_url, queue, message, **properties)
+        except ChannelError:
+            return False
+        return True
+
+    def to_ledger(self, message: tuple[dict[str, Any], list[Any]]) -> None:
+        """Publish into its own inbox, its one way to the ledger (the broker checks ``user_id``)."""
+        inbox = inbox_name(self.creds.user)
+        publish(self.creds.broker_url, inbox, message, user_id=self.creds.user)
+
+
+def smuggle(client: Client, attacker: Attacker, queue: str, payload: Any, task_id: str,
+            embed: dict[str, Any] | None = None, **properties: Any) -> None:
+    """Put a ``run_job`` message into a tier queue. The broker refuses the attacker's own publish; the message is
+    then published with the trusted side's user, standing in for a broker that lets it through (the embedded
+    SQLite broker has no users; a vhost set up before ``heurist broker setup``), so the miner's own checks are
+    what is tested."""
+    message = task_message(RUN_JOB, [payload], task_id, embed)
+    assert not attacker.try_tier(queue, message, **properties), "the broker let a miner publish into a tier queue"
+    publish(client.app.conf.broker_url, queue, message, routing_key=queue, **properties)
 
 
 def recorded_job(client: Client, model: str, params: ImageParams | TextParams,

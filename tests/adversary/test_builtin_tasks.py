@@ -11,15 +11,14 @@ publish into the ``ledger`` exchange, as its completions do) and raw kombu.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from amqp.exceptions import NotFound
+from amqp.exceptions import AccessRefused
 from kombu import Connection, Producer
 
-from heurist.access import BrokerAccess, broker_access
-from heurist.access.backends.rabbitmq import RabbitMQAccess
+from heurist.access import BrokerAccess
+from heurist.access.backend import inbox_name
 from heurist.audit.middleware import audit_queue
 from heurist.client import Client
 from heurist.embedded import EmbeddedNetwork, wait_until
@@ -27,6 +26,7 @@ from heurist.identity import Wallet
 from heurist.jobs import JobState
 from heurist.ledger.audit_service import AuditLedger
 from tasks.names import AUDIT_JOB
+from tests.adversary.conftest import ready
 
 AUDIT_QUEUE = audit_queue("audit", "tiny-sd")
 
@@ -35,27 +35,6 @@ AUDIT_QUEUE = audit_queue("audit", "tiny-sd")
 def network_settings() -> dict[str, Any]:
     """No job is ever sampled: any message on an audit queue is the attacker's doing."""
     return {"audit_base_rate": 0.0, "audit_new_miner_rate": 0.0, "audit_suspicious_rate": 0.0}
-
-
-@pytest.fixture(scope="module")
-def access(network: EmbeddedNetwork) -> Iterator[RabbitMQAccess]:
-    """The trusted side's broker access; the broker users made here outlive the vhost, so they are deleted."""
-    backend = broker_access(network.settings())
-    assert isinstance(backend, RabbitMQAccess)
-    before = {a.user for a in backend.list_miners()}
-    yield backend
-    for account in backend.list_miners():
-        if account.user not in before:
-            backend.api.call("DELETE", f"/users/{account.user}", allow_missing=True)
-
-
-@pytest.fixture(scope="module")
-def honest(network: EmbeddedNetwork, client: Client, access: BrokerAccess) -> str:
-    wallet = network.start_miner(["tiny-sd"], name="honest",
-                                 broker_url=lambda address: access.add_miner(address).broker_url)
-    wait_until(lambda: client.ledger.is_registered(wallet.address), 120, "the honest miner to register",
-               check=network.check_alive)
-    return wallet.address
 
 
 def _group_of_replays(job_id: str, copies: int) -> tuple[dict[str, Any], list[Any]]:
@@ -71,30 +50,21 @@ def _group_of_replays(job_id: str, copies: int) -> tuple[dict[str, Any], list[An
     return headers, [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
 
 
-def _send_group(broker_url: str, exchange: str, job_id: str) -> None:
+def _send_group(broker_url: str, exchange: str, job_id: str, user_id: str | None = None) -> None:
     """Publish the group as the attacker: raw kombu on its own broker user, declaring nothing."""
     headers, body = _group_of_replays(job_id, copies=6)
-    with Connection(broker_url) as conn:
+    with Connection(broker_url, transport_options={"confirm_publish": True}) as conn:  # refusals surface here
         Producer(conn.channel()).publish(body, exchange=exchange, routing_key=exchange, headers=headers,
-                                         serializer="json", retry=False)
+                                         serializer="json", retry=False, user_id=user_id)
 
 
 def _handled(network: EmbeddedNetwork, client: Client, worker: str) -> str:
     """Wait until ``worker`` refused the group or the audit queue filled; the refusal line to look for."""
     refused = "Received unregistered task of type 'celery.group'"
     log = network.logs / f"{worker}.log"
-    wait_until(lambda: refused in log.read_text() or _ready(client, AUDIT_QUEUE) > 0, 30,
+    wait_until(lambda: refused in log.read_text() or ready(client, AUDIT_QUEUE) > 0, 30,
                f"the {worker} to handle the message", check=network.check_alive)
     return refused
-
-
-def _ready(client: Client, queue: str) -> int:
-    """Messages waiting in ``queue``; a queue nobody declared holds none."""
-    with client.app.connection_for_write() as conn:
-        try:
-            return int(conn.channel().queue_declare(queue, passive=True).message_count)
-        except NotFound:
-            return 0
 
 
 def test_celery_group_sent_to_the_ledger_is_refused(network: EmbeddedNetwork, client: Client,
@@ -102,13 +72,13 @@ def test_celery_group_sent_to_the_ledger_is_refused(network: EmbeddedNetwork, cl
     victim = client.submit_image("a lighthouse", model="tiny-sd", steps=8, seed=1).result(timeout=120)
     assert victim.state is JobState.COMPLETED and victim.miner == honest
     attacker = access.add_miner(Wallet.create().address)
-    _send_group(attacker.broker_url, "ledger", victim.job_id)
+    _send_group(attacker.broker_url, inbox_name(attacker.user), victim.job_id, attacker.user)  # its way to the ledger
     refused = _handled(network, client, "ledger")
-    assert _ready(client, AUDIT_QUEUE) == 0, "the ledger published the attacker's replay_job messages"
+    assert ready(client, AUDIT_QUEUE) == 0, "the ledger published the attacker's replay_job messages"
     assert refused in (network.logs / "ledger.log").read_text()
     after = client.submit_image("a harbour", model="tiny-sd", steps=8, seed=2).result(timeout=120)
     assert after.state is JobState.COMPLETED and after.miner == honest  # the ledger keeps working
-    assert _ready(client, AUDIT_QUEUE) == 0
+    assert ready(client, AUDIT_QUEUE) == 0
     assert not client.ledger.is_registered(attacker.address)
     assert attacker.address not in {m.address for m in client.ledger.miner_points()}
     audits = AuditLedger(client.ledger.engine)
@@ -120,10 +90,13 @@ def test_celery_group_sent_into_a_tier_queue_is_refused_by_the_miner(network: Em
                                                                      access: BrokerAccess, honest: str) -> None:
     victim = client.submit_image("a lighthouse", model="tiny-sd", steps=8, seed=3).result(timeout=120)
     attacker = access.add_miner(Wallet.create().address)
-    _send_group(attacker.broker_url, "vram8.tiny-sd", victim.job_id)  # a tier exchange miners may write to
+    with pytest.raises(AccessRefused):  # miners may not write a tier queue (forged jobs): the broker refuses it
+        _send_group(attacker.broker_url, "vram8.tiny-sd", victim.job_id)
+    # The trusted side could (a bug, a compromised client): the honest miner still runs only run_job.
+    _send_group(network.settings().resolved_broker_url(), "vram8.tiny-sd", victim.job_id)
     refused = _handled(network, client, "honest")
     assert refused in (network.logs / "honest.log").read_text()
-    assert _ready(client, AUDIT_QUEUE) == 0
+    assert ready(client, AUDIT_QUEUE) == 0
     after = client.submit_image("a harbour", model="tiny-sd", steps=8, seed=4).result(timeout=120)
     assert after.state is JobState.COMPLETED and after.miner == honest  # the miner keeps serving
     assert not client.ledger.is_registered(attacker.address)

@@ -5,8 +5,10 @@ the attacker's prompt, which the ledger credited and the victim downloaded.
 
 Now a miner runs only a ``SignedJob`` whose EIP-712 signature recovers to the network's dispatch address, within
 its deadline, its model's limits and the configured store (``workers.miner.admission``). Each attack is made two
-ways: a job the attacker writes and signs with its own key (it may publish into tier queues today), and a genuine
-signed job it took from a queue and changed (what it can still do once miners may no longer publish there). Each
+ways: a job the attacker writes and signs with its own key, and a genuine signed job it read from a queue and
+changed. The broker now refuses a miner's publish into a tier queue (``heurist.access.permissions``), and each
+test checks that first; the message is then put there with the trusted side's user, standing in for a broker that
+lets it through (the embedded broker has no users), so that the miner's own checks are tested too. Each
 test asserts the refusal (the miner's log names it), that nothing ran (no upload, no request to the attacker's
 server), that the victim's job then completes with the victim's own output, that the next honest job completes,
 and that nothing is credited to the attacker.
@@ -28,9 +30,14 @@ from heurist.client import Client
 from heurist.embedded import EmbeddedNetwork, wait_until
 from heurist.jobs import ImageParams, JobState, SignedJob, TextParams
 from heurist.signing import sign_job
-from tests.adversary.raw import Attacker, Trap, http_trap, recorded_job
+from tests.adversary.raw import Attacker, Trap, http_trap, recorded_job, smuggle
 
 IMAGE, TEXT = "tiny-sd", "smollm2-135m"
+
+
+@pytest.fixture(scope="module")
+def network_settings() -> dict[str, Any]:
+    return {"audit_base_rate": 0.0, "audit_new_miner_rate": 0.0, "audit_suspicious_rate": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +104,7 @@ def test_a_512px_image_on_a_256_max_model_is_refused(network: EmbeddedNetwork, c
         payload = forged(attacker, signed, params=big, output_url=f"{trap.url}/big.png")
     else:
         payload = altered(signed, params=big)
-    attacker.send(client.catalog[IMAGE].queue, payload, signed.job.job_id)
+    smuggle(client, attacker, client.catalog[IMAGE].queue, payload, signed.job.job_id)
     assert_refused(network, signed.job.job_id, "bad_signature")
     png = finish_genuine(client, attacker, signed, key, honest)
     assert Image.open(io.BytesIO(png)).size == (64, 64)  # the victim's own size, not the attacker's
@@ -116,7 +123,7 @@ def test_a_1050_token_text_job_is_refused(network: EmbeddedNetwork, client: Clie
         payload = forged(attacker, signed, params=long, output_url=f"{trap.url}/long.json")
     else:
         payload = altered(signed, params=long)
-    attacker.send(client.catalog[TEXT].queue, payload, signed.job.job_id)
+    smuggle(client, attacker, client.catalog[TEXT].queue, payload, signed.job.job_id)
     assert_refused(network, signed.job.job_id, "bad_signature")
     answer = json.loads(finish_genuine(client, attacker, signed, key, honest))
     assert 1 <= answer["output_tokens"] <= 4  # the victim's own limit
@@ -132,7 +139,7 @@ def test_an_upload_url_on_the_attackers_server_is_refused(network: EmbeddedNetwo
     signed, key = recorded_job(client, IMAGE, params)
     url = f"{trap.url}/steal?X-Amz-Signature=x"
     payload = forged(attacker, signed, output_url=url) if how == "forged" else altered(signed, output_url=url)
-    attacker.send(client.catalog[IMAGE].queue, payload, signed.job.job_id)
+    smuggle(client, attacker, client.catalog[IMAGE].queue, payload, signed.job.job_id)
     assert_refused(network, signed.job.job_id, "bad_signature")
     finish_genuine(client, attacker, signed, key, honest)
     assert trap.hits == [], "the miner sent a request to the attacker's server"
@@ -145,9 +152,9 @@ def test_a_victims_job_id_with_the_attackers_prompt_is_refused(network: Embedded
     victim = ImageParams(prompt="a lighthouse at dawn", width=64, height=64, steps=4, guidance=7.5, seed=9)
     theirs = victim.model_copy(update={"prompt": "the attacker's advert"})
     signed, key = recorded_job(client, IMAGE, victim)
-    attacker.send(client.catalog[IMAGE].queue, altered(signed, params=theirs), signed.job.job_id)
+    smuggle(client, attacker, client.catalog[IMAGE].queue, altered(signed, params=theirs), signed.job.job_id)
     assert_refused(network, signed.job.job_id, "bad_signature")
-    attacker.send(client.catalog[IMAGE].queue, forged(attacker, signed, params=theirs), signed.job.job_id)
+    smuggle(client, attacker, client.catalog[IMAGE].queue, forged(attacker, signed, params=theirs), signed.job.job_id)
     wait_until(lambda: (network.logs / "honest.log").read_text().count(
         f"refused job message {signed.job.job_id}: bad_signature") == 2, 60, "the second refusal")
     got = finish_genuine(client, attacker, signed, key, honest)
@@ -165,7 +172,7 @@ def test_a_genuine_message_replayed_after_its_deadline_is_refused(network: Embed
     params = ImageParams(prompt="a quiet harbour", width=64, height=64, steps=4, guidance=7.5, seed=10)
     signed, key = recorded_job(client, IMAGE, params, deadline_s=1.0)
     time.sleep(1.5)
-    attacker.send(client.catalog[IMAGE].queue, signed.model_dump(mode="json"), signed.job.job_id)
+    smuggle(client, attacker, client.catalog[IMAGE].queue, signed.model_dump(mode="json"), signed.job.job_id)
     assert_refused(network, signed.job.job_id, "expired")
     assert client.store.stat(key) is None  # not run
     view = client.ledger.job(signed.job.job_id)

@@ -5,10 +5,11 @@ with its own key and was credited.
 
 Now no heurist worker applies callbacks, errbacks, chains, chords, groups or reply-to from a message
 (``heurist.unlinked``), and the miner sends its signed completion (or signed failure) to the ledger's inbox
-itself. The attacker publishes, with raw AMQP on its own broker user: a genuine signed job carrying callbacks
-into its queue (the job runs, as it should: it is genuine; the completion reaches only the ledger), a forged job
-carrying errbacks (refused, and the refusal sends nothing to it either), a completion to the ledger carrying an
-immutable ``link`` to ``replay_job`` (no forced audit), and failure reports meant to fail a victim's job.
+itself. The attacker, with raw AMQP on its own broker user: republishes a genuine signed job carrying callbacks
+into its queue (the broker refuses; put there anyway, the job runs, as it should: it is genuine, and the
+completion reaches only the ledger), the same with a forged job carrying errbacks (refused, and the refusal
+sends nothing to it either), sends a completion to the ledger through its inbox carrying an immutable ``link``
+to ``replay_job`` (no forced audit), and failure reports meant to fail a victim's job.
 """
 
 from __future__ import annotations
@@ -29,10 +30,15 @@ from heurist.identity import Wallet
 from heurist.jobs import Failure, ImageParams, JobState
 from heurist.signing import sign_failure, sign_job
 from tasks.names import AUDIT_JOB, RECORD_COMPLETION, RECORD_FAILURE
-from tests.adversary.raw import Attacker, publish, recorded_job, task_message
+from tests.adversary.raw import Attacker, recorded_job, smuggle, task_message
 
 MODEL = "tiny-sd"
 AUDIT_QUEUE = audit_queue("audit", MODEL)
+
+
+@pytest.fixture(scope="module")
+def network_settings() -> dict[str, Any]:
+    return {"audit_base_rate": 0.0, "audit_new_miner_rate": 0.0, "audit_suspicious_rate": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +99,15 @@ def test_a_republished_job_with_callbacks_to_the_attacker_credits_the_honest_min
         network: EmbeddedNetwork, client: Client, honest: str, attacker: Attacker, inbox: str) -> None:
     params = ImageParams(prompt="a lighthouse", width=64, height=64, steps=4, guidance=7.5, seed=21)
     signed, _ = recorded_job(client, MODEL, params)
-    attacker.send(client.catalog[MODEL].queue, signed.model_dump(mode="json"), signed.job.job_id,
-                  callbacks_to(inbox), reply_to=inbox)
+    smuggle(client, attacker, client.catalog[MODEL].queue, signed.model_dump(mode="json"), signed.job.job_id,
+            callbacks_to(inbox), reply_to=inbox)
     [view] = client.wait_all([signed.job.job_id], timeout=120)
     assert view.state is JobState.COMPLETED and view.miner == honest  # genuine, so it runs; credited to its miner
     after = client.submit_image("a harbour", model=MODEL, steps=4, seed=22).result(timeout=120)
     assert after.state is JobState.COMPLETED and after.miner == honest
     assert ready(client, inbox) == 0, "the honest miner's completion reached the attacker's queue"
     logged(network, "honest", f"[{signed.job.job_id}]: ignoring callbacks, chain, errbacks")
-    attacker.send(client.catalog[MODEL].queue, signed.model_dump(mode="json"), signed.job.job_id)  # once more
+    smuggle(client, attacker, client.catalog[MODEL].queue, signed.model_dump(mode="json"), signed.job.job_id)
     logged(network, "honest", f"refused job message {signed.job.job_id}: replayed")
     assert client.ledger.points_entries(signed.job.job_id) == 1
     assert_nothing_for_the_attacker(client, attacker, honest)
@@ -114,7 +120,8 @@ def test_a_refused_job_sends_nothing_to_its_errbacks(network: EmbeddedNetwork, c
     params = ImageParams(prompt="a red fox", width=64, height=64, steps=4, guidance=7.5, seed=23)
     signed, _ = recorded_job(client, MODEL, params)
     forged = sign_job(attacker.wallet, signed.job).model_dump(mode="json")
-    attacker.send(client.catalog[MODEL].queue, forged, signed.job.job_id, callbacks_to(inbox), reply_to=inbox)
+    smuggle(client, attacker, client.catalog[MODEL].queue, forged, signed.job.job_id, callbacks_to(inbox),
+            reply_to=inbox)
     logged(network, "honest", f"refused job message {signed.job.job_id}: bad_signature")
     client._send(signed, client.catalog[MODEL].queue)  # the genuine one: the victim still gets its answer
     [view] = client.wait_all([signed.job.job_id], timeout=120)
@@ -131,8 +138,8 @@ def test_the_ledger_ignores_a_link_to_replay_job(network: EmbeddedNetwork, clien
     link = {"task": AUDIT_JOB, "args": [victim.job_id], "kwargs": {}, "subtask_type": None, "immutable": True,
             "options": {"queue": AUDIT_QUEUE}}
     message = task_message(RECORD_COMPLETION, [{"completion": "junk"}], embed={"callbacks": [link] * 3})
-    publish(attacker.broker_url, "ledger", message)
-    logged(network, "ledger", "rejected malformed SignedCompletion")
+    attacker.to_ledger(message)
+    logged(network, "ledger", "poison message kept in")
     after = client.submit_image("a harbour", model=MODEL, steps=4, seed=25).result(timeout=120)
     assert after.state is JobState.COMPLETED and after.miner == honest
     assert ready(client, AUDIT_QUEUE) == 0, "the ledger queued the attacker's replay_job"
@@ -155,8 +162,8 @@ def test_failure_reports_by_anyone_but_a_registered_miner_fail_nothing(
 
     other = Wallet.create()
     for args in ([job_id], [report(attacker.wallet, attacker.wallet.address)], [report(other, honest)]):
-        publish(attacker.broker_url, "ledger", task_message(RECORD_FAILURE, args))
-    logged(network, "ledger", "rejected malformed SignedFailure")
+        attacker.to_ledger(task_message(RECORD_FAILURE, args))
+    logged(network, "ledger", "poison message kept in", times=2)
     logged(network, "ledger", f"ignored failure report for job {job_id} claiming miner", times=2)
     view = client.ledger.job(job_id)
     assert view is not None and view.state is JobState.QUEUED

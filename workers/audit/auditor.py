@@ -22,6 +22,7 @@ from heurist.audit.metrics import ReportedMetrics, check_metrics
 from heurist.audit.middleware import audit_queue
 from heurist.catalog import Catalog, JobKind
 from heurist.celery_app import create_app, only_tasks, run_worker, worker_pool
+from heurist.deadletters.consumer import keep_poison
 from heurist.errors import HeuristError
 from heurist.jobs import ImageParams, TextOutput, TextParams
 from heurist.ledger.audit_service import AuditLedger, AuditResult
@@ -109,7 +110,7 @@ class Auditor:
         claim = read_claim(self.ledger.engine, job_id)
         if view is None or claim is None or view.output_sha256 is None:
             raise HeuristError(f"job {job_id} has no accepted completion to audit")
-        finding = self._check(self.pipelines[claim.model_id], claim, view.output_key, view.output_sha256)
+        finding = self._check(self.pipelines[claim.model_id], claim, view.stored_key, view.output_sha256)
         result = self.audits.record_audit(job_id, finding.passed, finding.reason, finding.detail, finding.metrics,
                                           auditor=self.name)
         if result.banned and not result.duplicate:
@@ -129,7 +130,11 @@ class Auditor:
                           miner, err, miner)
 
     def _check(self, pipeline: Pipeline, claim: AcceptedClaim, key: str, sha256: str) -> Finding:
-        """Cheapest first: the stored bytes, the weight attestation, the reported metrics, then the replay."""
+        """Cheapest first: the stored bytes, the weight attestation, the reported metrics, then the replay.
+
+        ``key`` is the frozen copy of the credited bytes (``heurist.storage.freeze``): an overwrite through
+        the job's URL after the credit cannot make an honest miner fail here. The sha256 check remains for
+        completions accepted before outputs were frozen."""
         claimed = self.ledger.store.get(key)
         if hashlib.sha256(claimed).hexdigest() != sha256:
             return Finding(False, AuditReason.OUTPUT_MISSING, "the stored output changed after it was credited", {})
@@ -150,11 +155,13 @@ def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], logl
     plan = plan_miner(catalog, model_ids, None, detect_device(None, settings.torch_threads))
     pipelines = load_pipelines(plan, settings.resolved_models_dir(), console)
     ledger = open_ledger(settings, catalog, store)
-    auditor = Auditor(ledger=ledger, audits=AuditLedger(ledger.engine), pipelines=pipelines,
-                      on_ban=[broker_access(settings).revoke])
+    access = broker_access(settings)
+    auditor = Auditor(ledger=ledger, audits=AuditLedger(ledger.engine), pipelines=pipelines,  # a ban revokes the
+                      on_ban=[lambda miner: access.revoke(ledger.reader.operator_of(miner))])  # operator's user
     app = create_app(settings, Services("auditor", auditor=auditor))
     register_audit_tasks(app)
     only_tasks(app, AUDIT_TASKS)
+    keep_poison(app, settings)
     queues = [audit_queue(settings.audit_queue_prefix, model_id) for model_id in pipelines]
     console.print(f"auditor consuming {', '.join(queues)}")
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)

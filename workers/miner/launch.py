@@ -17,7 +17,7 @@ from pathlib import Path
 from celery import Celery
 from rich.console import Console
 
-from heurist.access.miner_app import confine_miner
+from heurist.access.miner_app import WORKER_OPTIONS, confine_miner
 from heurist.catalog import Catalog, ModelSpec
 from heurist.celery_app import create_app, only_tasks, run_worker, worker_pool
 from heurist.errors import ConfigError, ModelNotPresentError
@@ -92,11 +92,13 @@ def load_pipelines(plan: MinerPlan, models_dir: Path, console: Console,
     return loaded
 
 
-def announce(app: Celery, wallet: Wallet, plan: MinerPlan, ledger_queue: str) -> None:
-    """Send a signed hello to the ledger before consuming, so our first completion finds us registered."""
-    hello = MinerHello(miner=wallet.address, models=[m.id for m in plan.models], queues=plan.queues,
-                       device=plan.device.info, started_at=time.time())
-    signed = SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload()))
+def announce(app: Celery, wallet: Wallet, plan: MinerPlan, ledger_queue: str, delegation: str | None = None) -> None:
+    """Send a signed hello to the ledger before consuming, so our first completion finds us registered. A GPU
+    worker's hello names its operator and carries the operator's ``delegation`` of its key."""
+    operator = plan.operator if delegation is not None else None
+    hello = MinerHello(miner=wallet.address, operator=operator, models=[m.id for m in plan.models],
+                       queues=plan.queues, device=plan.device.info, started_at=time.time())
+    signed = SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload()), operator_signature=delegation)
     app.send_task(REGISTER_MINER, args=[signed.model_dump(mode="json")], queue=ledger_queue)
 
 
@@ -128,6 +130,7 @@ class MinerOptions:
     loglevel: str = "INFO"
     gpu_index: int | None = None  # this is the worker of that GPU of a multi-GPU box ...
     operator: str | None = None  # ... whose own address is this
+    delegation: str | None = None  # ... and which signed heurist.jobs.delegation_payload(this worker's address)
     middleware: tuple[Middleware, ...] = ()  # run after the defaults (the cheats of workers.testing plug in here)
 
 
@@ -142,11 +145,12 @@ def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, options: Min
         console.print(f"[yellow]not serving[/] {reason}")
     serve(settings, wallet, plan, load_pipelines(plan, settings.resolved_models_dir(), console,
                                                  skip_missing=options.model_ids is None),
-          options.loglevel, console, middleware=options.middleware)
+          options.loglevel, console, middleware=options.middleware, delegation=options.delegation)
 
 
 def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[str, Pipeline],
-          loglevel: str = "INFO", console: Console | None = None, middleware: Sequence[Middleware] = ()) -> None:
+          loglevel: str = "INFO", console: Console | None = None, middleware: Sequence[Middleware] = (),
+          delegation: str | None = None) -> None:
     """Announce, then consume the queues of the plan's models that were loaded, with ``pipelines``, until
     stopped (one thread: no fork). ``middleware`` runs after the defaults; each one's load-time hook sees
     the pipelines once, here, before the runtime is built."""
@@ -159,13 +163,13 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     app = create_app(settings, Services("miner", miner_runtime=runtime))
     register_miner_tasks(app, settings.ledger_queue)
     only_tasks(app, MINER_TASKS)  # a job message naming another task (celery.group, ...) is refused
-    confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue)
+    confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue, plan.queues)
     install_heartbeats(app, wallet, settings.heartbeat_interval_s, settings.ledger_queue)
     app.conf.heurist_miner = miner_card(wallet, plan)  # `celery inspect conf`: Flower's worker page shows it
-    announce(app, wallet, plan, settings.ledger_queue)
+    announce(app, wallet, plan, settings.ledger_queue, delegation)
     console.print(f"miner {wallet.address} consuming {', '.join(plan.queues)}")
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
     worker = app.Worker(hostname=worker_hostname(wallet, plan), queues=plan.queues, pool=pool,
                         concurrency=concurrency, prefetch_multiplier=1, loglevel=loglevel, quiet=True,
-                        without_gossip=True, without_mingle=True)  # both need rights a miner user lacks
+                        **WORKER_OPTIONS)  # each needs a shared exchange a miner user may not touch
     run_worker(worker, "miner")

@@ -1,8 +1,10 @@
 """Publish a text job's tokens as they are made (``JobMessage.stream``), best effort.
 
-Chunks are unverified previews for the application (``heurist.streams``); the verified answer is still the
-stored object the ledger checks. So streaming never fails a job: the first publishing error is logged and
-the rest of the stream is dropped, while the job runs on.
+Chunks are previews for the application (``heurist.streams``); the verified answer is still the stored object
+the ledger checks. So streaming never fails a job: the first publishing error is logged and the rest of the
+stream is dropped, while the job runs on. Each chunk carries an HMAC under the job's ``stream_key`` and, on
+AMQP, the ``user_id`` property set to this miner's broker user, which RabbitMQ validates: the receiver drops
+chunks without both (``heurist.stream_auth``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from kombu import Producer
 from kombu.pools import ProducerPool
 
 from heurist.jobs import JobMessage, TokenChunk
-from heurist.streams import stream_route
+from heurist.stream_auth import sealed
+from heurist.streams import publisher_user, stream_route
 from workers.miner.pipelines.backend import OnToken
 
 log = logging.getLogger(__name__)
@@ -28,9 +31,11 @@ class TokenPublisher:
     broker-side refusal (no exchange, no permission) closes only that channel, not Celery's.
     """
 
-    def __init__(self, producers: ProducerPool, job_id: str) -> None:
+    def __init__(self, producers: ProducerPool, job_id: str, key: str) -> None:
         self.producers = producers
         self.job_id = job_id
+        self.key = key
+        self._user: dict[str, str] = {}
         self.index = 0
         self.failed = False
         self.finished = False
@@ -43,6 +48,8 @@ class TokenPublisher:
             self._lease = self.producers.acquire(block=True, timeout=5)
             self._channel = self._lease.connection.channel()
             self._exchange, self._routing_key = stream_route(self._lease.connection, self.job_id)
+            user = publisher_user(self._lease.connection)
+            self._user = {} if user is None else {"user_id": user}
             self._producer = Producer(self._channel)
         except Exception:
             self._fail("could not open a channel")
@@ -74,10 +81,10 @@ class TokenPublisher:
         if self.failed:
             return
         try:
-            chunk = TokenChunk(job_id=self.job_id, index=self.index, **fields)
+            chunk: TokenChunk = sealed(self.key, job_id=self.job_id, index=self.index, **fields)
             self._producer.publish(chunk.model_dump(mode="json"), exchange=self._exchange,
                                    routing_key=self._routing_key, serializer="json", delivery_mode=1,
-                                   retry=False)
+                                   retry=False, **self._user)
         except Exception:
             self._fail(f"publishing chunk {self.index} failed")
 
@@ -103,6 +110,6 @@ class NoStream:
 
 def token_stream(job: JobMessage, producers: ProducerPool | None) -> TokenPublisher | NoStream:
     """The publisher for ``job``: a real one only if it asked to stream and the worker has a broker."""
-    if job.stream and producers is not None:
-        return TokenPublisher(producers, job.job_id)
+    if job.stream and job.stream_key is not None and producers is not None:
+        return TokenPublisher(producers, job.job_id, job.stream_key)
     return NoStream()

@@ -31,7 +31,7 @@ class EmbeddedAccess(BrokerAccess):
     def from_settings(cls, settings: Settings) -> EmbeddedAccess:
         return cls(settings.resolved_broker_url(), settings.data_dir.resolve() / "broker-access.json")
 
-    def add_miner(self, address: str) -> MinerCredentials:
+    def add_miner(self, address: str, max_vram_gb: int | None = None) -> MinerCredentials:
         address = checked_address(address)
         state = self._load()
         if state.get(address):
@@ -50,6 +50,10 @@ class EmbeddedAccess(BrokerAccess):
     def restore(self, address: str) -> None:
         address = checked_address(address)
         self._save({**self._load(), address: False})
+
+    def forget(self, address: str) -> None:
+        address = checked_address(address)
+        self._save({k: v for k, v in self._load().items() if k != address})
 
     def list_miners(self) -> list[MinerAccount]:
         return [MinerAccount(address=address, user=SHARED_USER, active=not revoked, connections=None)

@@ -25,6 +25,7 @@ from heurist.access.backend import (
     MinerCredentials,
     address_of,
     checked_address,
+    inbox_name,
     miner_user,
 )
 from heurist.access.permissions import Permissions, miner_permissions
@@ -33,10 +34,11 @@ from heurist.settings import Settings
 
 log = logging.getLogger(__name__)
 
+VRAM_TAG = "heurist-vram-"  # a user tag recording `add-miner --vram GB`
 CLOSE_REASON = "heurist: broker access revoked (miner banned or revoked by an operator)"
 
 
-def _q(name: str) -> str:
+def quoted(name: str) -> str:
     """One path segment of the management API (a vhost '/' becomes %2F)."""
     return quote(name, safe="")
 
@@ -102,23 +104,27 @@ class RabbitMQAccess(BrokerAccess):
                               "set it to the RabbitMQ management API, http://USER:PASSWORD@HOST:15672")
         return cls(settings.resolved_broker_url(), admin_url, settings.ledger_queue, settings.audit_queue_prefix)
 
-    def add_miner(self, address: str) -> MinerCredentials:
+    def add_miner(self, address: str, max_vram_gb: int | None = None) -> MinerCredentials:
         user = miner_user(address)
-        self._check_vhost()
+        self.check_vhost()
         if self._exists(user) and not self._permitted(user):
             raise BrokerAccessError(f"miner {address} is revoked on the broker (banned?); give it access back "
                                     f"with `heurist broker restore {address}` if that is really meant")
+        self.permissions(user, max_vram_gb)  # a bad --vram fails before the user is made
         password = secrets.token_urlsafe(24)
-        self.api.call("PUT", f"/users/{_q(user)}", json={"password": password, "tags": ""})
-        self._ensure_ledger_route()
-        self._permit(user)
+        tags = "" if max_vram_gb is None else f"{VRAM_TAG}{max_vram_gb}"
+        self.api.call("PUT", f"/users/{quoted(user)}", json={"password": password, "tags": tags})
+        from heurist.access.topology import declare_inbox
+
+        declare_inbox(self.api, self.vhost, user)
+        self._permit(user, max_vram_gb)
         return MinerCredentials(address=checked_address(address), user=user, password=password,
                                 broker_url=self._url_for(user, password))
 
     def revoke(self, address: str) -> None:
         user = miner_user(address)
-        self._check_vhost()
-        removed = self.api.call("DELETE", f"/permissions/{_q(self.vhost)}/{_q(user)}", allow_missing=True)
+        self.check_vhost()
+        removed = self.api.call("DELETE", f"/permissions/{quoted(self.vhost)}/{quoted(user)}", allow_missing=True)
         if removed is None and not self._exists(user):
             log.warning("miner %s has no broker user of its own: nothing to revoke on the broker (the ledger "
                         "still refuses its completions if it is banned)", address)
@@ -130,21 +136,20 @@ class RabbitMQAccess(BrokerAccess):
 
     def restore(self, address: str) -> None:
         user = miner_user(address)
-        self._check_vhost()
+        self.check_vhost()
         if not self._exists(user):
             raise BrokerAccessError(f"miner {address} has no broker user: create one with "
                                     f"`heurist broker add-miner {address}`")
-        self._ensure_ledger_route()
-        self._permit(user)
+        self._permit(user, self._max_vram(user))
 
     def list_miners(self) -> list[MinerAccount]:
         """Miner users allowed on this vhost, and revoked ones (allowed nowhere). Users are broker-wide: one
         allowed only on another vhost belongs to another network and is left out."""
-        self._check_vhost()
+        self.check_vhost()
         vhosts: dict[str, set[str]] = {}
         for permission in self.api.get("/permissions") or []:
             vhosts.setdefault(permission["user"], set()).add(permission["vhost"])
-        connections = Counter(c.get("user") for c in self.api.get(f"/vhosts/{_q(self.vhost)}/connections") or [])
+        connections = Counter(c.get("user") for c in self.api.get(f"/vhosts/{quoted(self.vhost)}/connections") or [])
         accounts = []
         for user in self.api.get("/users") or []:
             name, address = user["name"], address_of(user["name"])
@@ -154,43 +159,47 @@ class RabbitMQAccess(BrokerAccess):
                                              active=self.vhost in allowed, connections=connections[name]))
         return sorted(accounts, key=lambda a: a.address.lower())
 
-    def permissions(self, user: str) -> Permissions:
-        """What ``user`` (a miner's) is allowed on this vhost."""
-        return miner_permissions(user, self.ledger_queue, self.audit_prefix)
+    def permissions(self, user: str, max_vram_gb: int | None = None) -> Permissions:
+        """What ``user`` (a miner's) is allowed on this vhost: consume its tiers, write its inbox and streams."""
+        return miner_permissions(user, inbox_name(user), (self.ledger_queue, f"{self.audit_prefix}.x"),
+                                 max_vram_gb)
 
-    def _permit(self, user: str) -> None:
-        self.api.call("PUT", f"/permissions/{_q(self.vhost)}/{_q(user)}", json=self.permissions(user).as_json())
+    def forget(self, address: str) -> None:
+        """Delete the miner's broker user and inbox (tests and demos clean up; a ban revokes instead)."""
+        user = miner_user(address)
+        self._close_connections(user)
+        self.api.call("DELETE", f"/users/{quoted(user)}", allow_missing=True)
+        self.api.call("DELETE", f"/queues/{quoted(self.vhost)}/{quoted(inbox_name(user))}", allow_missing=True)
+        self.api.call("DELETE", f"/exchanges/{quoted(self.vhost)}/{quoted(inbox_name(user))}", allow_missing=True)
+
+    def _permit(self, user: str, max_vram_gb: int | None) -> None:
+        self.api.call("PUT", f"/permissions/{quoted(self.vhost)}/{quoted(user)}",
+                      json=self.permissions(user, max_vram_gb).as_json())
+
+    def _max_vram(self, user: str) -> int | None:
+        """The VRAM limit ``add-miner --vram`` recorded in the user's tags (restores keep it)."""
+        tags = (self.api.get(f"/users/{quoted(user)}") or {}).get("tags") or []
+        tags = tags.split(",") if isinstance(tags, str) else tags
+        limits = [int(t.removeprefix(VRAM_TAG)) for t in tags if t.startswith(VRAM_TAG) and t[len(VRAM_TAG):].isdigit()]
+        return limits[0] if limits else None
 
     def _exists(self, user: str) -> bool:
-        return self.api.get(f"/users/{_q(user)}") is not None
+        return self.api.get(f"/users/{quoted(user)}") is not None
 
     def _permitted(self, user: str) -> bool:
-        return self.api.get(f"/permissions/{_q(self.vhost)}/{_q(user)}") is not None
+        return self.api.get(f"/permissions/{quoted(self.vhost)}/{quoted(user)}") is not None
 
-    def _check_vhost(self) -> None:
+    def check_vhost(self) -> None:
         if self._vhost_checked:
             return
-        if self.api.get(f"/vhosts/{_q(self.vhost)}") is None:
+        if self.api.get(f"/vhosts/{quoted(self.vhost)}") is None:
             raise BrokerAccessError(f"vhost {self.vhost!r} of HEURIST_BROKER_URL does not exist on the broker: "
                                     f"create it (`rabbitmqctl add_vhost {self.vhost}`) or fix the URL's path")
         self._vhost_checked = True
 
-    def _ensure_ledger_route(self) -> None:
-        """Declare the ledger's exchange, queue and binding as Celery would, so a miner's first completion
-        is never dropped because the ledger has not started yet (miners may not declare them)."""
-        vhost, name = _q(self.vhost), _q(self.ledger_queue)
-        if self.api.get(f"/queues/{vhost}/{name}") is None:
-            self.api.call("PUT", f"/queues/{vhost}/{name}", json={"durable": True, "auto_delete": False,
-                                                                   "arguments": {}})
-        self.api.call("PUT", f"/exchanges/{vhost}/{name}", json={"type": "direct", "durable": True,
-                                                                  "auto_delete": False, "internal": False,
-                                                                  "arguments": {}})
-        self.api.call("POST", f"/bindings/{vhost}/e/{name}/q/{name}", json={"routing_key": self.ledger_queue,
-                                                                            "arguments": {}})
-
     def _close_connections(self, user: str, timeout_s: float = 10.0) -> int:
         """Close every connection of ``user`` and wait until the broker lists none; how many there were."""
-        path = f"/connections/username/{_q(user)}"
+        path = f"/connections/username/{quoted(user)}"
         seen: set[str] = set()
         give_up = time.monotonic() + timeout_s
         while open_ := self.api.get(path) or []:
@@ -204,4 +213,4 @@ class RabbitMQAccess(BrokerAccess):
     def _url_for(self, user: str, password: str) -> str:
         host = self.broker.netloc.rpartition("@")[2]
         query = f"?{self.broker.query}" if self.broker.query else ""
-        return f"{self.broker.scheme}://{_q(user)}:{_q(password)}@{host}{self.broker.path}{query}"
+        return f"{self.broker.scheme}://{quoted(user)}:{quoted(password)}@{host}{self.broker.path}{query}"

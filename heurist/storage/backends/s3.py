@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTT
 
 from heurist.errors import ConfigError, StorageError
 from heurist.storage.backend import ObjectInfo, ObjectStore
+from heurist.storage.freeze import FROZEN_PREFIX
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 MAX_PRESIGN_S = 7 * 24 * 3600  # SigV4 limit
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+_PRECONDITION_FAILED = {"412", "PreconditionFailed"}
 _CREDENTIAL_HINTS = {
     "InvalidAccessKeyId": "the access key is unknown to the service: check HEURIST_S3_ACCESS_KEY",
     "SignatureDoesNotMatch": "the secret key does not match the access key: check HEURIST_S3_SECRET_KEY",
@@ -65,6 +67,11 @@ def _check_endpoint(endpoint: str) -> None:
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"HEURIST_S3_ENDPOINT={endpoint!r} is not a valid URL; use e.g. http://127.0.0.1:8333")
+
+
+def _unquote(etag: str | None) -> str | None:
+    """An ETag without its quotes (HEAD quotes it, SeaweedFS's copy result does not)."""
+    return etag.strip('"') if etag else None
 
 
 def _error_code(exc: ClientError) -> str:
@@ -136,8 +143,13 @@ class S3ObjectStore(ObjectStore):
         """A PUT URL for one object whose sha256 the service computes and keeps (see the module doc).
 
         With ``sha256`` (hex), the URL signs that checksum instead: the uploader must send it as
-        ``x-amz-checksum-sha256`` and the service refuses a body that does not match it.
+        ``x-amz-checksum-sha256`` and the service refuses a body that does not match it. Keys under
+        ``frozen/`` are never presigned for writing: that prefix holds credited outputs
+        (``heurist.storage.freeze``), and a URL is the only way a miner can write anything.
         """
+        if key.startswith(FROZEN_PREFIX):
+            raise ValueError(f"refusing to presign a PUT for {key!r}: keys under {FROZEN_PREFIX!r} hold credited "
+                             "outputs that nobody outside the trusted side may write")
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if sha256 is None:
             params["ChecksumAlgorithm"] = "SHA256"
@@ -158,9 +170,29 @@ class S3ObjectStore(ObjectStore):
                 if _error_code(exc) in _NOT_FOUND:
                     return None
                 raise
+        modified = head.get("LastModified")
         return ObjectInfo(key=key, size=int(head.get("ContentLength", 0)),
                           content_type=head.get("ContentType"),
-                          sha256=checksum_to_hex(head.get("ChecksumSHA256")))
+                          sha256=checksum_to_hex(head.get("ChecksumSHA256")),
+                          etag=_unquote(head.get("ETag")),
+                          last_modified=modified.timestamp() if modified is not None else None)
+
+    def copy(self, source: str, dest: str, *, if_match: str) -> str | None:
+        """Server-side copy, only of the bytes whose ETag is ``if_match`` (412 from the service: None).
+
+        The copy keeps the source's stored sha256 and content type (SeaweedFS 4.48 and AWS both do);
+        SeaweedFS copies in about 9-10 ms here (2 KB to 200 KB), and no bytes pass through this process.
+        """
+        with self._errors(f"COPY {source} to {dest}"):
+            try:
+                result = self.client.copy_object(
+                    Bucket=self.bucket, Key=dest, CopySource={"Bucket": self.bucket, "Key": source},
+                    CopySourceIfMatch=f'"{if_match}"')
+            except ClientError as exc:
+                if _error_code(exc) in _PRECONDITION_FAILED:
+                    return None
+                raise
+        return _unquote(result.get("CopyObjectResult", {}).get("ETag")) or ""
 
     def get(self, key: str) -> bytes:
         """The object's bytes; StorageError if it does not exist."""

@@ -1,0 +1,224 @@
+"""No job is stranded: a job still QUEUED past its deadline is re-sent while its budget lasts, then failed.
+
+A job can sit in the ledger as QUEUED with no message anywhere: a miner purged its tier queue (RabbitMQ's read
+right, which every consumer needs, also allows ``queue.purge``, and the broker cannot separate the two), the
+broker lost it, or no miner ever took it. Nothing else would ever move such a job, so its credit reservation
+would be held forever. This sweep runs in every trusted ledger process, every ``sweep_interval_s``:
+
+- a job QUEUED ``sweep_grace_s`` past its deadline is **re-sent**: a fresh deadline (now + the job's original
+  duration), a fresh presigned URL, the same output key, through ``heurist.dispatch`` like the client sends
+  it; at most ``job_resends`` times (counted in ``jobs.resends``, each re-send a ``job_resends`` row);
+- once that budget is spent it is **failed** ("never completed: lost, purged or never taken; re-sent N
+  times"). FAILED is what refunds: the gateway's reconcile loop (``heurist.credits.reconcile``) gives a
+  failed job's reservation back, once;
+- a job whose output object already exists is **left waiting** ``sweep_output_wait_s`` longer (300 s by
+  default): a miner uploaded it, so its completion is most likely still queued for the ledger, and a re-send
+  would only make a second miner overwrite the object. The wait is bounded, because whoever read the
+  presigned URL can PUT an object there to hold a job hostage.
+
+A purged job is therefore re-sent between ``deadline + grace`` and ``deadline + grace + interval`` (plus one
+round's run time: milliseconds per job); tests/adversary/test_purge.py measures it.
+
+Exactly once with several ledger processes: a re-send or a failure is a conditional UPDATE of the job row on
+``state = 'queued' AND resends = <what this sweep read>``. PostgreSQL re-checks that WHERE after waiting for a
+concurrent writer, SQLite has one writer at a time, so of two racing sweeps one changes the row and the other
+changes nothing and sends nothing. ``(job_id, attempt)`` is also unique in ``job_resends``. The claim commits
+before the message is sent: if the send then fails, the job is swept again after its new deadline.
+
+A re-sent job may still have an older copy in a queue (a backlog, not a purge). The miner that takes that
+copy refuses it as expired (``workers.miner.admission``: rejected, no report); should a report come
+anyway, ``JobBook.record_failure(from_miner=True)`` ignores such reports until the current copy's deadline
+has passed, so the stale copy cannot fail the live one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery, bootsteps
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from heurist.db.engine import session_factory, session_scope
+from heurist.dispatch import dispatch_signer, job_message, send_job
+from heurist.jobs import JobMessage, JobState
+from heurist.ledger.reader import PARAMS
+from heurist.ledger.service import Ledger
+from heurist.ledger.tables import Job, JobResend
+from heurist.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MIN_DURATION_S = 2.0  # a re-sent job always gets at least this long (its upload URL lives whole seconds)
+
+# Sends one job message to a queue; the ledger's is ``heurist.dispatch.send_job`` on its Celery app.
+SendJob = Callable[[JobMessage, str], None]
+
+
+def never_completed(resends: int) -> str:
+    """The reason a stranded job fails with, once its re-send budget is spent."""
+    return f"never completed: lost, purged or never taken; re-sent {resends} time{'' if resends == 1 else 's'}"
+
+
+@dataclass(frozen=True)
+class SweepPolicy:
+    """How long a stranded job may wait and how often it is re-sent (from ``Settings``)."""
+
+    grace_s: float = 60.0
+    output_wait_s: float = 300.0
+    resends: int = 2
+    presign_expiry_s: int = 3600
+    batch: int = 200  # jobs looked at per round, the longest overdue first
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SweepPolicy:
+        return cls(grace_s=settings.sweep_grace_s, output_wait_s=settings.sweep_output_wait_s,
+                   resends=settings.job_resends, presign_expiry_s=settings.presign_expiry_s)
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What one round did: jobs re-sent, failed, and left waiting for a completion."""
+
+    resent: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+
+
+class Sweep:
+    """One round at a time (``run_once``); thread-safe, and safe beside other processes running it."""
+
+    def __init__(self, ledger: Ledger, send: SendJob, policy: SweepPolicy) -> None:
+        self.ledger, self.send, self.policy = ledger, send, policy
+        self._sessions = session_factory(ledger.engine)
+
+    def run_once(self) -> Swept:
+        """Re-send or fail every job QUEUED more than ``grace_s`` past its deadline (at most ``batch``)."""
+        now = self.ledger.clock()
+        done = Swept()
+        for job in self._stranded(now):
+            spec = self.ledger.catalog.models.get(job.model_id)
+            if spec is None:
+                if self._fail(job, now, f"model {job.model_id} left the catalog; the job cannot be re-sent"):
+                    done.failed.append(job.id)
+            elif self._output_exists(job) and now < job.deadline_at + self.policy.grace_s + self.policy.output_wait_s:
+                done.waiting.append(job.id)
+            elif job.resends >= self.policy.resends:
+                if self._fail(job, now, never_completed(job.resends)):
+                    done.failed.append(job.id)
+            elif self._resend(job, now, spec.id, spec.queue):
+                done.resent.append(job.id)
+        return done
+
+    def _stranded(self, now: float) -> list[Job]:
+        stmt = (select(Job).where(Job.state == JobState.QUEUED, Job.deadline_at < now - self.policy.grace_s)
+                .order_by(Job.deadline_at).limit(self.policy.batch))
+        with self._sessions() as session:
+            return list(session.scalars(stmt))
+
+    def _output_exists(self, job: Job) -> bool:
+        return self.ledger.store.stat(job.output_key) is not None
+
+    def _claim(self, session: Session, job: Job, **values: Any) -> bool:
+        """The exactly-once step: change the row only if no other sweep (or verdict) changed it since we read it."""
+        done = session.execute(update(Job).where(Job.id == job.id, Job.state == JobState.QUEUED,
+                                                 Job.resends == job.resends).values(**values))
+        return int(done.rowcount) == 1  # type: ignore[attr-defined]
+
+    def _fail(self, job: Job, now: float, reason: str) -> bool:
+        with session_scope(self._sessions) as session:
+            failed = self._claim(session, job, state=JobState.FAILED, error=reason, finished_at=now)
+        if failed:
+            log.warning("job %s failed: %s", job.id, reason)
+        return failed
+
+    def _resend(self, job: Job, now: float, model_id: str, queue: str) -> bool:
+        attempt, deadline_at = job.resends + 1, now + self._duration(job)
+        try:
+            with session_scope(self._sessions) as session:
+                if not self._claim(session, job, resends=attempt, deadline_at=deadline_at):
+                    return False
+                session.add(JobResend(job_id=job.id, attempt=attempt, sent_at=now,
+                                      previous_deadline_at=job.deadline_at, deadline_at=deadline_at))
+        except IntegrityError:
+            return False  # another sweep recorded this attempt first
+        message = job_message(job.id, model_id, PARAMS.validate_python(job.params), job.output_key, deadline_at,
+                              self.ledger.store, self.policy.presign_expiry_s, now=now)
+        try:
+            self.send(message, queue)
+        except Exception:  # the broker is away: the job is swept again once this new deadline passes
+            log.exception("job %s: re-send %d recorded but not sent", job.id, attempt)
+            return False
+        log.warning("job %s re-sent (%d of %d): still queued %.1fs past its deadline", job.id, attempt,
+                    self.policy.resends, now - job.deadline_at)
+        return True
+
+    def _duration(self, job: Job) -> float:
+        """The job's original time allowance: its first deadline less its creation, kept across re-sends."""
+        if job.resends == 0:
+            return max(MIN_DURATION_S, job.deadline_at - job.created_at)
+        with self._sessions() as session:
+            last = session.scalar(select(JobResend).where(JobResend.job_id == job.id,
+                                                          JobResend.attempt == job.resends))
+        allowance = job.deadline_at - job.created_at if last is None else last.deadline_at - last.sent_at
+        return max(MIN_DURATION_S, allowance)
+
+
+class Sweeper:
+    """Runs ``Sweep.run_once`` every ``interval_s`` on a daemon thread; a failing round is logged and retried."""
+
+    def __init__(self, sweep: Sweep, interval_s: float) -> None:
+        self.sweep, self.interval_s = sweep, interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                done = self.sweep.run_once()
+            except Exception:  # a database or storage hiccup: the next round retries
+                log.exception("stranded-job sweep failed; retrying in %gs", self.interval_s)
+                continue
+            if done.resent or done.failed:
+                log.info("stranded jobs: %d re-sent, %d failed, %d waiting for a completion",
+                         len(done.resent), len(done.failed), len(done.waiting))
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="heurist-sweep", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def install_sweep(app: Celery, settings: Settings, ledger: Ledger) -> Sweeper:
+    """Make the ledger worker of ``app`` sweep stranded jobs while it runs (a bootstep starts and stops it)."""
+
+    signer = dispatch_signer(settings)
+
+    def send(message: JobMessage, queue: str) -> None:
+        send_job(app, signer.sign(message), queue)
+
+    sweeper = Sweeper(Sweep(ledger, send, SweepPolicy.from_settings(settings)), settings.sweep_interval_s)
+
+    class SweepStep(bootsteps.StartStopStep):
+        """Starts the sweeper with the worker; stops it on a warm or cold shutdown (``obj.stop``)."""
+
+        label = "stranded-job sweep"
+
+        def create(self, parent: Any) -> Sweeper:
+            return sweeper  # the step's ``obj``: what it starts and stops
+
+    app.steps["worker"].add(SweepStep)
+    return sweeper
+
+
+__all__ = ["SendJob", "Sweep", "SweepPolicy", "Sweeper", "Swept", "install_sweep", "never_completed"]
