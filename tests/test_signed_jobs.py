@@ -71,7 +71,7 @@ def admission(dispatcher: DispatchSigner, catalog: Catalog) -> Admission:
     {"params": ImageParams(prompt="a lighthouse", width=256, height=256, steps=8, guidance=7.5, seed=1)},
     {"output_url": "http://127.0.0.1:9999/steal"},
     {"deadline_at": NOW + 3600},
-    {"stream": True},
+    {"stream": True, "stream_key": "ab" * 32},
 ])
 def test_a_changed_field_breaks_the_job_signature(dispatcher: DispatchSigner, change: dict[str, Any]) -> None:
     signed = dispatcher.sign(_job())
