@@ -170,8 +170,8 @@ def test_a_genuine_message_replayed_after_its_deadline_is_refused(network: Embed
                                                                   honest: str, attacker: Attacker) -> None:
     """The attacker took a genuine job off the queue, held it past its deadline and put it back unchanged."""
     params = ImageParams(prompt="a quiet harbour", width=64, height=64, steps=4, guidance=7.5, seed=10)
-    signed, key = recorded_job(client, IMAGE, params, deadline_s=1.0)
-    time.sleep(1.5)
+    signed, key = recorded_job(client, IMAGE, params, deadline_s=2.5)  # its upload URL needs 1 s at least
+    time.sleep(3.0)
     smuggle(client, attacker, client.catalog[IMAGE].queue, signed.model_dump(mode="json"), signed.job.job_id)
     assert_refused(network, signed.job.job_id, "expired")
     assert client.store.stat(key) is None  # not run
