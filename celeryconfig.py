@@ -6,8 +6,9 @@ task_serializer = "json"
 accept_content = ["json"]
 result_serializer = "json"
 
-# No result backend: miners must not hold database or cache credentials. Results travel as
-# link callbacks to the trusted `ledger` queue, and clients read the ledger.
+# No result backend: miners must not hold database or cache credentials. Miners send their signed
+# completions to the trusted `ledger` queue themselves (callbacks in messages are ignored: heurist.unlinked),
+# and clients read the ledger.
 result_backend = None
 task_ignore_result = True
 task_store_errors_even_if_ignored = False

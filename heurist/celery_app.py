@@ -14,6 +14,7 @@ from heurist.errors import HeuristError
 from heurist.services import Services
 from heurist.settings import Settings, is_amqp
 from heurist.signal_wakeup import WakeOnSignal
+from heurist.unlinked import UnlinkedTask
 
 
 class HeuristCelery(Celery):
@@ -25,9 +26,11 @@ class HeuristCelery(Celery):
 
 
 def create_app(settings: Settings, services: Services | None = None) -> HeuristCelery:
-    """A Celery app on the configured broker, holding ``services`` (none: a client's app, which only sends)."""
+    """A Celery app on the configured broker, holding ``services`` (none: a client's app, which only sends).
+    Its tasks ignore callbacks carried in messages (``heurist.unlinked``)."""
     broker.register()
-    app = HeuristCelery(services or Services("client"), broker=settings.resolved_broker_url(), set_as_current=False)
+    app = HeuristCelery(services or Services("client"), broker=settings.resolved_broker_url(), set_as_current=False,
+                        task_cls=UnlinkedTask)
     app.config_from_object("celeryconfig")
     app.conf.broker_connection_retry_on_startup = True
     app.steps["worker"].add(WakeOnSignal)  # SIGTERM or Ctrl-C stops a worker at once, not after its poll

@@ -18,9 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from heurist.catalog import Catalog, JobKind, ModelSpec, load_catalog
 from heurist.celery_app import create_app
-from heurist.dispatch import job_message, send_job
+from heurist.dispatch import DispatchSigner, dispatch_signer, job_message, send_job
 from heurist.errors import JobFailedError, JobTimeoutError
-from heurist.jobs import ImageParams, JobMessage, JobState, TextParams
+from heurist.jobs import ImageParams, JobMessage, JobState, SignedJob, TextParams
 from heurist.points import image_work_units, text_work_units
 from heurist.settings import Settings, get_settings
 from heurist.storage import make_store
@@ -157,6 +157,11 @@ class Client:
     def app(self) -> Celery:
         return create_app(self.settings)
 
+    @cached_property
+    def signer(self) -> DispatchSigner:
+        """The network's dispatch key, which signs every job message this client sends."""
+        return dispatch_signer(self.settings)
+
     def submit_image(self, prompt: str, *, model: str = "sd15", width: int | None = None,
                      height: int | None = None, steps: int | None = None, guidance: float | None = None,
                      seed: int | None = None, negative_prompt: str = "") -> JobHandle:
@@ -254,16 +259,17 @@ class Client:
                               self.settings.presign_expiry_s, now=self.clock())
         if stream_key is not None:  # validated, so a malformed key is refused here, not by the miner
             message = JobMessage.model_validate({**message.model_dump(), "stream": True, "stream_key": stream_key})
+        signed = self.signer.sign(message)
         self.job_book.create_job(job_id, spec, params, output_key, spec.queue, deadline_at)
         try:
-            self._send(message, spec.queue)
+            self._send(signed, spec.queue)
         except Exception:
             self.job_book.record_failure(job_id, "could not enqueue: broker unreachable")
             raise
         return JobHandle(self, job_id, spec, output_key)
 
-    def _send(self, message: JobMessage, queue: str) -> None:
-        send_job(self.app, message, queue, self.settings.ledger_queue)
+    def _send(self, signed: SignedJob, queue: str) -> None:
+        send_job(self.app, signed, queue)
 
     def close(self) -> None:
         if "app" in self.__dict__:

@@ -1,7 +1,20 @@
-"""Sending a recorded job to its miners' queue: one place, for the client and the ledger's redispatch.
+"""Sending a recorded job to its miners' queue: one place, for the client, the gateway and the ledger's redispatch.
 
-The job message carries a fresh presigned PUT URL for the job's output key; its completion reaches the
-ledger as the task's Celery ``link`` and a raised task as its ``link_error``, both on the ledger queue.
+The job message carries a fresh presigned PUT URL for the job's output key and is signed with the network's
+dispatch key (EIP-712, ``heurist.signing``). Miners run only messages that recover to the ``dispatch_address``
+they were given (``workers.miner.admission``): anyone who may publish into a tier queue could otherwise have an
+honest miner render 512² on a 256-max model, PUT to an HTTP server of theirs, or answer a victim's job id
+with their own prompt.
+
+The message carries no callbacks. It used to carry the ledger's tasks as Celery ``link``/``link_error``, and a
+miner that republished a job with ``link`` pointed at its own exchange received the honest miner's completion
+and re-signed it as its own. Now the miner sends its signed completion (or signed failure) to the ledger itself,
+and every heurist worker ignores callbacks found in a message (``heurist.unlinked``).
+
+The dispatch key: ``HEURIST_DISPATCH_KEY``, or ``data_dir/dispatch.key`` created on first use (0600), so the
+embedded network and the tests need no setup. A key file is published atomically (written aside, then
+hard-linked into place), so a ledger and a client starting together agree on one key.
+
 The URL expires at the job's deadline (``upload_expiry_s``). Every miner of the tier can read the
 message, and a URL that outlived the deadline (it used to live ``presign_expiry_s``, 3,600 s) let anybody
 overwrite the output long after the job was done.
@@ -10,15 +23,70 @@ overwrite the output long after the job was done.
 from __future__ import annotations
 
 import math
+import os
+import stat
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from celery import Celery
-from celery.canvas import Signature
 
-from heurist.errors import HeuristError
-from heurist.jobs import ImageParams, JobMessage, TextParams
+from heurist.errors import ConfigError, HeuristError
+from heurist.identity import Wallet
+from heurist.jobs import ImageParams, JobMessage, SignedJob, TextParams
+from heurist.settings import Settings
+from heurist.signing import sign_job
 from heurist.storage.backend import ObjectStore
-from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RUN_JOB
+from tasks.names import RUN_JOB
+
+KEY_FILE = "dispatch.key"
+
+
+@dataclass(frozen=True)
+class DispatchSigner:
+    """The network's dispatch key: ``address`` is what miners are told (``HEURIST_DISPATCH_ADDRESS``)."""
+
+    wallet: Wallet
+
+    @property
+    def address(self) -> str:
+        return self.wallet.address
+
+    def sign(self, job: JobMessage) -> SignedJob:
+        return sign_job(self.wallet, job)
+
+
+def dispatch_signer(settings: Settings) -> DispatchSigner:
+    """The trusted side's dispatch key: ``settings.dispatch_key``, else ``data_dir/dispatch.key`` (created)."""
+    if settings.dispatch_key is not None:
+        try:
+            return DispatchSigner(Wallet.from_key(settings.dispatch_key.get_secret_value()))
+        except ConfigError:
+            raise ConfigError("HEURIST_DISPATCH_KEY is not a valid 32-byte hex private key; unset it to use "
+                              f"{settings.data_dir / KEY_FILE} (created on first use)") from None
+    return DispatchSigner(_key_file_wallet(settings.data_dir / KEY_FILE))
+
+
+def _key_file_wallet(path: Path) -> Wallet:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".dispatch-", dir=path.parent)  # mkstemp: 0600
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(Wallet.create().key_hex + "\n")
+            os.link(tmp, path)  # atomic, and refuses to replace a key another process published first
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"dispatch key file {path} is readable by others: chmod 600 {path}")
+    try:
+        return Wallet.from_key(path.read_text())
+    except ConfigError:
+        raise ConfigError(f"dispatch key file {path} does not hold a hex private key; remove it to make a new "
+                          "one (miners must then be given the new HEURIST_DISPATCH_ADDRESS)") from None
 
 
 class DeadlinePassedError(HeuristError):
@@ -48,13 +116,6 @@ def job_message(job_id: str, model_id: str, params: ImageParams | TextParams, ou
                       output_url=store.presign_put(output_key, lifetime), deadline_at=deadline_at)
 
 
-def send_job(app: Celery, message: JobMessage, queue: str, ledger_queue: str) -> None:
-    """Enqueue ``message`` on ``queue`` with the ledger callbacks attached."""
-    app.send_task(
-        RUN_JOB,
-        args=[message.model_dump(mode="json")],
-        task_id=message.job_id,
-        queue=queue,
-        link=Signature(RECORD_COMPLETION, app=app, queue=ledger_queue),
-        link_error=Signature(RECORD_FAILURE, app=app, queue=ledger_queue),
-    )
+def send_job(app: Celery, signed: SignedJob, queue: str) -> None:
+    """Enqueue a signed job message on ``queue``, with no callbacks: the miner reports to the ledger itself."""
+    app.send_task(RUN_JOB, args=[signed.model_dump(mode="json")], task_id=signed.job.job_id, queue=queue)

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from heurist.dispatch import dispatch_signer
 from heurist.errors import HeuristError
 from heurist.identity import Wallet
 from heurist.processes import spawn, stop_all, tail
@@ -93,10 +94,13 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         return {} if self.base.catalog_path is None else {"CATALOG_PATH": str(self.base.catalog_path)}
 
     def miner_env(self, broker_url: str | None = None) -> dict[str, str]:
-        """Broker and model directory only: the trust boundary, enforced by construction. ``broker_url``:
-        the miner's own broker user (``heurist broker add-miner``) instead of the network's URL."""
+        """Broker, model directory, and what a miner checks job messages against (the dispatch key's address
+        and the store's endpoint; neither is a secret): the trust boundary, enforced by construction.
+        ``broker_url``: the miner's own broker user (``heurist broker add-miner``) instead of the network's URL."""
         s = self.settings()
+        assert s.s3_endpoint is not None  # settings() raises before the store is up
         values = {"BROKER_URL": broker_url or s.resolved_broker_url(), "DATA_DIR": str(self.root / "miner"),
+                  "DISPATCH_ADDRESS": dispatch_signer(s).address, "S3_ENDPOINT": s.s3_endpoint,
                   "MODELS_DIR": str(s.resolved_models_dir()), "TORCH_THREADS": str(s.torch_threads),
                   "HEARTBEAT_INTERVAL_S": str(s.heartbeat_interval_s), **self._catalog()}
         return {**_clean_env(), **{f"HEURIST_{k}": v for k, v in values.items()}}

@@ -43,3 +43,11 @@ class ConfigError(HeuristError):
 
 class StorageError(HeuristError):
     """The S3 object store is unreachable, refused our credentials, or failed a request."""
+
+
+class JobRefused(HeuristError):
+    """A miner will not run a job message (``workers.miner.admission``); ``reason`` is a short code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail

@@ -1,4 +1,5 @@
-"""Miner identity: an EVM key pair. Completions are signed EIP-191 messages, recovered by the ledger."""
+"""EVM identities: a key pair. Completions, hellos and heartbeats are signed EIP-191 messages; job messages
+and failure reports are EIP-712 typed data (``heurist.signing``). Signers are recovered, never claimed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eth_account import Account
-from eth_account.messages import encode_defunct
+from eth_account.messages import SignableMessage, encode_defunct
 
 from heurist.errors import ConfigError
 
@@ -81,6 +82,11 @@ class Wallet:
         signed = self._account.sign_message(encode_defunct(primitive=payload))  # type: ignore[attr-defined]
         return "0x" + bytes(signed.signature).hex()
 
+    def sign_encoded(self, message: SignableMessage) -> str:
+        """Sign an already encoded message (EIP-712 typed data from ``heurist.signing``)."""
+        signed = self._account.sign_message(message)  # type: ignore[attr-defined]
+        return "0x" + bytes(signed.signature).hex()
+
     def save(self, path: Path) -> None:
         """Write the key with owner-only permissions; refuse to overwrite an existing key."""
         path = Path(path)
@@ -91,8 +97,13 @@ class Wallet:
 
 
 def recover_signer(payload: bytes, signature: str) -> str | None:
-    """The address that signed ``payload``, or None if the signature is malformed."""
+    """The address that signed ``payload`` (EIP-191), or None if the signature is malformed."""
+    return recover_encoded(encode_defunct(primitive=payload), signature)
+
+
+def recover_encoded(message: SignableMessage, signature: str) -> str | None:
+    """The address that signed an encoded message, or None if the signature is malformed."""
     try:
-        return str(Account.recover_message(encode_defunct(primitive=payload), signature=signature))
+        return str(Account.recover_message(message, signature=signature))
     except Exception:  # eth-keys raises several types for malformed signatures
         return None

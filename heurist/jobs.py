@@ -119,6 +119,34 @@ class JobMessage(Frozen):
         return self
 
 
+class SignedJob(Frozen):
+    """A job message as it travels: signed by the network's dispatcher (EIP-712, ``heurist.signing``).
+
+    Miners obey only this. Anyone who may publish into a tier queue can forge a ``JobMessage``; only the
+    dispatcher's key makes a signature that recovers to the ``dispatch_address`` miners are given."""
+
+    job: JobMessage
+    signature: SIGNATURE
+
+
+FAILURE_ERROR_CHARS = 200
+
+
+class Failure(Frozen):
+    """A miner's report that a job it ran raised. Signed (EIP-712): an unsigned report let anyone fail anyone's
+    job. ``error`` is short, for people; it is never parsed."""
+
+    job_id: str = Field(min_length=1, max_length=200)
+    miner: ADDRESS
+    error: str = Field(max_length=FAILURE_ERROR_CHARS)
+    failed_at: float
+
+
+class SignedFailure(Frozen):
+    failure: Failure
+    signature: SIGNATURE
+
+
 class DeviceInfo(Frozen):
     kind: SHORT_TEXT  # "cuda" or "cpu"
     name: NAME_TEXT

@@ -15,7 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 from kombu.pools import ProducerPool
 
 from heurist.errors import HeuristError
-from heurist.jobs import JobMessage, SignedCompletion, SignedHeartbeat, SignedHello
+from heurist.jobs import JobMessage, SignedCompletion, SignedFailure, SignedHeartbeat, SignedHello
 
 T = TypeVar("T")
 
@@ -34,6 +34,8 @@ class LedgerService(Protocol):
 
     def record_failure(self, job_id: str, reason: str) -> None: ...
 
+    def report_failure(self, signed: SignedFailure, sender: str | None = None) -> bool: ...
+
     def register_miner(self, signed: SignedHello, sender: str | None = None) -> object: ...
 
 
@@ -46,7 +48,12 @@ class UptimeService(Protocol):
 class MinerService(Protocol):
     """The miner runtime (``workers.miner.runtime.MinerRuntime``): loaded pipelines, one job at a time."""
 
+    def admit(self, payload: Any) -> JobMessage:
+        """The job in a received message; raises ``heurist.errors.JobRefused`` if this miner must not run it."""
+
     def execute(self, job: JobMessage, producers: ProducerPool | None = None) -> SignedCompletion: ...
+
+    def failure(self, job: JobMessage, error: BaseException) -> SignedFailure: ...
 
 
 class AuditorService(Protocol):

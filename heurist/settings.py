@@ -61,6 +61,14 @@ class Settings(BaseSettings):
         "when several torch processes share the cores: two with 2 threads each on 2 cores ran a job 35x slower.")
 
     miner_key: SecretStr | None = Field(None, description="Miner private key (hex). Prefer --key-file.")
+    dispatch_key: SecretStr | None = Field(
+        None, description="Trusted side only: the network's dispatch key (hex private key) that signs every job "
+        "message (client, gateway, ledger redispatch). Default: data_dir/dispatch.key, created (0600) on first "
+        "use. Every trusted process of one network must use the same key.")
+    dispatch_address: str | None = Field(
+        None, pattern=r"^0x[0-9a-fA-F]{40}$", description="Miners: the address of the network's dispatch key; "
+        "a miner runs only job messages it signed. The operator's `heurist broker add-miner --json` prints it "
+        "(dispatch_address).")
     ledger_queue: str = "ledger"
     max_message_bytes: int = Field(
         65_536, ge=4096, le=16 * 2**20, description="Largest message body the ledger and the auditor accept; "

@@ -14,7 +14,7 @@ from heurist.access.senders import sender_of
 from heurist.celery_app import services
 from heurist.deadletters import Reason, first_error, keep_request
 from heurist.errors import StorageError
-from heurist.jobs import JOB_ID, SignedCompletion, SignedHeartbeat, SignedHello
+from heurist.jobs import SignedCompletion, SignedFailure, SignedHeartbeat, SignedHello
 from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT, REGISTER_MINER
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,6 @@ def _parse(task: Task, model: Any, payload: Any) -> Any:
         return None
 
 
-JOB_ID_ADAPTER = TypeAdapter(JOB_ID)
-
-
 def register_ledger_tasks(app: Celery) -> None:
     """Declare the ledger tasks on an app whose services hold the ledger and its uptime book."""
 
@@ -50,10 +47,12 @@ def register_ledger_tasks(app: Celery) -> None:
         return {**verdict, "miner": parsed.completion.miner, "model_id": parsed.completion.model_id}
 
     @app.task(name=RECORD_FAILURE, bind=True, acks_late=True, **RETRY)
-    def record_failure(self: Task, job_id: str) -> None:
-        """A miner's task raised: the job ends failed (a later valid completion is still verified)."""
-        if _parse(self, JOB_ID_ADAPTER, job_id) is not None:
-            services(self.app).ledger.record_failure(job_id, "the miner reported an error")
+    def record_failure(self: Task, signed: Any) -> None:
+        """A miner's signed report that its task raised: the job ends failed if a registered miner signed it
+        from its own broker user (a later valid completion is still verified)."""
+        parsed = _parse(self, SignedFailure, signed)
+        if parsed is not None:
+            services(self.app).ledger.report_failure(parsed, sender_of(self.request))
 
     @app.task(name=REGISTER_MINER, bind=True, acks_late=True, **RETRY)
     def register_miner(self: Task, signed: Any) -> None:

@@ -94,6 +94,18 @@ def test_miner_refuses_a_tampered_model_before_loading(tmp_path: Path, shared_mo
     assert "Traceback" not in done.stderr
 
 
+def test_miner_without_the_dispatch_address_says_where_to_get_it(tmp_path: Path, shared_models_dir: Path) -> None:
+    """A miner that cannot check job signatures would obey anyone: it refuses to serve, naming the setting."""
+    key = tmp_path / "k"
+    run("wallet", "new", "--out", str(key))
+    done = run("miner", "--key-file", str(key), "--models", "tiny-sd", "--device", "cpu",
+               env={"HEURIST_BROKER_URL": f"embedded+sqlite:///{tmp_path}/b.sqlite",
+                    "HEURIST_MODELS_DIR": str(shared_models_dir), "HEURIST_S3_ENDPOINT": "http://127.0.0.1:1"})
+    assert done.returncode == 2, done.stderr
+    assert "HEURIST_DISPATCH_ADDRESS is not set" in done.stderr and "add-miner" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_printed_urls_hide_passwords() -> None:
     from heurist.cli.common import redacted
 

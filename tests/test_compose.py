@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 COMPOSE_FILES = ("compose.yaml", "compose.miner.yaml")
 OUR_IMAGES = {"heurist:local": "Dockerfile", "heurist-miner:local": "Dockerfile.miner"}
-TRUSTED_ONLY = {"HEURIST_DATABASE_URL", "HEURIST_S3_ACCESS_KEY", "HEURIST_S3_SECRET_KEY", "HEURIST_BROKER_ADMIN_URL"}
+TRUSTED_ONLY = {"HEURIST_DATABASE_URL", "HEURIST_S3_ACCESS_KEY", "HEURIST_S3_SECRET_KEY", "HEURIST_BROKER_ADMIN_URL",
+                "HEURIST_DISPATCH_KEY"}
 
 
 def _docker_compose() -> str:
@@ -124,6 +125,7 @@ def test_every_heurist_variable_is_a_setting_and_miners_get_no_secret(resolved: 
         miner_env = set(config["services"]["miner"]["environment"])
         assert not miner_env & TRUSTED_ONLY, f"the miner must not hold {sorted(miner_env & TRUSTED_ONLY)}"
         assert "HEURIST_BROKER_URL" in miner_env
+        assert {"HEURIST_DISPATCH_ADDRESS", "HEURIST_S3_ENDPOINT"} <= miner_env  # a miner refuses to start without
     flower = resolved["compose.yaml"]["services"]["flower"]["environment"]
     assert flower["HEURIST_FLOWER_PASSWORD"] and "HEURIST_DATABASE_URL" not in flower
 

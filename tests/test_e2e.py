@@ -32,10 +32,13 @@ def network_settings() -> dict[str, Any]:
     return {"heartbeat_interval_s": HEARTBEAT_S}
 
 
-def test_miner_environment_has_no_trusted_secrets(network: EmbeddedNetwork) -> None:
+def test_miner_environment_has_no_trusted_secrets(network: EmbeddedNetwork, client: Client) -> None:
     env = network.miner_env()
     assert "HEURIST_DATABASE_URL" not in env and "HEURIST_S3_SECRET_KEY" not in env
     assert "HEURIST_S3_ACCESS_KEY" not in env and env["HEURIST_BROKER_URL"].startswith("amqp://")
+    assert "HEURIST_DISPATCH_KEY" not in env  # miners know the dispatcher's address, never its key
+    assert env["HEURIST_DISPATCH_ADDRESS"] == client.signer.address
+    assert env["HEURIST_S3_ENDPOINT"] == client.settings.s3_endpoint
 
 
 def test_image_job_end_to_end(client: Client, miner_address: str) -> None:
@@ -198,22 +201,26 @@ def test_an_output_overwritten_after_crediting_is_refused_on_download(client: Cl
     assert isinstance(original, bytes) and original.startswith(PNG_MAGIC)
 
 
-def test_a_job_the_miner_refuses_ends_failed_over_the_broker(client: Client, miner_address: str) -> None:
-    """The miner's task raises (here: deadline already passed); Celery's link_error tells the ledger."""
+def test_a_job_that_raises_on_the_miner_ends_failed_by_its_signed_report(client: Client, miner_address: str) -> None:
+    """The miner's task raises (here: the store refuses its upload, whose presigned signature is wrong); the miner
+    sends a signed failure to the ledger, which records it with the reporting miner's address."""
     from heurist.client import JobHandle
     from heurist.errors import JobFailedError
     from heurist.jobs import JobMessage
 
     spec = client.catalog["tiny-sd"]
-    params = image_params(spec, "too late", seed=1)
-    job_id = "expired-" + hashlib.sha256(str(id(params)).encode()).hexdigest()[:12]
+    params = image_params(spec, "nowhere to put it", seed=1, steps=4)
+    job_id = "raises-" + hashlib.sha256(str(id(params)).encode()).hexdigest()[:12]
     key = f"outputs/tiny-sd/{job_id}.png"
-    client.job_book.create_job(job_id, spec, params, key, spec.queue, deadline_at=1.0)
-    client._send(JobMessage(job_id=job_id, model_id=spec.id, params=params, deadline_at=1.0,
-                            output_url=client.store.presign_put(key, 600)), spec.queue)
-    with pytest.raises(JobFailedError, match=f"job {job_id} ended failed: the miner reported an error"):
+    deadline_at = time.time() + 300
+    client.job_book.create_job(job_id, spec, params, key, spec.queue, deadline_at=deadline_at)
+    url = client.store.presign_put(key, 600).replace("X-Amz-Signature=", "X-Amz-Signature=00")
+    client._send(client.signer.sign(JobMessage(job_id=job_id, model_id=spec.id, params=params,
+                                               deadline_at=deadline_at, output_url=url)), spec.queue)
+    with pytest.raises(JobFailedError, match=f"job {job_id} ended failed: miner {miner_address} reported: "):
         JobHandle(client, job_id, spec, key).result(timeout=120)
     assert client.ledger.points_entries(job_id) == 0
+    assert client.store.stat(key) is None
 
 
 def _presence(network: EmbeddedNetwork, address: str) -> dict[str, Any]:

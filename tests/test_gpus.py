@@ -206,7 +206,8 @@ def _supervise_and_stop(tmp_path: Path, rabbit_url: str, models_dir: Path, gpu_a
     own = broker_access(trusted).add_miner(operator.address)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
     env.update(HEURIST_BROKER_URL=own.broker_url, HEURIST_MODELS_DIR=str(models_dir),
-               HEURIST_DATA_DIR=str(tmp_path / "data"), HEURIST_TORCH_THREADS="1", COLUMNS="300")
+               HEURIST_DATA_DIR=str(tmp_path / "data"), HEURIST_TORCH_THREADS="1", COLUMNS="300",
+               HEURIST_DISPATCH_ADDRESS=Wallet.create().address, HEURIST_S3_ENDPOINT="http://127.0.0.1:1")
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "heurist.cli.main", "miner", "--key-file", str(key), "--models", "tiny-sd",
          *gpu_args, "--loglevel", "INFO"],

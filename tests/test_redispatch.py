@@ -16,13 +16,15 @@ from heurist.catalog import Catalog, load_catalog
 from heurist.celery_app import create_app
 from heurist.db.engine import make_engine
 from heurist.db.migrate import upgrade
+from heurist.dispatch import dispatch_signer
 from heurist.identity import Wallet
-from heurist.jobs import JobMessage, JobState, TextParams
+from heurist.jobs import JobMessage, JobState, SignedJob, TextParams
 from heurist.ledger.audit_service import AuditLedger
 from heurist.ledger.redispatch import MAX_BANNED_ATTEMPTS, redispatch
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import Reason
 from heurist.settings import Settings
+from heurist.signing import job_signer
 from heurist.storage.backend import ObjectStore
 from tests.fixtures.ledger import Job, completion, register, sign
 
@@ -44,14 +46,19 @@ def app(rabbit_url: str, tmp_path: Path) -> Iterator[Celery]:
     app.close()
 
 
-def queued_messages(app: Celery, queue: str) -> list[JobMessage]:
-    """Drain ``queue``: the job messages Celery published to it."""
+def queued_messages(app: Celery, queue: str, settings: Settings | None = None) -> list[JobMessage]:
+    """Drain ``queue``: the job messages Celery published to it, each signed by ``settings``' dispatch key and
+    carrying no callbacks (the miner reports to the ledger itself)."""
     found = []
     with Connection(app.conf.broker_url) as conn:
         channel = conn.default_channel
         while (raw := channel.basic_get(queue=queue, no_ack=True)) is not None:
-            args, _, _ = json.loads(raw.body)
-            found.append(JobMessage.model_validate(args[0]))
+            args, _, embed = json.loads(raw.body)
+            signed = SignedJob.model_validate(args[0])
+            if settings is not None:
+                assert job_signer(signed) == dispatch_signer(settings).address
+            assert not embed.get("callbacks") and not embed.get("errbacks")
+            found.append(signed.job)
     return found
 
 
@@ -82,7 +89,7 @@ def test_a_job_a_banned_miner_took_is_sent_again_then_failed_after_three(
         sent = redispatch(app, ledger, settings, job_id)
         if attempt < MAX_BANNED_ATTEMPTS:
             assert sent
-            [message] = queued_messages(app, spec.queue)
+            [message] = queued_messages(app, spec.queue, settings)
             assert (message.job_id, message.params, message.model_id) == (job_id, params, MODEL)
             assert key in message.output_url  # the same output key, a fresh presigned URL
     assert not sent and queued_messages(app, spec.queue) == []

@@ -24,9 +24,9 @@ from heurist.celery_app import create_app
 from heurist.credits.ledger import CreditLedger
 from heurist.credits.reconcile import reconcile
 from heurist.db.engine import make_engine, session_scope
-from heurist.dispatch import send_job
+from heurist.dispatch import DispatchSigner, send_job
 from heurist.identity import Wallet
-from heurist.jobs import JobMessage, JobState
+from heurist.jobs import JobMessage, JobState, SignedJob
 from heurist.ledger.service import Ledger
 from heurist.ledger.sweep import Sweep, SweepPolicy, never_completed
 from heurist.ledger.tables import JobResend
@@ -48,7 +48,8 @@ def app(rabbit_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
 
 
 def sweep_for(ledger: Ledger, app: Celery, policy: SweepPolicy = POLICY) -> Sweep:
-    return Sweep(ledger, lambda message, queue: send_job(app, message, queue, "ledger"), policy)
+    signer = DispatchSigner(Wallet.create())
+    return Sweep(ledger, lambda message, queue: send_job(app, signer.sign(message), queue), policy)
 
 
 def queued_messages(app: Celery, queue: str) -> list[JobMessage]:
@@ -59,7 +60,7 @@ def queued_messages(app: Celery, queue: str) -> list[JobMessage]:
         try:
             while (raw := channel.basic_get(queue=queue, no_ack=True)) is not None:
                 args, _, _ = json.loads(raw.body)
-                found.append(JobMessage.model_validate(args[0]))
+                found.append(SignedJob.model_validate(args[0]).job)
         except NotFound:
             return []
     return found

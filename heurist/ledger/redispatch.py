@@ -12,7 +12,7 @@ import logging
 
 from celery import Celery
 
-from heurist.dispatch import DeadlinePassedError, job_message, send_job
+from heurist.dispatch import DeadlinePassedError, DispatchSigner, dispatch_signer, job_message, send_job
 from heurist.ledger.middleware import LedgerMiddleware, Refused
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import Reason
@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 MAX_BANNED_ATTEMPTS = 3
 
 
-def redispatch(app: Celery, ledger: Ledger, settings: Settings, job_id: str) -> bool:
-    """Send a still-queued job again; False (and the job failed) once banned miners took it too often."""
+def redispatch(app: Celery, ledger: Ledger, settings: Settings, job_id: str,
+               signer: DispatchSigner | None = None) -> bool:
+    """Send a still-queued job again, signed by ``signer`` (default: the settings' dispatch key); False (and
+    the job failed) once banned miners took it too often."""
     view, params = ledger.reader.job(job_id), ledger.reader.job_params(job_id)
     if view is None or params is None or view.state.terminal:
         return False
@@ -39,7 +41,7 @@ def redispatch(app: Celery, ledger: Ledger, settings: Settings, job_id: str) -> 
     except DeadlinePassedError:
         ledger.book.record_failure(job_id, "its deadline passed before it could be sent again")
         return False
-    send_job(app, message, spec.queue, settings.ledger_queue)
+    send_job(app, (signer or dispatch_signer(settings)).sign(message), spec.queue)
     log.info("job %s sent again: a banned miner took it (%d time(s))", job_id, taken)
     return True
 
@@ -49,7 +51,8 @@ class Redispatch(LedgerMiddleware):
 
     def __init__(self, app: Celery, settings: Settings) -> None:
         self.app, self.settings = app, settings
+        self.signer = dispatch_signer(settings)
 
     def after_refuse(self, ledger: Ledger, refused: Refused) -> None:
         if refused.reason is Reason.BANNED:
-            redispatch(self.app, ledger, self.settings, refused.job_id)
+            redispatch(self.app, ledger, self.settings, refused.job_id, self.signer)

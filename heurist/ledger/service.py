@@ -27,7 +27,8 @@ from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import WeightPins
 from heurist.db.base import ID_LEN
 from heurist.db.engine import session_factory, session_scope
-from heurist.jobs import Completion, ImageParams, JobState, SignedCompletion, SignedHello
+from heurist.jobs import Completion, ImageParams, JobState, SignedCompletion, SignedFailure, SignedHello
+from heurist.ledger.failures import failure_reason, log_refused, refuse_failure
 from heurist.ledger.jobbook import JobBook
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
 from heurist.ledger.reader import PARAMS, LedgerReader, sum_micro
@@ -110,6 +111,16 @@ class Ledger:
         """A miner's task raised: the job ends FAILED unless it already has a verdict, or the report may be
         about a stale copy of a re-sent job (``JobBook.record_failure``)."""
         self.book.record_failure(job_id, reason, from_miner=True)
+
+    def report_failure(self, signed: SignedFailure, sender: str | None = None) -> bool:
+        """A miner's signed failure report: recorded (True) only if signed by a registered, unbanned miner and
+        sent by its broker user (``heurist.ledger.failures``)."""
+        refusal = refuse_failure(self._sessions, signed, sender)
+        if refusal is not None:
+            log_refused(signed, refusal)
+            return False
+        self.record_failure(signed.failure.job_id, failure_reason(signed))
+        return True
 
     # ------------------------------------------------------------------------------------ completions
 

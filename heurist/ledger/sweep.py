@@ -26,8 +26,9 @@ changes nothing and sends nothing. ``(job_id, attempt)`` is also unique in ``job
 before the message is sent: if the send then fails, the job is swept again after its new deadline.
 
 A re-sent job may still have an older copy in a queue (a backlog, not a purge). The miner that takes that
-copy refuses it as expired and reports a failure; ``JobBook.record_failure(from_miner=True)`` ignores such
-reports until the current copy's deadline has passed, so the stale copy cannot fail the live one.
+copy refuses it as expired (``workers.miner.admission``: rejected, no report); should a report come
+anyway, ``JobBook.record_failure(from_miner=True)`` ignores such reports until the current copy's deadline
+has passed, so the stale copy cannot fail the live one.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from heurist.db.engine import session_factory, session_scope
-from heurist.dispatch import job_message, send_job
+from heurist.dispatch import dispatch_signer, job_message, send_job
 from heurist.jobs import JobMessage, JobState
 from heurist.ledger.reader import PARAMS
 from heurist.ledger.service import Ledger
@@ -201,8 +202,10 @@ class Sweeper:
 def install_sweep(app: Celery, settings: Settings, ledger: Ledger) -> Sweeper:
     """Make the ledger worker of ``app`` sweep stranded jobs while it runs (a bootstep starts and stops it)."""
 
+    signer = dispatch_signer(settings)
+
     def send(message: JobMessage, queue: str) -> None:
-        send_job(app, message, queue, settings.ledger_queue)
+        send_job(app, signer.sign(message), queue)
 
     sweeper = Sweeper(Sweep(ledger, send, SweepPolicy.from_settings(settings)), settings.sweep_interval_s)
 

@@ -17,6 +17,8 @@ from heurist.access.backend import inbox_name
 from heurist.access.backends.rabbitmq import RabbitMQAccess
 from heurist.client import Client
 from heurist.embedded import EmbeddedNetwork, wait_until
+from heurist.identity import Wallet
+from tests.adversary.raw import Attacker
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +84,10 @@ def ready(client: Client, queue: str) -> int:
             return int(conn.channel().queue_declare(queue, passive=True).message_count)
         except NotFound:
             return 0
+
+
+@pytest.fixture(scope="module")
+def attacker(access: BrokerAccess) -> Attacker:
+    """A miner's key and its own restricted broker user, nothing else."""
+    wallet = Wallet.create()
+    return Attacker(wallet, access.add_miner(wallet.address))

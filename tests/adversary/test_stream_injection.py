@@ -152,7 +152,8 @@ def steal_job(attacker: MinerCredentials, queue: str, timeout_s: float = 60.0) -
                 time.sleep(0.02)
                 continue
             channel.basic_reject(message.delivery_tag, requeue=True)
-            job: dict[str, Any] = json.loads(message.body)[0][0]  # Celery protocol 2: [args, kwargs, embed]
+            # Celery protocol 2: [args, kwargs, embed]; the one argument is a SignedJob
+            job: dict[str, Any] = json.loads(message.body)[0][0]["job"]
             if job.get("stream"):
                 return job
     raise AssertionError(f"no streamed job appeared in {queue} within {timeout_s:g}s")

@@ -28,6 +28,7 @@ from heurist.services import Services
 from heurist.settings import Settings
 from tasks.miner import register_miner_tasks
 from tasks.names import MINER_TASKS, REGISTER_MINER
+from workers.miner.admission import Admission
 from workers.miner.device import Device, detect_device
 from workers.miner.heartbeat import install_heartbeats
 from workers.miner.middleware import Middleware, default_middleware, wrap_pipelines
@@ -157,9 +158,10 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     chain = [*default_middleware(), *middleware]
     pipelines = wrap_pipelines(pipelines, chain)  # rebound: a replaced pipeline is not kept alive here
     plan = replace(plan, models=[m for m in plan.models if m.id in pipelines])
-    runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines, middleware=chain)
+    runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines, middleware=chain,
+                           admission=Admission.from_settings(settings, plan.models))
     app = create_app(settings, Services("miner", miner_runtime=runtime))
-    register_miner_tasks(app)
+    register_miner_tasks(app, settings.ledger_queue)
     only_tasks(app, MINER_TASKS)  # a job message naming another task (celery.group, ...) is refused
     confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue, plan.queues)
     install_heartbeats(app, wallet, settings.heartbeat_interval_s, settings.ledger_queue)

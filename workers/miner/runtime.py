@@ -1,18 +1,33 @@
-"""The miner runtime: pipelines loaded once at start, one job at a time, output PUT, completion signed."""
+"""The miner runtime: pipelines loaded once at start, one job at a time, output PUT, completion signed.
+
+A message is admitted first (``workers.miner.admission``: the dispatcher's signature, the deadline, the
+model, the catalog's limits, the store); a job that then raises is reported as a signed ``Failure``."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 from kombu.pools import ProducerPool
 
-from heurist.errors import UnknownModelError
+from heurist.errors import ConfigError, UnknownModelError
 from heurist.identity import Wallet
-from heurist.jobs import Completion, DeviceInfo, JobMessage, SignedCompletion, Timings
+from heurist.jobs import (
+    FAILURE_ERROR_CHARS,
+    Completion,
+    DeviceInfo,
+    Failure,
+    JobMessage,
+    SignedCompletion,
+    SignedFailure,
+    Timings,
+)
+from heurist.signing import sign_failure
 from heurist.storage.presigned import put_presigned
+from workers.miner.admission import Admission
 from workers.miner.middleware import Middleware, default_middleware
 from workers.miner.pipelines.backend import Pipeline
 from workers.miner.streaming import token_stream
@@ -27,6 +42,20 @@ class MinerRuntime:
     pipelines: Mapping[str, Pipeline]
     middleware: list[Middleware] = field(default_factory=default_middleware)
     http: requests.Session = field(default_factory=requests.Session)
+    admission: Admission | None = None  # None: ``admit`` refuses to run anything (in-process tests call execute)
+
+    def admit(self, payload: Any) -> JobMessage:
+        """The job in a received message, if this miner may run it; raises ``JobRefused`` otherwise."""
+        if self.admission is None:
+            raise ConfigError("this miner runtime has no admission checks: build it with "
+                              "Admission.from_settings (workers.miner.launch.serve does)")
+        return self.admission.admit(payload)
+
+    def failure(self, job: JobMessage, error: BaseException) -> SignedFailure:
+        """A signed report that ``job`` raised ``error`` here."""
+        text = f"{type(error).__name__}: {error}"[:FAILURE_ERROR_CHARS]
+        return sign_failure(self.wallet, Failure(job_id=job.job_id, miner=self.wallet.address, error=text,
+                                                 failed_at=time.time()))
 
     def execute(self, job: JobMessage, producers: ProducerPool | None = None) -> SignedCompletion:
         """Run ``job`` on its loaded pipeline, store the output, and sign what was done. A ``stream`` job
