@@ -188,17 +188,20 @@ def test_cli_submit_wait_and_points(network: EmbeddedNetwork, client: Client, mi
     assert mine[0]["points"] == pytest.approx(ledger[miner_address], abs=1e-6) and mine[0]["points"] > 0
 
 
-def test_an_output_overwritten_after_crediting_is_refused_on_download(client: Client, miner_address: str) -> None:
+def test_an_output_overwritten_after_crediting_changes_nothing_downloaded(client: Client, miner_address: str) -> None:
     from heurist.errors import JobFailedError
 
     handle = client.submit_image("a mill", model="tiny-sd", seed=21, steps=2)
     result = handle.result(timeout=300)
     original = handle.download()
-    # The miner still holds its presigned PUT URL; pretend it overwrites the credited object.
+    assert isinstance(original, bytes) and original.startswith(PNG_MAGIC)
+    # Whoever holds the presigned PUT URL overwrites the object it uploaded: clients read the frozen copy.
     client.store.put(result.output_key, b"not the image the ledger verified", "image/png")
+    assert result.stored_key != result.output_key and handle.download() == original
+    # Even the frozen copy, changed by someone with the store's keys, is refused rather than served.
+    client.store.put(result.stored_key, b"not the image the ledger verified", "image/png")
     with pytest.raises(JobFailedError, match="does not match the sha256 the ledger verified"):
         handle.download()
-    assert isinstance(original, bytes) and original.startswith(PNG_MAGIC)
 
 
 def test_a_job_that_raises_on_the_miner_ends_failed_by_its_signed_report(client: Client, miner_address: str) -> None:
