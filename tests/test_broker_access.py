@@ -26,6 +26,7 @@ from heurist.access.permissions import miner_permissions
 from heurist.access.topology import setup_broker
 from heurist.catalog import load_catalog
 from heurist.client import Client
+from heurist.dispatch import dispatch_signer
 from heurist.embedded import EmbeddedNetwork, wait_until
 from heurist.errors import ConfigError, HeuristError
 from heurist.identity import Wallet
@@ -170,7 +171,9 @@ def test_cli_refuses_a_bad_address_and_manages_embedded_miners(tmp_path: Path) -
     assert "Traceback" not in bad.stderr
     address = Wallet.create().address
     added = heurist("add-miner", address, "--json")
-    assert json.loads(added.stdout.splitlines()[-1])["broker_url"].startswith("embedded+sqlite://")
+    joining = json.loads(added.stdout.splitlines()[-1])
+    assert joining["broker_url"].startswith("embedded+sqlite://")
+    assert joining["dispatch_address"] == dispatch_signer(Settings(_env_file=None, data_dir=tmp_path)).address  # type: ignore[call-arg]
     assert heurist("revoke", address).returncode == 0
     listed = json.loads(heurist("miners", "--json").stdout.splitlines()[-1])
     assert [(m["address"], m["active"]) for m in listed] == [(address.lower(), False)]

@@ -64,20 +64,28 @@ def add_miner(address: str = ADDRESS, json_out: bool = JSON,
               vram: int | None = typer.Option(None, "--vram", min=1, help="The largest VRAM class (GB) this "
                                               "operator may consume: with --vram 24 it reads vram8 ... vram24 "
                                               "queues only. Default: every tier.")) -> None:
-    """Create the miner's broker user (a new password if it exists) and its inbox; print its broker URL.
+    """Create the miner's broker user (a new password if it exists) and its inbox; print what the miner sets.
 
-    Hand the URL to the miner over a private channel; it runs `heurist miner --broker URL` (or sets
-    HEURIST_BROKER_URL). A revoked (banned) miner is refused: `heurist broker restore` first.
+    HEURIST_BROKER_URL (secret: hand it over privately), HEURIST_DISPATCH_ADDRESS (the network key that signs
+    every job, so the miner runs no forged one) and HEURIST_S3_ENDPOINT (the only store it uploads to). With
+    --json: address, user, broker_url, dispatch_address, s3_endpoint. A revoked (banned) miner is refused:
+    `heurist broker restore` first.
     """
     from heurist.access import broker_access
+    from heurist.dispatch import dispatch_signer
 
-    creds = broker_access(settings_with()).add_miner(address, max_vram_gb=vram)
+    settings = settings_with()
+    creds = broker_access(settings).add_miner(address, max_vram_gb=vram)
+    joining = {"HEURIST_BROKER_URL": creds.broker_url, "HEURIST_DISPATCH_ADDRESS": dispatch_signer(settings).address,
+               "HEURIST_S3_ENDPOINT": settings.s3_endpoint}
     if json_out:
-        print_json({"address": creds.address, "user": creds.user, "broker_url": creds.broker_url})
+        print_json({"address": creds.address, "user": creds.user, "broker_url": creds.broker_url,
+                    "dispatch_address": joining["HEURIST_DISPATCH_ADDRESS"], "s3_endpoint": settings.s3_endpoint})
         return
-    err_console.print(f"broker user [bold]{creds.user}[/] for miner {creds.address}; give the miner this URL "
-                      "(secret) for `heurist miner --broker URL` or HEURIST_BROKER_URL:")
-    print(creds.broker_url, flush=True)
+    err_console.print(f"broker user [bold]{creds.user}[/] for miner {creds.address}; give the miner these settings "
+                      "(the broker URL is secret: send it privately):")
+    for name, value in joining.items():
+        print(f"{name}={value or '<the store URL miners PUT to>'}", flush=True)
 
 
 @app.command("revoke")
