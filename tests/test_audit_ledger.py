@@ -4,6 +4,7 @@ clawbacks (once per job), escrow and its release, bans, the reporting views, app
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,8 +28,10 @@ from heurist.points import MICRO
 from heurist.storage.backend import ObjectStore
 from tests.fixtures.ledger import Clock, Job, credited_entries, deliver, image_job, register
 
-DAY0 = 1_700_000_000.0  # epoch 19675 (the quotient is 19675.9: rounding would say 19676)
-EPOCH0 = 19675
+# 0.9 of a day into tomorrow (the quotient ends in .9: rounding would say the next epoch). Not a fixed date:
+# lateness is judged by the store's real upload time, so the ledger's fake clock must not lag the real one.
+EPOCH0 = int(time.time() // 86_400) + 1
+DAY0 = (EPOCH0 + 0.9) * 86_400
 
 
 @pytest.fixture(scope="module")
