@@ -10,7 +10,7 @@ from celery import Celery, Task
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import OperationalError
 
-from heurist.access.senders import sender_of
+from heurist.access.senders import InboxTask, sender_of
 from heurist.celery_app import services
 from heurist.deadletters import Reason, first_error, keep_request
 from heurist.errors import StorageError
@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 # Database or storage hiccups are retried by Celery itself; verification failures are verdicts, not errors.
 TRANSIENT = (OperationalError, StorageError)
-RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 30, "max_retries": 20}
+RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 30, "max_retries": 20,
+         "base": InboxTask}  # retries go to the trusted ledger queue, keeping the validated sender
 
 
 def _parse(task: Task, model: Any, payload: Any) -> Any:

@@ -19,7 +19,7 @@ from amqp.exceptions import AccessRefused, NotAllowed
 from kombu import Connection, Exchange, Producer, Queue
 
 from heurist.access import BrokerAccess, MinerCredentials, broker_access, miner_user
-from heurist.access.backend import inbox_name
+from heurist.access.backend import inbox_exchange, inbox_name
 from heurist.access.backends.embedded import EmbeddedAccess
 from heurist.access.backends.rabbitmq import RabbitMQAccess
 from heurist.access.permissions import miner_permissions
@@ -79,7 +79,7 @@ def _refused(conn: Connection, operation: Callable[[Any], object]) -> None:
 
 def test_permissions_configure_nothing_read_tiers_write_only_the_own_inbox_and_streams() -> None:
     user = miner_user("0x" + "ab" * 20)
-    perms = miner_permissions(user, inbox_name(user), ("ledger", "audit.x"))
+    perms = miner_permissions(user, inbox_exchange(user), ("ledger", "audit.x"))
     shared = ["vram8.tiny-sd", "ledger", "celeryev", "celery.pidbox", "reply.celery.pidbox", "heurist.stream",
               inbox_name(user), "amq.default", f"{user}-vram8@host.celery.pidbox", "dead-letters"]
     assert not any(re.match(perms.configure, name) for name in shared)  # miners declare nothing
@@ -88,16 +88,17 @@ def test_permissions_configure_nothing_read_tiers_write_only_the_own_inbox_and_s
     for name in ["ledger", "audit.tiny-sd", "celeryev", "unrouted", "amq.default", "vram7.x", "xvram8.x",
                  inbox_name(user), "heurist.stream", "dead-letters"]:
         assert not re.match(perms.read, name), name
-    assert re.match(perms.write, inbox_name(user)) and re.match(perms.write, "heurist.stream")
+    assert re.match(perms.write, inbox_exchange(user)) and re.match(perms.write, "heurist.stream")
+    assert not re.match(perms.write, inbox_name(user))  # its inbox queue: a write right there allows binding it
     for name in ["ledger", "amq.default", "audit.tiny-sd", "celery.pidbox", "celeryev", "reply.celery.pidbox",
                  "vram8.tiny-sd", inbox_name(miner_user("0x" + "cd" * 20)), "heurist.streamx", "heurist.dead"]:
         assert not re.match(perms.write, name), name
-    limited = miner_permissions(user, inbox_name(user), ("ledger",), max_vram_gb=12)
+    limited = miner_permissions(user, inbox_exchange(user), ("ledger",), max_vram_gb=12)
     assert re.match(limited.read, "vram12.x") and not re.match(limited.read, "vram24.x")
     with pytest.raises(ConfigError, match="no VRAM class fits"):
-        miner_permissions(user, inbox_name(user), ("ledger",), max_vram_gb=4)
+        miner_permissions(user, inbox_exchange(user), ("ledger",), max_vram_gb=4)
     with pytest.raises(ConfigError, match="looks like a miner's tier queue"):
-        miner_permissions(user, inbox_name(user), ("vram8.ledger",))
+        miner_permissions(user, inbox_exchange(user), ("vram8.ledger",))
 
 
 def test_admin_url_defaults_to_the_broker_host_and_credentials() -> None:
@@ -118,7 +119,8 @@ def test_miner_user_consumes_its_tier_and_writes_its_inbox_but_reads_no_trusted_
         job = miner.SimpleQueue(Queue(TIER_QUEUE, no_declare=True)).get(timeout=5)
         assert job.payload == {"job": 1}
         job.ack()
-        Producer(miner.channel()).publish({"completion": 1}, exchange=inbox, routing_key=inbox, user_id=creds.user)
+        Producer(miner.channel()).publish({"completion": 1}, exchange=inbox_exchange(creds.user), routing_key=inbox,
+                                          user_id=creds.user)
         Producer(miner.channel()).publish({"token": 1}, exchange="heurist.stream", routing_key="job")
         _refused(miner, lambda ch: ch.basic_consume("heurist.stream.job", callback=print))
         _refused(miner, lambda ch: ch.basic_consume(inbox, callback=print))  # nor read what it sent

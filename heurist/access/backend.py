@@ -16,6 +16,7 @@ from heurist.errors import HeuristError
 ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
 USER_PREFIX = "miner-"
 INBOX_PREFIX = "inbox."
+INBOX_EXCHANGE_PREFIX = "to-ledger."
 
 
 class BrokerAccessError(HeuristError):
@@ -37,9 +38,21 @@ def miner_user(address: str) -> str:
 
 
 def inbox_name(user: str) -> str:
-    """The queue (and same-named exchange) broker user ``user`` publishes to the ledger through: ``inbox.<user>``.
-    Only that user may write the exchange, so the queue a message arrives on names its sender."""
+    """The queue that holds what broker user ``user`` sends the ledger: ``inbox.<user>``."""
     return INBOX_PREFIX + user
+
+
+def inbox_exchange(user: str) -> str:
+    """The exchange broker user ``user`` publishes to the ledger through: ``to-ledger.<user>``, bound to its inbox.
+    Only that user may write it, so the exchange a message came through names its sender. It is not named like
+    the queue: a write right on a queue's name lets a user bind that queue to any exchange it may read."""
+    return INBOX_EXCHANGE_PREFIX + user
+
+
+def exchange_owner(exchange: str) -> str | None:
+    """The broker user whose inbox exchange ``exchange`` is, None if it is not one."""
+    owner = exchange.removeprefix(INBOX_EXCHANGE_PREFIX)
+    return owner if exchange.startswith(INBOX_EXCHANGE_PREFIX) and owner else None
 
 
 def inbox_owner(queue: str) -> str | None:

@@ -2,10 +2,11 @@
 
 On RabbitMQ a miner declares nothing (it has no configure right): it consumes the tier queues the trusted side
 declared (``heurist broker setup``) and sends everything for the ledger (hello, heartbeats, completions,
-failures) through its own inbox exchange ``inbox.<user>``, with the AMQP ``user_id`` property set to its
-broker user, which RabbitMQ checks against the connection's user. The worker runs without events, gossip,
-mingle, heartbeats or remote control: each needs a shared exchange (``celeryev``, ``celery.pidbox``) that
-one miner could delete or spoof for everyone. Monitoring shows miners from the ledger's signed heartbeats.
+failures) through its own exchange ``to-ledger.<user>`` into its inbox ``inbox.<user>``, with the AMQP
+``user_id`` property set to its broker user, which RabbitMQ checks against the connection's user. The worker
+runs without events, gossip, mingle, heartbeats or remote control: each needs a shared exchange (``celeryev``,
+``celery.pidbox``) that one miner could delete or spoof for everyone. Monitoring shows miners from the
+ledger's signed heartbeats.
 
 Embedded brokers have no users: there the miner sends to the ``ledger`` queue, as the trusted side does.
 """
@@ -23,7 +24,7 @@ from celery import Celery
 from celery.signals import before_task_publish
 from kombu import Exchange, Queue
 
-from heurist.access.backend import inbox_name
+from heurist.access.backend import inbox_exchange, inbox_name
 from heurist.access.queues import direct_queue
 from heurist.errors import HeuristError
 from heurist.settings import is_amqp
@@ -50,10 +51,10 @@ def confine_miner(app: Celery, broker_url: str, ledger_queue: str, queues: Seque
     if not is_amqp(broker_url):
         return
     user = broker_user(broker_url)
-    inbox = inbox_name(user)
+    inbox, exchange = inbox_name(user), inbox_exchange(user)
     # "ledger" is the queue every miner-side sender names; for this app it is the inbox, declared by others.
-    to_ledger = Queue(ledger_queue, Exchange(inbox, "direct", no_declare=True), routing_key=inbox, no_declare=True)
-    route = {"queue": ledger_queue, "exchange": inbox, "routing_key": inbox}  # without both: amq.default
+    to_ledger = Queue(ledger_queue, Exchange(exchange, "direct", no_declare=True), routing_key=inbox, no_declare=True)
+    route = {"queue": ledger_queue, "exchange": exchange, "routing_key": inbox}  # without both: amq.default
     app.conf.task_routes = {name: route for name in LEDGER_TASKS}
     app.conf.task_queues = [to_ledger, *(direct_queue(q, declare=False) for q in queues)]
 
@@ -62,7 +63,7 @@ def confine_miner(app: Celery, broker_url: str, ledger_queue: str, queues: Seque
             properties["user_id"] = user
 
     before_task_publish.connect(sign_as_user, weak=False)
-    _await_exchange(app, inbox, wait_s)
+    _await_exchange(app, exchange, wait_s)
     _check_queues(app, queues)
 
 

@@ -10,7 +10,7 @@ exchange is ``amq.default``). The rules (``docs/trust-boundary.md`` says why for
 * **read: the tier queues of the miner's VRAM classes** (``vram8.tiny-sd``, ``private.vram8.x``): consuming
   needs it. RabbitMQ's read right also allows ``queue.purge``; the stranded-job sweep re-sends purged jobs.
   Nothing else is readable: not ``ledger``, not ``audit.*``, not another miner's inbox, not the streams.
-* **write: its own inbox exchange ``inbox.<user>``** (completions, hellos, heartbeats, failures: bounded, drained
+* **write: its own inbox exchange ``to-ledger.<user>``** (completions, hellos, heartbeats, failures: bounded, drained
   fairly by the ledger, every message's ``user_id`` validated by the broker) **and ``heurist.stream``** (streamed
   tokens, MAC'd with the job's stream key). Never ``amq.default`` (which reaches every queue), never a tier queue
   (forged jobs), never ``ledger``, ``celeryev`` or ``celery.pidbox`` (miners run without events and remote

@@ -1,4 +1,4 @@
-"""The broker names the whole network shares, and kombu's view of them: tier queues and inboxes.
+"""The broker names the whole network shares, and kombu's view of them: the tier queues.
 
 Both sides use these definitions: the trusted side declares them (``heurist.access.topology``), miners use
 them with ``no_declare`` (they have no configure right), so a name means the same queue everywhere.
@@ -7,8 +7,6 @@ them with ``no_declare`` (they have no configure right), so a name means the sam
 from __future__ import annotations
 
 from kombu import Exchange, Queue
-
-from heurist.access.backend import inbox_name
 
 STREAM_EXCHANGE = "heurist.stream"
 
@@ -21,8 +19,3 @@ def direct_queue(name: str, declare: bool = True) -> Queue:
 def tier_queue(name: str, declare: bool = True) -> Queue:
     """A model's tier queue (``vram8.tiny-sd``)."""
     return direct_queue(name, declare)
-
-
-def inbox_queue(user: str, declare: bool = True) -> Queue:
-    """Broker user ``user``'s inbox, its only way to the ledger."""
-    return direct_queue(inbox_name(user), declare)

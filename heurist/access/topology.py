@@ -4,13 +4,11 @@ so they cannot delete or reshape anything another process uses.
 
 * **Tier queues** (one per catalog model, its same-named direct exchange and binding, as Celery names them),
   the ``ledger`` queue (trusted publishers only) and the ``heurist.stream`` exchange.
-* **Inboxes.** Each miner's broker user ``U`` publishes to the ledger only through exchange ``inbox.U`` into
-  queue ``inbox.U``. A policy bounds every inbox (``inbox_max_messages``, ``inbox_max_bytes``, overflow
+* **Inboxes.** Each miner's broker user ``U`` publishes to the ledger only through exchange ``to-ledger.U``
+  into queue ``inbox.U``. A policy bounds every inbox (``inbox_max_messages``, ``inbox_max_bytes``, overflow
   ``reject-publish``): a flooding miner fills its own inbox and the broker refuses the rest. The byte bound
   is also the largest message a miner can get to the ledger at all (a 64 MB message once took the ledger
-  from 206 MB to 662 MB RSS). The ledger consumes every inbox on one channel, one message in flight per
-  inbox, so the broker drains them round-robin and an honest completion waits behind at most one message
-  of each other inbox.
+  from 206 MB to 662 MB RSS). The ledger consumes every inbox on one channel (``heurist.ledger.inboxes``).
 * **Dead letters.** Tier queues, the ledger queue and inboxes dead-letter what a consumer rejects into
   ``heurist.dead`` / ``dead-letters`` (bounded, oldest dropped first), where ``heurist broker dead-letters``
   lists it.
@@ -27,7 +25,7 @@ from dataclasses import dataclass
 
 from kombu import Connection, Exchange
 
-from heurist.access.backend import INBOX_PREFIX, inbox_name
+from heurist.access.backend import INBOX_PREFIX, inbox_exchange, inbox_name
 from heurist.access.backends.rabbitmq import ManagementAPI, quoted
 from heurist.access.permissions import TIER_QUEUE
 from heurist.access.queues import STREAM_EXCHANGE, direct_queue
@@ -95,12 +93,12 @@ def setup_broker(settings: Settings, catalog: Catalog) -> SetupReport:
 
 def declare_inbox(api: ManagementAPI, vhost: str, user: str) -> None:
     """Declare ``user``'s inbox queue, its exchange and their binding (the inbox policy bounds the queue)."""
-    v, name = quoted(vhost), quoted(inbox_name(user))
+    v, name, exchange = quoted(vhost), quoted(inbox_name(user)), quoted(inbox_exchange(user))
     if api.get(f"/queues/{v}/{name}") is None:
         api.call("PUT", f"/queues/{v}/{name}", json={"durable": True, "auto_delete": False, "arguments": {}})
-    api.call("PUT", f"/exchanges/{v}/{name}", json={"type": "direct", "durable": True, "auto_delete": False,
-                                                     "internal": False, "arguments": {}})
-    api.call("POST", f"/bindings/{v}/e/{name}/q/{name}", json={"routing_key": inbox_name(user), "arguments": {}})
+    api.call("PUT", f"/exchanges/{v}/{exchange}", json={"type": "direct", "durable": True, "auto_delete": False,
+                                                         "internal": False, "arguments": {}})
+    api.call("POST", f"/bindings/{v}/e/{exchange}/q/{name}", json={"routing_key": inbox_name(user), "arguments": {}})
 
 
 def list_inboxes(api: ManagementAPI, vhost: str) -> list[str]:

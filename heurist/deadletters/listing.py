@@ -43,9 +43,10 @@ class DeadLetter:
     @classmethod
     def of(cls, headers: dict[str, Any] | None, properties: dict[str, Any] | None, body: bytes) -> DeadLetter:
         """From our headers (``heurist.deadletters.Poison``), or RabbitMQ's ``x-death`` when the broker
-        dead-lettered the message itself (a consumer rejected it without requeue, or it expired)."""
+        dead-lettered the message itself (a consumer rejected it without requeue, or it expired). A message with
+        ``x-death`` came from a miner as it was: its own ``reason``/``sender`` headers are not believed."""
         h, sender = headers or {}, str((properties or {}).get("user_id") or "")
-        if "reason" not in h and isinstance(h.get("x-death"), list) and h["x-death"]:
+        if isinstance(h.get("x-death"), list) and h["x-death"] and isinstance(h["x-death"][0], dict):
             death = h["x-death"][0]
             when = death.get("time")
             return cls(reason=f"broker-{death.get('reason', '?')}", detail=f"dead-lettered by the broker "
@@ -53,15 +54,23 @@ class DeadLetter:
                        sender=sender, time=when.astimezone(UTC).isoformat(timespec="seconds")
                        if isinstance(when, datetime) else str(when or ""), size=len(body),
                        task=str(h.get("task", "")), excerpt=body[:EXCERPT_CHARS].decode("utf-8", "replace"))
-        dead_at = float(h.get("dead_at") or 0.0)
+        dead_at = _number(h.get("dead_at"), 0.0)
         return cls(reason=str(h.get("reason", "?")), detail=str(h.get("detail", "")),
                    source=str(h.get("source", "")), sender=str(h.get("sender", "")) or sender,
                    time=datetime.fromtimestamp(dead_at, UTC).isoformat(timespec="seconds") if dead_at else "",
-                   size=int(h.get("size") or len(body)), task=str(h.get("task", "")),
+                   size=int(_number(h.get("size"), len(body))), task=str(h.get("task", "")),
                    excerpt=body[:EXCERPT_CHARS].decode("utf-8", "replace"))
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _number(value: Any, default: float) -> float:
+    """A header read as a number; ``default`` when it is missing or not one (headers are not trusted input)."""
+    try:
+        return float(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from heurist.catalog import JobKind, ModelSpec
 from heurist.credits.pricing import price_units
 from heurist.credits.tables import ApiKey
-from heurist.errors import HeuristError
+from heurist.errors import HeuristError, JobTimeoutError
 from heurist.gateway.charging import wait_all
 from heurist.gateway.deps import ERRORS, Gateway, gateway, limited_key
 from heurist.gateway.errors import ApiError, error_body, from_heurist
@@ -114,22 +114,40 @@ def completing_broker_user(gw: Gateway, job_id: str) -> str | None:
     return None if view is None or view.miner is None else gw.client.ledger.broker_user(view.miner)
 
 
+STALL_CHECK_S = 5.0  # a stream silent this long: is the job verified already?
+
+
 def _sse(body: dict[str, Any]) -> str:
     return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+
+
+def previews(gw: Gateway, job: TextJob, stream: TokenStream) -> Iterator[str]:
+    """The streamed tokens' text, until ``done``, or until the job is verified while the stream is silent (a
+    miner that raced the honest one to the first chunk, locking the stream, then went quiet: the verified answer
+    follows instead), or until the gateway's timeout."""
+    give_up = time.monotonic() + gw.settings.gateway_timeout_s
+    while True:
+        try:
+            for piece in stream:
+                yield piece.text
+            return
+        except JobTimeoutError:
+            view = gw.client.ledger.job(job.job_id)
+            if (view is not None and view.state.terminal) or time.monotonic() > give_up:
+                return
 
 
 def events(gw: Gateway, job: TextJob, kind: str, include_usage: bool) -> Iterator[str]:
     """The SSE body: a role event (chat), one event per streamed token, then the verified ending."""
     model = job.spec.id
     try:
-        with TokenStream(gw.settings.resolved_broker_url(), job.job_id,
-                         chunk_timeout_s=gw.settings.gateway_timeout_s) as stream:
+        with TokenStream(gw.settings.resolved_broker_url(), job.job_id, chunk_timeout_s=STALL_CHECK_S) as stream:
             send(gw, job, stream.key)
             if kind == "chat":
                 yield _sse(chunk(job.job_id, job.created, model, kind, {"role": "assistant", "content": ""}, None))
-            for piece in stream:
-                if piece.text:
-                    yield _sse(chunk(job.job_id, job.created, model, kind, {"content": piece.text}, None))
+            for text in previews(gw, job, stream):
+                if text:
+                    yield _sse(chunk(job.job_id, job.created, model, kind, {"content": text}, None))
         output, _ = finish(gw, job)
         rest = stream.verify(output.text, completing_broker_user(gw, job.job_id))
         if rest:  # the stream stopped short (its sender sent `done` early): the rest comes from the verified answer

@@ -40,6 +40,7 @@ def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFacto
     # Miners send no events of their own: Flower sees them through the ledger's verified heartbeats.
     events = MinerEvents(app, settings.heartbeat_interval_s)
     app.services.uptime = MonitoredUptime(open_uptime(settings, ledger), events)
+    app.conf.heurist_ledger_queue = settings.ledger_queue  # where retries go (heurist.access.senders.InboxTask)
     register_ledger_tasks(app)
     only_tasks(app, LEDGER_TASKS)  # a miner may publish here: Celery's built-ins (celery.group) are refused
     keep_poison(app, settings)  # malformed, oversized, undecodable or unknown messages go to dead-letters

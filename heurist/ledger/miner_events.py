@@ -55,7 +55,9 @@ class MinerEvents:
         except Exception as err:  # monitoring must never cost a heartbeat
             log.warning("could not publish the monitoring event of miner %s: %s", address, err)
             with self._lock:
-                self._dispatcher = None
+                broken, self._dispatcher = self._dispatcher, None
+            if broken is not None:
+                broken.connection.release()  # the next event opens a fresh connection
 
 
 class MonitoredUptime:

@@ -13,7 +13,7 @@ from amqp.exceptions import NotFound
 from kombu import Connection, Producer
 
 from heurist.access import BrokerAccess, MinerCredentials, broker_access
-from heurist.access.backend import inbox_name
+from heurist.access.backend import inbox_exchange, inbox_name
 from heurist.access.backends.rabbitmq import RabbitMQAccess
 from heurist.client import Client
 from heurist.embedded import EmbeddedNetwork, wait_until
@@ -72,7 +72,7 @@ def send_to_inbox(creds: MinerCredentials, task: str, *args: Any, confirm: bool 
     """Publish ``task(*args)`` as the attacker into its own inbox, its only way to the ledger."""
     inbox = inbox_name(creds.user)
     with Connection(creds.broker_url, transport_options={"confirm_publish": confirm}) as conn:
-        Producer(conn.channel()).publish(task_body(*args), exchange=inbox, routing_key=inbox,
+        Producer(conn.channel()).publish(task_body(*args), exchange=inbox_exchange(creds.user), routing_key=inbox,
                                          headers=task_headers(task), content_type="application/json",
                                          content_encoding="utf-8", user_id=creds.user, retry=False)
 

@@ -16,7 +16,7 @@ from amqp.exceptions import ChannelError
 from kombu import Connection, Producer
 
 from heurist.access import MinerCredentials
-from heurist.access.backend import inbox_name
+from heurist.access.backend import inbox_exchange, inbox_name
 from heurist.client import Client
 from heurist.dispatch import job_message
 from heurist.identity import Wallet
@@ -97,8 +97,8 @@ class Attacker:
 
     def to_ledger(self, message: tuple[dict[str, Any], list[Any]]) -> None:
         """Publish into its own inbox, its one way to the ledger (the broker checks ``user_id``)."""
-        inbox = inbox_name(self.creds.user)
-        publish(self.creds.broker_url, inbox, message, user_id=self.creds.user)
+        user = self.creds.user
+        publish(self.creds.broker_url, inbox_exchange(user), message, routing_key=inbox_name(user), user_id=user)
 
 
 def smuggle(client: Client, attacker: Attacker, queue: str, payload: Any, task_id: str,

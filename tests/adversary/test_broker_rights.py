@@ -24,7 +24,7 @@ from kombu import Connection, Producer
 from sqlalchemy import text
 
 from heurist.access import BrokerAccess, MinerCredentials
-from heurist.access.backend import inbox_name
+from heurist.access.backend import inbox_exchange, inbox_name
 from heurist.catalog import load_catalog
 from heurist.client import Client
 from heurist.embedded import EmbeddedNetwork, wait_until
@@ -70,13 +70,15 @@ def test_a_miner_can_delete_declare_or_reshape_nothing(network: EmbeddedNetwork,
                                                        access: BrokerAccess, honest: str) -> None:
     attacker = access.add_miner(Wallet.create().address)
     for name in ("celeryev", "celery.pidbox", "reply.celery.pidbox", "ledger", "heurist.stream", TIER, "heurist.dead",
-                 inbox_name(attacker.user)):
+                 inbox_exchange(attacker.user)):
         _refused(attacker, lambda ch, name=name: ch.exchange_delete(name))
     for name in (TIER, "ledger", "dead-letters", inbox_name(attacker.user)):
         _refused(attacker, lambda ch, name=name: ch.queue_delete(name))
     _refused(attacker, lambda ch: ch.queue_declare(TIER, durable=True, arguments={"x-max-length": 0}))
     _refused(attacker, lambda ch: ch.queue_declare("attacker.own", auto_delete=True))
     _refused(attacker, lambda ch: ch.exchange_declare("celeryev", "topic", durable=True))
+    # Binding its inbox to a tier exchange would copy every job into it: binding needs write on the queue's name.
+    _refused(attacker, lambda ch: ch.queue_bind(inbox_name(attacker.user), TIER, TIER))
     for exchange, key in (("celeryev", "worker.heartbeat"), ("celery.pidbox", ""), ("reply.celery.pidbox", "x"),
                           (TIER, TIER), ("", TIER), ("ledger", "ledger"), ("", "ledger")):
         _refused(attacker, _publish(exchange, key))  # no spoofed events or replies, no forged jobs, no ledger
@@ -109,7 +111,8 @@ def test_a_flood_fills_only_the_flooders_inbox(network: EmbeddedNetwork, client:
     with Connection(attacker.broker_url) as conn:
         producer = Producer(conn.channel())
         for _ in range(FLOOD):  # no confirms: as fast as the attacker can write
-            producer.publish({"junk": junk}, exchange=inbox, routing_key=inbox, user_id=attacker.user,
+            producer.publish({"junk": junk}, exchange=inbox_exchange(attacker.user), routing_key=inbox,
+                             user_id=attacker.user,
                              headers={"task": RECORD_HEARTBEAT, "id": "x", "lang": "py"}, retry=False)
     flood_s = time.monotonic() - started
     held = ready(client, inbox)

@@ -18,7 +18,7 @@ from amqp.exceptions import AccessRefused
 from kombu import Connection, Producer
 
 from heurist.access import BrokerAccess
-from heurist.access.backend import inbox_name
+from heurist.access.backend import inbox_exchange, inbox_name
 from heurist.audit.middleware import audit_queue
 from heurist.client import Client
 from heurist.embedded import EmbeddedNetwork, wait_until
@@ -50,11 +50,12 @@ def _group_of_replays(job_id: str, copies: int) -> tuple[dict[str, Any], list[An
     return headers, [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
 
 
-def _send_group(broker_url: str, exchange: str, job_id: str, user_id: str | None = None) -> None:
+def _send_group(broker_url: str, exchange: str, job_id: str, user_id: str | None = None,
+                routing_key: str | None = None) -> None:
     """Publish the group as the attacker: raw kombu on its own broker user, declaring nothing."""
     headers, body = _group_of_replays(job_id, copies=6)
     with Connection(broker_url, transport_options={"confirm_publish": True}) as conn:  # refusals surface here
-        Producer(conn.channel()).publish(body, exchange=exchange, routing_key=exchange, headers=headers,
+        Producer(conn.channel()).publish(body, exchange=exchange, routing_key=routing_key or exchange, headers=headers,
                                          serializer="json", retry=False, user_id=user_id)
 
 
@@ -72,7 +73,8 @@ def test_celery_group_sent_to_the_ledger_is_refused(network: EmbeddedNetwork, cl
     victim = client.submit_image("a lighthouse", model="tiny-sd", steps=8, seed=1).result(timeout=120)
     assert victim.state is JobState.COMPLETED and victim.miner == honest
     attacker = access.add_miner(Wallet.create().address)
-    _send_group(attacker.broker_url, inbox_name(attacker.user), victim.job_id, attacker.user)  # its way to the ledger
+    _send_group(attacker.broker_url, inbox_exchange(attacker.user), victim.job_id, attacker.user,  # its way to the
+                inbox_name(attacker.user))  # ledger
     refused = _handled(network, client, "ledger")
     assert ready(client, AUDIT_QUEUE) == 0, "the ledger published the attacker's replay_job messages"
     assert refused in (network.logs / "ledger.log").read_text()

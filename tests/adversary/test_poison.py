@@ -22,7 +22,7 @@ from kombu import Connection, Producer
 from sqlalchemy import text
 
 from heurist.access import BrokerAccess, MinerCredentials
-from heurist.access.backend import inbox_name
+from heurist.access.backend import inbox_exchange, inbox_name
 from heurist.client import Client
 from heurist.deadletters import DEAD_QUEUE
 from heurist.deadletters.listing import peek
@@ -77,7 +77,7 @@ def _publish(creds: MinerCredentials, messages: list[tuple[str, str, dict[str, A
     with Connection(creds.broker_url) as conn:
         producer = Producer(conn.channel())
         for _reason, content_type, headers, body in messages:
-            producer.publish(body, exchange=inbox, routing_key=inbox, headers=headers,
+            producer.publish(body, exchange=inbox_exchange(creds.user), routing_key=inbox, headers=headers,
                              content_type=content_type, content_encoding="utf-8", user_id=creds.user, retry=False)
 
 
@@ -155,9 +155,10 @@ def test_a_miner_can_neither_read_nor_write_the_dead_letters(access: BrokerAcces
         Producer(conn.channel()).publish(b"x", exchange="heurist.dead", routing_key=DEAD_QUEUE, retry=False)
     inbox = inbox_name(creds.user)
     with Connection(creds.broker_url, transport_options=confirmed) as conn, pytest.raises(MessageNacked):
-        Producer(conn.channel()).publish(b"G" * EIGHT_MB, exchange=inbox, routing_key=inbox, retry=False)
+        Producer(conn.channel()).publish(b"G" * EIGHT_MB, exchange=inbox_exchange(creds.user), routing_key=inbox,
+                                         retry=False)
     with Connection(creds.broker_url, transport_options=confirmed) as conn, pytest.raises(AccessRefused):
         Producer(conn.channel()).publish(b"x", exchange="ledger", routing_key="ledger", retry=False)
     with Connection(creds.broker_url, transport_options=confirmed) as conn, pytest.raises(PreconditionFailed):
-        Producer(conn.channel()).publish(b"x", exchange=inbox, routing_key=inbox,  # nor pose as another
+        Producer(conn.channel()).publish(b"x", exchange=inbox_exchange(creds.user), routing_key=inbox,  # nor pose
                                          user_id="miner-0x" + "0" * 40, retry=False)  # miner: user_id is checked

@@ -25,6 +25,7 @@ from heurist.access.backend import (
     MinerCredentials,
     address_of,
     checked_address,
+    inbox_exchange,
     inbox_name,
     miner_user,
 )
@@ -161,7 +162,7 @@ class RabbitMQAccess(BrokerAccess):
 
     def permissions(self, user: str, max_vram_gb: int | None = None) -> Permissions:
         """What ``user`` (a miner's) is allowed on this vhost: consume its tiers, write its inbox and streams."""
-        return miner_permissions(user, inbox_name(user), (self.ledger_queue, f"{self.audit_prefix}.x"),
+        return miner_permissions(user, inbox_exchange(user), (self.ledger_queue, f"{self.audit_prefix}.x"),
                                  max_vram_gb)
 
     def forget(self, address: str) -> None:
@@ -170,7 +171,7 @@ class RabbitMQAccess(BrokerAccess):
         self._close_connections(user)
         self.api.call("DELETE", f"/users/{quoted(user)}", allow_missing=True)
         self.api.call("DELETE", f"/queues/{quoted(self.vhost)}/{quoted(inbox_name(user))}", allow_missing=True)
-        self.api.call("DELETE", f"/exchanges/{quoted(self.vhost)}/{quoted(inbox_name(user))}", allow_missing=True)
+        self.api.call("DELETE", f"/exchanges/{quoted(self.vhost)}/{quoted(inbox_exchange(user))}", allow_missing=True)
 
     def _permit(self, user: str, max_vram_gb: int | None) -> None:
         self.api.call("PUT", f"/permissions/{quoted(self.vhost)}/{quoted(user)}",
