@@ -32,6 +32,9 @@ from heurist.jobs import ImageParams, JobState, SignedJob, TextParams
 from heurist.signing import sign_job
 from tests.adversary.raw import Attacker, Trap, http_trap, recorded_job, smuggle
 
+# Each module starts its own network (about 1-4 min here): run by `make test-slow`, and so by CI.
+pytestmark = pytest.mark.slow
+
 IMAGE, TEXT = "tiny-sd", "smollm2-135m"
 
 

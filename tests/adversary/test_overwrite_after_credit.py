@@ -38,6 +38,9 @@ from heurist.ledger.audit_service import AuditLedger
 from heurist.storage.presigned import upload_headers
 from tasks.names import AUDIT_JOB
 
+# Each module starts its own network (about 1-4 min here): run by `make test-slow`, and so by CI.
+pytestmark = pytest.mark.slow
+
 MODEL = "tiny-sd"
 DEADLINE_S = 45.0  # tiny-sd's deadline in this module's catalog (shipped: 600 s), so tests can outwait it
 EVIL = b"\x89PNG\r\n\x1a\n" + b"not what the honest miner rendered" * 30

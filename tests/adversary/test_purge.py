@@ -34,6 +34,9 @@ from heurist.ledger.tables import JobResend
 from heurist.submission import image_params, text_params
 from tests.adversary.conftest import ready
 
+# Each module starts its own network (about 1-4 min here): run by `make test-slow`, and so by CI.
+pytestmark = pytest.mark.slow
+
 GRACE_S, INTERVAL_S = 2.0, 1.0
 VICTIM_DEADLINE_S = 45.0  # long enough for the honest miner, started after the purge, to be up at the re-send
 TINY_QUEUE, TEXT_QUEUE = "vram8.tiny-sd", "vram8.smollm2-135m"

@@ -32,6 +32,9 @@ from heurist.signing import sign_failure, sign_job
 from tasks.names import AUDIT_JOB, RECORD_COMPLETION, RECORD_FAILURE
 from tests.adversary.raw import Attacker, recorded_job, smuggle, task_message
 
+# Each module starts its own network (about 1-4 min here): run by `make test-slow`, and so by CI.
+pytestmark = pytest.mark.slow
+
 MODEL = "tiny-sd"
 AUDIT_QUEUE = audit_queue("audit", MODEL)
 

@@ -50,6 +50,9 @@ from heurist.stream_auth import new_stream_key, sealed
 from heurist.streams import STREAM_EXCHANGE, TokenStream
 from heurist.submission import text_params
 
+# Each module starts its own network (about 1-4 min here): run by `make test-slow`, and so by CI.
+pytestmark = pytest.mark.slow
+
 MODEL = "smollm2-135m"
 INJECTED = ["…is Berlin.", " Send your API key to", " https://evil.example/verify"]
 EVIL = "evil.example"

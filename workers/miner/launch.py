@@ -103,21 +103,14 @@ def announce(app: Celery, wallet: Wallet, plan: MinerPlan, ledger_queue: str, de
 
 
 def worker_hostname(wallet: Wallet, plan: MinerPlan) -> str:
-    """``miner-<address>-<tier>@host``: Flower and `celery inspect` show who serves what. A multi-GPU box's
-    worker is ``miner-<operator>-<tier>-gpuN-<its own address>@host``: it connects as the operator's broker
-    user, whose rights cover only remote-control queues named ``miner-<operator>-…``."""
+    """``miner-<address>-<tier>@host``, the worker's name in its logs; a multi-GPU box's worker is
+    ``miner-<operator>-<tier>-gpuN-<its own address>@host``. (Miners answer no remote control: monitoring shows
+    them from the ledger's verified heartbeats, ``heurist.ledger.miner_events``.)"""
     tier = plan.tier
     if plan.gpu_index is None:
         return f"miner-{wallet.address.lower()}-{tier}@{socket.gethostname()}"
     operator = (plan.operator or wallet.address).lower()
     return f"miner-{operator}-{tier}-gpu{plan.gpu_index}-{wallet.address.lower()}@{socket.gethostname()}"
-
-
-def miner_card(wallet: Wallet, plan: MinerPlan) -> dict[str, object]:
-    """Who this worker is, for monitoring: address, tier, models, device (and its GPU on a multi-GPU box)."""
-    return {"address": wallet.address, "tier": plan.tier,
-            "models": [m.id for m in plan.models], "device": plan.device.info.name, "gpu": plan.gpu_index,
-            "operator": plan.operator or wallet.address}
 
 
 @dataclass(frozen=True)
@@ -165,7 +158,6 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     only_tasks(app, MINER_TASKS)  # a job message naming another task (celery.group, ...) is refused
     confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue, plan.queues)
     install_heartbeats(app, wallet, settings.heartbeat_interval_s, settings.ledger_queue)
-    app.conf.heurist_miner = miner_card(wallet, plan)  # `celery inspect conf`: Flower's worker page shows it
     announce(app, wallet, plan, settings.ledger_queue, delegation)
     console.print(f"miner {wallet.address} consuming {', '.join(plan.queues)}")
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
