@@ -110,9 +110,10 @@ def run_path_bench(base: Settings, jobs: int, size: int, console: Console) -> Pa
         root = Path(tmp)
         base = base.model_copy(update={"catalog_path": bench_catalog(root)})
         with EmbeddedNetwork(root, base=base) as net:
-            _, key_file = net.new_key_file("bench-miner")
+            wallet, key_file = net.new_key_file("bench-miner")
             net.spawn("bench-miner", heurist_cmd("bench", "worker", "miner", "--key-file", str(key_file),
-                                                 "--size", str(size)), net.miner_env())
+                                                 "--size", str(size)),
+                      net.miner_env(net.own_broker_url(wallet.address)))  # its own broker user, on RabbitMQ
             net.spawn("bench-put", heurist_cmd("bench", "worker", "put"), net.miner_env())
             settings = net.settings()
             with Client(settings) as client:
