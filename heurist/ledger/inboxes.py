@@ -36,7 +36,10 @@ class InboxWatcher(bootsteps.StartStopStep):
         self.tref: Any = None
 
     def start(self, c: Any) -> None:
-        self.refresh(c)
+        """The first look runs from the event loop, not here: consuming an inbox that already holds messages (a
+        restarted ledger's backlog) before the consumer has its callbacks crashed the worker ("Consumer does not
+        have any callbacks"), every restart again."""
+        c.timer.call_after(0.0, self.refresh, (c,))
         self.tref = c.timer.call_repeatedly(self.interval_s, self.refresh, (c,))
 
     def stop(self, c: Any) -> None:
