@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from amqp.exceptions import NotFound
 from kombu import Exchange, Queue
 
 from heurist.access import BrokerAccess
@@ -30,6 +29,7 @@ from heurist.identity import Wallet
 from heurist.jobs import Failure, ImageParams, JobState
 from heurist.signing import sign_failure, sign_job
 from tasks.names import AUDIT_JOB, RECORD_COMPLETION, RECORD_FAILURE
+from tests.adversary.conftest import ready
 from tests.adversary.raw import Attacker, recorded_job, smuggle, task_message
 
 # Each module starts its own network (about 1-4 min here): run by `make test-slow`, and so by CI.
@@ -65,15 +65,6 @@ def inbox(client: Client) -> Iterator[str]:
     yield name
     with client.app.connection_for_write() as conn:
         queue.bind(conn.default_channel).delete()
-
-
-def ready(client: Client, queue: str) -> int:
-    """Messages waiting in ``queue``; a queue nobody declared holds none."""
-    with client.app.connection_for_write() as conn:
-        try:
-            return int(conn.channel().queue_declare(queue, passive=True).message_count)
-        except NotFound:
-            return 0
 
 
 def to(inbox: str, task: str, args: list[Any] | None = None, immutable: bool = False) -> dict[str, Any]:
