@@ -106,7 +106,9 @@ def _task(name: str, *args: Any) -> tuple[dict[str, Any], bytes]:
 
 
 def _hello(wallet: Wallet, device_name: str) -> dict[str, Any]:
-    hello = {"miner": wallet.address, "models": ["tiny-sd"], "queues": ["vram8.tiny-sd"],
+    """A signed hello as a miner builds it; a device name over the field limit is built by hand (the model
+    would refuse it) and signed the same way."""
+    hello = {"miner": wallet.address, "operator": None, "models": ["tiny-sd"], "queues": ["vram8.tiny-sd"],
              "device": {"kind": "cpu", "name": device_name, "vram_gb": 8.0, "torch_threads": 1},
              "started_at": time.time()}
     payload = json.dumps(hello, sort_keys=True, separators=(",", ":")).encode()
