@@ -27,11 +27,12 @@ from heurist.ledger import tables
 from heurist.ledger.redispatch import redispatch
 from heurist.ledger.service import Ledger, Reason
 from heurist.settings import Settings
-from heurist.storage.backend import ObjectInfo, ObjectStore
+from heurist.storage.backend import ObjectStore
 from heurist.storage.backends.s3 import S3ObjectStore
 from heurist.storage.freeze import freeze, frozen_key
 from heurist.storage.presigned import UploadRefusedError, put_presigned
 from tests.fixtures.ledger import PNG, Clock, completion, credited_entries, deliver, image_job, sign
+from tests.fixtures.s3 import DelegatingStore
 
 EVIL = b"\x89PNG\r\n\x1a\n" + b"the attacker's bytes" * 40
 
@@ -137,12 +138,13 @@ def test_a_completion_from_before_freezing_is_read_from_the_output_key(ledger: L
     assert client.fetch_output(client.to_result(view)) == PNG
 
 
-class RacingStore(ObjectStore):
+class RacingStore(DelegatingStore):
     """The real store, but an attacker's PUT lands between the ledger's HEAD and its copy; with ``ignore_condition``
     the store also ignores ``CopySourceIfMatch`` (some S3-compatible services might)."""
 
     def __init__(self, inner: S3ObjectStore, ignore_condition: bool = False) -> None:
-        self.inner, self.bucket, self.ignore_condition = inner, inner.bucket, ignore_condition
+        super().__init__(inner)
+        self.ignore_condition = ignore_condition
 
     def copy(self, source: str, dest: str, *, if_match: str) -> str | None:
         _attacker_put(self.inner, source, EVIL)
@@ -151,24 +153,6 @@ class RacingStore(ObjectStore):
             assert info is not None and info.etag is not None
             if_match = info.etag
         return self.inner.copy(source, dest, if_match=if_match)
-
-    def stat(self, key: str) -> ObjectInfo | None:
-        return self.inner.stat(key)
-
-    def ensure_bucket(self) -> None:
-        self.inner.ensure_bucket()
-
-    def presign_put(self, key: str, expires_s: int) -> str:
-        return self.inner.presign_put(key, expires_s)
-
-    def presign_get(self, key: str, expires_s: int) -> str:
-        return self.inner.presign_get(key, expires_s)
-
-    def get(self, key: str) -> bytes:
-        return self.inner.get(key)
-
-    def put(self, key: str, data: bytes, content_type: str) -> None:
-        self.inner.put(key, data, content_type)
 
 
 @pytest.mark.parametrize("ignore_condition", [False, True], ids=["condition", "store-ignores-condition"])

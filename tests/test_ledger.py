@@ -36,6 +36,7 @@ from tests.fixtures.ledger import (
     sign,
     text_job,
 )
+from tests.fixtures.s3 import DelegatingStore
 
 
 def outcome(verdict: CompletionVerdict) -> tuple[bool, Reason | None, JobState | None]:
@@ -134,34 +135,17 @@ def test_same_completion_delivered_twice_credits_once(ledger: Ledger, catalog: C
     assert ledger.reader.totals().points_total == 8.0
 
 
-class BarrierStore(ObjectStore):
+class BarrierStore(DelegatingStore):
     """The real store, but each HEAD waits for the other delivery: both pass every read before either
     writes, which is the race a read-then-write check alone would lose."""
 
     def __init__(self, inner: ObjectStore, barrier: threading.Barrier) -> None:
-        self.inner, self.barrier, self.bucket = inner, barrier, inner.bucket
+        super().__init__(inner)
+        self.barrier = barrier
 
     def stat(self, key: str) -> ObjectInfo | None:
         self.barrier.wait(timeout=30)
         return self.inner.stat(key)
-
-    def ensure_bucket(self) -> None:
-        self.inner.ensure_bucket()
-
-    def presign_put(self, key: str, expires_s: int) -> str:
-        return self.inner.presign_put(key, expires_s)
-
-    def presign_get(self, key: str, expires_s: int) -> str:
-        return self.inner.presign_get(key, expires_s)
-
-    def get(self, key: str) -> bytes:
-        return self.inner.get(key)
-
-    def put(self, key: str, data: bytes, content_type: str) -> None:
-        self.inner.put(key, data, content_type)
-
-    def copy(self, source: str, dest: str, *, if_match: str) -> str | None:
-        return self.inner.copy(source, dest, if_match=if_match)
 
 
 def _race(migrated_url: str, catalog: Catalog, object_store: ObjectStore, clock: Clock,
