@@ -6,14 +6,11 @@ over RabbitMQ + PostgreSQL + SeaweedFS."""
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import requests
-import uvicorn
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # LiteLLM must not fetch anything at import
 
@@ -24,30 +21,18 @@ from heurist.client import Client
 from heurist.credits.ledger import CreditLedger
 from heurist.embedded import EmbeddedNetwork
 from heurist.gateway.app import create_app
+from tests.fixtures.gateway import serving
 
 MODEL = "smollm2-135m"
 QUESTION = [{"role": "user", "content": "Name three primary colors."}]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def base_url(network: EmbeddedNetwork, client: Client, miner_address: str) -> Iterator[str]:
     app = create_app(network.settings().model_copy(update={"gateway_rate_per_minute": 1000}), client,
                      CreditLedger(client.ledger.engine))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(10)
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

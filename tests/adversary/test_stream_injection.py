@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,7 +33,6 @@ from typing import Any
 
 import pytest
 import requests
-import uvicorn
 from kombu import Connection, Producer
 
 from heurist.access import BrokerAccess
@@ -49,6 +46,7 @@ from heurist.jobs import JobState, TextOutput
 from heurist.stream_auth import new_stream_key, sealed
 from heurist.streams import STREAM_EXCHANGE, TokenStream
 from heurist.submission import text_params
+from tests.fixtures.gateway import serving
 
 # Each module starts its own network (about 1-4 min here): run by `make test-slow`, and so by CI.
 pytestmark = pytest.mark.slow
@@ -72,17 +70,8 @@ def attacker(access: BrokerAccess) -> MinerCredentials:
 def base_url(network: EmbeddedNetwork, client: Client, honest: str) -> Iterator[str]:
     app = create_app(network.settings().model_copy(update={"gateway_rate_per_minute": 1000}), client,
                      CreditLedger(client.ledger.engine))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(10)
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
