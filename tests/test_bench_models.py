@@ -59,6 +59,7 @@ def first_run(tmp_path_factory: pytest.TempPathFactory, shared_models_dir: Path)
     return last_json(done), out
 
 
+@pytest.mark.slow  # a real benchmark run: 20-30 s each (`make test-slow`)
 def test_without_the_family_reference_the_stated_coefficient_stays(first_run: tuple[dict[str, Any], Path]) -> None:
     result, out = first_run
     tiny = result["models"]["tiny-sd"]
@@ -76,12 +77,14 @@ def test_without_the_family_reference_the_stated_coefficient_stays(first_run: tu
     assert spec.benchmark_for("cpu") == bench and spec.benchmark_for("cuda") is None
 
 
+@pytest.mark.slow  # a real benchmark run: 20-30 s each (`make test-slow`)
 def test_written_catalog_keeps_the_shipped_text_and_comments(first_run: tuple[dict[str, Any], Path]) -> None:
     written = first_run[1].read_text()
     assert "# The public model catalog" in written and "[units]" in written
     assert BENCHMARK_BLOCK.sub("", written).rstrip() == SHIPPED.rstrip()  # only the benchmark entry was added
 
 
+@pytest.mark.slow  # a real benchmark run: 20-30 s each (`make test-slow`)
 def test_a_second_run_on_the_same_device_replaces_its_entry(first_run: tuple[dict[str, Any], Path],
                                                             tmp_path: Path, env: dict[str, str]) -> None:
     catalog = tmp_path / "in-use.toml"
@@ -118,6 +121,7 @@ def twin_models_dir(directory: Path, shared_models_dir: Path) -> Path:
     return directory
 
 
+@pytest.mark.slow  # a real benchmark run: 20-30 s each (`make test-slow`)
 def test_coefficients_are_measured_against_the_reference_in_the_same_run(tmp_path: Path,
                                                                          shared_models_dir: Path) -> None:
     catalog = twin_catalog(tmp_path)
@@ -140,6 +144,7 @@ def test_coefficients_are_measured_against_the_reference_in_the_same_run(tmp_pat
     assert load_catalog(catalog)["tiny-sd-b"].benchmarks == []  # the catalog in use was copied, not edited
 
 
+@pytest.mark.slow  # a real benchmark run: 20-30 s each (`make test-slow`)
 def test_bench_audit_images_cost_about_a_render(env: dict[str, str]) -> None:
     result = last_json(heurist("bench", "audit", "--models", "tiny-sd", "--json", "--repeat", "1", "--threads", "1",
                                env=env))

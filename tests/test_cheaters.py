@@ -48,6 +48,8 @@ from workers.miner.pipelines.backend import Pipeline
 from workers.miner.runtime import MinerRuntime
 from workers.testing.cheats import CHEATS, FakeDevice, cheating
 
+pytestmark = pytest.mark.slow  # 19 cheats on a live ledger and auditor: 3-4 min (`make test-slow`)
+
 IMAGE_SEEDS = range(4)
 HONEST_IMAGE_SEEDS = range(100, 106)
 PROMPTS = ["Name three primary colors.", "What is the capital of France?", "Write one sentence about rain."]

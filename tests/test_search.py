@@ -223,6 +223,7 @@ def _cli(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # the CLI embeds a corpus in a child process: 25-45 s (`make test-slow`)
 def test_cli_ingest_and_query(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -242,6 +243,7 @@ def test_cli_ingest_and_query(tmp_path: Path) -> None:
     assert [h["n"] for h in hits] == [1, 2] and hits[0]["title"] == "Honeybees"
 
 
+@pytest.mark.slow  # the CLI embeds a corpus in a child process: 25-45 s (`make test-slow`)
 def test_cli_demo_corpus_and_errors(tmp_path: Path) -> None:
     db = tmp_path / "demo.sqlite"
     done = _cli("ingest", "--demo-corpus", db=db)

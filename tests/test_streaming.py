@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,8 +64,8 @@ class Clocked(Pipeline):
 
 
 @pytest.fixture(scope="module")
-def smollm(tmp_path_factory: pytest.TempPathFactory) -> Clocked:
-    pipeline = load_pipeline(load_catalog()[MODEL], detect_device("cpu"), tmp_path_factory.mktemp("models"))
+def smollm(shared_models_dir: Path) -> Clocked:
+    pipeline = load_pipeline(load_catalog()[MODEL], detect_device("cpu"), shared_models_dir)
     return Clocked(pipeline)
 
 

@@ -7,6 +7,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -55,8 +56,8 @@ class Threads:
 
 
 @pytest.fixture(scope="session")
-def smollm_audit(tmp_path_factory: pytest.TempPathFactory) -> CausalLMPipeline:
-    pipeline = load_pipeline(load_catalog()["smollm2-135m"], detect_device("cpu"), tmp_path_factory.mktemp("m"))
+def smollm_audit(shared_models_dir: Path) -> CausalLMPipeline:
+    pipeline = load_pipeline(load_catalog()["smollm2-135m"], detect_device("cpu"), shared_models_dir)
     assert isinstance(pipeline, CausalLMPipeline)
     return pipeline
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import requests
 
 
@@ -55,6 +56,7 @@ def _read_banner(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]
     return key, url
 
 
+@pytest.mark.slow  # a whole `heurist up` network: 80-140 s (`make test-slow`)
 def test_up_serves_the_gateway_until_ctrl_c(tmp_path: Path, shared_models_dir: Path) -> None:
     port = _free_port()
     proc = subprocess.Popen(_argv(port, tmp_path, shared_models_dir), env=_env(), cwd=tmp_path, text=True,

@@ -28,6 +28,7 @@ from heurist.errors import InvalidJobError
 from heurist.jobs import ImageParams, TextOutput, TextParams
 from workers.miner.device import Device
 from workers.miner.pipelines.backend import OnToken, Pipeline, PipelineOutput
+from workers.miner.pipelines.gguf_cache import load_once
 
 JSON = "application/json"
 
@@ -88,14 +89,21 @@ class TokenDeltas(BaseStreamer):
         self.on_token(last, delta)
 
 
-def load_causal_lm(spec: ModelSpec, device: Device, root: Path) -> tuple[Any, Any]:
-    """Tokenizer and model from ``root`` (a GGUF file in it when the source names one); never downloads."""
+def load_causal_lm(spec: ModelSpec, device: Device, root: Path, converted: Path | None = None) -> tuple[Any, Any]:
+    """Tokenizer and model from ``root`` (a GGUF file in it when the source names one); never downloads.
+    A GGUF is dequantized once and kept in ``converted`` for later loads (``gguf_cache``)."""
     kwargs: dict[str, Any] = {"local_files_only": True}
-    if spec.source.gguf_file:
-        kwargs["gguf_file"] = spec.source.gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(str(root), **kwargs)
     dtype = torch.float16 if device.is_cuda else torch.float32
-    model: Any = AutoModelForCausalLM.from_pretrained(str(root), dtype=dtype, **kwargs)
+
+    def load(source: Path, **extra: Any) -> tuple[Any, Any]:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs, **extra)
+        model: Any = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **kwargs, **extra)
+        return tokenizer, model
+
+    if spec.source.gguf_file and converted is not None:
+        tokenizer, model = load_once(converted, lambda: load(root, gguf_file=spec.source.gguf_file), load)
+    else:
+        tokenizer, model = load(root, **({"gguf_file": spec.source.gguf_file} if spec.source.gguf_file else {}))
     return tokenizer, model.to(device.torch_device).eval()
 
 
@@ -110,10 +118,10 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 class CausalLMPipeline(Pipeline):
     """A loaded chat LLM serving text jobs (greedy at temperature 0, seeded sampling above)."""
 
-    def __init__(self, spec: ModelSpec, device: Device, root: Path) -> None:
+    def __init__(self, spec: ModelSpec, device: Device, root: Path, converted: Path | None = None) -> None:
         self.spec = spec
         self.device = device
-        self.tokenizer, self.model = load_causal_lm(spec, device, root)
+        self.tokenizer, self.model = load_causal_lm(spec, device, root, converted)
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
