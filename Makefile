@@ -42,12 +42,8 @@ TEST_WORKERS ?= 2
 test: install services lint
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
-# The slow suite is CPU-bound (image-audit sweeps rendering at 2 torch threads): on 2 workers it took 26:53, its
-# renders fighting each other's spinning OpenMP threads, so it runs serially unless SLOW_WORKERS says otherwise.
-SLOW_WORKERS ?= 0
-
 test-slow: install services
-	$(PY) -m pytest -m slow -n $(SLOW_WORKERS) --dist loadfile --durations=10
+	$(PY) -m pytest -m slow -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 # Flower, the Celery dashboard, on HEURIST_BROKER_URL (RabbitMQ); needs HEURIST_FLOWER_PASSWORD. PORT=5555 default.
 flower: install
