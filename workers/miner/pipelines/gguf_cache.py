@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,12 @@ def is_intact(directory: Path) -> bool:
     return isinstance(manifest, dict) and bool(manifest) and files == manifest
 
 
-def load_once(directory: Path, load_source: Any, load_converted: Any) -> tuple[Any, Any]:
+def load_once(directory: Path, load_source: Callable[[], tuple[Any, Any]],
+              load_converted: Callable[[Path], tuple[Any, Any]]) -> tuple[Any, Any]:
     """``(tokenizer, model)``: ``load_converted(directory)`` when an intact conversion is there, else
     ``load_source()`` (the GGUF), whose result is then saved to ``directory`` for the next start."""
     if is_intact(directory):
-        return load_converted(directory)  # type: ignore[no-any-return]
+        return load_converted(directory)
     tokenizer, model = load_source()
     try:
         _save(directory, tokenizer, model)
