@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from heurist.catalog import Catalog, JobKind, ModelSpec, load_catalog
 from heurist.celery_app import create_app
 from heurist.dispatch import DispatchSigner, dispatch_signer, job_message, send_job
-from heurist.errors import JobFailedError, JobTimeoutError
+from heurist.errors import JobFailedError, JobTimeoutError, public_failure
 from heurist.jobs import ImageParams, JobMessage, JobState, SignedJob, TextParams
 from heurist.points import image_work_units, text_work_units
 from heurist.settings import Settings, get_settings
@@ -104,7 +104,8 @@ class JobHandle:
         [view] = self.client.wait_all([self.id], timeout)
         result = self.client.to_result(view)
         if not view.state.has_output:
-            raise JobFailedError(f"job {self.id} ended {view.state.value}: {view.error or 'no detail'}")
+            raise JobFailedError(f"job {self.id} ended {view.state.value}: {view.error or 'no detail'}",
+                                 public=public_failure(self.id, view.state))
         return result
 
     def download(self, directory: Path | None = None, timeout: float | None = 300.0) -> bytes | Path:
@@ -237,7 +238,9 @@ class Client:
         if result.output_sha256 is None or hashlib.sha256(data).hexdigest() != result.output_sha256:
             raise JobFailedError(
                 f"output of job {result.job_id} does not match the sha256 the ledger verified "
-                f"({result.output_sha256}); it was changed after delivery, report miner {result.miner}"
+                f"({result.output_sha256}); it was changed after delivery, report miner {result.miner}",
+                public=f"the output of job {result.job_id} no longer matches what the ledger verified; "
+                       "it is not served",
             )
         return data
 

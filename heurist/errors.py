@@ -2,7 +2,18 @@
 
 
 class HeuristError(Exception):
-    """Base of every error meant for a person to read."""
+    """Base of every error meant for a person to read.
+
+    ``public`` is what an API caller may read when the message itself names internals (a miner's address, a
+    host, a bucket, an internal URL): the gateway answers with it and logs the full message. None: the message
+    names nothing internal and is shown as it is."""
+
+    public: str | None = None
+
+    def __init__(self, message: str = "", *, public: str | None = None) -> None:
+        super().__init__(message)
+        if public is not None:
+            self.public = public
 
 
 class CatalogError(HeuristError):
@@ -29,6 +40,19 @@ class JobFailedError(HeuristError):
     """A job ended without a credited result."""
 
 
+# What an API caller reads about a job that ended without a result. The recorded error names the miner, its
+# report and the ledger's check, which ``JobStatus`` promises never to show.
+_PUBLIC_ENDINGS = {
+    "rejected": "the result a miner returned failed the ledger's verification",
+    "failed": "no miner delivered a verified result before the job's deadline",
+}
+
+
+def public_failure(job_id: str, state: str) -> str:
+    """A failed job's message for API callers: its state, and nothing about who ran it or where."""
+    return f"job {job_id} ended {state}: {_PUBLIC_ENDINGS.get(str(state), 'no verified result')}"
+
+
 class JobTimeoutError(HeuristError):
     """A job did not finish within the time the caller waited; ``job_ids`` are the unfinished ones."""
 
@@ -38,11 +62,16 @@ class JobTimeoutError(HeuristError):
 
 
 class ConfigError(HeuristError):
-    """A setting is missing or malformed."""
+    """A setting is missing or malformed (the operator's to fix; API callers read ``public``)."""
+
+    public = "the service is misconfigured; its operator has been told"
 
 
 class StorageError(HeuristError):
-    """The S3 object store is unreachable, refused our credentials, or failed a request."""
+    """The S3 object store is unreachable, refused our credentials, or failed a request. Its message names the
+    endpoint and bucket, for the operator; API callers read ``public``."""
+
+    public = "the output store is unavailable; try again in a minute"
 
 
 class JobRefused(HeuristError):

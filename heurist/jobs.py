@@ -61,7 +61,11 @@ class JobState(StrEnum):
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Every message on the wire. ``allow_inf_nan=False``: a NaN compares false with everything, so one
+    ``sent_at=NaN`` heartbeat once passed every window check and counted 8 uptime slots; infinity likewise
+    escapes every bound. No field of the network has a use for either."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def canonical_json(model: BaseModel) -> bytes:

@@ -55,8 +55,8 @@ log = logging.getLogger(__name__)
 class StreamMismatchError(HeuristError):
     """The streamed text is not the verified answer, or came from a broker user other than the completing miner."""
 
-    def __init__(self, message: str, broker_user: str | None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, broker_user: str | None, public: str | None = None) -> None:
+        super().__init__(message, public=public)
         self.broker_user = broker_user
 
 
@@ -88,7 +88,8 @@ def check_stream(job_id: str, shown: str, verified: str, stream_user: str | None
 
     ``completing_user`` is the broker user of the miner whose completion the ledger verified (None when the ledger
     knows none: the embedded broker, a miner on a trusted user). A stream locked to another user was written by
-    a miner that read the job without holding it: that is logged, and named in the error. It is not an error by
+    a miner that read the job without holding it: that is logged, and named in the error's message (for the
+operator's log; API callers read its ``public`` text, which names no miner). It is not an error by
     itself when what it showed is a prefix of the verified answer (an early ``done``), or any same-tier miner
     could break every stream of its tier with one keyed empty chunk per job.
     """
@@ -103,5 +104,7 @@ def check_stream(job_id: str, shown: str, verified: str, stream_user: str | None
         raise StreamMismatchError(
             f"job {job_id}: the streamed text ({len(shown)} chars from {who}) is not the verified answer "
             f"({len(verified)} chars){proof}; disregard what was streamed, the verified answer is in the job's "
-            f"stored output (GET /v1/jobs/{job_id})", stream_user)
+            f"stored output (GET /v1/jobs/{job_id})", stream_user,
+            public=f"job {job_id}: the streamed text is not the verified answer; disregard what was streamed, the "
+                   f"verified answer is in the job's stored output (GET /v1/jobs/{job_id})")
     return verified[len(shown):]

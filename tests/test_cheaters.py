@@ -55,7 +55,10 @@ HONEST_IMAGE_SEEDS = range(100, 106)
 PROMPTS = ["Name three primary colors.", "What is the capital of France?", "Write one sentence about rain."]
 HONEST_PROMPTS = [*PROMPTS, "List two kinds of fruit."]
 MINER_THREADS, AUDITOR_THREADS = 1, 2
-GPU_SPEEDUP = 30.0  # the stated cuda benchmark: a GPU this much faster than this CPU
+# The stated cuda benchmark: a GPU this much faster than one thread of this CPU (an H100 renders SD far more
+# than 200x faster than one CPU core). At 30x, a CPU liar escaped SLOW_SLACK (20x) whenever a busy CI machine had
+# slowed the module's benchmark by 1.5x: 1 of 4 caught. At 200x it escapes only by running 10x faster than measured.
+GPU_SPEEDUP = 200.0
 
 
 @contextmanager
@@ -195,6 +198,7 @@ def _report(name: str, outcomes: list[Outcome]) -> int:
 # random image "takes" 1 ms), and the metric check runs before the replay.
 IMAGE_CHEATS: dict[str, set[Reason | AuditReason]] = {
     "random-image": {AuditReason.METRICS_IMPLAUSIBLE},
+    "not-an-image": {AuditReason.OUTPUT_UNDECODABLE},
     "fewer-steps": {AuditReason.IMAGE_MISMATCH},
     "other-seed": {AuditReason.IMAGE_MISMATCH},
     "low-res": {AuditReason.IMAGE_MISMATCH, AuditReason.METRICS_IMPLAUSIBLE},

@@ -20,6 +20,7 @@ from heurist.credits.ledger import CreditLedger
 from heurist.credits.pricing import price_units
 from heurist.embedded import EmbeddedNetwork
 from heurist.gateway.app import create_app
+from heurist.ledger.jobbook import JobBook
 from heurist.submission import image_params
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -155,3 +156,34 @@ def test_timeout_answers_504_with_the_job_id(api: TestClient, client: Client, cr
     assert job_id in error["message"]
     assert credits.balance(key_id) == pytest.approx(100 - _price(client, **big))  # kept: the job runs on
     assert api.get(f"/v1/jobs/{job_id}", headers=headers).json()["state"] in ("queued", "completed")
+
+
+def test_a_failed_job_names_no_miner_to_its_client(api: TestClient, client: Client, credits: CreditLedger,
+                                                   miner_address: str) -> None:
+    """Issue 13, finding 8: the recorded error names the miner (and whatever it reported); the job's status and
+    the API's errors say only how the job ended."""
+    key_id, headers = _key(credits, 100)
+    slow = {**TINY, "width": 128, "height": 128, "steps": 30, "timeout_s": 0.3}  # still running when it fails
+    job_id = api.post("/v1/images/generations", json=slow, headers=headers).json()["error"]["job_ids"][0]
+    internal = f"miner {miner_address} reported: CUDA out of memory writing to http://10.0.0.5:8333/outputs"
+    JobBook(client.ledger.engine).record_failure(job_id, internal)  # as the ledger records a miner's report
+    job = api.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    assert job["state"] == "failed" and job["error"] == f"job {job_id} ended failed: no miner delivered a " \
+        "verified result before the job's deadline"
+    view = client.ledger.job(job_id)
+    assert view is not None and view.error == internal  # kept for the operator
+    assert credits.balance(key_id) == pytest.approx(100)  # refunded
+
+
+def test_storage_and_config_errors_name_no_host_or_bucket() -> None:
+    from heurist.errors import ConfigError, JobFailedError, StorageError, public_failure
+    from heurist.gateway.errors import from_heurist
+
+    storage = from_heurist(StorageError("S3 put_object at http://10.0.0.5:8333 failed: NoSuchBucket heurist-prod"))
+    assert (storage.status, storage.code) == (503, "storage_unavailable")
+    assert "10.0.0.5" not in storage.message and "heurist-prod" not in storage.message
+    config = from_heurist(ConfigError("HEURIST_S3_SECRET_KEY is missing for http://minio.internal:9000"))
+    assert config.status == 500 and "minio" not in config.message
+    failed = from_heurist(JobFailedError("job j ended rejected: miner 0xabc sent bad bytes",
+                                         public=public_failure("j", "rejected")))
+    assert failed.status == 502 and "0xabc" not in failed.message and failed.message.startswith("job j ended rejected")

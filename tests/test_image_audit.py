@@ -1,7 +1,11 @@
 """Image audit on real tiny-sd replays: honest replays (other thread count, same run) pass, every cheat fails.
 
-Images are generated once per session (40 honest seeds at 1 and 2 threads, 20 seeds per cheat) and shared by
-the tests; each test prints the measured range so `pytest -s` shows the numbers docs/audit-bands.md records.
+Images are generated once per session and shared by the tests; each test prints the measured range so
+`pytest -s` shows the numbers docs/audit-bands.md records. CI renders 12 honest seeds at 1 and 2 threads and
+6 seeds per cheat (51 renders: the module took 120 s alone on a 2-core machine); the calibration that
+docs/audit-bands.md records is `HEURIST_AUDIT_SWEEP=40` (40 honest seeds, 20 per cheat: 165 renders; its
+two largest fixtures took 577 s and 512 s beside another pytest worker, and one overran pytest's 10-minute
+timeout on CI).
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from workers.miner.device import detect_device
 from workers.miner.pipelines import load_pipeline
 from workers.miner.pipelines.backends.diffusion import DiffusionPipeline, png_bytes
 
-HONEST_SEEDS = range(40)
-CHEAT_SEEDS = range(20)
+HONEST_SEEDS = range(max(int(os.environ.get("HEURIST_AUDIT_SWEEP", "12")), 2))
+CHEAT_SEEDS = range(len(HONEST_SEEDS) // 2)
 LATER = 3600.0
 Pairs = list[tuple[bytes, bytes]]
 
@@ -146,10 +150,10 @@ def test_honest_replays_on_another_thread_count_pass(references: list[bytes], on
 
 
 def test_identical_replays_pass_exactly(audit_pipe: DiffusionPipeline, references: list[bytes]) -> None:
-    again = _with_threads(2, lambda: [render(audit_pipe, params(s)) for s in range(5)])
-    verdicts = _judge(list(zip(references[:5], again, strict=True)))
+    again = _with_threads(2, lambda: [render(audit_pipe, params(s)) for s in range(3)])
+    verdicts = _judge(list(zip(references[:3], again, strict=True)))
     print("\n" + _summary("honest identical rerun", verdicts))
-    assert again == references[:5]
+    assert again == references[:3]
     assert all(v.passed and v.phash_distance == 0 and v.similarity == pytest.approx(1.0) for v in verdicts)
 
 
@@ -158,7 +162,7 @@ def test_identical_replays_pass_exactly(audit_pipe: DiffusionPipeline, reference
 def test_every_cheat_fails(cheats: dict[str, Pairs], cheat: str) -> None:
     verdicts = _judge(cheats[cheat])
     print("\n" + _summary(cheat, verdicts))
-    assert len(verdicts) >= 20
+    assert len(verdicts) == len(CHEAT_SEEDS)
     assert [v.similarity for v in verdicts if v.passed] == []  # catch rate 100%
     assert all(v.reason for v in verdicts)
 

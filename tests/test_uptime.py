@@ -8,6 +8,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
 from heurist.catalog import Catalog, load_catalog
@@ -120,3 +121,13 @@ def test_tier_ignores_models_the_catalog_dropped() -> None:
     catalog: Catalog = load_catalog()
     assert miner_tier(catalog, ["no-such-model"]) is None
     assert miner_tier(catalog, ["tiny-sd", "no-such-model"]) == catalog["tiny-sd"].vram.value
+
+
+@pytest.mark.parametrize("sent_at", [float("nan"), float("inf"), float("-inf")])
+def test_a_heartbeat_that_is_not_a_finite_time_is_malformed(miner: Wallet, sent_at: float) -> None:
+    """Issue 13, finding 4: ``sent_at=NaN`` compared false with both window bounds and counted 8 slots. Every
+    wire message now refuses NaN and infinity, so the ledger's task keeps it as malformed and counts nothing
+    (the raw-AMQP attack is in tests/adversary/test_poison.py)."""
+    signed = {"heartbeat": {"miner": miner.address, "sent_at": sent_at}, "signature": "0x" + "00" * 65}
+    with pytest.raises(ValidationError, match="heartbeat.sent_at\n  Input should be a finite number"):
+        SignedHeartbeat.model_validate(signed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -10,7 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from heurist.credits.ledger import InsufficientCreditsError, UnknownKeyError
-from heurist.errors import HeuristError, InvalidJobError, JobFailedError, UnknownModelError
+from heurist.errors import ConfigError, HeuristError, InvalidJobError, JobFailedError, StorageError, UnknownModelError
+
+log = logging.getLogger(__name__)
 
 _FIELD = re.compile(r"^([a-z_][a-z_0-9.]*)[=:]")
 
@@ -42,8 +45,15 @@ def _field_of(message: str) -> str | None:
 
 
 def from_heurist(err: HeuristError) -> ApiError:
-    """Map a library error to its HTTP status, keeping its message (written for people)."""
-    message = str(err)
+    """Map a library error to its HTTP status, keeping its message (written for people), or its ``public``
+    text where the message names internals (miners, hosts, buckets, URLs); those are logged, never sent."""
+    message = err.public or str(err)
+    if err.public is not None:
+        log.warning("answered an API caller with %r for: %s", err.public, err)
+    if isinstance(err, StorageError):
+        return ApiError(503, message, type_="service_unavailable", code="storage_unavailable")
+    if isinstance(err, ConfigError):
+        return ApiError(500, message, type_="server_error", code="misconfigured")
     if isinstance(err, InsufficientCreditsError):
         return ApiError(402, message, type_="insufficient_credits", code="insufficient_credits")
     if isinstance(err, UnknownModelError):

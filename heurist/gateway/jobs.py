@@ -6,12 +6,14 @@ from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from heurist.credits.tables import ApiKey
+from heurist.errors import public_failure
 from heurist.gateway.deps import ERRORS, Gateway, gateway, limited_key
 from heurist.gateway.errors import ApiError
 from heurist.gateway.schemas import JobStatus
 from heurist.jobs import JobState
 
 router = APIRouter(tags=["jobs"])
+ENDED_BADLY = (JobState.FAILED, JobState.REJECTED)
 
 
 def _not_found(job_id: str) -> ApiError:
@@ -26,11 +28,12 @@ def job_status(gw: Gateway, key_id: int, job_id: str) -> JobStatus:
     view = gw.client.ledger.job(job_id) if reservation is not None and reservation.key_id == key_id else None
     if view is None:
         raise _not_found(job_id)
-    if view.state in (JobState.FAILED, JobState.REJECTED):
+    if view.state in ENDED_BADLY:
         gw.credits.refund(job_id)
     url = gw.client.to_result(view).url
     return JobStatus(id=view.job_id, model=view.model_id, kind=view.kind.value, state=view.state.value,
-                     created_at=view.created_at, finished_at=view.finished_at, url=url, error=view.error)
+                     created_at=view.created_at, finished_at=view.finished_at, url=url,
+                     error=public_failure(view.job_id, view.state) if view.state in ENDED_BADLY else None)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)

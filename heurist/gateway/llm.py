@@ -13,6 +13,7 @@ verified answer (or a prefix of it, the rest then sent from the verified answer)
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ from heurist.stream_auth import StreamMismatchError
 from heurist.streams import TokenStream
 from heurist.submission import text_params
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["llm"])
 
 
@@ -156,8 +158,9 @@ def events(gw: Gateway, job: TextJob, kind: str, include_usage: bool) -> Iterato
         if include_usage:
             yield _sse(chunk(job.job_id, job.created, model, kind, {}, None, usage(output)))
     except StreamMismatchError as err:
-        yield _sse(error_body(str(err), "stream_mismatch", None, "stream_mismatch", job_ids=[job.job_id],
-                              broker_user=err.broker_user))
+        log.warning("%s", err)  # the operator's record names the broker user; the caller's error names no miner
+        yield _sse(error_body(err.public or str(err), "stream_mismatch", None, "stream_mismatch",
+                              job_ids=[job.job_id]))
     except (ApiError, HeuristError) as err:
         api = err if isinstance(err, ApiError) else from_heurist(err)
         yield _sse(error_body(api.message, api.type, api.param, api.code, job_ids=[job.job_id]))

@@ -11,13 +11,13 @@ MAX_SEED = 2**32 - 1
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     type: str = "text"
     text: str = ""
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
 
@@ -28,12 +28,12 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     include_usage: bool = False
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     model: str = Field(..., min_length=1, max_length=64, description="A catalog text model id (GET /v1/models).")
     temperature: float | None = Field(None, ge=0, le=2, description="0: greedy (the default).")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)

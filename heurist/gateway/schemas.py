@@ -14,7 +14,7 @@ MAX_TIMEOUT_S = 3600.0
 class ImageGenerationRequest(BaseModel):
     """POST /v1/images/generations. Unset sizes, steps and guidance take the model's defaults."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [
         {"prompt": "a lighthouse at dusk", "model": "tiny-sd", "width": 64, "height": 64, "steps": 8, "n": 1}]})
 
     prompt: str = Field(..., min_length=1, max_length=4000, description="What to draw.")

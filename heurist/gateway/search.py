@@ -27,7 +27,7 @@ router = APIRouter(tags=["search"])
 
 
 class DocumentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     title: Text = Field(..., min_length=1, max_length=500)
     text: Text = Field(..., min_length=1, max_length=200_000)
     url: Text | None = Field(None, max_length=2000)
@@ -50,7 +50,7 @@ class DocumentOut(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     question: Text = Field(..., min_length=1, max_length=2000)
     k: int = Field(3, ge=1, le=10, description="How many documents to retrieve and cite.")
     model: str = Field("smollm2-135m", min_length=1, max_length=64, description="The text model that answers.")

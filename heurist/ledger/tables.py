@@ -55,6 +55,7 @@ class AuditReason(StrEnum):
     WEIGHTS_TAMPERED = "weights_tampered"  # attested weight hashes differ from the catalog's
     METRICS_IMPLAUSIBLE = "metrics_implausible"  # reported latency impossible for the claimed device
     OUTPUT_MISSING = "output_missing"  # the output vanished before the auditor could read it
+    OUTPUT_UNDECODABLE = "output_undecodable"  # not an output of the job's kind (not a PNG; not a TextOutput)
 
 
 class MinerEventKind(StrEnum):

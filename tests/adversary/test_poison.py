@@ -4,6 +4,9 @@ pickled one. Before, the ledger logged each and dropped it (or stored 8 MB in ``
 refused and kept in ``dead-letters`` once, with its reason and the broker-validated sender, the ledger keeps
 crediting honest work, and nothing of the attacker's is stored.
 
+A heartbeat whose ``sent_at`` is NaN (issue 13: it once counted 8 uptime slots) is malformed too: no message
+field accepts NaN or infinity (``heurist.jobs.Frozen``).
+
 The attack uses only what a miner has: its own broker user from ``heurist broker add-miner`` (permitted to
 publish into the ``ledger`` exchange, as its completions do) and raw kombu.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import subprocess
 import time
 from typing import Any
@@ -29,7 +33,7 @@ from heurist.deadletters.listing import peek
 from heurist.embedded import EmbeddedNetwork, heurist_cmd, wait_until
 from heurist.identity import Wallet
 from heurist.jobs import JobState
-from tasks.names import RECORD_COMPLETION, REGISTER_MINER
+from tasks.names import RECORD_COMPLETION, RECORD_HEARTBEAT, REGISTER_MINER
 from tests.adversary.conftest import ready, task_body, task_headers
 
 EIGHT_MB = 8 * 2**20  # above the inbox's byte bound (4 MiB): the broker refuses it
@@ -56,6 +60,13 @@ def _hello(attacker: Wallet, device_name: str) -> dict[str, Any]:
     return {"hello": hello, "signature": attacker.sign(payload)}
 
 
+def _heartbeat(attacker: Wallet, sent_at: float) -> dict[str, Any]:
+    """Issue 13, finding 4: ``sent_at=NaN`` compared false with every window bound and counted 8 slots."""
+    beat = {"miner": attacker.address, "sent_at": sent_at}
+    payload = json.dumps(beat, sort_keys=True, separators=(",", ":")).encode()
+    return {"heartbeat": beat, "signature": attacker.sign(payload)}
+
+
 def _poison(attacker: Wallet, victim_job: str) -> list[tuple[str, str, dict[str, Any], bytes]]:
     """(expected reason, content type, headers, body) of each poison message."""
     pickled = b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00\x8c\x07os.exit\x94."
@@ -63,6 +74,7 @@ def _poison(attacker: Wallet, victim_job: str) -> list[tuple[str, str, dict[str,
         ("malformed", "application/json", task_headers(RECORD_COMPLETION),
          task_body(_completion(attacker, victim_job, "image/png" + " " * 10_000))),
         ("malformed", "application/json", task_headers(REGISTER_MINER), task_body(_hello(attacker, "G" * 20_000))),
+        ("malformed", "application/json", task_headers(RECORD_HEARTBEAT), task_body(_heartbeat(attacker, math.nan))),
         ("oversized", "application/json", task_headers(REGISTER_MINER), task_body(_hello(attacker, "G" * OVERSIZED))),
         ("unknown-task", "application/json", task_headers("heurist.ledger.credit_everyone"), task_body(victim_job)),
         ("undecodable", "application/json", task_headers(RECORD_COMPLETION), b"\xff\xfe{not json at all"),
@@ -109,7 +121,8 @@ def test_poison_is_kept_with_its_reason_and_the_ledger_keeps_crediting(network: 
     assert "heurist.ledger.credit_everyone" in by_reason["unknown-task"].detail
     details = sorted(letter.detail for letter in found.letters if letter.reason == "malformed")
     assert details[0].startswith("completion.content_type: String should have at most 64 characters"), details
-    assert details[1].startswith("hello.device.name: String should have at most 256 characters"), details
+    assert details[1].startswith("heartbeat.sent_at: Input should be a finite number"), details
+    assert details[2].startswith("hello.device.name: String should have at most 256 characters"), details
     assert ready(client, inbox_name(attacker.user)) == 0  # nothing left behind to be redelivered
     assert peek(settings, 50).total == len(messages)  # listing consumed nothing
 

@@ -53,8 +53,13 @@ class Finding:
 
 
 def check_image(pipeline: Pipeline, params: ImageParams | TextParams, claimed: bytes) -> Finding:
-    from workers.audit.image_check import compare_images
+    """Decoded first: bytes that are not an image used to raise out of the audit, which then recorded nothing
+    and clawed nothing back (issue 13, finding 3). They fail it now, before the replay is paid for."""
+    from workers.audit.image_check import compare_images, undecodable
 
+    problem = undecodable(claimed)
+    if problem is not None:
+        return Finding(False, AuditReason.OUTPUT_UNDECODABLE, problem, {})
     reference = pipeline.run(params, math.inf).data
     verdict = compare_images(reference, claimed)
     metrics = {"phash_distance": verdict.phash_distance, "similarity": verdict.similarity}
@@ -71,7 +76,7 @@ def check_text_output(pipeline: Pipeline, params: ImageParams | TextParams, clai
     try:
         output = TextOutput.model_validate_json(claimed)
     except ValueError as err:
-        return Finding(False, AuditReason.TEXT_MISMATCH, f"output is not a TextOutput: {err}", {})
+        return Finding(False, AuditReason.OUTPUT_UNDECODABLE, f"output is not a TextOutput: {err}", {})
     verdict = check_text(pipeline, params, output)
     metrics = {"mean_logprob": verdict.mean_logprob, "worst_rank": verdict.worst_rank,
                "fraction_top1": verdict.fraction_top1, "tokens_checked": verdict.tokens_checked}

@@ -46,6 +46,18 @@ def _decode(png: bytes) -> Image.Image:
         return image.convert("RGB")
 
 
+def undecodable(data: bytes) -> str | None:
+    """Why ``data`` is not an image the audit can compare (None: it decodes). Pillow's errors differ by
+    format and damage (``UnidentifiedImageError``, ``OSError`` on truncation, ``ValueError``, a decompression
+    bomb warning raised as an error), so all of them are this one verdict."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        return f"the stored output is not a decodable image ({type(err).__name__}: {str(err)[:200]})"
+    return None
+
+
 def phash_distance(a: Image.Image, b: Image.Image) -> int:
     """Hamming distance between the 64-bit DCT perceptual hashes of two images."""
     return int(imagehash.phash(a) - imagehash.phash(b))

@@ -56,6 +56,13 @@ def _random_image(honest: Pipeline, params: Params, deadline_at: float) -> Pipel
     return PipelineOutput(_png(image), "image/png")
 
 
+def _not_an_image(honest: Pipeline, params: Params, deadline_at: float) -> PipelineOutput:
+    """Does the work (its timings are honest), then stores bytes no image decoder reads as the PNG: the audit
+    used to raise on them and record nothing (issue 13, finding 3)."""
+    real = honest.run(params, deadline_at)
+    return PipelineOutput(b"%PDF-1.4 " + real.data[8:64], "image/png")
+
+
 def _fewer_steps(honest: Pipeline, params: Params, deadline_at: float) -> PipelineOutput:
     assert isinstance(params, ImageParams)
     return honest.run(params.model_copy(update={"steps": max(1, params.steps // 4)}), deadline_at)
@@ -195,6 +202,7 @@ def _rigged(how: Run) -> Callable[[Pipeline], Pipeline]:
 
 CHEATS: dict[str, CheatSpec] = {
     "random-image": CheatSpec(JobKind.IMAGE, _rigged(_random_image)),
+    "not-an-image": CheatSpec(JobKind.IMAGE, _rigged(_not_an_image)),
     "fewer-steps": CheatSpec(JobKind.IMAGE, _rigged(_fewer_steps)),
     "other-seed": CheatSpec(JobKind.IMAGE, _rigged(_other_seed)),
     "low-res": CheatSpec(JobKind.IMAGE, _rigged(_low_res)),
