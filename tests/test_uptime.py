@@ -129,5 +129,5 @@ def test_a_heartbeat_that_is_not_a_finite_time_is_malformed(miner: Wallet, sent_
     wire message now refuses NaN and infinity, so the ledger's task keeps it as malformed and counts nothing
     (the raw-AMQP attack is in tests/adversary/test_poison.py)."""
     signed = {"heartbeat": {"miner": miner.address, "sent_at": sent_at}, "signature": "0x" + "00" * 65}
-    with pytest.raises(ValidationError, match="heartbeat.sent_at\n  Input should be a finite number"):
+    with pytest.raises(ValidationError, match=r"heartbeat\.sent_at\n  Input should be a finite number"):
         SignedHeartbeat.model_validate(signed)
