@@ -209,7 +209,8 @@ IMAGE_CHEATS: dict[str, set[Reason | AuditReason]] = {
 }
 TEXT_CHEATS: dict[str, set[Reason | AuditReason]] = {
     "garbage-text": {AuditReason.TEXT_MISMATCH},
-    "truncated-text": {AuditReason.TEXT_MISMATCH},
+    "truncated-text": {Reason.TOKEN_MISMATCH},  # its stored count says whole, its ids a quarter
+    "inflated-tokens": {Reason.TOKEN_MISMATCH},
     "tampered-weights": {AuditReason.TEXT_MISMATCH},
     "modified-weights": {Reason.WEIGHTS_MISMATCH},
     "fake-latency": {AuditReason.METRICS_IMPLAUSIBLE},

@@ -28,6 +28,7 @@ from tests.fixtures.ledger import (
     PNG,
     Clock,
     Job,
+    answer,
     completion,
     credited_entries,
     deliver,
@@ -86,24 +87,42 @@ def test_text_completion_credits_tokens_times_coefficient(ledger: Ledger, catalo
                                                           object_store: ObjectStore, miner: Wallet,
                                                           model: str) -> None:
     job = text_job(ledger, catalog, clock, model=model)
-    _, verdict = deliver(ledger, object_store, job, miner, b'{"text": "red, blue, yellow"}',
-                         input_tokens=12, output_tokens=20)
+    _, verdict = deliver(ledger, object_store, job, miner, answer(12, 20), input_tokens=12, output_tokens=20)
     coefficient = catalog[model].coefficient
     assert verdict.accepted and verdict.points_micro == to_micro((12 + 20) / 1000 * coefficient)
     view = ledger.reader.job(job.id)
     assert view is not None and (view.input_tokens, view.output_tokens, view.tokens) == (12, 20, 32)
 
 
-def test_text_token_claims_are_clamped_to_the_job(ledger: Ledger, catalog: Catalog, clock: Clock,
-                                                  object_store: ObjectStore, miner: Wallet) -> None:
+# (stored answer, claimed input, claimed output): each is refused as token_mismatch (issue 13, finding 1).
+TOKEN_LIES = {
+    "inflated claim (the live attack: 34+12 stored, 82+512 claimed)": (answer(34, 12), 82, 512),
+    "deflated claim (a colluding client pays nothing)": (answer(34, 12), 0, 0),
+    "output count only": (answer(34, 12), 34, 13),
+    "the answer's own count field lies": (answer(34, 12, stated_output_tokens=30), 34, 30),
+    "more tokens stored than max_tokens": (answer(34, 40), 34, 40),
+    "more prompt tokens than the prompt has bytes": (answer(6 + 65, 12), 6 + 65, 12),
+    "not a TextOutput": (b'{"text": "red, blue, yellow"}', 34, 12),
+}
+
+
+@pytest.mark.parametrize("lie", TOKEN_LIES)
+def test_text_token_counts_come_from_the_stored_answer(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                                       object_store: ObjectStore, miner: Wallet, lie: str) -> None:
+    data, claimed_in, claimed_out = TOKEN_LIES[lie]
     prompt = "héllo"  # 6 UTF-8 bytes: no tokenizer makes more than 6 + 64 prompt tokens of it
-    job = text_job(ledger, catalog, clock, prompt=prompt, max_tokens=16)
-    _, verdict = deliver(ledger, object_store, job, miner, b'{"text": "x"}',
-                         input_tokens=1_000_000, output_tokens=1_000_000)
+    job = text_job(ledger, catalog, clock, prompt=prompt, max_tokens=32)
+    _, verdict = deliver(ledger, object_store, job, miner, data, input_tokens=claimed_in, output_tokens=claimed_out)
+    assert (verdict.accepted, verdict.reason, verdict.points_micro) == (False, Reason.TOKEN_MISMATCH, 0)
+    assert verdict.state is JobState.REJECTED  # a bad result counts against the miner, as any other
+    assert_nothing_credited(ledger, job)
+    [(reason, who)] = ledger.reader.rejections(job.id)
+    assert (reason, who) == (Reason.TOKEN_MISMATCH, miner.address)
+
+    honest = text_job(ledger, catalog, clock, prompt=prompt, max_tokens=32)  # the same answer, claimed truly
+    _, verdict = deliver(ledger, object_store, honest, miner, answer(34, 12), input_tokens=34, output_tokens=12)
     spec = catalog["smollm2-135m"]
-    assert verdict.points_micro == to_micro(job_points(spec, job.params, 6 + 64, 16))
-    view = ledger.reader.job(job.id)
-    assert view is not None and view.output_tokens == 1_000_000  # the claim is kept for the audit
+    assert verdict.accepted and verdict.points_micro == to_micro(job_points(spec, honest.params, 34, 12))
 
 
 def test_params_come_from_the_job_record_not_the_miner(ledger: Ledger, engine: Engine, catalog: Catalog,

@@ -5,8 +5,6 @@ Real ledger on SQLite and PostgreSQL, outputs on SeaweedFS, completions signed b
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from heurist.catalog import Catalog
@@ -17,7 +15,7 @@ from heurist.identity import Wallet
 from heurist.ledger.service import Ledger
 from heurist.points import job_points
 from heurist.storage.backend import ObjectStore
-from tests.fixtures.ledger import Clock, deliver, image_job, text_job
+from tests.fixtures.ledger import Clock, answer, deliver, image_job, text_job
 
 
 def test_failed_and_finished_text_jobs_are_closed_once(ledger: Ledger, catalog: Catalog, clock: Clock,
@@ -30,8 +28,7 @@ def test_failed_and_finished_text_jobs_are_closed_once(ledger: Ledger, catalog: 
         credits.reserve(key_id, job.id, price_units(job.spec, job.params))
     worst_case = price_units(answered.spec, answered.params)
     ledger.record_failure(failed.id, "the miner reported an error")
-    answer = json.dumps({"text": "Red, yellow, blue.", "input_tokens": 12, "output_tokens": 6}).encode()
-    assert deliver(ledger, object_store, answered, miner, answer, input_tokens=12, output_tokens=6)[1].accepted
+    assert deliver(ledger, object_store, answered, miner, answer(12, 6), input_tokens=12, output_tokens=6)[1].accepted
     assert deliver(ledger, object_store, image, miner)[1].accepted
     assert open_charges(credits, clock.now - 30) == []  # within the grace a waiting request closes them
     clock.now += 31

@@ -33,7 +33,7 @@ from heurist.ledger.tables import JobResend
 from heurist.monitoring.ledger_stats import LedgerStatsReader
 from heurist.settings import Settings
 from heurist.storage.backend import ObjectStore
-from tests.fixtures.ledger import Clock, Job, deliver, text_job
+from tests.fixtures.ledger import Clock, Job, answer, deliver, text_job
 
 GRACE, WAIT = 10.0, 100.0
 POLICY = SweepPolicy(grace_s=GRACE, output_wait_s=WAIT, resends=2)
@@ -130,8 +130,7 @@ def test_a_completion_of_the_resent_job_is_judged_by_its_fresh_deadline(
     assert sweep_for(ledger, app).run_once().resent == [job.id]
     queued_messages(app, job.spec.queue)
     clock.now += 5  # well past the first deadline, within the fresh one
-    _, verdict = deliver(ledger, object_store, job, miner, b'{"text": "red, green, blue"}',
-                         input_tokens=10, output_tokens=5)
+    _, verdict = deliver(ledger, object_store, job, miner, answer(10, 5), input_tokens=10, output_tokens=5)
     assert verdict.accepted and verdict.state is JobState.COMPLETED and verdict.points_micro > 0
 
 

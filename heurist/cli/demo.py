@@ -37,7 +37,8 @@ def demo(
     with_cheater: bool = typer.Option(False, "--with-cheater", help="Add a second miner that cheats (see --cheat)."),
     cheat: str = typer.Option("random-image", "--cheat", help="How the cheater cheats: "
                               "random-image, not-an-image, fewer-steps, other-seed, low-res, garbage-text, "
-                              "truncated-text, tampered-weights, modified-weights, fake-latency or fake-device."),
+                              "truncated-text, inflated-tokens, tampered-weights, modified-weights, fake-latency or "
+                              "fake-device."),
     audit_rate: float = typer.Option(1.0, "--audit-rate", min=0.0, max=1.0,
                                      help="Share of jobs the auditor replays (production default: 10%)."),
 ) -> None:

@@ -22,6 +22,7 @@ class AcceptedClaim:
     params: ImageParams | TextParams
     timings: Timings
     device: DeviceInfo
+    input_tokens: int
     output_tokens: int
     weights_sha256: str | None  # None for completions accepted before attestation existed
     wall_s: float  # job created -> completion received, by the ledger's clock
@@ -40,7 +41,8 @@ def read_claim(engine: Engine, job_id: str) -> AcceptedClaim | None:
     return AcceptedClaim(
         job_id=job.id, miner=completion.miner_address, model_id=job.model_id,
         params=PARAMS.validate_python(job.params), timings=Timings.model_validate(completion.timings),
-        device=DeviceInfo.model_validate(completion.device), output_tokens=completion.output_tokens,
+        device=DeviceInfo.model_validate(completion.device), input_tokens=completion.input_tokens,
+        output_tokens=completion.output_tokens,
         weights_sha256=completion.weights_sha256, wall_s=completion.received_at - job.created_at,
         registered_device=DeviceInfo.model_validate(registered) if registered else None,
     )

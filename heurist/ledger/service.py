@@ -27,7 +27,7 @@ from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import WeightPins
 from heurist.db.base import ID_LEN
 from heurist.db.engine import session_factory, session_scope
-from heurist.jobs import Completion, ImageParams, JobState, SignedCompletion, SignedFailure, SignedHello
+from heurist.jobs import ImageParams, JobState, SignedCompletion, SignedFailure, SignedHello
 from heurist.ledger.failures import failure_reason, log_refused, refuse_failure
 from heurist.ledger.jobbook import JobBook
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
@@ -41,8 +41,6 @@ from heurist.storage.backend import ObjectStore
 
 log = logging.getLogger(__name__)
 
-# No tokenizer emits more tokens than the prompt has bytes; the slack covers chat-template tokens.
-PROMPT_TOKEN_SLACK = 64
 # A job may still take a completion in these states; COMPLETED and LATE already hold one.
 OPEN_STATES = (JobState.QUEUED, JobState.FAILED, JobState.REJECTED)
 
@@ -163,22 +161,21 @@ class Ledger:
 
     # ----------------------------------------------------------------------------------------- verdicts
 
-    def _credit_micro(self, job: Job, spec: ModelSpec, claim: Completion) -> int:
-        """Points from the job record's parameters, never the miner's; token claims are clamped to what
-        the job allows (the audit checks exact counts)."""
+    def _credit_micro(self, job: Job, spec: ModelSpec, counts: tuple[int, int] | None) -> int:
+        """Points from the job record's parameters, never the miner's, and for text from the token counts
+        read from the stored answer (``heurist.ledger.token_counts``), never the claimed ones."""
         params = PARAMS.validate_python(job.params)
         if isinstance(params, ImageParams):
             return to_micro(job_points(spec, params))
-        input_tokens = min(claim.input_tokens, len(params.prompt.encode("utf-8")) + PROMPT_TOKEN_SLACK)
-        output_tokens = min(claim.output_tokens, params.max_tokens)
-        return to_micro(job_points(spec, params, input_tokens, output_tokens))
+        assert counts is not None, "a text completion is accepted only after its counts were read"
+        return to_micro(job_points(spec, params, *counts))
 
     def _accept(self, a: Attempt) -> CompletionVerdict:
         """Store the completion, credit the job, set its state: one transaction, or nothing."""
         assert a.job is not None and a.spec is not None and a.signer is not None
         late_by = a.uploaded_at - a.job.deadline_at  # the store's clock, never the ledger's backlog
         late = late_by > 0
-        micro = 0 if late else self._credit_micro(a.job, a.spec, a.claim)
+        micro = 0 if late else self._credit_micro(a.job, a.spec, a.counts)
         state = JobState.LATE if late else JobState.COMPLETED
         try:
             with session_scope(self._sessions) as session:

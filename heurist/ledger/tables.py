@@ -56,6 +56,7 @@ class AuditReason(StrEnum):
     METRICS_IMPLAUSIBLE = "metrics_implausible"  # reported latency impossible for the claimed device
     OUTPUT_MISSING = "output_missing"  # the output vanished before the auditor could read it
     OUTPUT_UNDECODABLE = "output_undecodable"  # not an output of the job's kind (not a PNG; not a TextOutput)
+    TOKEN_MISMATCH = "token_mismatch"  # the claimed token counts are not the stored answer's
 
 
 class MinerEventKind(StrEnum):
@@ -85,6 +86,7 @@ class Reason(StrEnum):
     WEIGHTS_MISMATCH = "weights_mismatch"  # the miner attests model files other than the pinned ones
     WRONG_SENDER = "wrong_sender"  # signed by a key that belongs to another broker user (operator)
     OUTPUT_CHANGED = "output_changed"  # the object was overwritten between verification and freezing
+    TOKEN_MISMATCH = "token_mismatch"  # claimed token counts differ from the stored answer's (or it has none)
 
 
 class Miner(Base):

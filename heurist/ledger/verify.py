@@ -26,6 +26,7 @@ from heurist.identity import recover_signer
 from heurist.jobs import Completion, DeviceInfo, SignedCompletion
 from heurist.ledger.standing import MinerStanding, read_standing
 from heurist.ledger.tables import CompletionRow, Job, Miner, Reason
+from heurist.ledger.token_counts import check_token_counts
 from heurist.storage.backend import ObjectInfo, ObjectStore
 from heurist.storage.freeze import freeze
 
@@ -59,6 +60,7 @@ class Attempt:
     standing: MinerStanding = field(default_factory=MinerStanding)
     registered_device: DeviceInfo | None = None
     frozen_key: str | None = None  # where the verified bytes were copied (``heurist.storage.freeze``)
+    counts: tuple[int, int] | None = None  # text: (input, output) tokens read from the stored answer
 
     @property
     def claim(self) -> Completion:
@@ -247,7 +249,8 @@ CHECKS: tuple[Check, ...] = (
     _check_output_exists,
     _check_sha256,
     _check_size,
-    _freeze_output,  # last: only verified bytes are frozen, and nothing is credited unfrozen
+    _freeze_output,  # only verified bytes are frozen, and nothing is credited unfrozen
+    check_token_counts,  # text: counts read from the frozen answer (``heurist.ledger.token_counts``)
 )
 
 

@@ -160,6 +160,16 @@ class FakeLatency(Middleware):
         return completion.model_copy(update={"timings": fast})
 
 
+class InflatedTokens(Middleware):
+    """Stores the honest answer and claims ten times its tokens (issue 13, finding 1: credited 13x before)."""
+
+    def after_job(self, job: JobMessage, completion: Completion) -> Completion:
+        if not isinstance(job.params, TextParams):
+            return completion
+        return completion.model_copy(update={"input_tokens": completion.input_tokens * 10,
+                                             "output_tokens": completion.output_tokens * 10})
+
+
 class FakeDevice(Middleware):
     """Claims a data-centre GPU while running on whatever it has."""
 
@@ -212,6 +222,7 @@ CHEATS: dict[str, CheatSpec] = {
     "modified-weights": CheatSpec(None, _modified_weights),
     "fake-latency": CheatSpec(None, middleware=FakeLatency),
     "fake-device": CheatSpec(None, middleware=FakeDevice),
+    "inflated-tokens": CheatSpec(JobKind.TEXT, middleware=InflatedTokens),
 }
 
 

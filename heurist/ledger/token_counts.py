@@ -1,0 +1,79 @@
+"""Token counts are read from the stored answer, never taken from the claim: the last check of a text job.
+
+Found live (issue 13, finding 1): a text miner stored an answer of 34+12 tokens and claimed 82+512. The ledger
+credited from the claim (clamped only by ``max_tokens``) and was 13x over the honest amount; the gateway's
+reconcile sweep billed the client from the same claim, and a miner colluding with a client could claim 0/0.
+
+Now the ledger reads the frozen ``TextOutput`` (one GET of an object it has just verified, at most
+``MAX_ANSWER_CHARS`` of text plus its ids) and refuses the completion as ``token_mismatch``, which ends the
+job REJECTED and counts against the miner as any bad result does, unless all of these hold:
+
+* the object parses as a ``TextOutput``;
+* its ``output_tokens`` is the number of ``output_token_ids`` it stores, and at most the job's ``max_tokens``;
+* its ``input_tokens`` is at most the prompt's UTF-8 bytes plus ``PROMPT_TOKEN_SLACK`` (no tokenizer emits more
+  tokens than bytes; the slack covers the chat template's tokens);
+* the signed claim's two counts are exactly the stored ones.
+
+The completion row, the points and the gateway's bill (live or by the reconcile sweep) then all rest on
+counts the ledger has read from the answer itself. What this check cannot see, because it would need the
+model's tokenizer on the ledger: whether the stored ids are the tokens of the stored text, and whether
+``input_tokens`` is exactly the templated prompt's count. The audit's teacher forcing judges the ids against
+the model; an answer padded with ids the model would not produce fails it and is clawed back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from heurist.catalog import JobKind
+from heurist.jobs import TextOutput, TextParams
+from heurist.ledger.tables import Reason
+
+if TYPE_CHECKING:
+    from heurist.ledger.verify import Attempt, Refusal, Verifier
+
+# No tokenizer emits more tokens than the prompt has bytes; the slack covers chat-template tokens.
+PROMPT_TOKEN_SLACK = 64
+
+
+def stored_counts(data: bytes, params: TextParams) -> tuple[int, int] | str:
+    """(input, output) tokens of a stored answer, or why they cannot be believed."""
+    try:
+        output = TextOutput.model_validate_json(data)
+    except ValidationError as err:
+        return f"the stored output is not a TextOutput ({err.error_count()} errors, first: {err.errors()[0]['msg']})"
+    ids = len(output.output_token_ids)
+    if output.output_tokens != ids:
+        return f"the stored answer says {output.output_tokens} output tokens but holds {ids} token ids"
+    if ids > params.max_tokens:
+        return f"the stored answer holds {ids} tokens; the job allows {params.max_tokens}"
+    most = len(params.prompt.encode("utf-8")) + PROMPT_TOKEN_SLACK
+    if not 0 <= output.input_tokens <= most:
+        return f"the stored answer says {output.input_tokens} prompt tokens; this prompt has at most {most}"
+    return output.input_tokens, ids
+
+
+def check_token_counts(v: Verifier, a: Attempt) -> Refusal | None:
+    """Text jobs only: the stored answer's counts, checked and recorded in ``a.counts`` for the credit."""
+    from heurist.ledger.reader import PARAMS
+    from heurist.ledger.verify import Refusal
+
+    assert a.job is not None and a.spec is not None and a.frozen_key is not None
+    if a.spec.kind is not JobKind.TEXT:
+        return None
+    params = PARAMS.validate_python(a.job.params)
+    assert isinstance(params, TextParams)
+    counts = stored_counts(v.store.get(a.frozen_key), params)
+    if isinstance(counts, str):
+        return Refusal(Reason.TOKEN_MISMATCH, counts, miner=a.signer, marks_job=True)
+    claimed = (a.claim.input_tokens, a.claim.output_tokens)
+    if claimed != counts:
+        return Refusal(Reason.TOKEN_MISMATCH, f"claims {claimed[0]}+{claimed[1]} tokens; the stored answer holds "
+                       f"{counts[0]}+{counts[1]}", miner=a.signer, marks_job=True)
+    a.counts = counts
+    return None
+
+
+__all__ = ["PROMPT_TOKEN_SLACK", "check_token_counts", "stored_counts"]

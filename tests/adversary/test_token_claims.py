@@ -1,0 +1,122 @@
+"""A text miner is paid for tokens it never produced (issue 13, finding 1). Live, a miner stored an answer of
+34+12 tokens, claimed 82+512 and was credited 13 times the honest amount; the gateway's reconcile sweep billed
+the client from the same claim, and a miner colluding with a client could claim 0+0 so that it paid nothing.
+
+The attacker has a registered key and its own restricted broker user (``heurist broker add-miner``). It holds
+a genuine job of the victim's (the dispatcher signed it; a same-tier miner takes such a message from its tier
+queue), PUTs an answer of 34+12 tokens to the job's presigned URL and sends, through its inbox, a correctly
+signed completion claiming 82+512, then on a second job 0+0. The ledger reads the counts from the stored answer
+(``heurist.ledger.token_counts``) and refuses both as ``token_mismatch``: nothing is credited to the attacker,
+and the next honest job is credited and billed at the counts its stored answer holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from heurist.access import BrokerAccess
+from heurist.client import Client
+from heurist.embedded import EmbeddedNetwork, wait_until
+from heurist.identity import Wallet
+from heurist.jobs import (
+    Completion,
+    DeviceInfo,
+    JobState,
+    MinerHello,
+    SignedCompletion,
+    SignedHello,
+    TextOutput,
+    Timings,
+)
+from heurist.ledger.tables import Reason
+from heurist.points import job_points, to_micro
+from heurist.storage.presigned import put_presigned
+from heurist.submission import text_params
+from tasks.names import RECORD_COMPLETION, REGISTER_MINER
+from tests.adversary.raw import Attacker, recorded_job, task_message
+
+# Each module starts its own network (about 1-4 min here): run by `make test-slow`, and so by CI.
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-135m"
+DEVICE = DeviceInfo(kind="cpu", name="cpu", vram_gb=8.0)
+
+
+@pytest.fixture(scope="module")
+def network_settings() -> dict[str, Any]:
+    return {"audit_base_rate": 0.0, "audit_new_miner_rate": 0.0, "audit_suspicious_rate": 0.0}
+
+
+@pytest.fixture(scope="module")
+def honest_models() -> list[str]:
+    return [MODEL]
+
+
+@pytest.fixture(scope="module")
+def attacker(client: Client, access: BrokerAccess) -> Attacker:
+    """A registered key on its own broker user, as ``heurist miner`` would make it, driven by hand."""
+    wallet = Wallet.create()
+    attacker = Attacker(wallet, access.add_miner(wallet.address))
+    hello = MinerHello(miner=wallet.address, models=[MODEL], queues=[client.catalog[MODEL].queue], device=DEVICE,
+                       started_at=time.time())
+    signed = SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload()))
+    attacker.to_ledger(task_message(REGISTER_MINER, [signed.model_dump(mode="json")]))
+    wait_until(lambda: client.ledger.is_registered(wallet.address), 60, "the attacker's key to register")
+    return attacker
+
+
+def _pinned_weights(client: Client, job_id: str) -> str:
+    """What an honest miner of this model attests (the attacker runs the genuine files, it only lies in counts)."""
+    with client.ledger.engine.connect() as db:
+        return str(db.execute(text("SELECT weights_sha256 FROM completions WHERE job_id = :j"), {"j": job_id})
+                   .scalar_one())
+
+
+def _claim(attacker: Attacker, client: Client, weights: str, claimed: tuple[int, int]) -> str:
+    """Hold a victim's job, store a 34+12 answer through its URL, claim ``claimed`` tokens; the job's id."""
+    spec = client.catalog[MODEL]
+    signed_job, _ = recorded_job(client, MODEL, text_params(spec, "Name three primary colours.", max_tokens=16))
+    job = signed_job.job
+    answer = TextOutput(text="Red, yellow and blue.", input_tokens=34, output_tokens=12,
+                        output_token_ids=list(range(1000, 1012)), finish_reason="stop").model_dump_json().encode()
+    put_presigned(job.output_url, answer, "application/json")
+    claim = Completion(job_id=job.job_id, model_id=MODEL, miner=attacker.wallet.address,
+                       output_sha256=hashlib.sha256(answer).hexdigest(), output_bytes=len(answer),
+                       content_type="application/json", input_tokens=claimed[0], output_tokens=claimed[1],
+                       timings=Timings(run_s=1.0, upload_s=0.1, total_s=1.1), device=DEVICE,
+                       weights_sha256=weights, finished_at=time.time())
+    signed = SignedCompletion(completion=claim, signature=attacker.wallet.sign(claim.signing_payload()))
+    attacker.to_ledger(task_message(RECORD_COMPLETION, [signed.model_dump(mode="json")]))
+    return job.job_id
+
+
+def test_inflated_and_deflated_token_claims_earn_nothing(network: EmbeddedNetwork, client: Client, honest: str,
+                                                         attacker: Attacker) -> None:
+    spec = client.catalog[MODEL]
+    first = client.submit_text("Name a colour.", model=MODEL, max_tokens=8).result(timeout=300)
+    weights = _pinned_weights(client, first.job_id)
+
+    for claimed in ((82, 512), (0, 0)):
+        job_id = _claim(attacker, client, weights, claimed)
+        wait_until(lambda job_id=job_id: client.ledger.rejections(job_id), 60, "the ledger's verdict",
+                   check=network.check_alive)
+        assert client.ledger.rejections(job_id) == [(Reason.TOKEN_MISMATCH, attacker.wallet.address)]
+        assert client.ledger.points_entries(job_id) == 0
+    [standing] = [m for m in client.ledger.miner_points() if m.address == attacker.wallet.address]
+    assert (standing.jobs, standing.points_micro) == (0, 0)
+
+    # The honest network: the next job is credited and billed at what its stored answer holds.
+    after = client.submit_text("Name a fruit.", model=MODEL, max_tokens=8).result(timeout=300)
+    assert after.state is JobState.COMPLETED and after.miner == honest
+    stored = TextOutput.model_validate_json(client.fetch_output(after))
+    view = client.ledger.job(after.job_id)
+    assert view is not None and (view.input_tokens, view.output_tokens) == (stored.input_tokens,
+                                                                            len(stored.output_token_ids))
+    params = client.ledger.job_params(after.job_id)
+    assert params is not None
+    assert to_micro(after.points) == to_micro(job_points(spec, params, stored.input_tokens, stored.output_tokens))
