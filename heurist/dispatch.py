@@ -36,7 +36,7 @@ from heurist.errors import ConfigError, HeuristError
 from heurist.identity import Wallet
 from heurist.jobs import ImageParams, JobMessage, SignedJob, TextParams
 from heurist.settings import Settings
-from heurist.signing import sign_job
+from heurist.signing import DEFAULT_DOMAIN, Domain, sign_job
 from heurist.storage.backend import ObjectStore
 from tasks.names import RUN_JOB
 
@@ -48,24 +48,25 @@ class DispatchSigner:
     """The network's dispatch key: ``address`` is what miners are told (``HEURIST_DISPATCH_ADDRESS``)."""
 
     wallet: Wallet
+    domain: Domain = DEFAULT_DOMAIN  # the network's EIP-712 domain (its chain id): heurist.signing
 
     @property
     def address(self) -> str:
         return self.wallet.address
 
     def sign(self, job: JobMessage) -> SignedJob:
-        return sign_job(self.wallet, job)
+        return sign_job(self.wallet, job, self.domain)
 
 
 def dispatch_signer(settings: Settings) -> DispatchSigner:
     """The trusted side's dispatch key: ``settings.dispatch_key``, else ``data_dir/dispatch.key`` (created)."""
     if settings.dispatch_key is not None:
         try:
-            return DispatchSigner(Wallet.from_key(settings.dispatch_key.get_secret_value()))
+            return DispatchSigner(Wallet.from_key(settings.dispatch_key.get_secret_value()), Domain.of(settings))
         except ConfigError:
             raise ConfigError("HEURIST_DISPATCH_KEY is not a valid 32-byte hex private key; unset it to use "
                               f"{settings.data_dir / KEY_FILE} (created on first use)") from None
-    return DispatchSigner(_key_file_wallet(settings.data_dir / KEY_FILE))
+    return DispatchSigner(_key_file_wallet(settings.data_dir / KEY_FILE), Domain.of(settings))
 
 
 def _key_file_wallet(path: Path) -> Wallet:

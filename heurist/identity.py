@@ -1,5 +1,6 @@
-"""EVM identities: a key pair. Completions, hellos and heartbeats are signed EIP-191 messages; job messages
-and failure reports are EIP-712 typed data (``heurist.signing``). Signers are recovered, never claimed."""
+"""EVM identities: a key pair. Every message of the network is EIP-712 typed data in the network's domain
+(``heurist.signing``). ``Wallet.sign`` and ``recover_signer`` (EIP-191, a wallet's ``personal_sign``) sign no
+network message; the tests use them to show such signatures are refused. Signers are recovered, never claimed."""
 
 from __future__ import annotations
 

@@ -74,10 +74,7 @@ def canonical_json(model: BaseModel) -> bytes:
 
 
 class Signable(Frozen):
-    """A claim a miner signs with its key (EIP-191 over the canonical JSON)."""
-
-    def signing_payload(self) -> bytes:
-        return canonical_json(self)
+    """A claim a miner signs with its key: EIP-712 typed data in the network's domain (``heurist.signing``)."""
 
 
 class ImageParams(Frozen):
@@ -231,12 +228,7 @@ class MinerHello(Signable):
 class SignedHello(Frozen):
     hello: MinerHello
     signature: SIGNATURE
-    operator_signature: SIGNATURE | None = None  # the operator's EIP-191 signature of delegation_payload(miner)
-
-
-def delegation_payload(worker: str) -> bytes:
-    """What an operator signs to vouch that key ``worker`` is one of its GPU workers (``Wallet.derive``)."""
-    return b"heurist/gpu-worker-delegation/v1:" + worker.lower().encode()
+    operator_signature: SIGNATURE | None = None  # the operator's EIP-712 Delegation of this key (heurist.signing)
 
 
 class Heartbeat(Signable):

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
         None, pattern=r"^0x[0-9a-fA-F]{40}$", description="Miners: the address of the network's dispatch key; "
         "a miner runs only job messages it signed. The operator's `heurist broker add-miner --json` prints it "
         "(dispatch_address).")
+    chain_id: int = Field(
+        31337, ge=1, description="The network's EVM chain id, in the EIP-712 domain of every signed message "
+        "(heurist.signing): a signature made for one network is refused on another. Every process of one "
+        "network, miners included, must use the same. Default: a local EVM's (31337).")
+    verifying_contract: str | None = Field(
+        None, pattern=r"^0x[0-9a-fA-F]{40}$", description="The network's settlement contract, also in the "
+        "EIP-712 domain once the network has one. Every process of one network must use the same.")
     ledger_queue: str = "ledger"
     max_message_bytes: int = Field(
         65_536, ge=4096, le=16 * 2**20, description="Largest message body the ledger and the auditor accept; "

@@ -1,71 +1,137 @@
-"""EIP-712 typed data of the network: job messages (signed by the dispatcher) and failure reports (by miners).
+"""EIP-712 typed data for every signed message of the network, bound to one network by its domain.
 
-Why typed data and this domain. Completions, hellos and heartbeats are EIP-191 signatures over
-``"\\x19Ethereum Signed Message:\\n" ‖ len ‖ canonical JSON``. An EIP-712 digest is
-``keccak256("\\x19\\x01" ‖ domainSeparator ‖ hashStruct(message))``. The second prefix byte differs (0x45 against
-0x01), so no EIP-191 signature verifies as EIP-712 typed data, whatever its payload: a miner cannot turn a
-completion it signed into a job, nor the dispatcher's signature on anything else into one. Inside EIP-712 the
-primary type (``Job``, ``Failure``) is hashed into every struct, so a job signature is never a failure
-signature either, and the domain name keeps both apart from any other application's typed data.
+Why (issue 13, finding 6). Completions, hellos and heartbeats used to be EIP-191 signatures over bare canonical
+JSON: no network or chain id, no message type, no version. A hello signed for one network registered on
+another, and a dApp's ``personal_sign`` of crafted JSON was a valid Heurist message. Now every message (job,
+failure, completion, hello, heartbeat, and an operator's delegation to a GPU worker key) is EIP-712:
+``keccak256("\\x19\\x01" ‖ domainSeparator ‖ hashStruct(message))``.
+
+* The **domain** is the network: name ``Heurist network``, version ``2``, ``chainId`` (``HEURIST_CHAIN_ID``)
+  and, where the network has one, ``verifyingContract`` (``HEURIST_VERIFYING_CONTRACT``). Each is hashed into
+  every digest, so a signature made for one network recovers to another address on any other, and is refused.
+* The **primary type** (``Job``, ``Failure``, ``Completion``, ``MinerHello``, ``Heartbeat``, ``Delegation``) is
+  hashed into every struct: a heartbeat's signature is never a hello's, nor a job's a completion's.
+* EIP-191's prefix byte is 0x45 and EIP-712's 0x01, so no ``personal_sign`` verifies as typed data, whatever
+  its text.
 
 Each struct carries the whole message as its canonical JSON (``heurist.jobs.canonical_json``: sorted keys,
-compact) in ``body``, plus the job id (and the miner) as typed fields a wallet shows. Fields added to a
-message later (``JobMessage.stream_key``, …) are signed without touching this module. Both sides are Python
-and JSON floats round-trip exactly (``repr``), so the verifier rebuilds the same bytes from what it parsed.
+compact) in ``body``, with the job id and the miner as typed fields a wallet shows. Fields added to a message
+later are signed without touching this module. Both sides are Python, and JSON floats round-trip exactly
+(``repr``), so the verifier rebuilds the same bytes from what it parsed.
 
-Cost here (eth-account 0.14 with coincurve): about 0.8 ms to sign and 0.9 ms to recover a job message.
+Cost here (eth-account 0.14 with coincurve): about 0.8 ms to sign and 0.9 ms to recover a message.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from eth_account.messages import SignableMessage, encode_typed_data
 
 from heurist.identity import Wallet, recover_encoded
-from heurist.jobs import Failure, JobMessage, SignedFailure, SignedJob, canonical_json
+from heurist.jobs import (
+    Completion,
+    Failure,
+    Frozen,
+    Heartbeat,
+    JobMessage,
+    MinerHello,
+    SignedFailure,
+    SignedJob,
+    canonical_json,
+)
 
-DOMAIN: dict[str, Any] = {"name": "Heurist network", "version": "1"}
-_DOMAIN_TYPE = [{"name": "name", "type": "string"}, {"name": "version", "type": "string"}]
-_JOB_TYPE = [{"name": "jobId", "type": "string"}, {"name": "body", "type": "string"}]
-_FAILURE_TYPE = [{"name": "jobId", "type": "string"}, {"name": "miner", "type": "address"},
-                 {"name": "body", "type": "string"}]
+if TYPE_CHECKING:
+    from heurist.settings import Settings
 
+DEFAULT_CHAIN_ID = 31337  # the local EVM's (Hardhat, Anvil, web3's tester); a network sets its own
 
-def _typed(primary: str, fields: list[dict[str, str]], message: dict[str, Any]) -> SignableMessage:
-    return encode_typed_data(full_message={
-        "types": {"EIP712Domain": _DOMAIN_TYPE, primary: fields},
-        "primaryType": primary, "domain": DOMAIN, "message": message})
-
-
-def job_typed_data(job: JobMessage) -> SignableMessage:
-    """What the dispatcher signs for ``job``."""
-    return _typed("Job", _JOB_TYPE, {"jobId": job.job_id, "body": canonical_json(job).decode()})
-
-
-def failure_typed_data(failure: Failure) -> SignableMessage:
-    """What a miner signs to report that ``failure.job_id`` raised."""
-    return _typed("Failure", _FAILURE_TYPE, {"jobId": failure.job_id, "miner": failure.miner,
-                                             "body": canonical_json(failure).decode()})
-
-
-def sign_job(wallet: Wallet, job: JobMessage) -> SignedJob:
-    return SignedJob(job=job, signature=wallet.sign_encoded(job_typed_data(job)))
+_FIELDS = {"jobId": "string", "miner": "address", "worker": "address", "body": "string"}
+# primary type -> its typed fields, in order ("body": the canonical JSON of the whole message)
+_STRUCTS: dict[type[Frozen], tuple[str, tuple[str, ...]]] = {
+    JobMessage: ("Job", ("jobId", "body")),
+    Failure: ("Failure", ("jobId", "miner", "body")),
+    Completion: ("Completion", ("jobId", "miner", "body")),
+    MinerHello: ("MinerHello", ("miner", "body")),
+    Heartbeat: ("Heartbeat", ("miner", "body")),
+}
 
 
-def job_signer(signed: SignedJob) -> str | None:
+@dataclass(frozen=True)
+class Domain:
+    """The EIP-712 domain of one network; every signature made or checked in a process uses its settings'."""
+
+    chain_id: int = DEFAULT_CHAIN_ID
+    verifying_contract: str | None = None
+    name: str = "Heurist network"
+    version: str = "2"
+
+    @classmethod
+    def of(cls, settings: Settings) -> Domain:
+        return cls(chain_id=settings.chain_id, verifying_contract=settings.verifying_contract)
+
+    def _typed(self, primary: str, fields: tuple[str, ...], message: dict[str, Any]) -> SignableMessage:
+        domain: dict[str, Any] = {"name": self.name, "version": self.version, "chainId": self.chain_id}
+        domain_type = [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                       {"name": "chainId", "type": "uint256"}]
+        if self.verifying_contract is not None:
+            domain["verifyingContract"] = self.verifying_contract
+            domain_type.append({"name": "verifyingContract", "type": "address"})
+        return encode_typed_data(full_message={
+            "types": {"EIP712Domain": domain_type, primary: [{"name": f, "type": _FIELDS[f]} for f in fields]},
+            "primaryType": primary, "domain": domain, "message": message})
+
+    def typed_data(self, message: Frozen) -> SignableMessage:
+        """What is signed for ``message`` (a job, failure, completion, hello or heartbeat) on this network."""
+        primary, fields = _STRUCTS[type(message)]
+        values = {"jobId": getattr(message, "job_id", None), "miner": getattr(message, "miner", None),
+                  "body": canonical_json(message).decode()}
+        return self._typed(primary, fields, {f: values[f] for f in fields})
+
+    def delegation(self, worker: str) -> SignableMessage:
+        """What an operator signs to vouch that key ``worker`` is one of its GPU workers (``Wallet.derive``)."""
+        return self._typed("Delegation", ("worker",), {"worker": worker})
+
+
+DEFAULT_DOMAIN = Domain()
+
+
+def sign_message(wallet: Wallet, message: Frozen, domain: Domain = DEFAULT_DOMAIN) -> str:
+    return wallet.sign_encoded(domain.typed_data(message))
+
+
+def message_signer(message: Frozen, signature: str, domain: Domain = DEFAULT_DOMAIN) -> str | None:
+    """The address that signed ``message`` on this network (None: malformed signature). A signature made on
+    another network, or for another message type, recovers to some other address."""
+    return recover_encoded(domain.typed_data(message), signature)
+
+
+def sign_delegation(operator: Wallet, worker: str, domain: Domain = DEFAULT_DOMAIN) -> str:
+    return operator.sign_encoded(domain.delegation(worker))
+
+
+def delegation_signer(worker: str, signature: str, domain: Domain = DEFAULT_DOMAIN) -> str | None:
+    return recover_encoded(domain.delegation(worker), signature)
+
+
+def sign_job(wallet: Wallet, job: JobMessage, domain: Domain = DEFAULT_DOMAIN) -> SignedJob:
+    return SignedJob(job=job, signature=sign_message(wallet, job, domain))
+
+
+def job_signer(signed: SignedJob, domain: Domain = DEFAULT_DOMAIN) -> str | None:
     """The address that signed this job message (None: malformed signature)."""
-    return recover_encoded(job_typed_data(signed.job), signed.signature)
+    return message_signer(signed.job, signed.signature, domain)
 
 
-def sign_failure(wallet: Wallet, failure: Failure) -> SignedFailure:
-    return SignedFailure(failure=failure, signature=wallet.sign_encoded(failure_typed_data(failure)))
+def sign_failure(wallet: Wallet, failure: Failure, domain: Domain = DEFAULT_DOMAIN) -> SignedFailure:
+    return SignedFailure(failure=failure, signature=sign_message(wallet, failure, domain))
 
 
-def failure_signer(signed: SignedFailure) -> str | None:
+def failure_signer(signed: SignedFailure, domain: Domain = DEFAULT_DOMAIN) -> str | None:
     """The address that signed this failure report (None: malformed signature)."""
-    return recover_encoded(failure_typed_data(signed.failure), signed.signature)
+    return message_signer(signed.failure, signed.signature, domain)
 
 
-__all__ = ["DOMAIN", "failure_signer", "failure_typed_data", "job_signer", "job_typed_data", "sign_failure",
-           "sign_job"]
+__all__ = ["DEFAULT_CHAIN_ID", "DEFAULT_DOMAIN", "Domain", "delegation_signer", "failure_signer", "job_signer",
+           "message_signer", "sign_delegation", "sign_failure", "sign_job", "sign_message"]

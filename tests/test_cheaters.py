@@ -38,6 +38,7 @@ from heurist.ledger.service import Ledger
 from heurist.ledger.tables import AuditReason, Reason
 from heurist.points import image_work_units, text_work_units
 from heurist.settings import Settings
+from heurist.signing import sign_message
 from heurist.storage.backends.s3 import S3ObjectStore
 from heurist.storage.seaweed import SeaweedServer
 from workers.audit.auditor import Auditor
@@ -129,7 +130,7 @@ class Network:
 
     def _register(self, wallet: Wallet, device: DeviceInfo, model_id: str) -> None:
         hello = MinerHello(miner=wallet.address, models=[model_id], queues=[], device=device, started_at=time.time())
-        assert self.ledger.register_miner(SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload())))
+        assert self.ledger.register_miner(SignedHello(hello=hello, signature=sign_message(wallet, hello)))
 
     def _job(self, spec: ModelSpec, params: ImageParams | TextParams) -> JobMessage:
         job_id = str(uuid.uuid4())

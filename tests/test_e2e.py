@@ -20,6 +20,7 @@ from heurist.client import Client
 from heurist.embedded import EmbeddedNetwork, wait_until
 from heurist.jobs import JobState
 from heurist.points import job_points
+from heurist.signing import sign_message
 from heurist.submission import image_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -150,10 +151,10 @@ def test_bad_completions_over_the_broker_credit_nothing(client: Client, in_proce
     elif tamper == "signer":  # well signed, by a key that never registered
         stranger = Wallet.create()
         claim = Completion.model_validate({**completion.model_dump(), "miner": stranger.address})
-        forged = SignedCompletion(completion=claim, signature=stranger.sign(claim.signing_payload()))
+        forged = SignedCompletion(completion=claim, signature=sign_message(stranger, claim))
     else:  # the registered miner claims other bytes than it stored
         claim = Completion.model_validate({**completion.model_dump(), "output_sha256": "ab" * 32})
-        forged = SignedCompletion(completion=claim, signature=in_process_miner.wallet.sign(claim.signing_payload()))
+        forged = SignedCompletion(completion=claim, signature=sign_message(in_process_miner.wallet, claim))
     _send_completion(client, forged.model_dump(mode="json"))
     job_id = completion.job_id
     wait_until(lambda: client.ledger.rejections(job_id), 60, "the ledger's verdict")

@@ -22,6 +22,7 @@ from heurist.ledger import tables
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
 from heurist.ledger.service import CompletionVerdict, Ledger, Reason
 from heurist.points import MICRO, job_points, to_micro
+from heurist.signing import sign_message
 from heurist.storage.backend import ObjectInfo, ObjectStore
 from tests.fixtures.ledger import (
     DEVICE,
@@ -243,7 +244,7 @@ def test_bad_signature_is_rejected_and_leaves_the_job_alone(ledger: Ledger, cata
     register(ledger, forger)
     claimed_by_miner = completion(job, miner, PNG)
     forged = SignedCompletion(completion=claimed_by_miner,
-                              signature=forger.sign(claimed_by_miner.signing_payload()))
+                              signature=sign_message(forger, claimed_by_miner))
     verdict = ledger.record_completion(forged)
     assert (verdict.accepted, verdict.reason, verdict.points) == (False, Reason.BAD_SIGNATURE, 0.0)
     # Tampering after signing (inflating tokens) breaks the signature too.
@@ -381,12 +382,12 @@ def test_register_miner(ledger: Ledger, engine: Engine, clock: Clock) -> None:
     assert not ledger.reader.is_registered(wallet.address)
     hello = MinerHello(miner=wallet.address, models=["sd15"], queues=["vram8.sd15"], device=DEVICE,
                        started_at=clock.now)
-    forged = SignedHello(hello=hello, signature=Wallet.create().sign(hello.signing_payload()))
+    forged = SignedHello(hello=hello, signature=sign_message(Wallet.create(), hello))
     refused = ledger.register_miner(forged)
     assert (refused.accepted, refused.reason) == (False, Reason.BAD_SIGNATURE)
     assert not ledger.reader.is_registered(wallet.address)
     first_seen = clock.now
-    signed = SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload()))
+    signed = SignedHello(hello=hello, signature=sign_message(wallet, hello))
     assert ledger.register_miner(signed).accepted
     clock.now += 100
     verdict = register(ledger, wallet, models=("sd15", "sdxl"))

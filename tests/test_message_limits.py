@@ -28,6 +28,7 @@ from heurist.jobs import (
     TokenChunk,
 )
 from heurist.settings import Settings
+from heurist.signing import sign_message
 
 WALLET = Wallet.create()
 DEVICE = {"kind": "cpu", "name": "AMD EPYC 7B13 64-Core Processor (2 cores)", "vram_gb": 7.8, "torch_threads": 1}
@@ -57,9 +58,9 @@ def refused(model: type[BaseModel], data: dict[str, Any]) -> str:
 
 def test_honest_messages_pass_and_stay_small() -> None:
     c = Completion.model_validate(completion())
-    signed = SignedCompletion(completion=c, signature=WALLET.sign(c.signing_payload()))
+    signed = SignedCompletion(completion=c, signature=sign_message(WALLET, c))
     h = MinerHello.model_validate(hello())
-    signed_hello = SignedHello(hello=h, signature=WALLET.sign(h.signing_payload()))
+    signed_hello = SignedHello(hello=h, signature=sign_message(WALLET, h))
     sizes = [len(json.dumps(m.model_dump(mode="json"))) for m in (signed, signed_hello)]
     assert all(size < 2000 for size in sizes), sizes  # far below the ledger's 64 KiB body limit
     Heartbeat(miner=WALLET.address, sent_at=time.time())

@@ -88,8 +88,8 @@ def test_a_job_signature_survives_the_json_round_trip(dispatcher: DispatchSigner
 
 
 def test_an_eip191_signature_is_never_a_job_signature(dispatcher: DispatchSigner) -> None:
-    """Completions, hellos and heartbeats are EIP-191 over canonical JSON: the same key signing the job's very
-    bytes that way (as a completion is signed) does not make a job signature, and the reverse holds too."""
+    """A ``personal_sign`` (EIP-191) of the job's very bytes, as a dApp may ask a wallet to make, does not make
+    a job signature, and the reverse holds too."""
     job = _job()
     personal = dispatcher.wallet.sign(canonical_json(job))
     assert recover_signer(canonical_json(job), personal) == dispatcher.address  # valid as EIP-191 ...

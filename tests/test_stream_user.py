@@ -10,13 +10,14 @@ from heurist.access.backend import miner_user
 from heurist.identity import Wallet
 from heurist.jobs import MinerHello, SignedHello
 from heurist.ledger.service import Ledger
+from heurist.signing import sign_message
 from tests.fixtures.ledger import DEVICE
 
 
 def _hello(wallet: Wallet) -> SignedHello:
     hello = MinerHello(miner=wallet.address, models=["smollm2-135m"], queues=[], device=DEVICE,
                        started_at=time.time())
-    return SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload()))
+    return SignedHello(hello=hello, signature=sign_message(wallet, hello))
 
 
 def test_the_reader_names_the_broker_user_a_key_is_bound_to(ledger: Ledger) -> None:

@@ -21,6 +21,7 @@ from heurist.ledger.service import Ledger
 from heurist.ledger.tables import MinerUptime, Reason
 from heurist.ledger.uptime import EpochClock, UptimeBook
 from heurist.routing import miner_tier
+from heurist.signing import sign_message
 from heurist.storage.backend import ObjectStore
 from tests.fixtures.ledger import Clock, register
 
@@ -46,7 +47,7 @@ def book(engine: Engine, clock: Clock) -> UptimeBook:
 
 def beat(wallet: Wallet, sent_at: float, signer: Wallet | None = None) -> SignedHeartbeat:
     heartbeat = Heartbeat(miner=wallet.address, sent_at=sent_at)
-    return SignedHeartbeat(heartbeat=heartbeat, signature=(signer or wallet).sign(heartbeat.signing_payload()))
+    return SignedHeartbeat(heartbeat=heartbeat, signature=sign_message(signer or wallet, heartbeat))
 
 
 def beat_at(book: UptimeBook, clock: Clock, wallet: Wallet, t: float) -> bool:

@@ -2,7 +2,7 @@
 
 Both run in the same run, on the same broker, storage and machine, one solo worker each, after a warm-up.
 The full path is everything a real job does except the model: client validation, ledger record, presign,
-send, miner runtime, PUT, EIP-191 signing, ledger verification (signature, HEAD with checksum, database
+send, miner runtime, PUT, EIP-712 signing, ledger verification (signature, HEAD with checksum, database
 write) and the client seeing the verdict. Its model answers at once (``workers.bench.path.NullPipeline``).
 """
 

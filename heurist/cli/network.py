@@ -71,13 +71,13 @@ def miner(
         raise typer.Exit(run_supervisor(settings, catalog, wallet, per_gpu, wanted,
                                         _per_gpu_args(key_file, wanted, loglevel),
                                         "cpu" if gpu_inventory else "cuda:0", console))
-    from heurist.jobs import delegation_payload
+    from heurist.signing import Domain, sign_delegation
     from workers.miner.launch import MinerOptions, run_miner  # torch is imported only on the miner side
 
     operator, delegation = wallet.address, None
     if gpu_index is not None:  # the operator vouches for its GPU worker's key: the ledger binds it to its user
         worker = wallet.derive(gpu_index)
-        wallet, delegation = worker, wallet.sign(delegation_payload(worker.address))
+        wallet, delegation = worker, sign_delegation(wallet, worker.address, Domain.of(settings))
     run_miner(settings, catalog, wallet, MinerOptions(model_ids=None if wanted is None else tuple(wanted),
                                                       vram_gb=vram, device_kind=device, loglevel=loglevel,
                                                       gpu_index=gpu_index, operator=operator,

@@ -13,13 +13,14 @@ from heurist.ledger.reader import LedgerReader
 from heurist.ledger.service import Ledger
 from heurist.ledger.uptime import EpochClock, UptimeBook
 from heurist.settings import Settings
+from heurist.signing import Domain
 from heurist.storage.backend import ObjectStore
 
 
 def open_ledger(settings: Settings, catalog: Catalog, store: ObjectStore, *, migrate: bool = True) -> Ledger:
     """A ``Ledger`` on the configured database, migrated to the newest schema first by default."""
     return Ledger(open_engine(settings, migrate), catalog, store, escrow_new_miners=settings.escrow_new_miners,
-                  pins=WeightPins(settings.resolved_models_dir()))
+                  pins=WeightPins(settings.resolved_models_dir()), domain=Domain.of(settings))
 
 
 def open_reader(settings: Settings, *, migrate: bool = True) -> LedgerReader:
@@ -33,4 +34,4 @@ def epoch_clock(settings: Settings) -> EpochClock:
 
 def open_uptime(settings: Settings, ledger: Ledger | LedgerReader) -> UptimeBook:
     """The heartbeat book on the ledger's database, with the ledger's clock."""
-    return UptimeBook(ledger.engine, epoch_clock(settings), clock=ledger.clock)
+    return UptimeBook(ledger.engine, epoch_clock(settings), clock=ledger.clock, domain=Domain.of(settings))

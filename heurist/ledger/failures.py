@@ -22,16 +22,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from heurist.jobs import SignedFailure
 from heurist.ledger.standing import read_banned
 from heurist.ledger.tables import Miner, Reason
-from heurist.signing import failure_signer
+from heurist.signing import DEFAULT_DOMAIN, Domain, failure_signer
 
 log = logging.getLogger(__name__)
 
 
-def refuse_failure(sessions: sessionmaker[Session], signed: SignedFailure, sender: str | None = None) -> Reason | None:
+def refuse_failure(sessions: sessionmaker[Session], signed: SignedFailure, sender: str | None = None,
+                   domain: Domain = DEFAULT_DOMAIN) -> Reason | None:
     """Why this failure report is not believed, or None when it may be recorded. ``sender``: the broker user
     whose inbox brought it (None: the embedded broker, which has no users)."""
     claim = signed.failure
-    signer = failure_signer(signed)
+    signer = failure_signer(signed, domain)
     if signer is None or signer.lower() != claim.miner.lower():
         return Reason.BAD_SIGNATURE
     with sessions() as session:

@@ -6,7 +6,7 @@ collide on the primary key.
 
 On RabbitMQ the hello arrives in its broker user's inbox (``sender``, validated by the broker), and that
 user is one operator, ``miner-<operator address>``. A key registers under it only if it is the operator's
-own key or one the operator vouched for (a GPU worker's: ``heurist.jobs.delegation_payload``), and a key
+own key or one the operator vouched for (a GPU worker's: ``heurist.signing.sign_delegation``), and a key
 stays bound to the user it first registered under. So a stranger cannot register keys on someone else's
 user, and a banned operator cannot come back with a fresh key on the same user (``read_user_banned``).
 """
@@ -24,10 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from heurist.access.backend import address_of
 from heurist.db.engine import session_scope
-from heurist.identity import recover_signer
-from heurist.jobs import SignedHello, delegation_payload
+from heurist.jobs import SignedHello
 from heurist.ledger.standing import read_banned, read_user_banned
 from heurist.ledger.tables import Miner, Reason
+from heurist.signing import DEFAULT_DOMAIN, Domain, delegation_signer, message_signer
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class RegistrationVerdict:
     reason: Reason | None = None
 
 
-def owned_by(signed: SignedHello, signer: str, sender: str) -> bool:
+def owned_by(signed: SignedHello, signer: str, sender: str, domain: Domain = DEFAULT_DOMAIN) -> bool:
     """Whether broker user ``sender`` may register key ``signer``: it is the user's operator key, or the hello
     carries that operator's signature of it."""
     operator = address_of(sender)
@@ -52,20 +52,21 @@ def owned_by(signed: SignedHello, signer: str, sender: str) -> bool:
         return False
     if signer.lower() == operator:
         return True
-    vouched = signed.operator_signature and recover_signer(delegation_payload(signer), signed.operator_signature)
+    vouched = signed.operator_signature and delegation_signer(signer, signed.operator_signature, domain)
     return bool(vouched) and str(vouched).lower() == operator and (signed.hello.operator or "").lower() == operator
 
 
 def register_miner(engine: Engine, sessions: sessionmaker[Session], clock: Callable[[], float],
-                   signed: SignedHello, sender: str | None = None) -> RegistrationVerdict:
+                   signed: SignedHello, sender: str | None = None,
+                   domain: Domain = DEFAULT_DOMAIN) -> RegistrationVerdict:
     """Record a miner that proved it holds its key; later hellos refresh last_seen, models, device.
     ``sender``: the broker user whose inbox brought the hello (None: the embedded broker, or a trusted user)."""
     hello = signed.hello
-    signer = recover_signer(hello.signing_payload(), signed.signature)
+    signer = message_signer(hello, signed.signature, domain)
     if signer is None or signer.lower() != hello.miner.lower():
         log.warning("refused hello claiming %s: signature does not recover to it", hello.miner)
         return RegistrationVerdict(accepted=False, address=hello.miner, reason=Reason.BAD_SIGNATURE)
-    if sender is not None and not owned_by(signed, signer, sender):
+    if sender is not None and not owned_by(signed, signer, sender, domain):
         log.warning("refused hello of %s from broker user %s: not that operator's key", signer, sender)
         return RegistrationVerdict(accepted=False, address=signer, reason=Reason.WRONG_SENDER)
     with sessions() as session:

@@ -37,6 +37,7 @@ from heurist.ledger.standing import NEW_MINER_AUDITS
 from heurist.ledger.tables import CompletionRow, EntryKind, Job, PointsEntry, Reason, Rejection
 from heurist.ledger.verify import Attempt, Refusal, Verifier
 from heurist.points import MICRO, from_micro, job_points, to_micro
+from heurist.signing import DEFAULT_DOMAIN, Domain
 from heurist.storage.backend import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,10 @@ class Ledger:
     def __init__(self, engine: Engine, catalog: Catalog, store: ObjectStore,
                  clock: Callable[[], float] = time.time, *, escrow_new_miners: bool = False,
                  new_miner_audits: int = NEW_MINER_AUDITS, pins: WeightPins | None = None,
-                 middleware: Sequence[LedgerMiddleware] = ()) -> None:
-        """``pins`` None skips the weight attestation check (the auditor still makes it)."""
+                 middleware: Sequence[LedgerMiddleware] = (), domain: Domain = DEFAULT_DOMAIN) -> None:
+        """``pins`` None skips the weight attestation check (the auditor still makes it); ``domain``: the
+        network's EIP-712 domain, which every signature it checks must be made for (``heurist.signing``)."""
+        self.domain = domain
         self.pins = pins
         self.middleware = list(middleware)
         self.escrow_new_miners = escrow_new_miners
@@ -103,7 +106,7 @@ class Ledger:
 
     def register_miner(self, signed: SignedHello, sender: str | None = None) -> RegistrationVerdict:
         """Record a miner that proved it holds its key (``heurist.ledger.registration``)."""
-        return register_miner(self.engine, self._sessions, self.clock, signed, sender)
+        return register_miner(self.engine, self._sessions, self.clock, signed, sender, self.domain)
 
     def record_failure(self, job_id: str, reason: str) -> None:
         """A miner's task raised: the job ends FAILED unless it already has a verdict, or the report may be
@@ -113,7 +116,7 @@ class Ledger:
     def report_failure(self, signed: SignedFailure, sender: str | None = None) -> bool:
         """A miner's signed failure report: recorded (True) only if signed by a registered, unbanned miner and
         sent by its broker user (``heurist.ledger.failures``)."""
-        refusal = refuse_failure(self._sessions, signed, sender)
+        refusal = refuse_failure(self._sessions, signed, sender, self.domain)
         if refusal is not None:
             log_refused(signed, refusal)
             return False
@@ -141,7 +144,7 @@ class Ledger:
         """What the checks read, taken from this ledger's attributes at each delivery, so those stay the one
         source (assignable, as before) and ``heurist.ledger.verify`` never needs the ledger itself."""
         return Verifier(self._sessions, self.catalog, self.store, self.pins, self.escrow_new_miners,
-                        self.new_miner_audits)
+                        self.new_miner_audits, self.domain)
 
     def _after(self, call: Callable[[LedgerMiddleware], None]) -> None:
         """Run every middleware's hook; one that raises is logged, the committed verdict stands."""

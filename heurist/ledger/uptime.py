@@ -20,10 +20,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from heurist.db.engine import session_factory, session_scope
-from heurist.identity import recover_signer
 from heurist.jobs import SignedHeartbeat
 from heurist.ledger.standing import read_banned
 from heurist.ledger.tables import Miner, MinerUptime, Reason
+from heurist.signing import DEFAULT_DOMAIN, Domain, message_signer
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ class UptimeBook:
     """Records heartbeats and reads uptime. Thread-safe: one session per call, one upsert per heartbeat."""
 
     def __init__(self, engine: Engine, epochs: EpochClock, clock: Callable[[], float] = time.time,
-                 max_age_s: float | None = None) -> None:
+                 max_age_s: float | None = None, domain: Domain = DEFAULT_DOMAIN) -> None:
         self.engine = engine
+        self.domain = domain
         self.epochs = epochs
         self.clock = clock
         self.max_age_s = max_age_s if max_age_s is not None else max(60.0, 2 * epochs.interval_s)
@@ -75,7 +76,7 @@ class UptimeBook:
         """Verify a heartbeat and count its slot once; refusals are verdicts (logged), not errors. ``sender``: the
         broker user whose inbox brought it, which must be the one the key is bound to (None: not checked)."""
         beat = signed.heartbeat
-        signer = recover_signer(beat.signing_payload(), signed.signature)
+        signer = message_signer(beat, signed.signature, self.domain)
         if signer is None or signer.lower() != beat.miner.lower():
             return self._refuse(beat.miner, Reason.BAD_SIGNATURE, "signature does not recover to the miner")
         now = self.clock()

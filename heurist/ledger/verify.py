@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import WeightPins
-from heurist.identity import recover_signer
 from heurist.jobs import Completion, DeviceInfo, SignedCompletion
 from heurist.ledger.standing import MinerStanding, read_standing
 from heurist.ledger.tables import CompletionRow, Job, Miner, Reason
 from heurist.ledger.token_counts import check_token_counts
+from heurist.signing import DEFAULT_DOMAIN, Domain, message_signer
 from heurist.storage.backend import ObjectInfo, ObjectStore
 from heurist.storage.freeze import freeze
 
@@ -99,6 +99,7 @@ class Verifier:
     pins: WeightPins | None
     escrow_new_miners: bool
     new_miner_audits: int
+    domain: Domain = DEFAULT_DOMAIN
 
     def verify(self, attempt: Attempt) -> Refusal | None:
         """Run ``CHECKS`` in order; the first refusal wins."""
@@ -111,7 +112,7 @@ class Verifier:
 
 def _check_signature(v: Verifier, a: Attempt) -> Refusal | None:
     """Anyone can send a completion naming any miner: only the key's holder can sign it."""
-    a.signer = recover_signer(a.claim.signing_payload(), a.signed.signature)
+    a.signer = message_signer(a.claim, a.signed.signature, v.domain)
     if a.signer is None or a.signer.lower() != a.claim.miner.lower():
         return Refusal(Reason.BAD_SIGNATURE, f"signature does not recover to {a.claim.miner}")
     return None

@@ -29,8 +29,9 @@ from heurist.catalog import load_catalog
 from heurist.client import Client
 from heurist.embedded import EmbeddedNetwork, wait_until
 from heurist.identity import Wallet
-from heurist.jobs import DeviceInfo, JobState, MinerHello, SignedHello, delegation_payload
+from heurist.jobs import DeviceInfo, JobState, MinerHello, SignedHello
 from heurist.ledger.audit_service import AuditLedger
+from heurist.signing import sign_delegation, sign_message
 from tasks.names import RECORD_HEARTBEAT, REGISTER_MINER
 from tests.adversary.conftest import ready, send_to_inbox
 
@@ -54,8 +55,8 @@ def _publish(exchange: str, routing_key: str = "") -> Callable[[Any], object]:
 def _hello(wallet: Wallet, operator: Wallet | None = None) -> dict[str, Any]:
     hello = MinerHello(miner=wallet.address, operator=operator.address if operator else None, models=["tiny-sd"],
                        queues=[TIER], device=DeviceInfo(kind="cpu", name="cpu", vram_gb=8.0), started_at=time.time())
-    vouch = operator.sign(delegation_payload(wallet.address)) if operator else None
-    return SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload()),
+    vouch = sign_delegation(operator, wallet.address) if operator else None
+    return SignedHello(hello=hello, signature=sign_message(wallet, hello),
                        operator_signature=vouch).model_dump(mode="json")
 
 

@@ -35,6 +35,7 @@ from heurist.jobs import (
 )
 from heurist.ledger.tables import Reason
 from heurist.points import job_points, to_micro
+from heurist.signing import sign_message
 from heurist.storage.presigned import put_presigned
 from heurist.submission import text_params
 from tasks.names import RECORD_COMPLETION, REGISTER_MINER
@@ -64,7 +65,7 @@ def attacker(client: Client, access: BrokerAccess) -> Attacker:
     attacker = Attacker(wallet, access.add_miner(wallet.address))
     hello = MinerHello(miner=wallet.address, models=[MODEL], queues=[client.catalog[MODEL].queue], device=DEVICE,
                        started_at=time.time())
-    signed = SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload()))
+    signed = SignedHello(hello=hello, signature=sign_message(wallet, hello))
     attacker.to_ledger(task_message(REGISTER_MINER, [signed.model_dump(mode="json")]))
     wait_until(lambda: client.ledger.is_registered(wallet.address), 60, "the attacker's key to register")
     return attacker
@@ -90,7 +91,7 @@ def _claim(attacker: Attacker, client: Client, weights: str, claimed: tuple[int,
                        content_type="application/json", input_tokens=claimed[0], output_tokens=claimed[1],
                        timings=Timings(run_s=1.0, upload_s=0.1, total_s=1.1), device=DEVICE,
                        weights_sha256=weights, finished_at=time.time())
-    signed = SignedCompletion(completion=claim, signature=attacker.wallet.sign(claim.signing_payload()))
+    signed = SignedCompletion(completion=claim, signature=sign_message(attacker.wallet, claim))
     attacker.to_ledger(task_message(RECORD_COMPLETION, [signed.model_dump(mode="json")]))
     return job.job_id
 

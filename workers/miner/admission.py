@@ -40,7 +40,7 @@ from heurist.catalog import ModelSpec
 from heurist.errors import ConfigError, InvalidJobError, JobRefused
 from heurist.jobs import ImageParams, JobMessage, SignedJob
 from heurist.settings import Settings
-from heurist.signing import job_signer
+from heurist.signing import DEFAULT_DOMAIN, Domain, job_signer
 from heurist.submission import image_params, text_params
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -94,6 +94,7 @@ class Admission:
     store: Origin
     models: Mapping[str, ModelSpec]
     clock: Callable[[], float] = time.time
+    domain: Domain = DEFAULT_DOMAIN  # the network's (its chain id): a job signed for another is refused
     admitted: OrderedDict[str, float] = field(default_factory=OrderedDict, compare=False, repr=False)
 
     @classmethod
@@ -107,7 +108,8 @@ class Admission:
             raise ConfigError("HEURIST_S3_ENDPOINT is not set to a URL: a miner uploads outputs only to the "
                               "network's object store; set it to the store's public URL the operator gives you "
                               "(e.g. https://s3.example.net), the one its presigned URLs point at")
-        return cls(settings.dispatch_address, Origin.of(settings.s3_endpoint), {m.id: m for m in models})
+        return cls(settings.dispatch_address, Origin.of(settings.s3_endpoint), {m.id: m for m in models},
+                   domain=Domain.of(settings))
 
     def admit(self, payload: Any) -> JobMessage:
         """The job in ``payload`` if every check passes; raises ``JobRefused`` with the first failing one."""
@@ -129,7 +131,7 @@ def _parse(a: Admission, c: Candidate) -> None:
 def _check_signature(a: Admission, c: Candidate) -> None:
     """Only the dispatcher's key signs jobs; any change to a signed message changes what recovers."""
     assert c.signed is not None
-    signer = job_signer(c.signed)
+    signer = job_signer(c.signed, a.domain)
     if signer is None or signer.lower() != a.dispatch_address.lower():
         raise JobRefused("bad_signature", f"job {c.job.job_id} is not signed by the dispatcher "
                          f"{a.dispatch_address} (recovers to {signer})")

@@ -18,6 +18,7 @@ from celery import Celery, bootsteps
 from heurist.celery_app import services
 from heurist.identity import Wallet
 from heurist.jobs import Heartbeat, SignedHeartbeat
+from heurist.signing import DEFAULT_DOMAIN, Domain, sign_message
 from tasks.names import RECORD_HEARTBEAT
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,14 @@ class HeartbeatSender:
     wallet: Wallet
     interval_s: float
     ledger_queue: str
+    domain: Domain = DEFAULT_DOMAIN
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def beat(self) -> None:
         """Send one heartbeat; a broker hiccup is logged and the next beat tries again."""
         heartbeat = Heartbeat(miner=self.wallet.address, sent_at=time.time())
-        signed = SignedHeartbeat(heartbeat=heartbeat, signature=self.wallet.sign(heartbeat.signing_payload()))
+        signed = SignedHeartbeat(heartbeat=heartbeat, signature=sign_message(self.wallet, heartbeat, self.domain))
         try:
             self.app.send_task(RECORD_HEARTBEAT, args=[signed.model_dump(mode="json")], queue=self.ledger_queue,
                                retry=False, expires=max(60.0, 2 * self.interval_s))
@@ -77,9 +79,10 @@ class HeartbeatStep(bootsteps.StartStopStep):
         self.sender.stop()
 
 
-def install_heartbeats(app: Celery, wallet: Wallet, interval_s: float, ledger_queue: str) -> HeartbeatSender:
+def install_heartbeats(app: Celery, wallet: Wallet, interval_s: float, ledger_queue: str,
+                       domain: Domain = DEFAULT_DOMAIN) -> HeartbeatSender:
     """Make every worker of ``app`` send this miner's heartbeats while it runs."""
-    sender = HeartbeatSender(app=app, wallet=wallet, interval_s=interval_s, ledger_queue=ledger_queue)
+    sender = HeartbeatSender(app=app, wallet=wallet, interval_s=interval_s, ledger_queue=ledger_queue, domain=domain)
     services(app).heartbeats = sender
     app.steps["worker"].add(HeartbeatStep)
     return sender

@@ -26,6 +26,7 @@ from heurist.jobs import MinerHello, SignedHello
 from heurist.routing import servable, tier_of
 from heurist.services import Services
 from heurist.settings import Settings
+from heurist.signing import DEFAULT_DOMAIN, Domain, sign_message
 from tasks.miner import register_miner_tasks
 from tasks.names import MINER_TASKS, REGISTER_MINER
 from workers.miner.admission import Admission
@@ -92,13 +93,14 @@ def load_pipelines(plan: MinerPlan, models_dir: Path, console: Console,
     return loaded
 
 
-def announce(app: Celery, wallet: Wallet, plan: MinerPlan, ledger_queue: str, delegation: str | None = None) -> None:
+def announce(app: Celery, wallet: Wallet, plan: MinerPlan, ledger_queue: str, delegation: str | None = None,
+             domain: Domain = DEFAULT_DOMAIN) -> None:
     """Send a signed hello to the ledger before consuming, so our first completion finds us registered. A GPU
     worker's hello names its operator and carries the operator's ``delegation`` of its key."""
     operator = plan.operator if delegation is not None else None
     hello = MinerHello(miner=wallet.address, operator=operator, models=[m.id for m in plan.models],
                        queues=plan.queues, device=plan.device.info, started_at=time.time())
-    signed = SignedHello(hello=hello, signature=wallet.sign(hello.signing_payload()), operator_signature=delegation)
+    signed = SignedHello(hello=hello, signature=sign_message(wallet, hello, domain), operator_signature=delegation)
     app.send_task(REGISTER_MINER, args=[signed.model_dump(mode="json")], queue=ledger_queue)
 
 
@@ -123,7 +125,7 @@ class MinerOptions:
     loglevel: str = "INFO"
     gpu_index: int | None = None  # this is the worker of that GPU of a multi-GPU box ...
     operator: str | None = None  # ... whose own address is this
-    delegation: str | None = None  # ... and which signed heurist.jobs.delegation_payload(this worker's address)
+    delegation: str | None = None  # ... and which signed its delegation (heurist.signing.sign_delegation)
     middleware: tuple[Middleware, ...] = ()  # run after the defaults (the cheats of workers.testing plug in here)
 
 
@@ -152,13 +154,13 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     pipelines = wrap_pipelines(pipelines, chain)  # rebound: a replaced pipeline is not kept alive here
     plan = replace(plan, models=[m for m in plan.models if m.id in pipelines])
     runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines, middleware=chain,
-                           admission=Admission.from_settings(settings, plan.models))
+                           admission=Admission.from_settings(settings, plan.models), domain=Domain.of(settings))
     app = create_app(settings, Services("miner", miner_runtime=runtime))
     register_miner_tasks(app, settings.ledger_queue)
     only_tasks(app, MINER_TASKS)  # a job message naming another task (celery.group, ...) is refused
     confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue, plan.queues)
-    install_heartbeats(app, wallet, settings.heartbeat_interval_s, settings.ledger_queue)
-    announce(app, wallet, plan, settings.ledger_queue, delegation)
+    install_heartbeats(app, wallet, settings.heartbeat_interval_s, settings.ledger_queue, Domain.of(settings))
+    announce(app, wallet, plan, settings.ledger_queue, delegation, Domain.of(settings))
     console.print(f"miner {wallet.address} consuming {', '.join(plan.queues)}")
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
     worker = app.Worker(hostname=worker_hostname(wallet, plan), queues=plan.queues, pool=pool,

@@ -25,7 +25,7 @@ from heurist.jobs import (
     SignedFailure,
     Timings,
 )
-from heurist.signing import sign_failure
+from heurist.signing import DEFAULT_DOMAIN, Domain, sign_failure, sign_message
 from heurist.storage.presigned import put_presigned
 from workers.miner.admission import Admission
 from workers.miner.middleware import Middleware, default_middleware
@@ -43,6 +43,7 @@ class MinerRuntime:
     middleware: list[Middleware] = field(default_factory=default_middleware)
     http: requests.Session = field(default_factory=requests.Session)
     admission: Admission | None = None  # None: ``admit`` refuses to run anything (in-process tests call execute)
+    domain: Domain = DEFAULT_DOMAIN  # the network's EIP-712 domain: what completions and failures are signed for
 
     def admit(self, payload: Any) -> JobMessage:
         """The job in a received message, if this miner may run it; raises ``JobRefused`` otherwise."""
@@ -55,7 +56,7 @@ class MinerRuntime:
         """A signed report that ``job`` raised ``error`` here."""
         text = f"{type(error).__name__}: {error}"[:FAILURE_ERROR_CHARS]
         return sign_failure(self.wallet, Failure(job_id=job.job_id, miner=self.wallet.address, error=text,
-                                                 failed_at=time.time()))
+                                                 failed_at=time.time()), self.domain)
 
     def execute(self, job: JobMessage, producers: ProducerPool | None = None) -> SignedCompletion:
         """Run ``job`` on its loaded pipeline, store the output, and sign what was done. A ``stream`` job
@@ -88,4 +89,4 @@ class MinerRuntime:
         )
         for mw in self.middleware:
             completion = mw.after_job(job, completion)
-        return SignedCompletion(completion=completion, signature=self.wallet.sign(completion.signing_payload()))
+        return SignedCompletion(completion=completion, signature=sign_message(self.wallet, completion, self.domain))
