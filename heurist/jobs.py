@@ -48,8 +48,8 @@ class JobState(StrEnum):
     QUEUED = "queued"  # recorded and sent to the model's queue
     COMPLETED = "completed"  # verified completion, points credited
     LATE = "late"  # verified but past its deadline: output kept, no points
-    REJECTED = "rejected"  # a registered miner's completion failed verification
-    FAILED = "failed"  # the miner reported an error
+    REJECTED = "rejected"  # before issue 13: a miner's bad result ended the job; now it is re-sent instead
+    FAILED = "failed"  # ended by the trusted side without a verified result (refunded); final
 
     @property
     def terminal(self) -> bool:

@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     result_poll_interval_s: float = Field(0.1, gt=0, le=5)
     gateway_rate_per_minute: int = Field(60, ge=1, description="Requests per minute per API key at the gateway.")
     gateway_timeout_s: float = Field(120.0, gt=0, description="How long a gateway request waits for its jobs.")
+    search_max_document_bytes: int = Field(
+        200_000, ge=1000, le=10_000_000, description="Largest document text (UTF-8 bytes) POST /v1/documents "
+        "ingests; a larger one is refused with 413 before any work (split it). Embedding costs ~45 ms of CPU "
+        "per kB here.")
+    search_ingest_micro_units_per_byte: int = Field(
+        2, ge=0, description="What ingesting a document costs its API key, in millionths of a credit unit per "
+        "UTF-8 byte of text (exact integers): 2 makes 200 kB cost 0.4 units. Charged before the work, once per "
+        "document; a duplicate of the key's own document costs nothing.")
     gateway_max_timeout_s: float = Field(600.0, gt=0, description="The largest `timeout_s` a request may ask.")
     gateway_reconcile_interval_s: float = Field(30.0, gt=0, description="How often the gateway refunds failed "
                                                 "jobs and settles text jobs whose request had already timed out.")

@@ -20,7 +20,9 @@ from heurist.credits.ledger import CreditLedger
 from heurist.credits.pricing import price_units
 from heurist.embedded import EmbeddedNetwork
 from heurist.gateway.app import create_app
+from heurist.ledger.audit_service import AuditLedger
 from heurist.ledger.jobbook import JobBook
+from heurist.ledger.tables import AuditReason
 from heurist.submission import image_params
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -187,3 +189,17 @@ def test_storage_and_config_errors_name_no_host_or_bucket() -> None:
     failed = from_heurist(JobFailedError("job j ended rejected: miner 0xabc sent bad bytes",
                                          public=public_failure("j", "rejected")))
     assert failed.status == 502 and "0xabc" not in failed.message and failed.message.startswith("job j ended rejected")
+
+
+def test_a_failed_audit_is_shown_refunded_and_not_served(api: TestClient, client: Client,
+                                                         credits: CreditLedger) -> None:
+    key_id, headers = _key(credits, 10)
+    job_id = api.post("/v1/images/generations", json=TINY, headers=headers).json()["data"][0]["job_id"]
+    before = api.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    assert before["state"] == "completed" and before["url"] and before["audit"] is None and not before["refunded"]
+    assert credits.balance(key_id) == pytest.approx(10 - _price(client, **TINY))
+    AuditLedger(client.ledger.engine).record_audit(job_id, False, AuditReason.IMAGE_MISMATCH, "replay differs",
+                                                   auditor="test")
+    after = api.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    assert (after["state"], after["audit"], after["refunded"], after["url"]) == ("completed", "failed", True, None)
+    assert credits.balance(key_id) == pytest.approx(10)

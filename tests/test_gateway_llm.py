@@ -153,3 +153,40 @@ def test_search_answers_from_ingested_documents_with_references(base_url: str, k
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "question"
     blank = requests.post(f"{base_url}/documents", json={"title": "t", "text": " "}, headers=headers, timeout=30)
     assert blank.status_code == 422 and blank.json()["error"]["param"] == "text"  # schemathesis found a 500 here
+
+
+def test_documents_belong_to_their_key_cost_by_size_and_have_a_limit(base_url: str, credits: CreditLedger) -> None:
+    """Issue 13, finding 5: one key's search returned another key's confidential document, and ingestion was
+    free (199 kB of junk took 9 s of gateway CPU). Now documents belong to their key, cost by size, and a
+    document over the limit is refused with 413 before any work."""
+    (a_id, a_key), (b_id, b_key) = credits.create_key("tenant-a", 10.0), credits.create_key("tenant-b", 10.0)
+    as_a, as_b = {"Authorization": f"Bearer {a_key}"}, {"Authorization": f"Bearer {b_key}"}
+    secret = {"title": "Merger plan", "text": "Project Lighthouse: Acme acquires Globex in March for 2.1 billion."}
+    size = len(secret["text"].encode())
+    resp = requests.post(f"{base_url}/documents", json=secret, headers=as_a, timeout=120)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["units_charged"] == pytest.approx(size * 2 / 1e6)  # 2 millionths of a unit per byte
+    assert credits.balance(a_id) == pytest.approx(10.0 - size * 2 / 1e6)
+
+    found = requests.post(f"{base_url}/search", json={"question": "Who does Acme acquire?", "k": 10,
+                                                       "max_tokens": 8}, headers=as_b, timeout=300).json()
+    assert found["references"] == [] and found["job_id"] is None and "Globex" not in found["answer"]
+    own = requests.post(f"{base_url}/search", json={"question": "Who does Acme acquire?", "k": 1,
+                                                     "max_tokens": 8}, headers=as_a, timeout=300).json()
+    assert own["references"][0]["title"] == "Merger plan"
+
+    copy = requests.post(f"{base_url}/documents", json=secret, headers=as_b, timeout=120).json()
+    assert copy["duplicate"] is False and copy["id"] != resp.json()["id"]  # B learns nothing of A's store
+    assert credits.balance(b_id) == pytest.approx(10.0 - size * 2 / 1e6)
+
+    before = credits.balance(a_id)
+    big = requests.post(f"{base_url}/documents", json={"title": "Junk", "text": "lorem ipsum " * 17_000},
+                        headers=as_a, timeout=60)
+    assert big.status_code == 413 and big.json()["error"]["code"] == "document_too_large", big.text
+    error = big.json()["error"]
+    assert error["param"] == "text" and "HEURIST_SEARCH_MAX_DOCUMENT_BYTES" in error["message"]
+    assert credits.balance(a_id) == before  # refused before any work or charge
+    _, broke = credits.create_key("tenant-broke", 0.0)
+    poor = requests.post(f"{base_url}/documents", json={"title": "t", "text": "some words"},
+                         headers={"Authorization": f"Bearer {broke}"}, timeout=60)
+    assert poor.status_code == 402, poor.text

@@ -115,7 +115,7 @@ def test_text_token_counts_come_from_the_stored_answer(ledger: Ledger, catalog: 
     job = text_job(ledger, catalog, clock, prompt=prompt, max_tokens=32)
     _, verdict = deliver(ledger, object_store, job, miner, data, input_tokens=claimed_in, output_tokens=claimed_out)
     assert (verdict.accepted, verdict.reason, verdict.points_micro) == (False, Reason.TOKEN_MISMATCH, 0)
-    assert verdict.state is JobState.REJECTED  # a bad result counts against the miner, as any other
+    assert verdict.state is JobState.QUEUED  # held against the miner; the job stays open for another
     assert_nothing_credited(ledger, job)
     [(reason, who)] = ledger.reader.rejections(job.id)
     assert (reason, who) == (Reason.TOKEN_MISMATCH, miner.address)
@@ -290,17 +290,21 @@ def test_wrong_model_is_rejected(ledger: Ledger, catalog: Catalog, clock: Clock,
     assert_nothing_credited(ledger, job)
 
 
-def test_sha256_mismatch_rejects_the_job(ledger: Ledger, catalog: Catalog, clock: Clock,
-                                         object_store: ObjectStore, miner: Wallet) -> None:
+def test_a_bad_result_is_held_against_its_miner_and_leaves_the_job_open(
+        ledger: Ledger, catalog: Catalog, clock: Clock, object_store: ObjectStore, miner: Wallet) -> None:
+    """Issue 13, finding 2: a bad result used to end the job REJECTED, whoever sent it; any registered miner that
+    read a job id could end it. Now it is recorded against its sender, and the job stays open for another miner
+    (the ledger consumer re-sends it: tests/test_sweep.py)."""
     job = image_job(ledger, catalog, clock)
     object_store.put(job.output_key, b"something else entirely", "image/png")
     verdict = ledger.record_completion(sign(completion(job, miner, PNG), miner))
-    assert outcome(verdict) == (False, Reason.SHA256_MISMATCH, JobState.REJECTED)
+    assert outcome(verdict) == (False, Reason.SHA256_MISMATCH, JobState.QUEUED)
     view = ledger.reader.job(job.id)
-    assert view is not None and view.state is JobState.REJECTED and view.miner == miner.address
-    assert view.error is not None and view.error.startswith("sha256_mismatch")
+    assert view is not None and view.state is JobState.QUEUED and view.miner is None and view.error is None
     assert_nothing_credited(ledger, job)
     assert ledger.reader.rejections(job.id) == [(Reason.SHA256_MISMATCH, miner.address)]
+    _, honest = deliver(ledger, object_store, job, miner)  # the next try, done right, is credited
+    assert honest.accepted and honest.state is JobState.COMPLETED
 
 
 def test_attested_weights_other_than_the_pinned_ones_reject_the_job(
@@ -310,7 +314,7 @@ def test_attested_weights_other_than_the_pinned_ones_reject_the_job(
     object_store.put(job.output_key, PNG, "image/png")
     modified = weights_digest({**job.spec.files, "v1-5-pruned-emaonly.safetensors": "0" * 64})
     verdict = ledger.record_completion(sign(completion(job, miner, PNG, weights_sha256=modified), miner))
-    assert outcome(verdict) == (False, Reason.WEIGHTS_MISMATCH, JobState.REJECTED)
+    assert outcome(verdict) == (False, Reason.WEIGHTS_MISMATCH, JobState.QUEUED)
     assert_nothing_credited(ledger, job)
     _, honest = deliver(ledger, object_store, job, miner)  # the same job with the pinned files still pays
     assert honest.accepted and honest.points_micro > 0
@@ -320,7 +324,7 @@ def test_missing_output_rejects_the_job(ledger: Ledger, catalog: Catalog, clock:
                                         miner: Wallet) -> None:
     job = image_job(ledger, catalog, clock)  # nothing was uploaded
     verdict = ledger.record_completion(sign(completion(job, miner, PNG), miner))
-    assert outcome(verdict) == (False, Reason.OUTPUT_MISSING, JobState.REJECTED)
+    assert outcome(verdict) == (False, Reason.OUTPUT_MISSING, JobState.QUEUED)
     assert_nothing_credited(ledger, job)
 
 
@@ -329,7 +333,7 @@ def test_size_mismatch_rejects_the_job(ledger: Ledger, catalog: Catalog, clock: 
     job = image_job(ledger, catalog, clock)
     object_store.put(job.output_key, PNG, "image/png")
     verdict = ledger.record_completion(sign(completion(job, miner, PNG, output_bytes=len(PNG) + 1), miner))
-    assert outcome(verdict) == (False, Reason.SIZE_MISMATCH, JobState.REJECTED)
+    assert outcome(verdict) == (False, Reason.SIZE_MISMATCH, JobState.QUEUED)
     assert_nothing_credited(ledger, job)
 
 
@@ -362,17 +366,22 @@ def test_completion_after_the_deadline_is_late_and_earns_nothing(ledger: Ledger,
 # ------------------------------------------------------------------------------- failures, miners, reads
 
 
-def test_record_failure(ledger: Ledger, catalog: Catalog, clock: Clock, object_store: ObjectStore,
-                        miner: Wallet) -> None:
+def test_a_failed_job_is_final(ledger: Ledger, catalog: Catalog, clock: Clock, object_store: ObjectStore,
+                               miner: Wallet) -> None:
+    """Issue 13, finding 2 (refund-then-complete): FAILED used to take a later completion, after the gateway
+    had refunded the client, who then got the output for free. FAILED is set only by the trusted side and is
+    final: a later completion is refused as job_closed, credits nothing and delivers nothing."""
     job = image_job(ledger, catalog, clock)
-    ledger.record_failure(job.id, "the miner reported an error")
+    ledger.record_failure(job.id, "could not enqueue: broker unreachable")
     view = ledger.reader.job(job.id)
-    assert view is not None and view.state is JobState.FAILED and view.error == "the miner reported an error"
-    # A valid completion arriving later (a retry elsewhere) is still verified and credited.
+    assert view is not None and view.state is JobState.FAILED
     _, verdict = deliver(ledger, object_store, job, miner)
-    assert verdict.accepted and verdict.points == 8.0
-    ledger.record_failure(job.id, "late failure report")  # a verdict is never undone by a failure
-    view = ledger.reader.job(job.id)
+    assert outcome(verdict) == (False, Reason.JOB_CLOSED, JobState.FAILED)
+    assert_nothing_credited(ledger, job)
+    done = image_job(ledger, catalog, clock)
+    assert deliver(ledger, object_store, done, miner)[1].accepted
+    ledger.record_failure(done.id, "late failure")  # a verdict is never undone by a failure
+    view = ledger.reader.job(done.id)
     assert view is not None and view.state is JobState.COMPLETED and view.error is None
     ledger.record_failure("no-such-job", "ignored")
 
@@ -416,9 +425,9 @@ def test_read_side_totals(ledger: Ledger, engine: Engine, catalog: Catalog, cloc
     failed = image_job(ledger, catalog, clock)
     ledger.record_failure(failed.id, "boom")
     rejected = image_job(ledger, catalog, clock)
-    ledger.record_completion(sign(completion(rejected, miner, PNG), miner))
+    ledger.record_completion(sign(completion(rejected, miner, PNG), miner))  # nothing uploaded: stays queued
     after = ledger.reader.totals()
-    expected = {JobState.COMPLETED: 1, JobState.QUEUED: 1, JobState.FAILED: 1, JobState.REJECTED: 1,
+    expected = {JobState.COMPLETED: 1, JobState.QUEUED: 2, JobState.FAILED: 1, JobState.REJECTED: 0,
                 JobState.LATE: 0}
     assert {s: after.jobs[s] - before.jobs[s] for s in JobState} == expected
     assert after.points_total - before.points_total == 8.0

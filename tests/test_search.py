@@ -204,6 +204,22 @@ def test_index_refreshes_after_a_new_document(built: tuple[VectorIndex, dict[str
     assert not index.add_document("Lighthouses", text, url="https://example.org/l").duplicate  # another source
 
 
+def test_a_key_searches_its_own_documents_and_the_public_corpus_only(
+        built: tuple[VectorIndex, dict[str, int], Engine], embedder: Embedder) -> None:
+    """Issue 13, finding 5: one key's search returned another key's confidential document."""
+    index, ids, _ = built  # the corpus built here is public (ingested without a key, as the CLI does)
+    text = "Project Lighthouse: Acme acquires Globex in March for 2.1 billion; the board votes on Friday."
+    secret = index.add_document("Merger plan", text, owner=1)
+    question = embedder.embed_one("Which company does Acme acquire, and when?")
+    titles = {key: [h.title for h in index.search(question, 10, key_id=key)] for key in (1, 2, None)}
+    assert titles[1][0] == "Merger plan"  # its owner finds it first
+    assert "Merger plan" not in titles[2] and "Merger plan" not in titles[None]  # nobody else sees it
+    assert set(titles[2]) == set(titles[None]) == set(ids) & set(titles[2])  # public documents, for every key
+    copy = index.add_document("Merger plan", text, owner=2)  # the same text from another key: its own copy
+    assert not copy.duplicate and copy.id != secret.id  # "already stored" would tell key 2 what key 1 holds
+    assert index.add_document("Merger plan", text, owner=1).duplicate  # the owner's own duplicate is found
+
+
 def test_empty_index_and_bad_documents(sqlite_url: str, embedder: Embedder) -> None:
     upgrade(sqlite_url)
     index = VectorIndex(make_engine(sqlite_url), embedder)

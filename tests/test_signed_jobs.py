@@ -28,6 +28,7 @@ from heurist.jobs import (
 )
 from heurist.ledger.audit_service import AuditLedger
 from heurist.ledger.service import Ledger
+from heurist.ledger.tables import Reason
 from heurist.settings import Settings
 from heurist.signing import failure_signer, job_signer, sign_failure, sign_job
 from tests.fixtures.ledger import Clock, image_job
@@ -209,8 +210,8 @@ def _report(wallet: Wallet, job_id: str, *, miner: str | None = None) -> SignedF
                                         failed_at=time.time()))
 
 
-def test_only_a_registered_miners_signed_failure_fails_a_job(ledger: Ledger, catalog: Catalog, clock: Clock,
-                                                             miner: Wallet) -> None:
+def test_only_a_registered_miners_signed_failure_is_believed_and_none_ends_the_job(
+        ledger: Ledger, catalog: Catalog, clock: Clock, miner: Wallet) -> None:
     job = image_job(ledger, catalog, clock)
     stranger = Wallet.create()
     assert not ledger.report_failure(_report(stranger, job.id))  # never sent a hello
@@ -226,7 +227,11 @@ def test_only_a_registered_miners_signed_failure_fails_a_job(ledger: Ledger, cat
     assert not ledger.report_failure(_report(banned, job.id))
     view = ledger.reader.job(job.id)
     assert view is not None and view.state is JobState.QUEUED
-    assert ledger.report_failure(_report(miner, job.id))
+    assert ledger.reader.rejections(job.id) == []  # refused reports are logged, never stored
+    assert ledger.report_failure(_report(miner, job.id))  # believed: held against its signer ...
     view = ledger.reader.job(job.id)
-    assert view is not None and view.state is JobState.FAILED
-    assert view.error == f"miner {miner.address} reported: RuntimeError: boom"
+    assert view is not None and view.state is JobState.QUEUED and view.error is None  # ... the job stays open
+    assert ledger.reader.rejections(job.id) == [(Reason.FAILURE_REPORTED, miner.address)]
+    ledger.record_failure(job.id, "the trusted side ended it")
+    assert not ledger.report_failure(_report(miner, job.id))  # about a job no longer open: not kept
+    assert ledger.reader.rejections(job.id) == [(Reason.FAILURE_REPORTED, miner.address)]

@@ -56,7 +56,7 @@ def _messages(wallet: Wallet) -> dict[str, object]:
     job_id = str(uuid.uuid4())
     return {
         "job": JobMessage(job_id=job_id, model_id="smollm2-135m", output_url="http://127.0.0.1:1/o",
-                          deadline_at=NOW + 60, params=TextParams(prompt="hi", max_tokens=4)),
+                          deadline_at=time.time() + 600, params=TextParams(prompt="hi", max_tokens=4)),
         "failure": Failure(job_id=job_id, miner=wallet.address, error="boom", failed_at=NOW),
         "hello": MinerHello(miner=wallet.address, models=["smollm2-135m"], queues=[], device=DEVICE, started_at=NOW),
         "heartbeat": Heartbeat(miner=wallet.address, sent_at=NOW),

@@ -26,14 +26,16 @@ from heurist.credits.reconcile import reconcile
 from heurist.db.engine import make_engine, session_scope
 from heurist.dispatch import DispatchSigner, send_job
 from heurist.identity import Wallet
-from heurist.jobs import JobMessage, JobState, SignedJob
+from heurist.jobs import Failure, JobMessage, JobState, SignedJob
+from heurist.ledger.redispatch import ResendOnReport
 from heurist.ledger.service import Ledger
 from heurist.ledger.sweep import Sweep, SweepPolicy, never_completed
-from heurist.ledger.tables import JobResend
+from heurist.ledger.tables import JobResend, Reason
 from heurist.monitoring.ledger_stats import LedgerStatsReader
 from heurist.settings import Settings
+from heurist.signing import sign_failure
 from heurist.storage.backend import ObjectStore
-from tests.fixtures.ledger import Clock, Job, answer, deliver, text_job
+from tests.fixtures.ledger import Clock, Job, answer, completion, deliver, sign, text_job
 
 GRACE, WAIT = 10.0, 100.0
 POLICY = SweepPolicy(grace_s=GRACE, output_wait_s=WAIT, resends=2)
@@ -151,27 +153,34 @@ def test_a_job_whose_output_exists_waits_for_its_completion(ledger: Ledger, cata
     assert [m.job_id for m in queued_messages(app, job.spec.queue)] == [job.id]
 
 
-def test_a_stale_copy_refused_by_a_miner_does_not_fail_the_resent_job(ledger: Ledger, catalog: Catalog,
-                                                                      clock: Clock, app: Celery) -> None:
-    never_resent, resent = text_job(ledger, catalog, clock), text_job(ledger, catalog, clock)
-    clock.now = resent.deadline_at + GRACE + 1
-    sweep_for(ledger, app).run_once()
-    queued_messages(app, resent.spec.queue)
-    # A miner takes the old copy of each (their first deadline passed) and reports it failed.
-    for job in (never_resent, resent):
-        ledger.record_failure(job.id, "the miner reported an error")
-    states = {j.id: v.state for j in (never_resent, resent) if (v := ledger.reader.job(j.id)) is not None}
-    assert states == {never_resent.id: JobState.QUEUED, resent.id: JobState.QUEUED}  # the first was re-sent too
-    view = ledger.reader.job(resent.id)
-    assert view is not None
-    clock.now = view.deadline_at + 0.1  # the current copy expired as well: the report is believed
-    ledger.record_failure(resent.id, "the miner reported an error")
-    view = ledger.reader.job(resent.id)
+def test_reports_and_bad_results_send_the_job_to_another_miner_and_never_fail_it(
+        ledger: Ledger, catalog: Catalog, clock: Clock, app: Celery, object_store: ObjectStore,
+        miner: Wallet) -> None:
+    """Issue 13, finding 2: a miner's failure report (or a bad result) used to end the job, whoever sent it. Now
+    each gives the job to another miner at once while the re-send budget lasts (``ResendOnReport``); past the
+    budget the job waits for a completion or its deadline, and only the sweep fails it."""
+    job = text_job(ledger, catalog, clock)
+    queued_messages(app, job.spec.queue)  # an empty queue to count in
+    sweep = sweep_for(ledger, app)
+    ledger.middleware.append(ResendOnReport(sweep))
+    report = sign_failure(miner, Failure(job_id=job.id, miner=miner.address, error="RuntimeError: CUDA OOM",
+                                         failed_at=clock.now))
+    assert ledger.report_failure(report)
+    object_store.put(job.output_key, b"not an answer", "application/json")  # a bad result: sha256 mismatch
+    bad = ledger.record_completion(sign(completion(job, miner, answer(5, 3)), miner))
+    assert (bad.accepted, bad.state) == (False, JobState.QUEUED)
+    assert ledger.report_failure(report)  # the budget (2) is spent: recorded, not re-sent
+    assert [m.job_id for m in queued_messages(app, job.spec.queue)] == [job.id, job.id]
+    view = ledger.reader.job(job.id)
+    assert view is not None and (view.state, view.resends) == (JobState.QUEUED, 2)
+    assert [r for r, _ in ledger.reader.rejections(job.id)] == [Reason.FAILURE_REPORTED, Reason.SHA256_MISMATCH,
+                                                                Reason.FAILURE_REPORTED]
+    clock.now = view.deadline_at + GRACE + WAIT + 1  # past the wait the bad result's object earns it
+    assert sweep.run_once().failed == [job.id]
+    view = ledger.reader.job(job.id)
     assert view is not None and view.state is JobState.FAILED
-    fresh = text_job(ledger, catalog, clock)  # never re-sent: a failure report ends it at once, as before
-    ledger.record_failure(fresh.id, "the miner reported an error")
-    view = ledger.reader.job(fresh.id)
-    assert view is not None and view.state is JobState.FAILED
+    assert view.error == never_completed(2, 3) == "no verified result: 3 failure reports or bad results from " \
+        "miners; re-sent 2 times"
 
 
 def _race(sweeps: list[Sweep]) -> list[list[str]]:

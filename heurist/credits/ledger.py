@@ -155,6 +155,31 @@ class CreditLedger:
             pass  # already reserved: the rollback undid this second charge
         return self._reservation(job_id)
 
+    def charge(self, key_id: int, amount_micro: int, note: str, idempotency_key: str) -> bool:
+        """Take ``amount_micro`` for work that is not a job (search ingestion), or raise
+        ``InsufficientCreditsError`` taking nothing. False: ``idempotency_key`` was charged already."""
+        try:
+            with session_scope(self.engine) as session:
+                taken = session.execute(
+                    update(ApiKey)
+                    .where(ApiKey.id == key_id, ApiKey.balance_micro >= amount_micro, ApiKey.disabled.is_(False))
+                    .values(balance_micro=ApiKey.balance_micro - amount_micro))
+                if not taken.rowcount:  # type: ignore[attr-defined]
+                    self._refuse(session, key_id, amount_micro)
+                session.add(_entry(key_id, None, CreditEntryKind.CHARGE, -amount_micro, note, idempotency_key))
+        except IntegrityError:
+            return False  # charged before: the rollback undid this second charge
+        return True
+
+    def give_back(self, key_id: int, amount_micro: int, note: str, idempotency_key: str) -> None:
+        """Return a ``charge`` whose work failed, once per ``idempotency_key``."""
+        try:
+            with session_scope(self.engine) as session:
+                _add_to_balance(session, key_id, amount_micro)
+                session.add(_entry(key_id, None, CreditEntryKind.REFUND, amount_micro, note, idempotency_key))
+        except IntegrityError:
+            pass
+
     @staticmethod
     def _refuse(session: Session, key_id: int, amount: int) -> None:
         key = session.get(ApiKey, key_id)

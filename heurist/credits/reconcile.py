@@ -1,10 +1,17 @@
 """Close the charges no request closed: jobs that ended after their request got a 504, or after the gateway
-that reserved them restarted.
+that reserved them restarted; and refund the jobs whose output failed its audit.
 
 A request refunds a failed job and settles a text job at its verified tokens as soon as the job ends. When
 nobody is waiting any more, this sweep does it instead: it finds charged jobs that ended more than
 ``grace_s`` ago and have no refund or settle entry, and closes them with the same idempotent calls, so a
 request and the sweep racing on one job still give back once.
+
+A failed audit protects the client too (issue 13, finding 7): before, the miner's points were clawed back but
+the client kept paying for the bad output it received. Now a charged job with a failed audit is refunded what
+it still holds (its charge, less a text job's settle refund) under the same once-per-job ``refund:<job>`` key a
+failed job uses, so it is never refunded twice; the gateway's job status says ``audit: failed, refunded`` and no
+longer serves the output. Refunding rather than re-running: the client may have used the output already, and a
+re-run would charge it a second time for a job it asked once; it can resubmit, at the price it knows.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, literal, or_, select
 from sqlalchemy.orm import aliased
 
 from heurist.catalog import Catalog
@@ -23,7 +30,7 @@ from heurist.credits.tables import CreditEntry, CreditEntryKind
 from heurist.db.engine import session_scope
 from heurist.jobs import JobState
 from heurist.ledger.reader import LedgerReader
-from heurist.ledger.tables import Job
+from heurist.ledger.tables import Audit, AuditOutcome, Job
 from heurist.points import job_points
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,7 @@ WITH_OUTPUT = tuple(s for s in JobState if s.has_output)
 class Reconciled:
     refunded: list[str] = field(default_factory=list)
     settled: list[str] = field(default_factory=list)
+    audit_refunded: list[str] = field(default_factory=list)  # completed, then failed their audit
 
 
 def open_charges(credits: CreditLedger, ended_before: float, limit: int = 500) -> list[tuple[str, JobState]]:
@@ -52,9 +60,24 @@ def open_charges(credits: CreditLedger, ended_before: float, limit: int = 500) -
         return [(job_id, state) for job_id, state in session.execute(stmt).tuples()]
 
 
+def failed_audits(credits: CreditLedger, limit: int = 500) -> list[str]:
+    """Charged jobs an auditor failed that have not had their refund yet."""
+    refunded = aliased(CreditEntry)
+    stmt = (select(Job.id)
+            .join(CreditEntry, and_(CreditEntry.job_id == Job.id, CreditEntry.kind == CreditEntryKind.CHARGE))
+            .where(exists().where(Audit.job_id == Job.id, Audit.outcome == AuditOutcome.FAILED),
+                   ~exists().where(refunded.idempotency_key == literal("refund:").concat(Job.id)))
+            .order_by(Job.finished_at).limit(limit))
+    with session_scope(credits.engine) as session:
+        return list(session.scalars(stmt))
+
+
 def reconcile(credits: CreditLedger, ledger: LedgerReader, catalog: Catalog, grace_s: float = 30.0) -> Reconciled:
-    """Refund failed jobs and settle finished text jobs that no request closed; idempotent."""
+    """Refund failed jobs and failed audits, and settle finished text jobs that no request closed; idempotent."""
     done = Reconciled()
+    for job_id in failed_audits(credits):  # first: a settle below must not be the last word on a bad output
+        credits.refund(job_id)
+        done.audit_refunded.append(job_id)
     for job_id, state in open_charges(credits, ledger.clock() - grace_s):
         if state in FAILED:
             credits.refund(job_id)
@@ -84,8 +107,9 @@ class Reconciler:
             except Exception:  # a database hiccup: the next round retries, the gateway keeps serving
                 log.exception("credit reconciliation failed; retrying in %gs", self.interval_s)
                 continue
-            if done.refunded or done.settled:
-                log.info("reconciled credits: %d refunded, %d settled", len(done.refunded), len(done.settled))
+            if done.refunded or done.settled or done.audit_refunded:
+                log.info("reconciled credits: %d refunded, %d settled, %d refunded after a failed audit",
+                         len(done.refunded), len(done.settled), len(done.audit_refunded))
 
     def start(self) -> None:
         self._thread.start()

@@ -22,18 +22,22 @@ def _not_found(job_id: str) -> ApiError:
 
 def job_status(gw: Gateway, key_id: int, job_id: str) -> JobStatus:
     """The owner is the key whose credits reserved the job; another key gets the same 404 as an unknown id,
-    so ids cannot be probed. A job found failed is refunded here too (idempotent), which covers jobs whose
-    request timed out (504) before they ended."""
+    so ids cannot be probed. A job found failed, or whose output failed its audit, is refunded here too
+    (idempotent; the gateway's reconcile sweep does it otherwise), which covers jobs whose request timed out
+    (504) before they ended."""
     reservation = gw.credits.reservation(job_id)
     view = gw.client.ledger.job(job_id) if reservation is not None and reservation.key_id == key_id else None
     if view is None:
         raise _not_found(job_id)
-    if view.state in ENDED_BADLY:
+    failed_audit = view.state.has_output and gw.client.ledger.audit_failed(job_id)
+    refunded = view.state in ENDED_BADLY or failed_audit
+    if refunded:
         gw.credits.refund(job_id)
-    url = gw.client.to_result(view).url
+    url = None if failed_audit else gw.client.to_result(view).url  # an output that failed its audit: not served
     return JobStatus(id=view.job_id, model=view.model_id, kind=view.kind.value, state=view.state.value,
                      created_at=view.created_at, finished_at=view.finished_at, url=url,
-                     error=public_failure(view.job_id, view.state) if view.state in ENDED_BADLY else None)
+                     error=public_failure(view.job_id, view.state) if view.state in ENDED_BADLY else None,
+                     audit="failed" if failed_audit else None, refunded=refunded)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)

@@ -54,8 +54,12 @@ class JobStatus(BaseModel):
     state: Literal["queued", "completed", "late", "rejected", "failed"]
     created_at: float
     finished_at: float | None = None
-    url: str | None = Field(None, description="Presigned GET URL of the output, once the job has one.")
+    url: str | None = Field(None, description="Presigned GET URL of the output, once the job has one (never "
+                            "for an output that failed its audit).")
     error: str | None = None
+    audit: Literal["failed"] | None = Field(None, description="'failed': an auditor replayed the job and the "
+                                            "output did not match; it is no longer served and the job is refunded.")
+    refunded: bool = Field(False, description="The job's charge was given back (a failed job or a failed audit).")
 
 
 class ErrorDetail(BaseModel):

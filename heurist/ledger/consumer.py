@@ -17,7 +17,7 @@ from heurist.deadletters.consumer import keep_poison
 from heurist.ledger.factory import open_ledger, open_uptime
 from heurist.ledger.middleware import LedgerMiddleware
 from heurist.ledger.miner_events import MinerEvents, MonitoredUptime
-from heurist.ledger.redispatch import Redispatch
+from heurist.ledger.redispatch import Redispatch, ResendOnReport
 from heurist.ledger.service import Ledger
 from heurist.ledger.sweep import install_sweep
 from heurist.services import Services
@@ -44,13 +44,13 @@ def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFacto
     register_ledger_tasks(app)
     only_tasks(app, LEDGER_TASKS)  # a miner may publish here: Celery's built-ins (celery.group) are refused
     keep_poison(app, settings)  # malformed, oversized, undecodable or unknown messages go to dead-letters
-    ledger.middleware += [*middleware(app, settings, ledger), Redispatch(app, settings)]
+    sweeper = install_sweep(app, settings, ledger)  # stranded jobs (purged, lost, never taken): re-sent, then failed
+    ledger.middleware += [*middleware(app, settings, ledger), Redispatch(app, settings), ResendOnReport(sweeper.sweep)]
     if is_amqp(settings.resolved_broker_url()):  # miners send through their inboxes (heurist.ledger.inboxes)
         from heurist.access.backends.rabbitmq import RabbitMQAccess
         from heurist.ledger.inboxes import watch_inboxes
 
         watch_inboxes(app, RabbitMQAccess.from_settings(settings), settings.inbox_poll_s)
-    install_sweep(app, settings, ledger)  # stranded jobs (purged, lost, never taken): re-sent, then failed
     pool, concurrency = worker_pool(settings.resolved_broker_url(), concurrency)
     worker = app.Worker(hostname=f"ledger@{socket.gethostname()}", queues=[settings.ledger_queue],
                         pool=pool, concurrency=concurrency, loglevel=loglevel, quiet=True)

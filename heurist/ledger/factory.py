@@ -11,8 +11,9 @@ from heurist.catalog.attestation import WeightPins
 from heurist.db import open_engine
 from heurist.ledger.reader import LedgerReader
 from heurist.ledger.service import Ledger
+from heurist.ledger.serving import ServingUsers
 from heurist.ledger.uptime import EpochClock, UptimeBook
-from heurist.settings import Settings
+from heurist.settings import Settings, is_amqp
 from heurist.signing import Domain
 from heurist.storage.backend import ObjectStore
 
@@ -33,5 +34,12 @@ def epoch_clock(settings: Settings) -> EpochClock:
 
 
 def open_uptime(settings: Settings, ledger: Ledger | LedgerReader) -> UptimeBook:
-    """The heartbeat book on the ledger's database, with the ledger's clock."""
-    return UptimeBook(ledger.engine, epoch_clock(settings), clock=ledger.clock, domain=Domain.of(settings))
+    """The heartbeat book on the ledger's database, with the ledger's clock; on RabbitMQ a heartbeat counts only
+    while its broker user holds a consumer (``heurist.ledger.serving``)."""
+    serving = None
+    if is_amqp(settings.resolved_broker_url()):
+        from heurist.access.backends.rabbitmq import RabbitMQAccess
+
+        serving = ServingUsers(RabbitMQAccess.from_settings(settings).consuming_users)
+    return UptimeBook(ledger.engine, epoch_clock(settings), clock=ledger.clock, domain=Domain.of(settings),
+                      serving=serving)

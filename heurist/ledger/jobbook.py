@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Engine, true, update
+from sqlalchemy import Engine, update
 
 from heurist.catalog import ModelSpec
 from heurist.db.engine import session_factory, session_scope
@@ -42,24 +42,16 @@ class JobBook:
         with session_scope(self._sessions) as session:
             session.add(row)
 
-    def record_failure(self, job_id: str, reason: str, *, from_miner: bool = False) -> None:
-        """A miner (or the broker) reported an error: the job ends FAILED unless it already has a verdict.
-        A valid completion arriving later is still verified and credited.
-
-        ``from_miner``: the report is about one copy of the job's message. Once the stranded-job sweep re-sent
-        the job (``heurist.ledger.sweep``), an older copy may still sit in a queue, and the miner that takes it
-        refuses it as expired; so such reports are ignored until the current copy's deadline has passed too.
-        A real failure of the current copy then waits for the sweep, which re-sends or fails the job."""
+    def record_failure(self, job_id: str, reason: str) -> None:
+        """The trusted side ends a job without a result (the client could not enqueue it, a redispatch could
+        not send it, an operator): FAILED, final, unless it already has a verdict. Miners' reports never end a
+        job (``heurist.ledger.failures``); the stranded-job sweep fails jobs itself, with the same condition."""
         now = self.clock()
-        stale_copy_possible = (Job.resends > 0) & (Job.deadline_at > now)
         with session_scope(self._sessions) as session:
-            done = session.execute(
-                update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED,
-                                  ~stale_copy_possible if from_miner else true())
-                .values(state=JobState.FAILED, error=reason, finished_at=now)
-            )
+            done = session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
+                                   .values(state=JobState.FAILED, error=reason, finished_at=now))
         if done.rowcount == 0:  # type: ignore[attr-defined]
-            log.info("failure report for job %s ignored: unknown or already terminal", job_id)
+            log.info("failure of job %s not recorded: unknown or already ended", job_id)
 
 
 __all__ = ["JobBook"]

@@ -45,6 +45,7 @@ class Refused:
     job_id: str
     miner: str | None
     reason: Reason
+    marks_job: bool = False  # a registered miner's bad result for a job still open: worth another miner's try
 
 
 class LedgerMiddleware:
@@ -55,3 +56,6 @@ class LedgerMiddleware:
 
     def after_refuse(self, ledger: Ledger, refused: Refused) -> None:
         """After a refusal that is not a duplicate."""
+
+    def after_report(self, ledger: Ledger, job_id: str, miner: str) -> None:
+        """After a registered miner's signed failure report for a job still open (``heurist.ledger.failures``)."""

@@ -21,7 +21,16 @@ from heurist.catalog import JobKind
 from heurist.db.base import ID_LEN
 from heurist.db.engine import session_factory
 from heurist.jobs import ImageParams, JobParams, JobState, TextParams
-from heurist.ledger.tables import CompletionRow, Job, Miner, PointsEntry, Reason, Rejection
+from heurist.ledger.tables import (
+    Audit,
+    AuditOutcome,
+    CompletionRow,
+    Job,
+    Miner,
+    PointsEntry,
+    Reason,
+    Rejection,
+)
 from heurist.points import from_micro
 
 PARAMS: TypeAdapter[ImageParams | TextParams] = TypeAdapter(JobParams)  # type: ignore[arg-type]
@@ -124,6 +133,13 @@ class LedgerReader:
         with self._sessions() as session:
             rows = session.execute(stmt).all()
         return [self._view(row[0], row[1], row[2]) for row in rows]
+
+    def audit_failed(self, job_id: str) -> bool:
+        """Whether any auditor failed this job's credited output (then its client is refunded:
+        ``heurist.credits.reconcile``)."""
+        with self._sessions() as session:
+            return session.scalar(select(Audit.id).where(Audit.job_id == job_id[:ID_LEN],
+                                                         Audit.outcome == AuditOutcome.FAILED).limit(1)) is not None
 
     def recent_jobs(self, limit: int = 20, state: JobState | None = None, resent: bool = False) -> list[JobView]:
         """The newest jobs first (``heurist jobs``): of one state, or only those the sweep sent again."""

@@ -1,4 +1,5 @@
-"""Jobs a banned miner took go back to the queue: its work is void, the application's job is not lost.
+"""Jobs go back to the queue when a miner's work is void: a banned miner's (``Redispatch``), and a job a miner
+reported failed or answered with a bad result (``ResendOnReport``, within the sweep's re-send budget).
 
 On RabbitMQ a ban also closes the miner's connection, so the jobs it held unacked are redelivered by the
 broker (``heurist.access``); this middleware covers the ones it had already finished, and the embedded
@@ -15,6 +16,7 @@ from celery import Celery
 from heurist.dispatch import DeadlinePassedError, DispatchSigner, dispatch_signer, job_message, send_job
 from heurist.ledger.middleware import LedgerMiddleware, Refused
 from heurist.ledger.service import Ledger
+from heurist.ledger.sweep import Sweep
 from heurist.ledger.tables import Reason
 from heurist.settings import Settings
 
@@ -44,6 +46,22 @@ def redispatch(app: Celery, ledger: Ledger, settings: Settings, job_id: str,
     send_job(app, (signer or dispatch_signer(settings)).sign(message), spec.queue)
     log.info("job %s sent again: a banned miner took it (%d time(s))", job_id, taken)
     return True
+
+
+class ResendOnReport(LedgerMiddleware):
+    """A failure report or a bad result never ends a job (``heurist.ledger.failures``): it is given to another
+    miner at once, spending the stranded-job sweep's re-send budget (``Sweep.resend_now``). Once that is spent
+    the job waits for a completion or its deadline, where the sweep fails it."""
+
+    def __init__(self, sweep: Sweep) -> None:
+        self.sweep = sweep
+
+    def after_refuse(self, ledger: Ledger, refused: Refused) -> None:
+        if refused.marks_job:
+            self.sweep.resend_now(refused.job_id)
+
+    def after_report(self, ledger: Ledger, job_id: str, miner: str) -> None:
+        self.sweep.resend_now(job_id)
 
 
 class Redispatch(LedgerMiddleware):

@@ -9,6 +9,11 @@ the same job both pass the reads; the second insert fails, rolls back, and is an
 
 Lateness is judged by the store's upload time of the output (``Attempt.uploaded_at``), never by when the
 ledger processed the message; the credited bytes are the frozen copy the last check made.
+
+Only the trusted side ends a job without a result (docs/job-states.md): a miner's failure report or bad result
+is recorded against that miner and the job stays QUEUED for another miner (the ledger consumer re-sends it at
+once: ``heurist.ledger.redispatch.ResendOnReport``); FAILED is final, so nothing is credited or delivered after
+the refund it brings.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from heurist.catalog.attestation import WeightPins
 from heurist.db.base import ID_LEN
 from heurist.db.engine import session_factory, session_scope
 from heurist.jobs import ImageParams, JobState, SignedCompletion, SignedFailure, SignedHello
-from heurist.ledger.failures import failure_reason, log_refused, refuse_failure
+from heurist.ledger.failures import log_refused, record_report, refuse_failure
 from heurist.ledger.jobbook import JobBook
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
 from heurist.ledger.reader import PARAMS, LedgerReader, sum_micro
@@ -42,8 +47,6 @@ from heurist.storage.backend import ObjectStore
 
 log = logging.getLogger(__name__)
 
-# A job may still take a completion in these states; COMPLETED and LATE already hold one.
-OPEN_STATES = (JobState.QUEUED, JobState.FAILED, JobState.REJECTED)
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -109,18 +112,21 @@ class Ledger:
         return register_miner(self.engine, self._sessions, self.clock, signed, sender, self.domain)
 
     def record_failure(self, job_id: str, reason: str) -> None:
-        """A miner's task raised: the job ends FAILED unless it already has a verdict, or the report may be
-        about a stale copy of a re-sent job (``JobBook.record_failure``)."""
-        self.book.record_failure(job_id, reason, from_miner=True)
+        """The trusted side ends a job without a result (an operator, a redispatch that cannot send it): FAILED
+        unless it already has a verdict (``JobBook.record_failure``). Miners' reports never come here."""
+        self.book.record_failure(job_id, reason)
 
     def report_failure(self, signed: SignedFailure, sender: str | None = None) -> bool:
-        """A miner's signed failure report: recorded (True) only if signed by a registered, unbanned miner and
-        sent by its broker user (``heurist.ledger.failures``)."""
+        """A miner's signed failure report: recorded against it (True) only if signed by a registered, unbanned
+        miner, sent by its broker user, about a job still open (``heurist.ledger.failures``). It never ends the
+        job: the middleware gives it to another miner while its re-send budget lasts."""
         refusal = refuse_failure(self._sessions, signed, sender, self.domain)
+        if refusal is None and not record_report(self._sessions, signed, self.clock()):
+            refusal = Reason.JOB_CLOSED
         if refusal is not None:
             log_refused(signed, refusal)
             return False
-        self.record_failure(signed.failure.job_id, failure_reason(signed))
+        self._after(lambda mw: mw.after_report(self, signed.failure.job_id, signed.failure.miner))
         return True
 
     # ------------------------------------------------------------------------------------ completions
@@ -137,7 +143,9 @@ class Ledger:
         if refusal.reason is Reason.DUPLICATE:
             return self._duplicate(attempt)
         verdict = self._reject(attempt, refusal)
-        self._after(lambda mw: mw.after_refuse(self, Refused(attempt.job_id, refusal.miner, refusal.reason)))
+        still_open = verdict.state is JobState.QUEUED
+        self._after(lambda mw: mw.after_refuse(self, Refused(attempt.job_id, refusal.miner, refusal.reason,
+                                                             marks_job=refusal.marks_job and still_open)))
         return verdict
 
     def _verifier(self) -> Verifier:
@@ -189,14 +197,19 @@ class Ledger:
                                             job_id=a.job_id, amount_micro=micro,
                                             kind=EntryKind.ESCROW if a.escrow else EntryKind.JOB_CREDIT,
                                             created_at=a.received_at))
-                session.execute(update(Job).where(Job.id == a.job_id).values(
+                ended = session.execute(update(Job).where(Job.id == a.job_id, Job.state == JobState.QUEUED).values(
                     state=state, miner_address=a.signer, finished_at=a.received_at,
                     error=f"uploaded {late_by:.0f}s after the deadline (the store's clock): no points"
                     if late else None))
+                if ended.rowcount != 1:  # type: ignore[attr-defined]
+                    raise _Closed  # the trusted side ended it since the checks read it: roll all of it back
         except IntegrityError:
             if not self._has_completion(a.job_id):
                 raise
             return self._duplicate(a)
+        except _Closed:
+            return self._reject(a, Refusal(Reason.JOB_CLOSED, "the job ended while this completion was checked",
+                                           miner=a.signer))
         if late:
             log.info("job %s uploaded %.0fs late: output kept (frozen), no points", a.job_id, late_by)
         return CompletionVerdict(job_id=a.job_id, accepted=True, reason=Reason.LATE if late else None,
@@ -241,19 +254,21 @@ class Ledger:
                          detail=refusal.detail, received_at=a.received_at)
 
     def _reject(self, a: Attempt, refusal: Refusal) -> CompletionVerdict:
-        """Record the refusal; a registered miner's bad result also ends the job REJECTED (unless another
-        completion was accepted meanwhile). Forged or misaddressed completions leave the job untouched."""
+        """Record the refusal, against the miner that sent it; the job's state never changes. A registered
+        miner's bad result (``marks_job``) makes the job worth another miner's try (the middleware re-sends
+        it): whether it came from the miner that held the job or from one that read its id, the application's
+        job is not ended by it."""
         log.warning("rejected completion for job %s from %s: %s (%s)", a.job_id, refusal.miner or "?",
                     refusal.reason.value, refusal.detail)
         with session_scope(self._sessions) as session:
             session.add(self._rejection_row(a, refusal))
-            if refusal.marks_job:
-                session.execute(update(Job).where(Job.id == a.job_id, Job.state.in_(OPEN_STATES)).values(
-                    state=JobState.REJECTED, miner_address=refusal.miner, finished_at=a.received_at,
-                    error=f"{refusal.reason.value}: {refusal.detail}"))
             state = session.scalar(select(Job.state).where(Job.id == a.job_id)) if a.job is not None else None
         return CompletionVerdict(job_id=a.job_id, accepted=False, reason=refusal.reason, points_micro=0,
                                  state=state)
+
+
+class _Closed(Exception):
+    """The job left QUEUED between verification and the write: the write is rolled back."""
 
 
 __all__ = ["MICRO", "CompletionVerdict", "Ledger", "Reason", "RegistrationVerdict"]

@@ -26,9 +26,10 @@ changes nothing and sends nothing. ``(job_id, attempt)`` is also unique in ``job
 before the message is sent: if the send then fails, the job is swept again after its new deadline.
 
 A re-sent job may still have an older copy in a queue (a backlog, not a purge). The miner that takes that
-copy refuses it as expired (``workers.miner.admission``: rejected, no report); should a report come
-anyway, ``JobBook.record_failure(from_miner=True)`` ignores such reports until the current copy's deadline
-has passed, so the stale copy cannot fail the live one.
+copy refuses it as expired (``workers.miner.admission``); no miner's report ends a job anyway.
+
+``resend_now`` spends the same budget early, when a miner reports the job failed or sends a bad result for it
+(``heurist.ledger.redispatch.ResendOnReport``); it never fails a job: only a passed deadline does, here.
 """
 
 from __future__ import annotations
@@ -40,16 +41,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery, bootsteps
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from heurist.db.base import ID_LEN
 from heurist.db.engine import session_factory, session_scope
 from heurist.dispatch import dispatch_signer, job_message, send_job
 from heurist.jobs import JobMessage, JobState
 from heurist.ledger.reader import PARAMS
 from heurist.ledger.service import Ledger
-from heurist.ledger.tables import Job, JobResend
+from heurist.ledger.tables import Job, JobResend, Rejection
 from heurist.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,9 +62,14 @@ MIN_DURATION_S = 2.0  # a re-sent job always gets at least this long (its upload
 SendJob = Callable[[JobMessage, str], None]
 
 
-def never_completed(resends: int) -> str:
-    """The reason a stranded job fails with, once its re-send budget is spent."""
-    return f"never completed: lost, purged or never taken; re-sent {resends} time{'' if resends == 1 else 's'}"
+def never_completed(resends: int, reports: int = 0) -> str:
+    """The reason a stranded job fails with, once its re-send budget is spent; ``reports``: the failure reports
+    and bad results miners sent for it."""
+    times = f"re-sent {resends} time{'' if resends == 1 else 's'}"
+    if reports:
+        return f"no verified result: {reports} failure report{'' if reports == 1 else 's'} or bad result" \
+               f"{'' if reports == 1 else 's'} from miners; {times}"
+    return f"never completed: lost, purged or never taken; {times}"
 
 
 @dataclass(frozen=True)
@@ -109,17 +116,32 @@ class Sweep:
             elif self._output_exists(job) and now < job.deadline_at + self.policy.grace_s + self.policy.output_wait_s:
                 done.waiting.append(job.id)
             elif job.resends >= self.policy.resends:
-                if self._fail(job, now, never_completed(job.resends)):
+                if self._fail(job, now, never_completed(job.resends, self._reports(job.id))):
                     done.failed.append(job.id)
-            elif self._resend(job, now, spec.id, spec.queue):
+            elif self._resend(job, now, spec.id, spec.queue, f"still queued {now - job.deadline_at:.1f}s past its "
+                              "deadline"):
                 done.resent.append(job.id)
         return done
+
+    def resend_now(self, job_id: str) -> bool:
+        """Give a QUEUED job to another miner now, if its re-send budget lasts (False: not sent)."""
+        with self._sessions() as session:
+            job = session.get(Job, job_id)
+        spec = self.ledger.catalog.models.get(job.model_id) if job is not None else None
+        if job is None or spec is None or job.state is not JobState.QUEUED or job.resends >= self.policy.resends:
+            return False
+        return self._resend(job, self.ledger.clock(), spec.id, spec.queue, "a miner reported it failed")
 
     def _stranded(self, now: float) -> list[Job]:
         stmt = (select(Job).where(Job.state == JobState.QUEUED, Job.deadline_at < now - self.policy.grace_s)
                 .order_by(Job.deadline_at).limit(self.policy.batch))
         with self._sessions() as session:
             return list(session.scalars(stmt))
+
+    def _reports(self, job_id: str) -> int:
+        with self._sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(Rejection)
+                                      .where(Rejection.job_id == job_id[:ID_LEN])) or 0)
 
     def _output_exists(self, job: Job) -> bool:
         return self.ledger.store.stat(job.output_key) is not None
@@ -137,7 +159,7 @@ class Sweep:
             log.warning("job %s failed: %s", job.id, reason)
         return failed
 
-    def _resend(self, job: Job, now: float, model_id: str, queue: str) -> bool:
+    def _resend(self, job: Job, now: float, model_id: str, queue: str, why: str) -> bool:
         attempt, deadline_at = job.resends + 1, now + self._duration(job)
         try:
             with session_scope(self._sessions) as session:
@@ -154,8 +176,7 @@ class Sweep:
         except Exception:  # the broker is away: the job is swept again once this new deadline passes
             log.exception("job %s: re-send %d recorded but not sent", job.id, attempt)
             return False
-        log.warning("job %s re-sent (%d of %d): still queued %.1fs past its deadline", job.id, attempt,
-                    self.policy.resends, now - job.deadline_at)
+        log.warning("job %s re-sent (%d of %d): %s", job.id, attempt, self.policy.resends, why)
         return True
 
     def _duration(self, job: Job) -> float:

@@ -87,6 +87,9 @@ class Reason(StrEnum):
     WRONG_SENDER = "wrong_sender"  # signed by a key that belongs to another broker user (operator)
     OUTPUT_CHANGED = "output_changed"  # the object was overwritten between verification and freezing
     TOKEN_MISMATCH = "token_mismatch"  # claimed token counts differ from the stored answer's (or it has none)
+    JOB_CLOSED = "job_closed"  # the trusted side ended the job (failed, refunded): nothing is accepted after
+    FAILURE_REPORTED = "failure_reported"  # a miner's signed report that the job raised there (not a verdict)
+    NOT_SERVING = "not_serving"  # a heartbeat from a broker user that holds no consumer: no uptime
 
 
 class Miner(Base):

@@ -5,6 +5,7 @@ heartbeat marks the slot the *ledger* received it in (a miner's own clock is a c
 by being heard in it, and more heartbeats than one per slot earn nothing. A heartbeat signed more than
 ``max_age_s`` before or after the ledger's now is refused, so one cannot be saved up and replayed to fill a
 gap later. Uptime of an epoch = slots heard / slots in the epoch (the epoch so far, for the current one).
+A heartbeat counts only while its broker user holds a consumer (``serving``: ``heurist.ledger.serving``).
 """
 
 from __future__ import annotations
@@ -64,9 +65,12 @@ class UptimeBook:
     """Records heartbeats and reads uptime. Thread-safe: one session per call, one upsert per heartbeat."""
 
     def __init__(self, engine: Engine, epochs: EpochClock, clock: Callable[[], float] = time.time,
-                 max_age_s: float | None = None, domain: Domain = DEFAULT_DOMAIN) -> None:
+                 max_age_s: float | None = None, domain: Domain = DEFAULT_DOMAIN,
+                 serving: Callable[[str], bool] | None = None) -> None:
+        """``serving``: whether a broker user holds a consumer now (None: not checked, the embedded broker)."""
         self.engine = engine
         self.domain = domain
+        self.serving = serving
         self.epochs = epochs
         self.clock = clock
         self.max_age_s = max_age_s if max_age_s is not None else max(60.0, 2 * epochs.interval_s)
@@ -90,6 +94,8 @@ class UptimeBook:
                 return self._refuse(signer, Reason.WRONG_SENDER, f"sent by broker user {sender}, not its own")
             if read_banned(session, signer):
                 return self._refuse(signer, Reason.BANNED, "banned")
+            if self.serving is not None and miner.broker_user is not None and not self.serving(miner.broker_user):
+                return self._refuse(signer, Reason.NOT_SERVING, f"broker user {miner.broker_user} consumes nothing")
             session.execute(update(Miner).where(Miner.address == signer)
                             .values(last_seen=func.max(Miner.last_seen, now) if _is_sqlite(session)
                                     else func.greatest(Miner.last_seen, now)))

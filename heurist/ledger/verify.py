@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import WeightPins
-from heurist.jobs import Completion, DeviceInfo, SignedCompletion
+from heurist.jobs import Completion, DeviceInfo, JobState, SignedCompletion
 from heurist.ledger.standing import MinerStanding, read_standing
 from heurist.ledger.tables import CompletionRow, Job, Miner, Reason
 from heurist.ledger.token_counts import check_token_counts
@@ -192,6 +192,16 @@ def _check_not_duplicate(v: Verifier, a: Attempt) -> Refusal | None:
     return None
 
 
+def _check_open(v: Verifier, a: Attempt) -> Refusal | None:
+    """Only a QUEUED job takes a completion: FAILED is final (the trusted side ended it and refunded it), so
+    nothing is credited or delivered after the refund. Cheap, so it comes before any S3 round trip."""
+    assert a.job is not None
+    if a.job.state is not JobState.QUEUED:
+        return Refusal(Reason.JOB_CLOSED, f"the job ended {a.job.state.value}: {a.job.error or 'no detail'}",
+                       miner=a.signer)
+    return None
+
+
 def _check_output_exists(v: Verifier, a: Attempt) -> Refusal | None:
     assert a.job is not None
     a.info = v.store.stat(a.job.output_key)
@@ -247,6 +257,7 @@ CHECKS: tuple[Check, ...] = (
     _check_model,
     _check_weights,
     _check_not_duplicate,
+    _check_open,
     _check_output_exists,
     _check_sha256,
     _check_size,

@@ -4,6 +4,12 @@ Why exact and in memory: the corpus is small (a demo corpus, an application's do
 few thousand 384-d unit vectors is one matrix-vector product (well under a millisecond), and pgvector
 is not available on SQLite, so one code path behaves identically on both databases. The matrix is
 loaded once and reloaded only when the chunk count changes (chunks are only ever added).
+
+Tenants (issue 13, finding 5: one key's search returned another key's confidential document). A document
+belongs to the API key that ingested it, or is public (the operator's corpus). ``search`` scores only the rows
+the asking key may see: a mask over the same matrix, so scoping costs no query and no second index. The
+duplicate check is per owner too (the owner is in the content digest): "already ingested" must not tell one
+tenant what another has stored.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ class _Matrix:
     vectors: Vectors  # [n, DIM], unit rows
     doc_ids: np.ndarray
     chunk_ids: list[int]
+    owners: np.ndarray  # per row: the owning key's id, PUBLIC for the public corpus, HIDDEN for neither
+
+
+PUBLIC, HIDDEN = -1, -2
 
 
 def to_bytes(vector: Vectors) -> bytes:
@@ -61,8 +71,10 @@ class Ingested:
     duplicate: bool = False
 
 
-def content_sha256(title: str, text: str, url: str | None) -> str:
-    return hashlib.sha256("\0".join((title, text, url or "")).encode()).hexdigest()
+def content_sha256(title: str, text: str, url: str | None, owner: int | None = None) -> str:
+    """The duplicate key: the same document of the same owner (None: the public corpus)."""
+    return hashlib.sha256("\0".join(("public" if owner is None else f"key:{owner}", title, text, url or ""))
+                          .encode()).hexdigest()
 
 
 class VectorIndex:
@@ -74,10 +86,16 @@ class VectorIndex:
         self._lock = threading.Lock()
         self._matrix: _Matrix | None = None
 
-    def add_document(self, title: str, text: str, url: str | None = None, source: str = "api") -> Ingested:
-        """Chunk, embed and store one document in one transaction. The same title, text and url again is
-        found, not stored twice (and not embedded again), so re-running an ingest is safe."""
-        digest = content_sha256(title, text, url)
+    def find(self, title: str, text: str, url: str | None = None, owner: int | None = None) -> Ingested | None:
+        """The owner's stored copy of this document, if any (nothing is embedded or charged for it again)."""
+        return self._find(content_sha256(title, text, url, owner))
+
+    def add_document(self, title: str, text: str, url: str | None = None, source: str = "api",
+                     owner: int | None = None) -> Ingested:
+        """Chunk, embed and store one document in one transaction, for API key ``owner`` (None: the public
+        corpus). The same owner's same title, text and url again is found, not stored twice (and not embedded
+        again), so re-running an ingest is safe."""
+        digest = content_sha256(title, text, url, owner)
         found = self._find(digest)
         if found is not None:
             return found
@@ -90,7 +108,7 @@ class VectorIndex:
         try:
             with Session(self.engine) as session, session.begin():
                 doc = SearchDocument(title=title, url=url, source=source, created_at=time.time(),
-                                     content_sha256=digest)
+                                     content_sha256=digest, owner_key_id=owner, public=owner is None)
                 session.add(doc)
                 session.flush()
                 session.add_all(SearchChunk(document_id=doc.id, ordinal=i, text=chunk, embedding=to_bytes(vec), dim=DIM)
@@ -126,21 +144,30 @@ class VectorIndex:
             if self._matrix is None or self._matrix.count != count:
                 with Session(self.engine) as session:
                     rows = session.execute(select(SearchChunk.id, SearchChunk.document_id, SearchChunk.embedding,
-                                                  SearchChunk.dim).order_by(SearchChunk.id)).all()
+                                                  SearchChunk.dim, SearchDocument.owner_key_id, SearchDocument.public)
+                                           .join(SearchDocument, SearchDocument.id == SearchChunk.document_id)
+                                           .order_by(SearchChunk.id)).all()
                 vectors = (np.stack([from_bytes(r.embedding, r.dim) for r in rows]) if rows
                            else np.zeros((0, DIM), dtype=np.float32))
+                owners = [PUBLIC if r.public else HIDDEN if r.owner_key_id is None else r.owner_key_id for r in rows]
                 self._matrix = _Matrix(len(rows), vectors, np.array([r.document_id for r in rows], dtype=np.int64),
-                                       [r.id for r in rows])
+                                       [r.id for r in rows], np.array(owners, dtype=np.int64))
             return self._matrix
 
-    def search(self, query_vector: Vectors, k: int = 3) -> list[Hit]:
-        """The ``k`` documents whose best chunk is most similar to the (unit) query vector."""
+    def search(self, query_vector: Vectors, k: int = 3, key_id: int | None = None) -> list[Hit]:
+        """The ``k`` documents whose best chunk is most similar to the (unit) query vector, among those API key
+        ``key_id`` may see: its own and the public corpus (None: the public corpus only)."""
         matrix = self._load()
         if matrix.count == 0 or k <= 0:
             return []
-        scores = matrix.vectors @ np.asarray(query_vector, dtype=np.float32)
+        visible = matrix.owners == PUBLIC
+        if key_id is not None:
+            visible |= matrix.owners == key_id
+        rows = np.flatnonzero(visible)
+        scores = np.full(matrix.count, -np.inf, dtype=np.float32)
+        scores[rows] = matrix.vectors[rows] @ np.asarray(query_vector, dtype=np.float32)
         best: dict[int, int] = {}  # doc id -> row of its best chunk
-        for row in np.argsort(-scores, kind="stable"):
+        for row in rows[np.argsort(-scores[rows], kind="stable")]:
             doc_id = int(matrix.doc_ids[row])
             if doc_id not in best:
                 best[doc_id] = int(row)

@@ -7,14 +7,15 @@ Embeddings are stored as raw little-endian float32 bytes: the same column type o
 
 from __future__ import annotations
 
-from sqlalchemy import Double, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import Boolean, Double, ForeignKey, Integer, LargeBinary, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from heurist.db.base import Base, BigId
 
 
 class SearchDocument(Base):
-    """One ingested document; ``source`` says where it came from (a path, ``demo``, an API key …)."""
+    """One ingested document; ``source`` says where it came from (a path, ``demo``, ``api``). A key searches
+    its own documents (``owner_key_id``) and the public corpus (``public``), never another key's."""
 
     __tablename__ = "search_documents"
 
@@ -23,7 +24,9 @@ class SearchDocument(Base):
     url: Mapped[str | None] = mapped_column(Text(), nullable=True)
     source: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[float] = mapped_column(Double())
-    # sha256 of title, text and url: ingesting the same document again finds it instead of storing a twin
+    owner_key_id: Mapped[int | None] = mapped_column(BigId, nullable=True, index=True)
+    public: Mapped[bool] = mapped_column(Boolean(), default=False, server_default=false())
+    # sha256 of the owner, title, text and url: ingesting the same document again finds it instead of storing a twin
     content_sha256: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
 
 

@@ -198,6 +198,11 @@ class RabbitMQAccess(BrokerAccess):
                                     f"create it (`rabbitmqctl add_vhost {self.vhost}`) or fix the URL's path")
         self._vhost_checked = True
 
+    def consuming_users(self) -> set[str]:
+        """The broker users holding at least one consumer on this vhost (the broker authenticated each)."""
+        consumers = self.api.get(f"/consumers/{quoted(self.vhost)}") or []
+        return {str(c["channel_details"]["user"]) for c in consumers if c.get("channel_details", {}).get("user")}
+
     def _close_connections(self, user: str, timeout_s: float = 10.0) -> int:
         """Close every connection of ``user`` and wait until the broker lists none; how many there were."""
         path = f"/connections/username/{quoted(user)}"
