@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from heurist.catalog import Catalog
 from heurist.catalog.attestation import WeightPins
+from heurist.catalog.tokenizer import TokenizerBook
 from heurist.db import open_engine
 from heurist.ledger.reader import LedgerReader
 from heurist.ledger.service import Ledger
@@ -21,7 +22,8 @@ from heurist.storage.backend import ObjectStore
 def open_ledger(settings: Settings, catalog: Catalog, store: ObjectStore, *, migrate: bool = True) -> Ledger:
     """A ``Ledger`` on the configured database, migrated to the newest schema first by default."""
     return Ledger(open_engine(settings, migrate), catalog, store, escrow_new_miners=settings.escrow_new_miners,
-                  pins=WeightPins(settings.resolved_models_dir()), domain=Domain.of(settings))
+                  pins=WeightPins(settings.resolved_models_dir()), domain=Domain.of(settings),
+                  tokenizers=TokenizerBook(settings.resolved_models_dir()))
 
 
 def open_reader(settings: Settings, *, migrate: bool = True) -> LedgerReader:

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import WeightPins
+from heurist.catalog.tokenizer import TokenizerBook
 from heurist.db.base import ID_LEN
 from heurist.db.engine import session_factory, session_scope
 from heurist.jobs import ImageParams, JobState, SignedCompletion, SignedFailure, SignedHello
@@ -89,10 +90,12 @@ class Ledger:
     def __init__(self, engine: Engine, catalog: Catalog, store: ObjectStore,
                  clock: Callable[[], float] = time.time, *, escrow_new_miners: bool = False,
                  new_miner_audits: int = NEW_MINER_AUDITS, pins: WeightPins | None = None,
-                 middleware: Sequence[LedgerMiddleware] = (), domain: Domain = DEFAULT_DOMAIN) -> None:
+                 middleware: Sequence[LedgerMiddleware] = (), domain: Domain = DEFAULT_DOMAIN,
+                 tokenizers: TokenizerBook | None = None) -> None:
         """``pins`` None skips the weight attestation check (the auditor still makes it); ``domain``: the
         network's EIP-712 domain, which every signature it checks must be made for (``heurist.signing``)."""
         self.domain = domain
+        self.tokenizers = tokenizers  # text models' tokenizers: counts recounted (heurist.ledger.token_counts)
         self.pins = pins
         self.middleware = list(middleware)
         self.escrow_new_miners = escrow_new_miners
@@ -152,7 +155,7 @@ class Ledger:
         """What the checks read, taken from this ledger's attributes at each delivery, so those stay the one
         source (assignable, as before) and ``heurist.ledger.verify`` never needs the ledger itself."""
         return Verifier(self._sessions, self.catalog, self.store, self.pins, self.escrow_new_miners,
-                        self.new_miner_audits, self.domain)
+                        self.new_miner_audits, self.domain, self.tokenizers)
 
     def _after(self, call: Callable[[LedgerMiddleware], None]) -> None:
         """Run every middleware's hook; one that raises is logged, the committed verdict stands."""

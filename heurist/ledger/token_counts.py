@@ -14,11 +14,15 @@ job REJECTED and counts against the miner as any bad result does, unless all of 
   tokens than bytes; the slack covers the chat template's tokens);
 * the signed claim's two counts are exactly the stored ones.
 
+and, where the ledger has the model's tokenizer (``heurist.catalog.tokenizer``: rebuilt torch-free from the
+model's verified GGUF), two more that only it can tell:
+
+* the stored ids decode to exactly the stored text (an answer cannot bill for tokens it does not show);
+* ``input_tokens`` is exactly the prompt's count inside the model's chat template.
+
 The completion row, the points and the gateway's bill (live or by the reconcile sweep) then all rest on
-counts the ledger has read from the answer itself. What this check cannot see, because it would need the
-model's tokenizer on the ledger: whether the stored ids are the tokens of the stored text, and whether
-``input_tokens`` is exactly the templated prompt's count. The audit's teacher forcing judges the ids against
-the model; an answer padded with ids the model would not produce fails it and is clawed back.
+counts the ledger has read and recounted itself. Whether the ids are what the model would produce is the
+audit's teacher forcing; an answer padded with ids the model would not produce fails it and is clawed back.
 """
 
 from __future__ import annotations
@@ -32,14 +36,15 @@ from heurist.jobs import TextOutput, TextParams
 from heurist.ledger.tables import Reason
 
 if TYPE_CHECKING:
+    from heurist.catalog.tokenizer import ModelTokenizer
     from heurist.ledger.verify import Attempt, Refusal, Verifier
 
 # No tokenizer emits more tokens than the prompt has bytes; the slack covers chat-template tokens.
 PROMPT_TOKEN_SLACK = 64
 
 
-def stored_counts(data: bytes, params: TextParams) -> tuple[int, int] | str:
-    """(input, output) tokens of a stored answer, or why they cannot be believed."""
+def stored_counts(data: bytes, params: TextParams, tokenizer: ModelTokenizer | None = None) -> tuple[int, int] | str:
+    """(input, output) tokens of a stored answer, or why they cannot be believed (``tokenizer``: recount too)."""
     try:
         output = TextOutput.model_validate_json(data)
     except ValidationError as err:
@@ -52,6 +57,12 @@ def stored_counts(data: bytes, params: TextParams) -> tuple[int, int] | str:
     most = len(params.prompt.encode("utf-8")) + PROMPT_TOKEN_SLACK
     if not 0 <= output.input_tokens <= most:
         return f"the stored answer says {output.input_tokens} prompt tokens; this prompt has at most {most}"
+    if tokenizer is not None:
+        if tokenizer.decode(output.output_token_ids) != output.text:
+            return "the stored text is not what the stored token ids decode to"
+        counted = tokenizer.prompt_tokens(params.prompt)
+        if output.input_tokens != counted:
+            return f"the stored answer says {output.input_tokens} prompt tokens; the model's tokenizer counts {counted}"
     return output.input_tokens, ids
 
 
@@ -65,7 +76,7 @@ def check_token_counts(v: Verifier, a: Attempt) -> Refusal | None:
         return None
     params = PARAMS.validate_python(a.job.params)
     assert isinstance(params, TextParams)
-    counts = stored_counts(v.store.get(a.frozen_key), params)
+    counts = stored_counts(v.store.get(a.frozen_key), params, v.tokenizers(a.spec) if v.tokenizers else None)
     if isinstance(counts, str):
         return Refusal(Reason.TOKEN_MISMATCH, counts, miner=a.signer, marks_job=True)
     claimed = (a.claim.input_tokens, a.claim.output_tokens)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import WeightPins
+from heurist.catalog.tokenizer import ModelTokenizer
 from heurist.jobs import Completion, DeviceInfo, JobState, SignedCompletion
 from heurist.ledger.standing import MinerStanding, read_standing
 from heurist.ledger.tables import CompletionRow, Job, Miner, Reason
@@ -100,6 +101,7 @@ class Verifier:
     escrow_new_miners: bool
     new_miner_audits: int
     domain: Domain = DEFAULT_DOMAIN
+    tokenizers: Callable[[ModelSpec], ModelTokenizer | None] | None = None  # text models' (None: not recounted)
 
     def verify(self, attempt: Attempt) -> Refusal | None:
         """Run ``CHECKS`` in order; the first refusal wins."""

@@ -148,7 +148,8 @@ class Auditor:
             return Finding(False, AuditReason.WEIGHTS_TAMPERED, f"attests weights {claim.weights_sha256[:12]}…; "
                            f"the auditor's verified files hash to {pipeline.weights_sha256[:12]}…", {})
         if isinstance(claim.params, TextParams):  # the ledger checks this since issue 13; older credits too
-            counts = stored_counts(claimed, claim.params)
+            counts = stored_counts(claimed, claim.params, self.ledger.tokenizers(pipeline.spec)
+                                   if self.ledger.tokenizers else None)
             if counts != (claim.input_tokens, claim.output_tokens):
                 detail = counts if isinstance(counts, str) else f"claims {claim.input_tokens}+" \
                     f"{claim.output_tokens} tokens; the stored answer holds {counts[0]}+{counts[1]}"
