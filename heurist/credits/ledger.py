@@ -144,12 +144,7 @@ class CreditLedger:
             return existing
         try:
             with session_scope(self.engine) as session:
-                taken = session.execute(
-                    update(ApiKey)
-                    .where(ApiKey.id == key_id, ApiKey.balance_micro >= amount, ApiKey.disabled.is_(False))
-                    .values(balance_micro=ApiKey.balance_micro - amount))
-                if not taken.rowcount:  # type: ignore[attr-defined]
-                    self._refuse(session, key_id, amount)
+                self._debit(session, key_id, amount)
                 session.add(_entry(key_id, job_id, CreditEntryKind.CHARGE, -amount, "", f"charge:{job_id}"))
         except IntegrityError:
             pass  # already reserved: the rollback undid this second charge
@@ -160,12 +155,7 @@ class CreditLedger:
         ``InsufficientCreditsError`` taking nothing. False: ``idempotency_key`` was charged already."""
         try:
             with session_scope(self.engine) as session:
-                taken = session.execute(
-                    update(ApiKey)
-                    .where(ApiKey.id == key_id, ApiKey.balance_micro >= amount_micro, ApiKey.disabled.is_(False))
-                    .values(balance_micro=ApiKey.balance_micro - amount_micro))
-                if not taken.rowcount:  # type: ignore[attr-defined]
-                    self._refuse(session, key_id, amount_micro)
+                self._debit(session, key_id, amount_micro)
                 session.add(_entry(key_id, None, CreditEntryKind.CHARGE, -amount_micro, note, idempotency_key))
         except IntegrityError:
             return False  # charged before: the rollback undid this second charge
@@ -179,6 +169,14 @@ class CreditLedger:
                 session.add(_entry(key_id, None, CreditEntryKind.REFUND, amount_micro, note, idempotency_key))
         except IntegrityError:
             pass
+
+    def _debit(self, session: Session, key_id: int, amount: int) -> None:
+        """Take ``amount`` from an enabled key that holds it, in one conditional UPDATE, or raise."""
+        taken = session.execute(update(ApiKey)
+                                .where(ApiKey.id == key_id, ApiKey.balance_micro >= amount, ApiKey.disabled.is_(False))
+                                .values(balance_micro=ApiKey.balance_micro - amount))
+        if not taken.rowcount:  # type: ignore[attr-defined]
+            self._refuse(session, key_id, amount)
 
     @staticmethod
     def _refuse(session: Session, key_id: int, amount: int) -> None:

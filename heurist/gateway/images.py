@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from heurist.catalog import ModelSpec
 from heurist.credits.pricing import price_units
 from heurist.credits.tables import ApiKey
+from heurist.errors import public_failure
 from heurist.gateway.charging import refund_all, reserve_all, wait_all
 from heurist.gateway.deps import ERRORS, Gateway, gateway, limited_key
 from heurist.gateway.errors import ApiError
@@ -67,8 +68,8 @@ def generate(gw: Gateway, key_id: int, req: ImageGenerationRequest) -> ImageGene
     failed = [v.job_id for v in views if not v.state.has_output]
     refund_all(gw.credits, failed)
     if len(failed) == len(views):
-        raise ApiError(502, f"every job failed ({views[0].state.value}: {views[0].error or 'no detail'}); "
-                       "refunded", type_="job_failed", code="job_failed", job_ids=failed)
+        raise ApiError(502, f"every job failed ({public_failure(views[0].job_id, views[0].state)}); refunded",
+                       type_="job_failed", code="job_failed", job_ids=failed)
     data = [_item(gw, v, p.seed, req.response_format) for v, p in zip(views, params, strict=True)
             if v.state.has_output]
     charged = sum(price for v, price in zip(views, prices, strict=True) if v.state.has_output)

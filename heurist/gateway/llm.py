@@ -27,7 +27,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from heurist.catalog import JobKind, ModelSpec
 from heurist.credits.pricing import price_units
 from heurist.credits.tables import ApiKey
-from heurist.errors import HeuristError, JobTimeoutError
+from heurist.errors import HeuristError, JobTimeoutError, public_failure
 from heurist.gateway.charging import wait_all
 from heurist.gateway.deps import ERRORS, Gateway, gateway, limited_key
 from heurist.gateway.errors import ApiError, error_body, from_heurist
@@ -91,8 +91,8 @@ def finish(gw: Gateway, job: TextJob) -> tuple[TextOutput, float]:
     [view] = wait_all(gw.client, [job.job_id], gw.settings.gateway_timeout_s)
     if not view.state.has_output:
         gw.credits.refund(job.job_id)
-        raise ApiError(502, f"job {job.job_id} ended {view.state.value}: {view.error or 'no detail'}; refunded",
-                       type_="job_failed", code="job_failed", job_ids=[job.job_id])
+        raise ApiError(502, f"{public_failure(job.job_id, view.state)}; refunded", type_="job_failed",
+                       code="job_failed", job_ids=[job.job_id])
     output = TextOutput.model_validate_json(gw.client.fetch_output(gw.client.to_result(view)))
     actual = job_points(job.spec, job.params, output.input_tokens, output.output_tokens)
     gw.credits.settle(job.job_id, actual)
