@@ -85,3 +85,15 @@ def test_the_ledger_recounts_what_it_credits(engine: object, catalog: Catalog, c
         assert verdict.accepted and verdict.points_micro == to_micro(expected)
     else:
         assert (verdict.accepted, verdict.reason, verdict.state) == (False, Reason.TOKEN_MISMATCH, JobState.QUEUED)
+
+
+def test_a_model_without_a_verified_gguf_has_no_tokenizer(caplog: pytest.LogCaptureFixture) -> None:
+    """Not installed, or a file that is not the pinned one: the ledger counts against the stored answer only."""
+    spec = load_catalog()[MODEL]
+    missing = spec.model_copy(update={"source": spec.source.model_copy(update={"ref": "no_such_package_here"})})
+    tampered = spec.model_copy(update={"files": {name: "0" * 64 for name in spec.files}})
+    assert TokenizerBook(None)(missing) is None and TokenizerBook(None)(tampered) is None  # a book per ledger
+    assert caplog.text.count("no verified tokenizer on this ledger") == 2
+    book = TokenizerBook(None)
+    assert book(missing) is None and book(missing) is None  # looked up once: said once
+    assert caplog.text.count("no verified tokenizer on this ledger") == 3

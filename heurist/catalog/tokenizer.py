@@ -61,7 +61,10 @@ def _gguf_path(spec: ModelSpec, models_dir: Path | None) -> Path | None:
     if name is None:
         return None
     if spec.source.kind is SourceKind.PACKAGE:
-        found = importlib.util.find_spec(spec.source.ref)
+        try:  # found without importing it (its __init__ may need extras)
+            found = importlib.util.find_spec(spec.source.ref)
+        except (ImportError, ValueError):
+            found = None  # not installed here: no tokenizer, said in the log
         roots = [Path(p) for p in (found.submodule_search_locations or [])] if found else []
     else:
         roots = [Path(models_dir) / spec.id] if models_dir is not None else []
