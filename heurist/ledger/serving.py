@@ -19,9 +19,10 @@ What it does not prove: that a consumer acks its jobs (a hoarder consumes and ne
 re-sent by the sweep and its uptime is worth nothing without credited jobs, which are audited; a per-miner
 cap on unacked jobs needs per-miner queues (docs/trust-boundary.md, "What remains open").
 
-If the management API is unreachable, the last answer is used for up to ``stale_s`` (60 s); after that nobody's
-heartbeat counts until it answers again: an outage costs every miner the same slots, and never opens the gap.
-The embedded broker has no users: there uptime is not gated (development only).
+A miner therefore shows offline while it loads its models, until its worker consumes (the broker lists a new
+consumer within seconds). If the management API is unreachable, the last answer is used for up to ``stale_s``
+(60 s); after that nobody's heartbeat counts until it answers again: an outage costs every miner the same slots,
+and never opens the gap. The embedded broker has no users: there uptime is not gated (development only).
 """
 
 from __future__ import annotations
