@@ -46,7 +46,8 @@ def ingest(
     demo_corpus: bool = typer.Option(False, "--demo-corpus", help="Ingest the shipped corpus about Heurist."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
-    """Chunk, embed (all-MiniLM-L6-v2) and store documents; the title is the first heading or file name."""
+    """Chunk, embed (all-MiniLM-L6-v2) and store documents in the public corpus, which every API key searches
+    beside its own documents (POST /v1/documents); the title is the first heading or file name."""
     if (path is None) == (not demo_corpus):
         raise IngestError("give a PATH or --demo-corpus (one of them)")
     root = DEMO_CORPUS if demo_corpus else path
