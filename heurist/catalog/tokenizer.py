@@ -16,6 +16,7 @@ get None: the ledger then checks counts against the stored answer only, and says
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import threading
@@ -47,13 +48,19 @@ class ModelTokenizer:
         """How many tokens the model reads for ``prompt``: one user message in its chat template."""
         if self.chat_template is None:
             return len(self.tokenizer.encode(prompt).ids)
-        from jinja2.ext import loopcontrols
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-        text = env.from_string(self.chat_template).render(
+        text = _compiled(self.chat_template).render(
             messages=[{"role": "user", "content": prompt}], add_generation_prompt=True, **self.special)
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(template: str) -> Any:
+    """A chat template compiled once (compiling took 10 ms a completion): sandboxed, as transformers renders it."""
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    return env.from_string(template)
 
 
 def _gguf_path(spec: ModelSpec, models_dir: Path | None) -> Path | None:
