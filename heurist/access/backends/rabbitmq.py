@@ -199,9 +199,17 @@ class RabbitMQAccess(BrokerAccess):
         self._vhost_checked = True
 
     def consuming_users(self) -> set[str]:
-        """The broker users holding at least one consumer on this vhost (the broker authenticated each)."""
-        consumers = self.api.get(f"/consumers/{quoted(self.vhost)}") or []
-        return {str(c["channel_details"]["user"]) for c in consumers if c.get("channel_details", {}).get("user")}
+        """The broker users holding at least one consumer on this vhost (the broker authenticated each): from the
+        channels' consumer counts, and from the consumers whose channel the broker has details of (it lists a
+        fresh consumer with ``channel_details: []`` until its channel's stats arrive)."""
+        vhost = quoted(self.vhost)
+        channels = self.api.get(f"/vhosts/{vhost}/channels") or []
+        users = {str(c["user"]) for c in channels if isinstance(c, dict) and c.get("user") and c.get("consumer_count")}
+        for consumer in self.api.get(f"/consumers/{vhost}") or []:
+            details = consumer.get("channel_details") if isinstance(consumer, dict) else None
+            if isinstance(details, dict) and details.get("user"):
+                users.add(str(details["user"]))
+        return users
 
     def _close_connections(self, user: str, timeout_s: float = 10.0) -> int:
         """Close every connection of ``user`` and wait until the broker lists none; how many there were."""
