@@ -130,7 +130,8 @@ class Sweep:
         spec = self.ledger.catalog.models.get(job.model_id) if job is not None else None
         if job is None or spec is None or job.state is not JobState.QUEUED or job.resends >= self.policy.resends:
             return False
-        return self._resend(job, self.ledger.clock(), spec.id, spec.queue, "a miner reported it failed")
+        return self._resend(job, self.ledger.clock(), spec.id, spec.queue,
+                            "a miner reported it failed or sent a bad result")
 
     def _stranded(self, now: float) -> list[Job]:
         stmt = (select(Job).where(Job.state == JobState.QUEUED, Job.deadline_at < now - self.policy.grace_s)

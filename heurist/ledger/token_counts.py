@@ -5,8 +5,8 @@ credited from the claim (clamped only by ``max_tokens``) and was 13x over the ho
 reconcile sweep billed the client from the same claim, and a miner colluding with a client could claim 0/0.
 
 Now the ledger reads the frozen ``TextOutput`` (one GET of an object it has just verified, at most
-``MAX_ANSWER_CHARS`` of text plus its ids) and refuses the completion as ``token_mismatch``, which ends the
-job REJECTED and counts against the miner as any bad result does, unless all of these hold:
+``MAX_ANSWER_CHARS`` of text plus its ids) and refuses the completion as ``token_mismatch``, held against the
+miner like any bad result (the job goes to another miner: docs/job-states.md), unless all of these hold:
 
 * the object parses as a ``TextOutput``;
 * its ``output_tokens`` is the number of ``output_token_ids`` it stores, and at most the job's ``max_tokens``;
@@ -66,6 +66,18 @@ def stored_counts(data: bytes, params: TextParams, tokenizer: ModelTokenizer | N
     return output.input_tokens, ids
 
 
+def claim_mismatch(data: bytes, params: TextParams, claimed: tuple[int, int],
+                   tokenizer: ModelTokenizer | None = None) -> str | None:
+    """Why a claim of ``claimed`` (input, output) tokens is not the stored answer's, or None when it is: the one
+    comparison the ledger (before crediting) and the auditor (after) both make."""
+    counts = stored_counts(data, params, tokenizer)
+    if isinstance(counts, str):
+        return counts
+    if claimed != counts:
+        return f"claims {claimed[0]}+{claimed[1]} tokens; the stored answer holds {counts[0]}+{counts[1]}"
+    return None
+
+
 def check_token_counts(v: Verifier, a: Attempt) -> Refusal | None:
     """Text jobs only: the stored answer's counts, checked and recorded in ``a.counts`` for the credit."""
     from heurist.ledger.reader import PARAMS
@@ -76,15 +88,12 @@ def check_token_counts(v: Verifier, a: Attempt) -> Refusal | None:
         return None
     params = PARAMS.validate_python(a.job.params)
     assert isinstance(params, TextParams)
-    counts = stored_counts(v.store.get(a.frozen_key), params, v.tokenizers(a.spec) if v.tokenizers else None)
-    if isinstance(counts, str):
-        return Refusal(Reason.TOKEN_MISMATCH, counts, miner=a.signer, marks_job=True)
     claimed = (a.claim.input_tokens, a.claim.output_tokens)
-    if claimed != counts:
-        return Refusal(Reason.TOKEN_MISMATCH, f"claims {claimed[0]}+{claimed[1]} tokens; the stored answer holds "
-                       f"{counts[0]}+{counts[1]}", miner=a.signer, marks_job=True)
-    a.counts = counts
+    problem = claim_mismatch(v.store.get(a.frozen_key), params, claimed, v.tokenizers(a.spec) if v.tokenizers else None)
+    if problem is not None:
+        return Refusal(Reason.TOKEN_MISMATCH, problem, miner=a.signer, marks_job=True)
+    a.counts = claimed  # equal to what the stored answer holds
     return None
 
 
-__all__ = ["PROMPT_TOKEN_SLACK", "check_token_counts", "stored_counts"]
+__all__ = ["PROMPT_TOKEN_SLACK", "check_token_counts", "claim_mismatch", "stored_counts"]

@@ -30,7 +30,7 @@ from heurist.ledger.claims import AcceptedClaim, read_claim
 from heurist.ledger.factory import open_ledger
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import AuditReason
-from heurist.ledger.token_counts import stored_counts
+from heurist.ledger.token_counts import claim_mismatch
 from heurist.services import Services
 from heurist.settings import Settings
 from heurist.storage import make_store
@@ -148,12 +148,10 @@ class Auditor:
             return Finding(False, AuditReason.WEIGHTS_TAMPERED, f"attests weights {claim.weights_sha256[:12]}…; "
                            f"the auditor's verified files hash to {pipeline.weights_sha256[:12]}…", {})
         if isinstance(claim.params, TextParams):  # the ledger checks this since issue 13; older credits too
-            counts = stored_counts(claimed, claim.params, self.ledger.tokenizers(pipeline.spec)
-                                   if self.ledger.tokenizers else None)
-            if counts != (claim.input_tokens, claim.output_tokens):
-                detail = counts if isinstance(counts, str) else f"claims {claim.input_tokens}+" \
-                    f"{claim.output_tokens} tokens; the stored answer holds {counts[0]}+{counts[1]}"
-                return Finding(False, AuditReason.TOKEN_MISMATCH, detail, {})
+            problem = claim_mismatch(claimed, claim.params, (claim.input_tokens, claim.output_tokens),
+                                     self.ledger.tokenizers(pipeline.spec) if self.ledger.tokenizers else None)
+            if problem is not None:
+                return Finding(False, AuditReason.TOKEN_MISMATCH, problem, {})
         reported = ReportedMetrics.of(claim, claim.wall_s, claim.registered_device)
         metrics = check_metrics(pipeline.spec, claim.params, reported)
         if not metrics.plausible:
