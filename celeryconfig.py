@@ -26,8 +26,13 @@ task_acks_on_timeout = True
 task_create_missing_queues = True
 task_default_queue = "unrouted"
 
+# Workers outlive the broker (heurist.reconnect): they reconnect for as long as it takes, at kombu's back-off
+# (2 s, 4 s, ... at most 30 s apart), and a queue still held by their previous connection is retried too.
+# create_app adds the AMQP heartbeat (Settings.broker_heartbeat_s) and the publish retry policy, and every
+# send_task waits for the broker's confirm (heurist.confirms).
 broker_connection_retry_on_startup = True
-broker_connection_max_retries = 10
+broker_connection_max_retries = None
+worker_consumer = "heurist.reconnect:Consumer"
 
 worker_send_task_events = True
 task_send_sent_event = True

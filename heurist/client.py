@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 import uuid
@@ -18,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from heurist.catalog import Catalog, JobKind, ModelSpec, load_catalog
 from heurist.celery_app import create_app
+from heurist.db.engine import is_disconnect
 from heurist.dispatch import DispatchSigner, dispatch_signer, job_message, send_job
 from heurist.errors import JobFailedError, JobTimeoutError, public_failure
 from heurist.jobs import ImageParams, JobMessage, JobState, SignedJob, TextParams
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from heurist.ledger.reader import JobView, LedgerReader
 
 EXTENSIONS = {"image/png": ".png", "application/json": ".json"}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class JobHandle:
         result = self.client.to_result(view)
         if not view.state.has_output:
             raise JobFailedError(f"job {self.id} ended {view.state.value}: {view.error or 'no detail'}",
-                                 public=public_failure(self.id, view.state))
+                                 public=public_failure(self.id, view.state, view.error))
         return result
 
     def download(self, directory: Path | None = None, timeout: float | None = 300.0) -> bytes | Path:
@@ -213,22 +216,40 @@ class Client:
         query for all unfinished jobs (in chunks of 500 ids, to keep IN lists short), then
         ``on_progress(done, total)``. Past ``timeout`` (None: no limit) a JobTimeoutError names the
         unfinished jobs in its message and in ``job_ids``.
+
+        A database outage is waited out, not raised: the jobs keep running and the ledger keeps their
+        completions until it can record them (``heurist.transient``). A poll that cannot reach the database
+        logs one warning per outage and backs off (doubling up to ``OUTAGE_POLL_MAX_S``) until it answers
+        again or ``timeout`` passes, which then raises ``LedgerUnavailableError`` (a JobTimeoutError naming
+        the database). Any other database error is raised at once.
         """
         give_up = None if timeout is None else time.monotonic() + timeout
         finished: dict[str, JobView] = {}
         wanted = list(dict.fromkeys(job_ids))
+        outage = _Outage(self.settings.result_poll_interval_s)
         while True:
             pending = [j for j in wanted if j not in finished]
-            for start in range(0, len(pending), 500):
-                finished.update((v.job_id, v) for v in self.ledger.jobs(pending[start:start + 500])
-                                if v.state.terminal)
-            if on_progress is not None:
-                on_progress(len(finished), len(wanted))
-            if len(finished) == len(wanted):
-                return [finished[j] for j in job_ids]
+            try:
+                for start in range(0, len(pending), 500):
+                    finished.update((v.job_id, v) for v in self.ledger.jobs(pending[start:start + 500])
+                                    if v.state.terminal)
+            except Exception as err:  # the database is away: the jobs are not, so keep waiting for them
+                if not is_disconnect(err):
+                    raise
+                outage.failed(err)
+            else:
+                outage.over()
+                if on_progress is not None:
+                    on_progress(len(finished), len(wanted))
+                if len(finished) == len(wanted):
+                    return [finished[j] for j in job_ids]
             if give_up is not None and time.monotonic() > give_up:
-                raise _timeout([j for j in wanted if j not in finished], len(wanted), timeout)
-            time.sleep(self.settings.result_poll_interval_s)
+                unfinished = [j for j in wanted if j not in finished]
+                if outage.since is not None:
+                    raise outage.timeout(unfinished, timeout)
+                raise _timeout(unfinished, len(wanted), timeout)
+            pause = outage.pause()
+            time.sleep(pause if give_up is None else max(0.0, min(pause, give_up - time.monotonic())))
 
     def fetch_output(self, result: JobResult) -> bytes:
         """The credited bytes: the frozen copy the ledger made of exactly what it verified, which no
@@ -298,6 +319,50 @@ def _work_units(params: ImageParams | TextParams) -> float:
     if isinstance(params, ImageParams):
         return image_work_units(params)
     return text_work_units(len(params.prompt.encode()), params.max_tokens)
+
+
+OUTAGE_POLL_MAX_S = 2.0  # while the database is away, wait_all polls it at least this often
+
+
+class LedgerUnavailableError(JobTimeoutError):
+    """A wait ran out while the ledger's database was unreachable: the jobs may have finished; ask again later."""
+
+    public = "the ledger's database is unavailable; the jobs keep running: ask for them again in a minute"
+
+
+class _Outage:
+    """One wait's view of the database: when it stopped answering, how long to pause before the next poll."""
+
+    def __init__(self, poll_s: float) -> None:
+        self.poll_s = poll_s
+        self.since: float | None = None
+        self.failures = 0
+        self.error = ""
+
+    def failed(self, err: BaseException) -> None:
+        self.failures += 1
+        self.error = " ".join(str(err).split())[:200]
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("the ledger database is unreachable (%s: %s); still waiting for the jobs",
+                        type(err).__name__, self.error)
+
+    def over(self) -> None:
+        if self.since is not None:
+            log.warning("the ledger database answers again after %.1fs", time.monotonic() - self.since)
+        self.since, self.failures = None, 0
+
+    def pause(self) -> float:
+        if not self.failures:
+            return self.poll_s
+        return min(OUTAGE_POLL_MAX_S, max(self.poll_s, 0.1) * 2.0 ** min(self.failures, 10))
+
+    def timeout(self, pending: list[str], timeout: float | None) -> LedgerUnavailableError:
+        down = time.monotonic() - (self.since or time.monotonic())
+        return LedgerUnavailableError(
+            f"{len(pending)} job(s) not known finished after {timeout:g}s: the ledger database has been "
+            f"unreachable for {down:.0f}s ({self.error}); the jobs keep running, ask again once it is back",
+            tuple(pending))
 
 
 def _timeout(pending: list[str], total: int, timeout: float | None) -> JobTimeoutError:

@@ -18,6 +18,10 @@ hard-linked into place), so a ledger and a client starting together agree on one
 The URL expires at the job's deadline (``upload_expiry_s``). Every miner of the tier can read the
 message, and a URL that outlived the deadline (it used to live ``presign_expiry_s``, 3,600 s) let anybody
 overwrite the output long after the job was done.
+
+Each message carries Celery's ``timelimit`` header, soft and hard, derived from the time left to its deadline
+when it is sent (``heurist.time_limits``: soft 10% before it, at most 30 s; hard 10% after, 2-30 s). Miners
+enforce them themselves, since Celery does only in its prefork pool (``workers.miner.runtime``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from heurist.jobs import ImageParams, JobMessage, SignedJob, TextParams
 from heurist.settings import Settings
 from heurist.signing import DEFAULT_DOMAIN, Domain, sign_job
 from heurist.storage.backend import ObjectStore
+from heurist.time_limits import TimeLimits
 from tasks.names import RUN_JOB
 
 KEY_FILE = "dispatch.key"
@@ -117,6 +122,9 @@ def job_message(job_id: str, model_id: str, params: ImageParams | TextParams, ou
                       output_url=store.presign_put(output_key, lifetime), deadline_at=deadline_at)
 
 
-def send_job(app: Celery, signed: SignedJob, queue: str) -> None:
-    """Enqueue a signed job message on ``queue``, with no callbacks: the miner reports to the ledger itself."""
-    app.send_task(RUN_JOB, args=[signed.model_dump(mode="json")], task_id=signed.job.job_id, queue=queue)
+def send_job(app: Celery, signed: SignedJob, queue: str, *, now: float | None = None) -> None:
+    """Enqueue a signed job message on ``queue``, with no callbacks: the miner reports to the ledger itself. Its
+    ``timelimit`` header holds the job's soft and hard time limits, from its deadline and ``now`` (time.time)."""
+    limits = TimeLimits.for_time_left(signed.job.deadline_at - (time.time() if now is None else now))
+    app.send_task(RUN_JOB, args=[signed.model_dump(mode="json")], task_id=signed.job.job_id, queue=queue,
+                  **limits.celery_options())

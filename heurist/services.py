@@ -51,7 +51,10 @@ class MinerService(Protocol):
     def admit(self, payload: Any) -> JobMessage:
         """The job in a received message; raises ``heurist.errors.JobRefused`` if this miner must not run it."""
 
-    def execute(self, job: JobMessage, producers: ProducerPool | None = None) -> SignedCompletion: ...
+    def execute(self, job: JobMessage, producers: ProducerPool | None = None,
+                timelimit: tuple[float | None, float | None] | list[float | None] | None = None,
+                ) -> SignedCompletion:
+        """Run an admitted job within its time limits (``timelimit``: the message's Celery header)."""
 
     def failure(self, job: JobMessage, error: BaseException) -> SignedFailure: ...
 

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".heurist")
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+DEFAULT_MAX_JOB_DEADLINE_S = 1500.0  # 25 min: below RabbitMQ's default consumer_timeout of 30 min
 
 
 def is_amqp(url: str) -> bool:
@@ -33,6 +34,17 @@ class Settings(BaseSettings):
         None, description="RabbitMQ management API that creates, revokes and restores per-miner broker users "
         "(`heurist broker`, the auditor's bans), e.g. http://admin:secret@broker:15672; its user needs the "
         "administrator tag. Default: the broker URL's host on port 15672 with the broker URL's credentials.")
+    broker_confirm_timeout_s: float = Field(
+        5.0, gt=0, le=120, description="How long a publish that matters (a job, a completion, a retry) waits for "
+        "the broker's confirm before it is retried on a new connection (heurist.confirms). AMQP only.")
+    broker_publish_timeout_s: float = Field(
+        30.0, ge=0, le=600, description="How long an unconfirmed publish keeps trying (on new connections, "
+        "1-5 s apart) before it raises BrokerUnavailableError: a submit is then recorded failed, and the gateway "
+        "answers 503. One try can overrun it by a confirm and a connect timeout (5 + 4 s).")
+    broker_heartbeat_s: int = Field(
+        10, ge=0, le=600, description="AMQP heartbeat of the workers (ledger, auditor, miners): a connection "
+        "that went silent (a partition) is dropped after 2-3 of these, by the worker, which reconnects, and by "
+        "RabbitMQ, which requeues its unacknowledged jobs (heurist.reconnect). 0: off (not recommended).")
     database_url: str | None = Field(None, description="Ledger database; default: SQLite file in data_dir.")
     catalog_path: Path | None = Field(None, description="Model catalog TOML; default: the shipped one.")
     models_dir: Path | None = Field(None, description="Where locally built/cached model files live.")
@@ -86,6 +98,8 @@ class Settings(BaseSettings):
     audit_new_miner_rate: float = Field(0.5, ge=0, le=1)
     audit_suspicious_rate: float = Field(1.0, ge=0, le=1)
     audit_seed: int | None = Field(None, description="Fix to make sampling reproducible (tests); unset: secret.")
+    outbox_interval_s: float = Field(5.0, gt=0, le=300, description="How often each ledger publishes outbox rows "
+                                     "left unsent (audit samples whose fast-path publish a crash or the broker cut).")
     escrow_new_miners: bool = Field(True, description="Hold new miners' points until enough audits pass.")
     result_poll_interval_s: float = Field(0.1, gt=0, le=5)
     gateway_rate_per_minute: int = Field(60, ge=1, description="Requests per minute per API key at the gateway.")
@@ -110,6 +124,20 @@ class Settings(BaseSettings):
                                        "already exists: its completion is probably still queued for the ledger.")
     job_resends: int = Field(2, ge=0, description="How many times the sweep re-sends a stranded job (fresh "
                              "deadline, fresh upload URL) before failing it, which refunds its credits.")
+    max_job_deadline_s: float = Field(
+        DEFAULT_MAX_JOB_DEADLINE_S, gt=0, description="The longest deadline a catalog model may give a job (at its "
+        "maximum limits); a catalog with a longer one is refused at load. Keep it at least 30 s (the hard time "
+        "limit's grace, heurist.time_limits) below RabbitMQ's consumer_timeout (default 1,800,000 ms): a job "
+        "unacknowledged past that has its miner's channel closed (docs/operators.md).")
+    ledger_retry_max_s: float = Field(30.0, gt=0, le=300, description="Longest pause between two retries of a "
+                                      "ledger message that met a database or storage outage (they double from "
+                                      "0.5 s). Retried without limit, never dropped (heurist.transient).")
+    ledger_outage_alert_s: float = Field(60.0, ge=0, description="Seconds of ledger messages failing on the "
+                                         "database or storage before the ledger logs an ERROR and sets "
+                                         "heurist_ledger_outage_alert.")
+    ledger_metrics_host: str = Field("127.0.0.1", description="Interface the ledger's own /metrics binds.")
+    ledger_metrics_port: int = Field(0, ge=0, le=65535, description="TCP port of the ledger process's /metrics "
+                                     "(retries, outages, dead letters; monitoring/prometheus.yml uses 9109); 0: off.")
 
     flower_user: str = Field("admin", pattern=r"^[^:\s]+$", description="Basic-auth user of `heurist flower`.")
     flower_password: SecretStr | None = Field(None, description="Basic-auth password of `heurist flower`; "
@@ -120,6 +148,23 @@ class Settings(BaseSettings):
     epoch_s: int = Field(3600, ge=10, description="Length of a reward epoch; uptime is measured per epoch.")
     offline_after_missed: int = Field(3, ge=1, description="A miner is shown offline after this many "
                                       "heartbeat intervals without one.")
+
+    # Supervision (heurist.supervision): the embedded network and `heurist miner`'s per-GPU workers restart a
+    # child that dies unasked; production uses systemd or compose restart policies (docs/operators.md).
+    restart_backoff_s: float = Field(1.0, gt=0, description="Wait before restarting a child that died, doubled "
+                                     "for each of its restarts still within restart_window_s.")
+    restart_backoff_max_s: float = Field(30.0, gt=0, description="The longest wait before a restart.")
+    restart_limit: int = Field(8, ge=0, description="Restarts of one child within restart_window_s before its "
+                               "supervisor leaves it down and reports it failed with its log (a crash loop); "
+                               "0: never restart.")
+    restart_window_s: float = Field(600.0, gt=0, description="The window restart_limit counts restarts in.")
+    restart_settle_s: float = Field(30.0, ge=0, description="A child that exits this soon after the start its "
+                                    "owner asked for is reported failed at once, not restarted: a start that fails "
+                                    "(a missing model file, a bad option) fails again.")
+    liveness_file: Path | None = Field(None, description="Workers (ledger, auditor, miner) touch this file every "
+                                       "5 s while they hold a broker connection and consume; `python -m "
+                                       "heurist.liveness` fails once it is older than 60 s (container health "
+                                       "checks). Default: no file.")
 
     exporter_host: str = Field("127.0.0.1", description="Interface `heurist exporter` binds (0.0.0.0: all).")
     exporter_port: int = Field(9108, ge=0, le=65535, description="TCP port of `heurist exporter`'s /metrics "

@@ -1,4 +1,8 @@
-"""The ledger's task contracts, consumed from the trusted ``ledger`` queue only."""
+"""The ledger's task contracts, consumed from the trusted ``ledger`` queue and the miners' inboxes.
+
+Each runs on ``heurist.transient.LedgerTask``: retried without limit while the database or storage is away,
+kept in ``dead-letters`` when it raises anything else; nothing a miner sent is acked unprocessed and unkept.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,20 @@ from typing import Any
 
 from celery import Celery, Task
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy.exc import OperationalError
 
-from heurist.access.senders import InboxTask, sender_of
+from heurist.access.senders import sender_of
 from heurist.celery_app import services
 from heurist.deadletters import Reason, first_error, keep_request
-from heurist.errors import StorageError
 from heurist.jobs import SignedCompletion, SignedFailure, SignedHeartbeat, SignedHello
+from heurist.transient import LedgerTask
 from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT, REGISTER_MINER
 
 log = logging.getLogger(__name__)
 
-# Database or storage hiccups are retried by Celery itself; verification failures are verdicts, not errors.
-TRANSIENT = (OperationalError, StorageError)
-RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": True, "retry_backoff_max": 30, "max_retries": 20,
-         "base": InboxTask}  # retries go to the trusted ledger queue, keeping the validated sender
+# A database or storage outage is retried without limit, anything else a task raises is kept in dead-letters
+# (heurist.transient); retries go to the trusted ledger queue, keeping the validated sender. Verification
+# failures are verdicts, not errors.
+RETRY = {"base": LedgerTask}
 
 
 def _parse(task: Task, model: Any, payload: Any) -> Any:

@@ -2,8 +2,12 @@
 
 The task's argument is a ``SignedJob``. It runs only if admitted (``workers.miner.admission``); a refused
 message is rejected without requeue (the broker dead-letters it) and logged, and the miner keeps serving.
+The message's Celery ``timelimit`` header goes to the runtime, which enforces it (``heurist.time_limits``):
+Celery does only in its prefork pool, and miners run ``threads`` or ``solo``.
 The miner sends its signed completion, or its signed failure, to the ledger's inbox itself: whatever the
-message says about callbacks is ignored (``heurist.unlinked``), so nobody can redirect a completion.
+message says about callbacks is ignored (``heurist.unlinked``), so nobody can redirect a completion. Each is
+confirmed by the broker and, while the broker is away, sent again until the job's deadline
+(``heurist.confirms.deliver``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 
 from heurist.celery_app import services
+from heurist.confirms import deliver
 from heurist.errors import JobRefused
 from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RUN_JOB
 
@@ -35,9 +40,9 @@ def register_miner_tasks(app: Celery, ledger_queue: str) -> None:
             log.warning("refused job message %s: %s", self.request.id, refused)
             raise Reject(str(refused), requeue=False) from None
         try:
-            completion = runtime.execute(job, producers=self.app.producer_pool)
+            completion = runtime.execute(job, producers=self.app.producer_pool, timelimit=self.request.timelimit)
         except Exception as err:
             report = runtime.failure(job, err).model_dump(mode="json")
-            self.app.send_task(RECORD_FAILURE, args=[report], queue=ledger_queue)
+            deliver(self.app, RECORD_FAILURE, [report], ledger_queue, until=job.deadline_at)
             raise
-        self.app.send_task(RECORD_COMPLETION, args=[completion.model_dump(mode="json")], queue=ledger_queue)
+        deliver(self.app, RECORD_COMPLETION, [completion.model_dump(mode="json")], ledger_queue, until=job.deadline_at)

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.models",
     "tests.fixtures.network",
+    "tests.fixtures.dbfaults",
 ]

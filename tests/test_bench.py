@@ -19,3 +19,17 @@ def test_bench_path_prints_both_rates_and_their_ratio(rabbit_url: str, postgres_
     assert result["baseline_per_s"] > 0 and result["full_path_per_s"] > 0
     assert result["ratio"] == round(result["full_path_per_s"] / result["baseline_per_s"], 3) or abs(
         result["ratio"] - result["full_path_per_s"] / result["baseline_per_s"]) < 0.01
+
+
+def test_bench_load_reports_rates_latency_and_exactly_once(rabbit_url: str, postgres_url: str) -> None:
+    """2 miners and 2 ledger processes on RabbitMQ and PostgreSQL; the counts are read back from the ledger."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
+    env |= {"HEURIST_BROKER_URL": rabbit_url, "HEURIST_DATABASE_URL": postgres_url}
+    done = subprocess.run([sys.executable, "-m", "heurist.cli.main", "bench", "load", "--jobs", "150", "--json"],
+                          capture_output=True, text=True, timeout=480, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["jobs"], result["miners"], result["ledgers"], result["broker"]) == (150, 2, 2, "amqp")
+    assert result["completed"] == result["credited_once"] == result["stored_completions"] == 150
+    assert result["not_completed"] == result["credited_twice"] == 0 and result["exactly_once"] is True
+    assert 0 < result["p50_s"] <= result["p99_s"] and result["jobs_per_s"] > 0 and result["submit_per_s"] > 0

@@ -182,7 +182,7 @@ def net(module_postgres_url: str, seaweed: SeaweedServer, shared_models_dir: Pat
     upgrade(module_postgres_url)
     engine = make_engine(module_postgres_url)
     audits = AuditLedger(engine)
-    ledger = Ledger(engine, catalog, store, pins=WeightPins(shared_models_dir), middleware=[MetricsFlagging(audits)])
+    ledger = Ledger(engine, catalog, store, pins=WeightPins(shared_models_dir), middleware=[MetricsFlagging()])
     yield Network(catalog, ledger, audits, Auditor(ledger=ledger, audits=audits, pipelines=honest), store, honest)
     engine.dispose()
 

@@ -151,3 +151,4 @@ def test_the_embedded_ledger_keeps_poison_and_goes_on(embedded: EmbeddedNetwork)
     for expected in ("oversized", "malformed", "unknown-task", "undecodable", "hello.device.name", "celery.group"):
         assert expected in done.stdout, done.stdout
     embedded.check_alive()
+    assert not embedded.restarts, f"restarted: {dict(embedded.restarts)}"  # the ledger never died

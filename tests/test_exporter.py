@@ -29,6 +29,7 @@ from heurist.errors import ConfigError
 from heurist.jobs import JobState
 from heurist.monitoring.collector import METRICS
 from heurist.monitoring.latency import BUCKETS, Histogram, LatencyHistograms
+from heurist.monitoring.ledger_metrics import LEDGER_METRICS
 from heurist.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -397,10 +398,10 @@ def _dashboard_exprs() -> Iterator[str]:
 
 
 def _exposed_sample_names() -> set[str]:
-    """The series names Prometheus stores for the exporter's families (counters gain _total, histograms
-    _bucket/_sum/_count)."""
+    """The series names Prometheus stores for the exporter's families and the ledger process's own
+    (``LEDGER_METRICS``; counters gain _total, histograms _bucket/_sum/_count)."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-    return {name + suffix for name, (kind, _) in METRICS.items() for suffix in suffixes[kind]}
+    return {name + suffix for name, (kind, _) in {**METRICS, **LEDGER_METRICS}.items() for suffix in suffixes[kind]}
 
 
 def test_dashboard_queries_only_metrics_the_exporter_exposes() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 # The miner side runs on strangers' machines: it never holds ledger, credit, gateway, economy or key-release code.
 MINER_SIDE = ("workers.miner", "tasks.miner")
-TRUSTED_ONLY = ("heurist.ledger", "heurist.credits", "heurist.gateway", "heurist.economy",
+TRUSTED_ONLY = ("heurist.ledger", "heurist.credits", "heurist.gateway", "heurist.economy", "heurist.outbox",
                 "heurist.privacy.keyrelease")
 # The client, the gateway and the ledger start fast and run without a GPU stack.
 TORCH_FREE = ("heurist.client", "heurist.gateway", "heurist.ledger")

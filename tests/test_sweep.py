@@ -179,8 +179,8 @@ def test_reports_and_bad_results_send_the_job_to_another_miner_and_never_fail_it
     assert sweep.run_once().failed == [job.id]
     view = ledger.reader.job(job.id)
     assert view is not None and view.state is JobState.FAILED
-    assert view.error == never_completed(2, 3) == "no verified result: 3 failure reports or bad results from " \
-        "miners; re-sent 2 times"
+    assert view.error == never_completed(2, 3, "RuntimeError: CUDA OOM") == "no verified result: 3 failure " \
+        "reports or bad results from miners; re-sent 2 times; last report: RuntimeError: CUDA OOM"
 
 
 def _race(sweeps: list[Sweep]) -> list[list[str]]:

@@ -36,7 +36,7 @@ coefficient_source = "benchmark only: answers at once"
 description = "A null model for `heurist bench path`"
 source = {{ kind = "build", ref = "none" }}
 text = {{ max_tokens = 8, default_max_tokens = 1 }}
-deadline = {{ base_s = 3600.0, per_unit_s = 0.0 }}
+deadline = {{ base_s = 1200.0, per_unit_s = 0.0 }}
 """
 
 

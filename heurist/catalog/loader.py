@@ -1,4 +1,10 @@
-"""Load the catalog file into typed ``ModelSpec``s; a bad entry fails here, naming the entry and field."""
+"""Load the catalog file into typed ``ModelSpec``s; a bad entry fails here, naming the entry and field.
+
+A model whose deadline at its maximum limits exceeds ``Settings.max_job_deadline_s`` (1,500 s) is refused too:
+a miner holds a job unacknowledged until it ends, and RabbitMQ closes the channel of a consumer past its
+``consumer_timeout`` (30 min by default), after which the worker exits (celery/celery#6760). The shipped
+catalog once gave mixtral-8x7b 2,196 s and smollm2-135m 3,307 s at their limits; each now has a ``max_s`` cap.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,10 @@ from pydantic import ValidationError
 
 from heurist.catalog.schema import JobKind, ModelSpec, Units
 from heurist.errors import CatalogError, UnknownModelError
+from heurist.settings import get_settings
 
 SHIPPED_CATALOG = "models.toml"
+UTF8_MAX_BYTES = 4  # a prompt's deadline counts its UTF-8 bytes (heurist.client._work_units): at most 4 a character
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,36 @@ def _parse_units(data: dict[str, Any], path: str, models: Mapping[str, ModelSpec
     return units
 
 
-def parse_catalog(data: dict[str, Any], path: str) -> Catalog:
+def deadline_at_limits(spec: ModelSpec) -> tuple[float, str]:
+    """The longest deadline a job of ``spec`` can get (its maximum limits), and what that job is."""
+    from heurist.points import REFERENCE_PIXELS, REFERENCE_STEPS, TOKENS_PER_UNIT  # it imports this package
+
+    if spec.image is not None:
+        lim = spec.image
+        units = lim.max_width * lim.max_height / REFERENCE_PIXELS * lim.max_steps / REFERENCE_STEPS
+        job = f"{lim.max_width}x{lim.max_height}, {lim.max_steps} steps"
+    else:
+        assert spec.text is not None  # ModelSpec requires one table or the other
+        units = (UTF8_MAX_BYTES * spec.text.max_prompt_chars + spec.text.max_tokens) / TOKENS_PER_UNIT
+        job = f"a {spec.text.max_prompt_chars}-character prompt, {spec.text.max_tokens} tokens"
+    return spec.deadline.seconds(units), job
+
+
+def check_deadlines(models: Mapping[str, ModelSpec], path: str, max_deadline_s: float) -> None:
+    """Refuse a model whose deadline at its maximum limits exceeds ``max_deadline_s``, naming the fix."""
+    for spec in models.values():
+        seconds, job = deadline_at_limits(spec)
+        if seconds > max_deadline_s:
+            raise CatalogError(
+                f"{path}: model {spec.id!r} gives its largest job ({job}) a deadline of {seconds:,.0f} s, above "
+                f"HEURIST_MAX_JOB_DEADLINE_S = {max_deadline_s:,.0f} s, which must stay below RabbitMQ's "
+                f"consumer_timeout: cap it with `deadline = {{ ..., max_s = {max_deadline_s:g} }}` (or less), "
+                "lower its per_unit_s or its limits, or raise both consumer_timeout and the setting "
+                "(docs/operators.md)")
+
+
+def parse_catalog(data: dict[str, Any], path: str, max_deadline_s: float | None = None) -> Catalog:
+    """A validated catalog; ``max_deadline_s`` defaults to the process settings' ``max_job_deadline_s``."""
     entries = data.get("models")
     if not isinstance(entries, dict) or not entries:
         raise CatalogError(f"{path}: no [models.<id>] tables found")
@@ -84,6 +121,8 @@ def parse_catalog(data: dict[str, Any], path: str) -> Catalog:
             models[model_id] = ModelSpec.model_validate({"id": model_id, **entry})
         except ValidationError as err:
             raise CatalogError(f"{path}: entry {model_id!r}, {_describe(err)}") from None
+    limit = get_settings().max_job_deadline_s if max_deadline_s is None else max_deadline_s
+    check_deadlines(models, path, limit)
     return Catalog(models=models, path=path, units=_parse_units(data, path, models))
 
 
@@ -98,16 +137,17 @@ def read_catalog_text(path: Path | None = None) -> tuple[str, str]:
         raise CatalogError(f"cannot read catalog {path}: {err.strerror}; check HEURIST_CATALOG_PATH") from None
 
 
-def load_catalog(path: Path | None = None) -> Catalog:
-    """Read and validate a catalog TOML file (default: the one shipped in the package)."""
+def load_catalog(path: Path | None = None, *, max_deadline_s: float | None = None) -> Catalog:
+    """Read and validate a catalog TOML file (default: the one shipped in the package); ``max_deadline_s``:
+    the longest deadline allowed (default: the process settings' ``max_job_deadline_s``)."""
     text, where = read_catalog_text(path)
-    return parse_catalog_text(text, where)
+    return parse_catalog_text(text, where, max_deadline_s=max_deadline_s)
 
 
-def parse_catalog_text(text: str, where: str) -> Catalog:
+def parse_catalog_text(text: str, where: str, *, max_deadline_s: float | None = None) -> Catalog:
     """Parse and validate catalog TOML text; ``where`` names it in error messages."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise CatalogError(f"{where}: not valid TOML: {err}") from None
-    return parse_catalog(data, where)
+    return parse_catalog(data, where, max_deadline_s)

@@ -94,13 +94,24 @@ class TextLimits(Frozen):
 
 
 class Deadline(Frozen):
-    """A job's deadline: ``base_s + per_unit_s * units``; a completion past it earns nothing."""
+    """A job's deadline: ``base_s + per_unit_s * units``, at most ``max_s``; a completion past it earns nothing.
+
+    ``max_s`` keeps the longest jobs possible under the broker's ``consumer_timeout``: the catalog refuses a
+    model whose deadline at its maximum limits exceeds ``Settings.max_job_deadline_s`` (heurist.catalog.loader)."""
 
     base_s: float = Field(gt=0)
     per_unit_s: float = Field(ge=0)
+    max_s: float | None = Field(None, gt=0, description="Cap on the deadline, whatever the job's size.")
+
+    @model_validator(mode="after")
+    def _cap_above_base(self) -> Deadline:
+        if self.max_s is not None and self.max_s < self.base_s:
+            raise ValueError(f"max_s ({self.max_s:g}) must not be below base_s ({self.base_s:g})")
+        return self
 
     def seconds(self, units: float) -> float:
-        return self.base_s + self.per_unit_s * units
+        uncapped = self.base_s + self.per_unit_s * units
+        return uncapped if self.max_s is None else min(self.max_s, uncapped)
 
 
 class Benchmark(Frozen):

@@ -50,6 +50,38 @@ def path(
     console.print(f"ratio full / baseline: [bold]{result.ratio:.3f}[/]")
 
 
+@app.command("load")
+def load(
+    jobs: int = typer.Option(3000, "--jobs", min=10, help="Null jobs to submit (they answer at once: the network "
+                             "itself is what is loaded)."),
+    miners: int = typer.Option(2, "--miners", min=1, max=16, help="Null miners, each on its own broker user."),
+    ledgers: int = typer.Option(2, "--ledgers", min=1, max=8, help="Ledger processes consuming the one ledger queue."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Load test: jobs/s, p50/p99 submit-to-verdict latency, and whether every job ended exactly once.
+
+    Runs on the configured broker and database: set HEURIST_BROKER_URL and HEURIST_DATABASE_URL for RabbitMQ and
+    PostgreSQL (the embedded SQLite pair serialises both ledgers' writes). Storage is a SeaweedFS started for the
+    run unless HEURIST_S3_ENDPOINT is set. Exits 1 if a job was lost or credited twice.
+    """
+    from heurist.bench.load import as_dict, run_load_bench
+
+    result = run_load_bench(settings_with(), jobs, miners, ledgers, err_console)
+    if json_out:
+        print_json(as_dict(result))
+    else:
+        table = Table("measure", "value", title=f"{result.jobs} jobs, {result.miners} miners, {result.ledgers} "
+                      f"ledgers, {result.broker} broker, {result.database} ledger")
+        for name, value in as_dict(result).items():
+            if name not in ("jobs", "miners", "ledgers", "broker", "database"):
+                table.add_row(name.replace("_", " "), str(value))
+        console.print(table)
+    if not result.exactly_once:
+        err_console.print(f"[red]not exactly once:[/] {result.not_completed} jobs not completed, "
+                          f"{result.credited_twice} credited twice")
+        raise typer.Exit(1)
+
+
 MODELS_HELP = "Comma-separated model ids (default: every catalog model that fits this device and is on this machine)."
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda:0 if torch sees one, else cpu)."
 THREADS_HELP = "torch threads (default: HEURIST_TORCH_THREADS, else all cores); part of a CPU benchmark's device name."

@@ -51,7 +51,8 @@ def demo(
     started = time.monotonic()
     cheater = cheater_models(cheat) if with_cheater else []  # a bad --cheat fails before anything starts
     base = settings_with(audit_base_rate=audit_rate, audit_new_miner_rate=audit_rate, audit_suspicious_rate=1.0)
-    with EmbeddedNetwork(data_dir.resolve(), base=base, models_dir=models_dir.resolve()) as net:
+    with EmbeddedNetwork(data_dir.resolve(), base=base, models_dir=models_dir.resolve(),
+                         on_restart=say_restart) as net:
         wallets = [net.start_miner(name="honest")]
         if with_cheater:
             wallets.append(net.start_miner(cheater, name="cheater", cheat=cheat))
@@ -79,6 +80,11 @@ def cheater_models(cheat: str) -> list[str]:
     if spec is None:
         raise ConfigError(f"--cheat: unknown cheat {cheat!r}; one of {', '.join(CHEATS)}")
     return [m for m, kind in (("tiny-sd", JobKind.IMAGE), ("smollm2-135m", JobKind.TEXT)) if spec.kind in (None, kind)]
+
+
+def say_restart(line: str) -> None:
+    """One line on stderr when the network's supervisor restarts a child (or gives up on one)."""
+    err_console.print(f"[yellow]supervisor:[/] {line}", soft_wrap=True, highlight=False)
 
 
 def _describe_output(path: str | None) -> str | None:

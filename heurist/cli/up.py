@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from heurist.cli.common import console, err_console, settings_with
-from heurist.cli.demo import _interrupt
+from heurist.cli.demo import _interrupt, say_restart
 from heurist.client import Client
 from heurist.embedded import EmbeddedNetwork, wait_until
 from heurist.errors import ConfigError, HeuristError
@@ -27,7 +27,8 @@ def up(
     fresh: bool = typer.Option(True, "--fresh/--keep", help="Reset the embedded state, or keep the last run's."),
 ) -> None:
     """Start the embedded network (SQLite broker and ledger, SeaweedFS, a CPU miner serving tiny-sd and
-    smollm2-135m, an auditor) and serve the gateway on --port until Ctrl-C; then stop every process."""
+    smollm2-135m, an auditor) and serve the gateway on --port until Ctrl-C; then stop every process.
+    A process that dies is restarted (a line says so), SeaweedFS on the same port."""
     import uvicorn
 
     from heurist.credits.ledger import CreditLedger
@@ -37,7 +38,7 @@ def up(
     signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` cleans up like Ctrl-C
     try:
         with EmbeddedNetwork(data_dir.resolve(), base=settings_with(), models_dir=models_dir.resolve(),
-                             fresh=fresh) as net:
+                             fresh=fresh, on_restart=say_restart) as net:
             miner = net.start_miner(name="miner")
             net.start_auditor()
             settings = net.settings()

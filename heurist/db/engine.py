@@ -1,7 +1,16 @@
 """Engines and sessions for the network's database, per backend: SQLite embedded, PostgreSQL in production.
 
 One place builds engines, so every process (ledger, client, gateway, exporter, CLI) gets the same pragmas,
-pool pings and driver; ``heurist.db.open_engine`` adds the settings and the migration to head."""
+pool pings and driver; ``heurist.db.open_engine`` adds the settings and the migration to head.
+
+A database that goes away is an outage to ride out, never a verdict: ``is_disconnect`` tells those errors
+(connection refused or reset, a pooled connection found dead, a pool or connect timeout) from every other
+database error (a bug, an impossible row), so the ledger retries the first kind without limit and keeps the
+second kind in ``dead-letters`` (``heurist.transient``), and clients keep polling through the first kind
+(``heurist.client.Client.wait_all``). PostgreSQL pools ping each connection as it is checked out, so the
+first query after an outage reconnects instead of failing on a socket the server (or a proxy) reset, and a
+connection attempt gives up after ``PG_CONNECT_TIMEOUT_S`` (libpq waits for the kernel's TCP timeout, about
+2 minutes, on a host that drops packets) so that a partition is retried like a refusal."""
 
 from __future__ import annotations
 
@@ -11,9 +20,12 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # ledger workers wait for each other's short write transactions
+PG_CONNECT_TIMEOUT_S = 10  # libpq's connect_timeout, unless the URL names one
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -50,7 +62,21 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if "connect_timeout" not in parsed.query:
+        kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, **kwargs.get("connect_args", {})}
     return create_engine(parsed, **kwargs)
+
+
+def is_disconnect(err: BaseException) -> bool:
+    """Whether ``err`` means the database is unreachable for now (retry later), not that the statement is wrong.
+
+    SQLAlchemy raises ``OperationalError`` for a refused or reset connection and for server-side conditions a
+    retry can clear (shutdown, serialization failures, a locked SQLite file), ``InterfaceError`` for a
+    connection the driver already closed, its own ``TimeoutError`` when the pool has no connection to give,
+    and flags any other ``DBAPIError`` that came with a dead connection (``connection_invalidated``)."""
+    if isinstance(err, OperationalError | InterfaceError | PoolTimeoutError):
+        return True
+    return isinstance(err, DBAPIError) and bool(err.connection_invalidated)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from heurist.credits import tables as credits_tables  # noqa: F401
 from heurist.db.base import metadata
 from heurist.ledger import tables as ledger_tables  # noqa: F401
+from heurist.outbox import tables as outbox_tables  # noqa: F401
 from heurist.search import tables as search_tables  # noqa: F401
 
 __all__ = ["metadata"]

@@ -7,9 +7,11 @@ dead-letters`). A kept message carries headers saying why:
 
 * ``reason``: ``malformed`` (not a task message, bad arguments, or a field a model refuses), ``oversized``
   (body above ``Settings.max_message_bytes``, refused before it is parsed), ``unknown-task`` (a task name
-  the worker does not run, Celery's built-ins included) or ``undecodable`` (not JSON, or a content type
-  other than JSON);
-* ``detail``: the first pydantic error, the task name, the size and the limit (at most 500 chars);
+  the worker does not run, Celery's built-ins included), ``undecodable`` (not JSON, or a content type
+  other than JSON) or ``unprocessable`` (a well-formed message its task raised on with an error that no
+  retry clears: a bug, a value the database refuses; ``heurist.transient``);
+* ``detail``: the first pydantic error, the task name, the size and the limit, or the exception's type and
+  text (at most 500 chars);
 * ``source``: the queue it came from (the delivery's routing key: ``ledger`` today, ``inbox.<user>`` with
   per-miner inboxes), ``sender``: the broker-validated ``user_id`` when the message has one (RabbitMQ
   refuses a ``user_id`` other than the connection's user), ``dead_at`` (unix time), ``size`` (body bytes)
@@ -51,6 +53,7 @@ class Reason(StrEnum):
     OVERSIZED = "oversized"
     UNKNOWN_TASK = "unknown-task"
     UNDECODABLE = "undecodable"
+    UNPROCESSABLE = "unprocessable"  # a task raised on it with a non-transient error (heurist.transient)
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
 from heurist.deadletters import Poison, Reason, as_bytes, declare_dead_letters, keep, source_of
+from heurist.reconnect import Consumer  # Celery's, retrying queues a dead connection still holds
 from heurist.settings import Settings
 
 log = logging.getLogger(__name__)

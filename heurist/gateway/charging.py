@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from heurist.client import Client
+from heurist.client import Client, LedgerUnavailableError
 from heurist.credits.ledger import CreditLedger
 from heurist.errors import JobTimeoutError
-from heurist.gateway.errors import ApiError
+from heurist.gateway.errors import ApiError, from_heurist
 
 if TYPE_CHECKING:
     from heurist.ledger.reader import JobView
@@ -33,9 +33,12 @@ def refund_all(credits: CreditLedger, job_ids: Sequence[str]) -> float:
 
 
 def wait_all(client: Client, job_ids: list[str], timeout: float) -> list[JobView]:
-    """``Client.wait_all``; past ``timeout`` a 504 names the unfinished jobs, which keep running."""
+    """``Client.wait_all``, which waits through a database outage; past ``timeout`` a 504 names the unfinished
+    jobs, which keep running, or a 503 names the database when it was still away (``errors.from_heurist``)."""
     try:
         return client.wait_all(job_ids, timeout)
+    except LedgerUnavailableError as err:
+        raise from_heurist(err) from None
     except JobTimeoutError as err:
         pending = list(err.job_ids)
         raise ApiError(504, f"jobs {', '.join(pending)} not finished after {timeout:g}s; they keep running: "

@@ -28,7 +28,7 @@ from heurist.gateway.schemas import ErrorResponse
 from heurist.settings import Settings
 
 ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 402, 404, 422, 429, 502, 504)}
+    code: {"model": ErrorResponse} for code in (400, 401, 402, 404, 422, 429, 502, 503, 504)}
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `heurist keys create`.")
 

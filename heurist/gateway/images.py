@@ -68,7 +68,8 @@ def generate(gw: Gateway, key_id: int, req: ImageGenerationRequest) -> ImageGene
     failed = [v.job_id for v in views if not v.state.has_output]
     refund_all(gw.credits, failed)
     if len(failed) == len(views):
-        raise ApiError(502, f"every job failed ({public_failure(views[0].job_id, views[0].state)}); refunded",
+        first = public_failure(views[0].job_id, views[0].state, views[0].error)
+        raise ApiError(502, f"every job failed ({first}); refunded",
                        type_="job_failed", code="job_failed", job_ids=failed)
     data = [_item(gw, v, p.seed, req.response_format) for v, p in zip(views, params, strict=True)
             if v.state.has_output]

@@ -36,7 +36,7 @@ def job_status(gw: Gateway, key_id: int, job_id: str) -> JobStatus:
     url = None if failed_audit else gw.client.to_result(view).url  # an output that failed its audit: not served
     return JobStatus(id=view.job_id, model=view.model_id, kind=view.kind.value, state=view.state.value,
                      created_at=view.created_at, finished_at=view.finished_at, url=url,
-                     error=public_failure(view.job_id, view.state) if view.state in ENDED_BADLY else None,
+                     error=public_failure(view.job_id, view.state, view.error) if view.state in ENDED_BADLY else None,
                      audit="failed" if failed_audit else None, refunded=refunded)
 
 

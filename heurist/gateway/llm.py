@@ -22,15 +22,17 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from heurist.catalog import JobKind, ModelSpec
 from heurist.credits.pricing import price_units
 from heurist.credits.tables import ApiKey
+from heurist.db.engine import is_disconnect
 from heurist.errors import HeuristError, JobTimeoutError, public_failure
 from heurist.gateway.charging import wait_all
 from heurist.gateway.deps import ERRORS, Gateway, gateway, limited_key
-from heurist.gateway.errors import ApiError, error_body, from_heurist
+from heurist.gateway.errors import ApiError, error_body, from_database, from_heurist
 from heurist.gateway.llm_schemas import (
     AssistantMessage,
     ChatChoice,
@@ -91,7 +93,7 @@ def finish(gw: Gateway, job: TextJob) -> tuple[TextOutput, float]:
     [view] = wait_all(gw.client, [job.job_id], gw.settings.gateway_timeout_s)
     if not view.state.has_output:
         gw.credits.refund(job.job_id)
-        raise ApiError(502, f"{public_failure(job.job_id, view.state)}; refunded", type_="job_failed",
+        raise ApiError(502, f"{public_failure(job.job_id, view.state, view.error)}; refunded", type_="job_failed",
                        code="job_failed", job_ids=[job.job_id])
     output = TextOutput.model_validate_json(gw.client.fetch_output(gw.client.to_result(view)))
     actual = job_points(job.spec, job.params, output.input_tokens, output.output_tokens)
@@ -134,9 +136,19 @@ def previews(gw: Gateway, job: TextJob, stream: TokenStream) -> Iterator[str]:
                 yield piece.text
             return
         except JobTimeoutError:
-            view = gw.client.ledger.job(job.job_id)
-            if (view is not None and view.state.terminal) or time.monotonic() > give_up:
+            if _terminal(gw, job.job_id) or time.monotonic() > give_up:
                 return
+
+
+def _terminal(gw: Gateway, job_id: str) -> bool:
+    """Whether the ledger has a verdict on the job; False while its database is away (the stream goes on)."""
+    try:
+        view = gw.client.ledger.job(job_id)
+    except SQLAlchemyError as err:
+        if not is_disconnect(err):
+            raise
+        return False
+    return view is not None and view.state.terminal
 
 
 def events(gw: Gateway, job: TextJob, kind: str, include_usage: bool) -> Iterator[str]:
@@ -161,8 +173,9 @@ def events(gw: Gateway, job: TextJob, kind: str, include_usage: bool) -> Iterato
         log.warning("%s", err)  # the operator's record names the broker user; the caller's error names no miner
         yield _sse(error_body(err.public or str(err), "stream_mismatch", None, "stream_mismatch",
                               job_ids=[job.job_id]))
-    except (ApiError, HeuristError) as err:
-        api = err if isinstance(err, ApiError) else from_heurist(err)
+    except (ApiError, HeuristError, SQLAlchemyError) as err:
+        api = err if isinstance(err, ApiError) else from_database(err) if isinstance(err, SQLAlchemyError) \
+            else from_heurist(err)
         yield _sse(error_body(api.message, api.type, api.param, api.code, job_ids=[job.job_id]))
     yield "data: [DONE]\n\n"
 

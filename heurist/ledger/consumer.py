@@ -6,7 +6,6 @@ The audit's middleware comes from the caller (``heurist ledger`` passes ``heuris
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Sequence
 
 from celery import Celery
@@ -20,9 +19,13 @@ from heurist.ledger.miner_events import MinerEvents, MonitoredUptime
 from heurist.ledger.redispatch import Redispatch, ResendOnReport
 from heurist.ledger.service import Ledger
 from heurist.ledger.sweep import install_sweep
+from heurist.monitoring.ledger_metrics import serve_ledger_metrics
+from heurist.outbox import install_relay
+from heurist.reconnect import node_name
 from heurist.services import Services
 from heurist.settings import Settings, is_amqp
 from heurist.storage import make_store
+from heurist.transient import install_transient
 from tasks.ledger import register_ledger_tasks
 from tasks.names import LEDGER_TASKS
 
@@ -44,7 +47,10 @@ def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFacto
     register_ledger_tasks(app)
     only_tasks(app, LEDGER_TASKS)  # a miner may publish here: Celery's built-ins (celery.group) are refused
     keep_poison(app, settings)  # malformed, oversized, undecodable or unknown messages go to dead-letters
+    transient = install_transient(app, settings)  # outages retried without limit, the rest kept (heurist.transient)
+    serve_ledger_metrics(app, settings, transient.outages)  # its /metrics, with ledger_metrics_port set
     sweeper = install_sweep(app, settings, ledger)  # stranded jobs (purged, lost, never taken): re-sent, then failed
+    ledger.outbox = install_relay(app, ledger.engine, settings.outbox_interval_s)  # audit samples, after a crash too
     ledger.middleware += [*middleware(app, settings, ledger), Redispatch(app, settings), ResendOnReport(sweeper.sweep)]
     if is_amqp(settings.resolved_broker_url()):  # miners send through their inboxes (heurist.ledger.inboxes)
         from heurist.access.backends.rabbitmq import RabbitMQAccess
@@ -52,6 +58,6 @@ def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFacto
 
         watch_inboxes(app, RabbitMQAccess.from_settings(settings), settings.inbox_poll_s)
     pool, concurrency = worker_pool(settings.resolved_broker_url(), concurrency)
-    worker = app.Worker(hostname=f"ledger@{socket.gethostname()}", queues=[settings.ledger_queue],
+    worker = app.Worker(hostname=node_name("ledger"), queues=[settings.ledger_queue],
                         pool=pool, concurrency=concurrency, loglevel=loglevel, quiet=True)
     run_worker(worker, "ledger")

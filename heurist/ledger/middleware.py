@@ -1,17 +1,20 @@
 """Ledger middleware: the hooks that follow a verdict (metric flags, audit sampling, redispatch), one class each.
 
-The ledger calls each middleware after a verdict is committed, in order, with what verification already
-loaded: the claim, the job's parameters, the miner's registered device and its standing before this
-completion. So a hook costs no database read of its own (three re-reads per completion had cut the job
-path from 99 to 60 jobs/s). A middleware that raises is logged; the committed verdict stands. The audit's
-middleware (``heurist.audit.middleware``) builds on these types; the ledger never imports it: whoever starts
-the ledger consumer installs it.
+The ledger calls each middleware in order: inside an acceptance's transaction (``within_accept``: what must
+commit with the credit, such as the audit sample), then after each verdict is committed, with what verification
+already loaded: the claim, the job's parameters, the miner's registered device and its standing before this
+completion. So a hook costs no database read of its own (three re-reads per completion had cut the job path from
+99 to 60 jobs/s). An ``after_*`` hook that raises is logged and the committed verdict stands. The audit's
+middleware (``heurist.audit.middleware``) builds on these types; the ledger never imports it: whoever starts the
+ledger consumer installs it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
 
 from heurist.catalog import ModelSpec
 from heurist.jobs import Completion, DeviceInfo, ImageParams, TextParams
@@ -36,6 +39,8 @@ class Accepted:
     registered_device: DeviceInfo | None
     standing: MinerStanding
     late: bool
+    at: float = 0.0  # when the ledger received it (its clock)
+    outbox_keys: list[str] = field(default_factory=list)  # outbox rows written with the credit (heurist.outbox)
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,13 @@ class Refused:
 class LedgerMiddleware:
     """Hooks after a verdict; override what you need."""
 
+    def within_accept(self, session: Session, accepted: Accepted) -> None:
+        """Inside the credit's transaction, before it commits: write here what must never be lost if the ledger
+        dies right after the credit (an audit sample: an ``heurist.outbox`` row). Raising rolls the credit back,
+        and the completion is retried whole."""
+
     def after_accept(self, ledger: Ledger, accepted: Accepted) -> None:
-        """After a first acceptance (duplicates never reach here)."""
+        """After a first acceptance has committed (duplicates never reach here)."""
 
     def after_refuse(self, ledger: Ledger, refused: Refused) -> None:
         """After a refusal that is not a duplicate."""

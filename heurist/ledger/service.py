@@ -42,6 +42,7 @@ from heurist.ledger.registration import RegistrationVerdict, register_miner
 from heurist.ledger.standing import NEW_MINER_AUDITS
 from heurist.ledger.tables import CompletionRow, EntryKind, Job, PointsEntry, Reason, Rejection
 from heurist.ledger.verify import Attempt, Refusal, Verifier
+from heurist.outbox.relay import OutboxRelay
 from heurist.points import MICRO, from_micro, job_points, to_micro
 from heurist.signing import DEFAULT_DOMAIN, Domain
 from heurist.storage.backend import ObjectStore
@@ -104,6 +105,7 @@ class Ledger:
         self.catalog = catalog
         self.store = store
         self.clock = clock
+        self.outbox: OutboxRelay | None = None  # publishes what the middleware decided in a credit's transaction
         self.reader = LedgerReader(engine, clock)
         self.book = JobBook(engine, clock)
         self._sessions = session_factory(engine)
@@ -139,9 +141,13 @@ class Ledger:
         attempt = Attempt(signed=signed, received_at=self.clock(), sender=sender)
         refusal = self._verifier().verify(attempt)
         if refusal is None:
-            verdict = self._accept(attempt)
-            if not verdict.duplicate:
-                self._after(lambda mw: mw.after_accept(self, self._accepted(attempt, verdict)))
+            accepted = self._accepted(attempt)
+            verdict = self._accept(attempt, accepted)
+            if verdict.accepted and not verdict.duplicate:
+                if self.outbox is not None:  # the fast path; otherwise the relay's drain publishes them
+                    for key in accepted.outbox_keys:
+                        self.outbox.send(key)
+                self._after(lambda mw: mw.after_accept(self, accepted))
             return verdict
         if refusal.reason is Reason.DUPLICATE:
             return self._duplicate(attempt)
@@ -166,12 +172,13 @@ class Ledger:
                 log.exception("ledger middleware %s failed", type(mw).__name__)
 
     @staticmethod
-    def _accepted(a: Attempt, verdict: CompletionVerdict) -> Accepted:
+    def _accepted(a: Attempt) -> Accepted:
+        """What the middleware sees of a completion about to be credited (late: uploaded past the deadline)."""
         assert a.job is not None and a.spec is not None and a.signer is not None
         return Accepted(job_id=a.job_id, miner=a.signer, spec=a.spec, params=PARAMS.validate_python(a.job.params),
                         claim=a.claim, wall_s=a.received_at - a.job.created_at,
                         registered_device=a.registered_device, standing=a.standing,
-                        late=verdict.state is JobState.LATE)
+                        late=a.uploaded_at > a.job.deadline_at, at=a.received_at)
 
     # ----------------------------------------------------------------------------------------- verdicts
 
@@ -184,11 +191,12 @@ class Ledger:
         assert counts is not None, "a text completion is accepted only after its counts were read"
         return to_micro(job_points(spec, params, *counts))
 
-    def _accept(self, a: Attempt) -> CompletionVerdict:
-        """Store the completion, credit the job, set its state: one transaction, or nothing."""
+    def _accept(self, a: Attempt, accepted: Accepted) -> CompletionVerdict:
+        """Store the completion, credit the job, set its state, and what the middleware decides with it (an
+        audit sample, a metrics flag: ``within_accept``): one transaction, or nothing."""
         assert a.job is not None and a.spec is not None and a.signer is not None
         late_by = a.uploaded_at - a.job.deadline_at  # the store's clock, never the ledger's backlog
-        late = late_by > 0
+        late = accepted.late
         micro = 0 if late else self._credit_micro(a.job, a.spec, a.counts)
         state = JobState.LATE if late else JobState.COMPLETED
         try:
@@ -206,6 +214,8 @@ class Ledger:
                     if late else None))
                 if ended.rowcount != 1:  # type: ignore[attr-defined]
                     raise _Closed  # the trusted side ended it since the checks read it: roll all of it back
+                for mw in self.middleware:  # a hook that raises rolls the credit back: it is retried whole
+                    mw.within_accept(session, accepted)
         except IntegrityError:
             if not self._has_completion(a.job_id):
                 raise

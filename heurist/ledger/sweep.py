@@ -9,8 +9,10 @@ would be held forever. This sweep runs in every trusted ledger process, every ``
   duration), a fresh presigned URL, the same output key, through ``heurist.dispatch`` like the client sends
   it; at most ``job_resends`` times (counted in ``jobs.resends``, each re-send a ``job_resends`` row);
 - once that budget is spent it is **failed** ("never completed: lost, purged or never taken; re-sent N
-  times"). FAILED is what refunds: the gateway's reconcile loop (``heurist.credits.reconcile``) gives a
-  failed job's reservation back, once;
+  times"; when miners reported it failed, their count and the last report, whose kind the client is shown:
+  "…; last report: storage: upload to http://…/outputs/… failed after 9 attempts over 40.2 s (ConnectionError)",
+  ``heurist.errors.public_failure``). FAILED is what refunds: the gateway's reconcile loop
+  (``heurist.credits.reconcile``) gives a failed job's reservation back, once;
 - a job whose output object already exists is **left waiting** ``sweep_output_wait_s`` longer (300 s by
   default): a miner uploaded it, so its completion is most likely still queued for the ledger, and a re-send
   would only make a second miner overwrite the object. The wait is bounded, because whoever read the
@@ -48,10 +50,11 @@ from sqlalchemy.orm import Session
 from heurist.db.base import ID_LEN
 from heurist.db.engine import session_factory, session_scope
 from heurist.dispatch import dispatch_signer, job_message, send_job
+from heurist.errors import LAST_REPORT
 from heurist.jobs import JobMessage, JobState
 from heurist.ledger.reader import PARAMS
 from heurist.ledger.service import Ledger
-from heurist.ledger.tables import Job, JobResend, Rejection
+from heurist.ledger.tables import Job, JobResend, Reason, Rejection
 from heurist.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,13 +65,14 @@ MIN_DURATION_S = 2.0  # a re-sent job always gets at least this long (its upload
 SendJob = Callable[[JobMessage, str], None]
 
 
-def never_completed(resends: int, reports: int = 0) -> str:
+def never_completed(resends: int, reports: int = 0, last: str | None = None) -> str:
     """The reason a stranded job fails with, once its re-send budget is spent; ``reports``: the failure reports
-    and bad results miners sent for it."""
+    and bad results miners sent for it, ``last`` the latest one's text (a miner's report as it wrote it,
+    "storage: …", or the ledger's reason for a bad result)."""
     times = f"re-sent {resends} time{'' if resends == 1 else 's'}"
     if reports:
         return f"no verified result: {reports} failure report{'' if reports == 1 else 's'} or bad result" \
-               f"{'' if reports == 1 else 's'} from miners; {times}"
+               f"{'' if reports == 1 else 's'} from miners; {times}" + (f"{LAST_REPORT}{last}" if last else "")
     return f"never completed: lost, purged or never taken; {times}"
 
 
@@ -116,7 +120,7 @@ class Sweep:
             elif self._output_exists(job) and now < job.deadline_at + self.policy.grace_s + self.policy.output_wait_s:
                 done.waiting.append(job.id)
             elif job.resends >= self.policy.resends:
-                if self._fail(job, now, never_completed(job.resends, self._reports(job.id))):
+                if self._fail(job, now, never_completed(job.resends, *self._reports(job.id))):
                     done.failed.append(job.id)
             elif self._resend(job, now, spec.id, spec.queue, f"still queued {now - job.deadline_at:.1f}s past its "
                               "deadline"):
@@ -139,10 +143,17 @@ class Sweep:
         with self._sessions() as session:
             return list(session.scalars(stmt))
 
-    def _reports(self, job_id: str) -> int:
+    def _reports(self, job_id: str) -> tuple[int, str | None]:
+        """How many failure reports and bad results miners sent for the job, and the latest one's text."""
+        about = Rejection.job_id == job_id[:ID_LEN]
         with self._sessions() as session:
-            return int(session.scalar(select(func.count()).select_from(Rejection)
-                                      .where(Rejection.job_id == job_id[:ID_LEN])) or 0)
+            count = int(session.scalar(select(func.count()).select_from(Rejection).where(about)) or 0)
+            last = session.execute(select(Rejection.reason, Rejection.detail).where(about)
+                                   .order_by(Rejection.id.desc()).limit(1)).first()
+        if last is None:
+            return count, None
+        reason, detail = last
+        return count, detail if reason is Reason.FAILURE_REPORTED else f"{reason.value}: {detail}"
 
     def _output_exists(self, job: Job) -> bool:
         return self.ledger.store.stat(job.output_key) is not None

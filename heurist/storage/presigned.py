@@ -4,6 +4,16 @@ S3 refuses any ``x-amz-*`` header the URL did not sign, so the headers sent are 
 asks for (its ``X-Amz-SignedHeaders``): ``x-amz-sdk-checksum-algorithm: SHA256`` (the service hashes
 the bytes and keeps the sha256 for the ledger) and/or ``x-amz-checksum-sha256`` (the service verifies
 the body against it). Imports nothing heavy until an upload happens.
+
+**The retry window is the job's time, not a count.** A connection error or a 5xx is retried with capped
+exponential back-off (0.2 s doubling to 5 s, plus up to 0.2 s of jitter) until ``deadline_at`` less
+``DEADLINE_MARGIN_S``: the URL expires at the deadline (``heurist.dispatch.upload_expiry_s``), so a later try
+could only be refused. It used to be 4 tries over 1.4 s, and a SeaweedFS that was back 13 s after a crash
+failed 7 of 40 jobs (issue 14); a job that finished 40 s before its deadline now rides out a 40 s outage.
+Each try's timeouts end with the window too, so the upload is over by the deadline, before the job's hard
+time limit. A 4xx still fails at once: the URL expired or is for other content, and no retry changes that.
+The error names the store, the tries and the seconds, never the URL's signature: "upload to
+http://…/outputs/x.png failed after 9 attempts over 40.2 s (ConnectionError)".
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,8 +30,11 @@ from heurist.errors import StorageError
 if TYPE_CHECKING:
     import requests
 
-UPLOAD_ATTEMPTS = 4
-TIMEOUT_S = (5.0, 120.0)  # connect, read
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 5.0, 120.0  # per try, and never beyond the window (MIN_TIMEOUT_S at least)
+MIN_TIMEOUT_S = 0.5
+DEADLINE_MARGIN_S = 1.0  # the URL's expiry is whole seconds at or before the deadline: stop trying this early
+DEFAULT_WINDOW_S = 30.0  # without a deadline (trusted tools, tests): how long to keep trying
+BACKOFF_FIRST_S, BACKOFF_MAX_S, BACKOFF_JITTER_S = 0.2, 5.0, 0.2
 _RETRY_STATUS = {500, 502, 503, 504}
 
 
@@ -50,42 +64,64 @@ def upload_headers(url: str, data: bytes, content_type: str) -> dict[str, str]:
     return headers
 
 
-def put_presigned(url: str, data: bytes, content_type: str, session: requests.Session | None = None) -> str:
+def put_presigned(url: str, data: bytes, content_type: str, session: requests.Session | None = None, *,
+                  deadline_at: float | None = None) -> str:
     """Upload ``data`` and return its sha256 (hex), the value the miner signs in its completion.
 
-    Connection errors and 5xx answers are retried a few times (a PUT of the same bytes is idempotent);
-    a 4xx raises UploadRefusedError at once.
+    Connection errors and 5xx answers are retried (a PUT of the same bytes is idempotent) until ``deadline_at``
+    (unix seconds) less ``DEADLINE_MARGIN_S``, or for ``DEFAULT_WINDOW_S`` without one; then StorageError. A 4xx
+    raises UploadRefusedError at once.
     """
     import requests
-    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+    from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential, wait_random
 
     headers = upload_headers(url, data, content_type)
     http = session or requests.Session()
+    started = time.monotonic()
+    window_s = DEFAULT_WINDOW_S if deadline_at is None else deadline_at - DEADLINE_MARGIN_S - time.time()
+    ends = started + window_s
+    backoff = wait_exponential(multiplier=BACKOFF_FIRST_S, max=BACKOFF_MAX_S) + wait_random(0, BACKOFF_JITTER_S)
+
+    def wait(state: RetryCallState) -> float:  # the last pause ends with the window: one last try there
+        return max(0.0, min(backoff(state), ends - time.monotonic()))
+
+    tries = 0
     retrying = Retrying(
         retry=retry_if_exception_type((requests.ConnectionError, requests.Timeout, _TransientUploadError)),
-        stop=stop_after_attempt(UPLOAD_ATTEMPTS), wait=wait_exponential(multiplier=0.2, max=2.0),
-        reraise=True,
+        stop=lambda state: time.monotonic() >= ends, wait=wait, reraise=True,
     )
     try:
         for attempt in retrying:
             with attempt:
-                _put_once(http, url, data, headers)
+                tries = attempt.retry_state.attempt_number
+                left = ends - time.monotonic()  # a try started late ends by the deadline, within the hard limit
+                _put_once(http, url, data, headers, (max(MIN_TIMEOUT_S, min(CONNECT_TIMEOUT_S, left)),
+                                                     max(MIN_TIMEOUT_S, min(READ_TIMEOUT_S, left))))
     except (requests.RequestException, _TransientUploadError) as exc:
-        raise StorageError(f"upload to {_where(url)} failed after {UPLOAD_ATTEMPTS} attempts: {exc}") from exc
+        raise StorageError(f"upload to {_where(url)} failed after {tries} attempt{'' if tries == 1 else 's'} over "
+                           f"{time.monotonic() - started:.1f} s ({_describe(exc)})") from exc
     finally:
         if session is None:
             http.close()
     return hashlib.sha256(data).hexdigest()
 
 
-def _put_once(http: requests.Session, url: str, data: bytes, headers: dict[str, str]) -> None:
-    resp = http.put(url, data=data, headers=headers, timeout=TIMEOUT_S)
+def _put_once(http: requests.Session, url: str, data: bytes, headers: dict[str, str],
+              timeout: tuple[float, float]) -> None:
+    resp = http.put(url, data=data, headers=headers, timeout=timeout)
     if resp.status_code in _RETRY_STATUS:
         raise _TransientUploadError(f"HTTP {resp.status_code}: {_s3_error(resp.text)}")
     if resp.status_code >= 400:
         raise UploadRefusedError(
             f"storage refused the upload to {_where(url)}: HTTP {resp.status_code} {_s3_error(resp.text)} "
             "(an expired URL, or a URL signed for other content; ask for a new job)")
+
+
+def _describe(exc: BaseException) -> str:
+    """The last try's failure, short and without the URL: "ConnectionError", "HTTP 503: SlowDown: …"."""
+    if isinstance(exc, _TransientUploadError):
+        return str(exc)[:80]
+    return type(exc).__name__
 
 
 def _where(url: str) -> str:

@@ -85,6 +85,7 @@ def test_a_miner_can_delete_declare_or_reshape_nothing(network: EmbeddedNetwork,
         _refused(attacker, _publish(exchange, key))  # no spoofed events or replies, no forged jobs, no ledger
     time.sleep(2)  # what once stopped every worker within 20 s now stops none
     network.check_alive()
+    assert not network.restarts, f"restarted: {dict(network.restarts)}"  # none died and was restarted
     _job_completes(client, honest, seed=11)
     assert not client.ledger.is_registered(attacker.address)
 
@@ -123,6 +124,7 @@ def test_a_flood_fills_only_the_flooders_inbox(network: EmbeddedNetwork, client:
     during = _job_completes(client, honest, seed=22)  # judged on time, whatever is queued behind the attacker
     wait_until(lambda: ready(client, inbox) == 0, 300, "the ledger to drain the flood", check=network.check_alive)
     network.check_alive()
+    assert not network.restarts, f"restarted: {dict(network.restarts)}"
     assert not client.ledger.is_registered(attacker.address)
     print(f"\n{FLOOD} junk messages published in {flood_s:.1f}s, inbox held {held} (limit {limit}); honest job "
           f"{baseline:.1f}s before, {during:.1f}s during the flood")

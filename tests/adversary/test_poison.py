@@ -110,6 +110,7 @@ def test_poison_is_kept_with_its_reason_and_the_ledger_keeps_crediting(network: 
     after = client.submit_image("a harbour", model="tiny-sd", steps=8, seed=2).result(timeout=120)
     assert after.state is JobState.COMPLETED and after.miner == honest  # the ledger keeps working
     network.check_alive()  # and never crash-looped
+    assert not network.restarts, f"restarted: {dict(network.restarts)}"  # nor crashed once
 
     found = peek(settings, 50)
     assert found.total == len(messages), "poison was requeued or kept twice"  # never retried

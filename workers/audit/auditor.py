@@ -31,6 +31,7 @@ from heurist.ledger.factory import open_ledger
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import AuditReason
 from heurist.ledger.token_counts import claim_mismatch
+from heurist.reconnect import node_name
 from heurist.services import Services
 from heurist.settings import Settings
 from heurist.storage import make_store
@@ -104,7 +105,7 @@ class Auditor:
     ledger: Ledger
     audits: AuditLedger
     pipelines: Mapping[str, Pipeline]
-    name: str = f"auditor@{socket.gethostname()}"
+    name: str = f"auditor@{socket.gethostname()}"  # in its verdicts: stable across restarts (the node name is not)
     on_ban: Sequence[Callable[[str], None]] = ()  # called with the miner's address when an audit bans it
 
     def audit(self, job_id: str) -> dict[str, Any]:
@@ -176,6 +177,6 @@ def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], logl
     queues = [audit_queue(settings.audit_queue_prefix, model_id) for model_id in pipelines]
     console.print(f"auditor consuming {', '.join(queues)}")
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
-    worker = app.Worker(hostname=auditor.name, queues=queues, pool=pool, concurrency=concurrency,
+    worker = app.Worker(hostname=node_name("auditor"), queues=queues, pool=pool, concurrency=concurrency,
                         prefetch_multiplier=1, loglevel=loglevel, quiet=True)
     run_worker(worker, "auditor")

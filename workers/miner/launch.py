@@ -36,6 +36,7 @@ from workers.miner.middleware import Middleware, default_middleware, wrap_pipeli
 from workers.miner.pipelines import load_pipeline
 from workers.miner.pipelines.backend import Pipeline
 from workers.miner.runtime import MinerRuntime
+from workers.miner.watchdog import install_watchdog
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     only_tasks(app, MINER_TASKS)  # a job message naming another task (celery.group, ...) is refused
     confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue, plan.queues)
     install_heartbeats(app, wallet, settings.heartbeat_interval_s, settings.ledger_queue, Domain.of(settings))
+    install_watchdog(app, runtime, settings.ledger_queue)  # a model call hung past its hard limit: report, exit 75
     announce(app, wallet, plan, settings.ledger_queue, delegation, Domain.of(settings))
     console.print(f"miner {wallet.address} consuming {', '.join(plan.queues)}")
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)

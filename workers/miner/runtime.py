@@ -1,7 +1,15 @@
 """The miner runtime: pipelines loaded once at start, one job at a time, output PUT, completion signed.
 
 A message is admitted first (``workers.miner.admission``: the dispatcher's signature, the deadline, the
-model, the catalog's limits, the store); a job that then raises is reported as a signed ``Failure``."""
+model, the catalog's limits, the store); a job that then raises is reported as a signed ``Failure``.
+
+Each job runs within its time limits (``heurist.time_limits``): the pipeline is given the soft limit, 10% of
+the time (at most 30 s) before the deadline, and stops at its next step boundary past it; the rest is the
+upload's, retried until the deadline (``heurist.storage.presigned``). A model call still running at the hard
+limit is the watchdog's (``workers.miner.watchdog``). A failure's text says whose fault it was
+(``heurist.errors.FailureKind``): "storage: upload to … failed after 9 attempts over 40.2 s (ConnectionError)",
+"time limit: image job stopped after step 12 of 50 …", or the job's own "RuntimeError: CUDA out of memory".
+"""
 
 from __future__ import annotations
 
@@ -11,9 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from amqp.exceptions import ConnectionError as AMQPConnectionError
+from kombu.exceptions import OperationalError
 from kombu.pools import ProducerPool
 
-from heurist.errors import ConfigError, UnknownModelError
+from heurist.errors import ConfigError, FailureKind, TimeLimitExceeded, UnknownModelError
 from heurist.identity import Wallet
 from heurist.jobs import (
     FAILURE_ERROR_CHARS,
@@ -27,10 +37,15 @@ from heurist.jobs import (
 )
 from heurist.signing import DEFAULT_DOMAIN, Domain, sign_failure, sign_message
 from heurist.storage.presigned import put_presigned
+from heurist.time_limits import JobClock
 from workers.miner.admission import Admission
 from workers.miner.middleware import Middleware, default_middleware
-from workers.miner.pipelines.backend import Pipeline
+from workers.miner.pipelines.backend import DeadlineExceeded, Pipeline, PipelineOutput
 from workers.miner.streaming import token_stream
+from workers.miner.watchdog import Watchdog
+
+BROKER_ERRORS = (OperationalError, AMQPConnectionError)  # reported as "broker: …"
+TimeLimitHeader = tuple[float | None, float | None] | list[float | None] | None  # Celery's (hard, soft)
 
 
 @dataclass
@@ -44,6 +59,7 @@ class MinerRuntime:
     http: requests.Session = field(default_factory=requests.Session)
     admission: Admission | None = None  # None: ``admit`` refuses to run anything (in-process tests call execute)
     domain: Domain = DEFAULT_DOMAIN  # the network's EIP-712 domain: what completions and failures are signed for
+    watchdog: Watchdog | None = None  # the hard time limit (``install_watchdog``); None: not enforced (in-process)
 
     def admit(self, payload: Any) -> JobMessage:
         """The job in a received message, if this miner may run it; raises ``JobRefused`` otherwise."""
@@ -53,25 +69,38 @@ class MinerRuntime:
         return self.admission.admit(payload)
 
     def failure(self, job: JobMessage, error: BaseException) -> SignedFailure:
-        """A signed report that ``job`` raised ``error`` here."""
-        text = f"{type(error).__name__}: {error}"[:FAILURE_ERROR_CHARS]
+        """A signed report that ``job`` raised ``error`` here, its kind first when the fault was not the job's."""
+        kind = FailureKind.BROKER if isinstance(error, BROKER_ERRORS) else None
+        text = FailureKind.text(error, kind)[:FAILURE_ERROR_CHARS]
         return sign_failure(self.wallet, Failure(job_id=job.job_id, miner=self.wallet.address, error=text,
                                                  failed_at=time.time()), self.domain)
 
-    def execute(self, job: JobMessage, producers: ProducerPool | None = None) -> SignedCompletion:
-        """Run ``job`` on its loaded pipeline, store the output, and sign what was done. A ``stream`` job
-        also publishes its tokens through ``producers`` (the worker app's pool) as unverified previews."""
+    def execute(self, job: JobMessage, producers: ProducerPool | None = None,
+                timelimit: TimeLimitHeader = None) -> SignedCompletion:
+        """Run ``job`` on its loaded pipeline within its time limits (``timelimit``: the message's Celery header,
+        ``(hard, soft)`` seconds from now), store the output, and sign what was done. A ``stream`` job also
+        publishes its tokens through ``producers`` (the worker app's pool) as unverified previews."""
         pipeline = self.pipelines.get(job.model_id)
         if pipeline is None:
             raise UnknownModelError(f"this miner does not serve {job.model_id!r} (misrouted job {job.job_id})")
         for mw in self.middleware:
             mw.before_job(job)
+        header = (timelimit[0], timelimit[1]) if timelimit else None
+        limits = JobClock.start(job.deadline_at, time.time(), header)
+        if self.watchdog is None:
+            return self._run(job, pipeline, limits, producers)
+        with self.watchdog.watch(job, limits):
+            return self._run(job, pipeline, limits, producers)
+
+    def _run(self, job: JobMessage, pipeline: Pipeline, limits: JobClock,
+             producers: ProducerPool | None) -> SignedCompletion:
         started = time.perf_counter()
         with token_stream(job, producers) as stream:
-            output = pipeline.run(job.params, job.deadline_at, on_token=stream.on_token)
+            output = _within_soft_limit(pipeline, job, limits, stream.on_token)
             stream.finish(output.finish_reason)
         ran = time.perf_counter()
-        digest = put_presigned(job.output_url, output.data, output.content_type, session=self.http)
+        digest = put_presigned(job.output_url, output.data, output.content_type, session=self.http,
+                               deadline_at=job.deadline_at)
         uploaded = time.perf_counter()
         completion = Completion(
             job_id=job.job_id,
@@ -90,3 +119,18 @@ class MinerRuntime:
         for mw in self.middleware:
             completion = mw.after_job(job, completion)
         return SignedCompletion(completion=completion, signature=sign_message(self.wallet, completion, self.domain))
+
+
+def _within_soft_limit(pipeline: Pipeline, job: JobMessage, limits: JobClock, on_token: Any) -> PipelineOutput:
+    """The pipeline's output, given the soft limit as its deadline. An image job stopped by it raises
+    ``TimeLimitExceeded`` saying when; a text job keeps its answer so far (finish reason "deadline", credited
+    for the tokens made, as a streamed answer cut by time is), unless it made none."""
+    when = (f"its soft limit: {limits.soft_at - limits.started_at:.1f} s after it started, "
+            f"{job.deadline_at - limits.soft_at:.1f} s before the deadline")
+    try:
+        output = pipeline.run(job.params, limits.soft_at, on_token=on_token)
+    except DeadlineExceeded as err:
+        raise TimeLimitExceeded(f"{err} ({when})") from err
+    if output.finish_reason == "deadline" and output.output_tokens == 0:
+        raise TimeLimitExceeded(f"text job stopped before its first token ({when})")
+    return output

@@ -6,9 +6,11 @@ fit its GPU, under its own miner identity (``Wallet.derive(N)``: the ledger keys
 records one device per miner) and hostname (``…-gpuN@host``). The supervisor itself never imports torch or
 initialises CUDA: it only forks clean children.
 
-It forwards SIGINT/SIGTERM to every child (Celery's warm shutdown: running jobs finish), restarts nothing,
-reports every child that exits, and returns when all have exited: 0 if each stopped cleanly, else the
-first failure's code. Children die with it even if it is SIGKILLed (parent-death signal).
+It forwards SIGINT/SIGTERM to every child (Celery's warm shutdown: running jobs finish), reports every child
+that exits, and restarts one that died unasked with the same argv and environment (``heurist.supervision``:
+back-off from 1 s to 30 s, left down after 8 restarts in 10 min or when it failed within 30 s of the first
+start, e.g. a model file missing on its GPU's box). It returns when all have exited for good: 0 if each stopped
+cleanly, else the first failure's code. Children die with it even if it is SIGKILLed (parent-death signal).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from heurist.identity import Wallet
 from heurist.processes import die_with_parent
 from heurist.routing import servable
 from heurist.settings import Settings, settings_env
+from heurist.supervision import Restart, RestartBook, RestartPolicy
 from workers.miner.gpus import Gpu, GpuDiscovery, discover_gpus, read_inventory, select_gpus
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -93,13 +96,17 @@ def supervised_gpus(device: str | None, gpus: str | None, inventory: Path | None
 
 @dataclass
 class Child:
-    """A started per-GPU worker and how to tell it apart in the supervisor's output."""
+    """A started per-GPU worker, how to start it again, and how to tell it apart in the supervisor's output."""
 
     plan: GpuPlan
     address: str
+    argv: list[str]
+    env: dict[str, str]
     proc: subprocess.Popen[bytes]
     reader: threading.Thread
-    reported: bool = False
+    book: RestartBook
+    due: float | None = None  # when its pending restart runs
+    reported: bool = False  # its last exit is final and was reported
 
     @property
     def label(self) -> str:
@@ -130,29 +137,38 @@ def _pump(stream: IO[bytes], label: str, lock: threading.Lock) -> None:
     stream.close()
 
 
+def _launch(argv: Sequence[str], env: Mapping[str, str], label: str,
+            lock: threading.Lock) -> tuple[subprocess.Popen[bytes], threading.Thread]:
+    """One child in its own session (a terminal's Ctrl-C reaches only us; we forward it), and the thread that
+    will relay its output (started by the caller)."""
+    proc = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=die_with_parent(signal.SIGTERM, takes_ctrl_c=True))
+    assert proc.stdout is not None
+    return proc, threading.Thread(target=_pump, args=(proc.stdout, label, lock), daemon=True)
+
+
 @dataclass
 class Supervisor:
-    """Starts the children, forwards stop signals, waits for all of them."""
+    """Starts the children, restarts one that dies unasked (``heurist.supervision``), forwards stop signals,
+    waits for all of them."""
 
     console: Console
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self, plan: GpuPlan, address: str, argv: Sequence[str], env: Mapping[str, str]) -> Child:
-        """Start one child in its own session (a terminal's Ctrl-C reaches only us; we forward it)."""
-        proc = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=die_with_parent(signal.SIGTERM, takes_ctrl_c=True))
-        assert proc.stdout is not None
-        reader = threading.Thread(target=_pump, args=(proc.stdout, f"gpu{plan.gpu.index}", self._lock), daemon=True)
-        child = Child(plan=plan, address=address, proc=proc, reader=reader)
+        proc, reader = _launch(argv, env, f"gpu{plan.gpu.index}", self._lock)
+        child = Child(plan=plan, address=address, argv=list(argv), env=dict(env), proc=proc, reader=reader,
+                      book=RestartBook(self.policy))
         self.children.append(child)
         return child
 
     def relay_output(self) -> None:
-        """Start copying the children's output, once all are started: forking with a pre-exec hook while
-        other threads run can deadlock the child."""
+        """Start copying the children's output, once all are started (``die_with_parent`` keeps a fork made
+        while these threads run safe: its hook takes no lock)."""
         for child in self.children:
             child.reader.start()
 
@@ -165,13 +181,13 @@ class Supervisor:
                     os.killpg(child.proc.pid, signum)
 
     def wait(self) -> int:
-        """Until every child has exited; reports each exit; 0 only if all stopped cleanly."""
+        """Until every child has exited for good; reports each exit and restart; 0 only if all stopped cleanly."""
         previous = {sig: signal.signal(sig, self.forward) for sig in STOP_SIGNALS}
         try:
-            while any(child.proc.poll() is None for child in self.children):
-                self._report_exits()
+            while any(child.proc.poll() is None or child.due is not None for child in self.children):
+                self._supervise(time.monotonic())
                 time.sleep(POLL_S)
-            self._report_exits()
+            self._supervise(time.monotonic())
         except BaseException:
             self.forward(signal.SIGTERM)  # nobody outlives us
             raise
@@ -193,17 +209,41 @@ class Supervisor:
             return 0
         return code
 
-    def _report_exits(self) -> None:
+    def _supervise(self, now: float) -> None:
         for child in self.children:
-            if child.reported or child.proc.poll() is None:
-                continue
-            child.reported = True
-            code = self._exit_code(child)
-            how = "stopped" if code == 0 else f"[red]exited with code {code}[/] (see its \\[{child.label}] lines)"
-            note = "" if self.stopping else " without being asked; not restarted"
-            running = sum(c.proc.poll() is None for c in self.children)
-            self.console.print(f"{child.label} worker (pid {child.proc.pid}) {how}{note}; {running} still running",
-                               soft_wrap=True)
+            if child.due is not None:
+                if self.stopping:
+                    child.due, child.reported = None, True  # asked to stop while it waited: stays down
+                elif now >= child.due:
+                    self._restart(child, now)
+            elif not child.reported and child.proc.poll() is not None:
+                self._report_exit(child, now)
+
+    def _report_exit(self, child: Child, now: float) -> None:
+        code = self._exit_code(child)
+        how = "stopped" if code == 0 else f"[red]exited with code {code}[/] (see its \\[{child.label}] lines)"
+        note = ""
+        if not self.stopping:
+            verdict = child.book.after_exit(now)
+            if isinstance(verdict, Restart):
+                child.due = now + verdict.delay_s
+                note = (f" without being asked; restarting in {verdict.delay_s:g}s "
+                        f"(restart {verdict.recent} in {self.policy.window_s:g}s)")
+            else:
+                note = f" without being asked; not restarted: {verdict.reason}"
+        child.reported = child.due is None
+        running = sum(c.proc.poll() is None for c in self.children)
+        self.console.print(f"{child.label} worker (pid {child.proc.pid}) {how}{note}; {running} still running",
+                           soft_wrap=True)
+
+    def _restart(self, child: Child, now: float) -> None:
+        child.due = None
+        child.book.restarting(now)
+        child.proc, child.reader = _launch(child.argv, child.env, child.label, self._lock)
+        child.reader.start()
+        if self.stopping:  # a stop signal arrived while it was being started
+            self.forward(signal.SIGTERM)
+        self.console.print(f"{child.label} worker restarted (pid {child.proc.pid})", soft_wrap=True)
 
 
 def describe(child: Child) -> str:
@@ -234,7 +274,7 @@ def run_supervisor(settings: Settings, catalog: Catalog, wallet: Wallet, gpus: S
     if not serving:
         raise ConfigError("no GPU here fits any of the requested models (see `heurist doctor`)")
     threads = max(1, (os.cpu_count() or 1) // len(serving))
-    supervisor = Supervisor(console)
+    supervisor = Supervisor(console, RestartPolicy.from_settings(settings))
     try:
         for plan in serving:
             child = supervisor.start(plan, wallet.derive(plan.gpu.index).address,

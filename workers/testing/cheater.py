@@ -18,13 +18,15 @@ from heurist.cli.main import main
 from heurist.identity import Wallet
 from workers.miner.launch import MinerOptions, run_miner
 from workers.testing.cheats import CHEATS, cheat_middleware
+from workers.testing.faults import FAULTS
 
 cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 @cli.command()
 def cheater(
-    cheat: str = typer.Option(..., "--cheat", help=f"How it cheats: {', '.join(CHEATS)}."),
+    cheat: str = typer.Option(..., "--cheat", help=f"How it cheats: {', '.join(CHEATS)}; or a fault of the "
+                              f"time-limit tests: {', '.join(FAULTS)}."),
     key_file: Path = typer.Option(..., "--key-file", help="Miner key file."),
     models: str | None = typer.Option(None, "--models", help="Comma-separated model ids (default: all that fit)."),
     device: str | None = typer.Option(None, "--device", help="Force 'cpu' or 'cuda' (default: detect)."),

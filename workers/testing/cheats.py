@@ -21,6 +21,7 @@ from heurist.errors import ConfigError
 from heurist.jobs import Completion, DeviceInfo, ImageParams, JobMessage, TextParams
 from workers.miner.middleware import Middleware, wrap_pipelines
 from workers.miner.pipelines.backend import OnToken, Pipeline, PipelineOutput
+from workers.testing.faults import FAULTS
 
 Params = ImageParams | TextParams
 Run = Callable[[Pipeline, Params, float], PipelineOutput]
@@ -227,11 +228,15 @@ CHEATS: dict[str, CheatSpec] = {
 
 
 def cheat_middleware(how: str) -> Middleware:
-    """The middleware of the cheat named ``how`` (one of ``CHEATS``)."""
+    """The middleware of the cheat named ``how`` (one of ``CHEATS``), or of a fault (``workers.testing.faults``:
+    not a cheat, so never in the cheater suite's ``CHEATS``)."""
     spec = CHEATS.get(how)
-    if spec is None:
-        raise ConfigError(f"unknown cheat {how!r}: one of {', '.join(CHEATS)}")
-    return spec.make()
+    if spec is not None:
+        return spec.make()
+    fault = FAULTS.get(how)
+    if fault is None:
+        raise ConfigError(f"unknown cheat {how!r}: one of {', '.join(CHEATS)}, or a fault: {', '.join(FAULTS)}")
+    return fault()
 
 
 def cheating(pipelines: dict[str, Pipeline], how: str) -> tuple[dict[str, Pipeline], list[Middleware]]:

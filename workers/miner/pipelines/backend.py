@@ -7,12 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from heurist.catalog.schema import ModelSpec
-from heurist.errors import HeuristError
+from heurist.errors import TimeLimitExceeded
 from heurist.jobs import ImageParams, TextParams
 
 
-class DeadlineExceeded(HeuristError):
-    """The deadline passed while the job ran: the pipeline stopped early, as the output would earn nothing."""
+class DeadlineExceeded(TimeLimitExceeded):
+    """The time given passed while the job ran (the runtime gives its soft time limit, ``heurist.time_limits``):
+    the pipeline stopped at a step boundary, as the output could not be stored in time. Reported as "time limit"."""
 
 
 @dataclass(frozen=True)
@@ -39,5 +40,7 @@ class Pipeline(ABC):
     @abstractmethod
     def run(self, params: ImageParams | TextParams, deadline_at: float,
             on_token: OnToken | None = None) -> PipelineOutput:
-        """Run one job; stop early once ``time.time()`` passes ``deadline_at`` (unix seconds). Text
-        pipelines call ``on_token`` as tokens are made (for streaming); others ignore it."""
+        """Run one job; stop at the next step boundary once ``time.time()`` passes ``deadline_at`` (unix
+        seconds; the runtime passes the job's soft time limit): an image pipeline raises ``DeadlineExceeded``, a
+        text pipeline returns the answer so far with finish reason "deadline". Text pipelines call ``on_token``
+        as tokens are made (for streaming); others ignore it."""

@@ -62,7 +62,7 @@ class DiffusionPipeline(Pipeline):
 
     def run(self, params: ImageParams | TextParams, deadline_at: float,
             on_token: OnToken | None = None) -> PipelineOutput:
-        """Denoise one image; raise ``DeadlineExceeded`` between steps once the deadline has passed."""
+        """Denoise one image; raise ``DeadlineExceeded`` between steps once ``deadline_at`` has passed."""
         if not isinstance(params, ImageParams):
             raise InvalidJobError(f"model {self.spec.id} makes images; it got a {params.kind.value} job")
         _check_deadline(deadline_at, "before starting")
@@ -89,4 +89,4 @@ class DiffusionPipeline(Pipeline):
 def _check_deadline(deadline_at: float, when: str) -> None:
     late = time.time() - deadline_at
     if late > 0:
-        raise DeadlineExceeded(f"image job stopped {when}: {late:.1f}s past its deadline")
+        raise DeadlineExceeded(f"image job stopped {when}: {late:.1f}s past its time limit")
