@@ -178,6 +178,17 @@ def _most(outage: Outage) -> int:
     return max((retries for retries, _ in outage.waiting.values()), default=0)
 
 
+def _retries(claimed: Any) -> int:
+    """The message's retry count as a sane integer. A miner writes the headers of what it sends to its inbox: a
+    ``retries`` of -10**9 made every countdown 0 (a hot republish loop during an outage), and a string raised in
+    here, so the message was acked and neither retried nor kept. Clamped to 0..10,000 (30 s back-offs long
+    before)."""
+    try:
+        return min(max(int(claimed or 0), 0), 10_000)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"[:DETAIL_CHARS]
@@ -210,7 +221,8 @@ class TransientPolicy:
             raise Reject(f"unprocessable and not kept: {detail}", requeue=False) from err  # the broker's DLX keeps it
 
     def _retry(self, task: Any, err: Exception, source: str) -> Exception:
-        retries = int(task.request.retries or 0)
+        retries = _retries(task.request.retries)
+        task.request.retries = retries  # what Celery's retry counts from, in the republished message too
         countdown = self.backoff.countdown(retries)
         self.outages.failed(source, task.request.id, task.name, retries + 1, err)
         try:

@@ -25,6 +25,11 @@ from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RUN_JOB
 
 log = get_task_logger(__name__)
 
+# How long past the deadline a report is still worth sending: the ledger judges lateness by the upload time and
+# leaves a job alone for the sweep's grace (HEURIST_SWEEP_GRACE_S, 60 s) past its deadline, so a completion
+# uploaded in time and confirmed within this still earns its points (most jobs finish in their last 10%).
+REPORT_GRACE_S = 60.0
+
 
 def register_miner_tasks(app: Celery, ledger_queue: str) -> None:
     """Declare ``run_job`` on a miner app whose services hold the runtime with the pipelines loaded at start;
@@ -43,6 +48,7 @@ def register_miner_tasks(app: Celery, ledger_queue: str) -> None:
             completion = runtime.execute(job, producers=self.app.producer_pool, timelimit=self.request.timelimit)
         except Exception as err:
             report = runtime.failure(job, err).model_dump(mode="json")
-            deliver(self.app, RECORD_FAILURE, [report], ledger_queue, until=job.deadline_at)
+            deliver(self.app, RECORD_FAILURE, [report], ledger_queue, until=job.deadline_at + REPORT_GRACE_S)
             raise
-        deliver(self.app, RECORD_COMPLETION, [completion.model_dump(mode="json")], ledger_queue, until=job.deadline_at)
+        deliver(self.app, RECORD_COMPLETION, [completion.model_dump(mode="json")], ledger_queue,
+                until=job.deadline_at + REPORT_GRACE_S)

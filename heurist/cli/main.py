@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from heurist.cli import access, audit, bench, demo, gateway, jobs, keys, network, search, submit, up, wallet
 from heurist.cli import miners as miners_cli
@@ -59,7 +60,7 @@ def main(cli: typer.Typer = app) -> None:
     try:
         code = cli(standalone_mode=False)
     except HeuristError as err:
-        err_console.print(f"[bold red]error:[/] {err}")
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}")  # a miner's text may hold markup
         sys.exit(2)
     except KeyboardInterrupt:
         _interrupted()

@@ -144,9 +144,7 @@ class Ledger:
             accepted = self._accepted(attempt)
             verdict = self._accept(attempt, accepted)
             if verdict.accepted and not verdict.duplicate:
-                if self.outbox is not None:  # the fast path; otherwise the relay's drain publishes them
-                    for key in accepted.outbox_keys:
-                        self.outbox.send(key)
+                self._publish_now(accepted.outbox_keys)
                 self._after(lambda mw: mw.after_accept(self, accepted))
             return verdict
         if refusal.reason is Reason.DUPLICATE:
@@ -156,6 +154,15 @@ class Ledger:
         self._after(lambda mw: mw.after_refuse(self, Refused(attempt.job_id, refusal.miner, refusal.reason,
                                                              marks_job=refusal.marks_job and still_open)))
         return verdict
+
+    def _publish_now(self, keys: list[str]) -> None:
+        """The outbox's fast path after a credit committed; whatever fails here the relay's drain sends later,
+        so an error is logged, never raised (the credit must not look unprocessed)."""
+        for key in keys if self.outbox is not None else ():
+            try:
+                self.outbox.send(key)  # type: ignore[union-attr]
+            except Exception:
+                log.exception("outbox %s: not published now; the relay's drain will", key)
 
     def _verifier(self) -> Verifier:
         """What the checks read, taken from this ledger's attributes at each delivery, so those stay the one

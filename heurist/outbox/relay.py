@@ -42,7 +42,9 @@ class OutboxRelay:
     """Publishes outbox rows through ``publish``; thread-safe and safe beside relays in other processes."""
 
     def __init__(self, engine: Engine, publish: Publish, *, clock: Callable[[], float] = time.time,
-                 lease_s: float = 30.0, batch: int = 200) -> None:
+                 lease_s: float = 120.0, batch: int = 200) -> None:
+        # The lease outlives a publish (a confirmed send gives up after 30 s, plus a confirm and a connect), so a
+        # drain never takes a row that is still being published.
         self.publish, self.clock, self.lease_s, self.batch = publish, clock, lease_s, batch
         self._sessions = session_factory(engine)
 

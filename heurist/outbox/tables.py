@@ -3,7 +3,7 @@
 ``key`` is unique (``audit:<job id>``): a message is decided once however often its transaction is retried or
 raced. ``sent_at`` is set once the broker confirmed the publish; ``lease_until`` keeps two relays (two ledger
 processes) from publishing the same row at the same moment, and a relay that died holding a lease only delays
-the row until the lease runs out (30 s by default). So a row is published at least once, in practice once:
+the row until the lease runs out (120 s by default). So a row is published at least once, in practice once:
 twice only when a relay dies between the broker's confirm and its own ``sent_at`` write, and every consumer of
 an outbox message is idempotent by key (an auditor judges a job once).
 """
