@@ -20,6 +20,7 @@ served again after 4.1 s, and the jobs in flight around each crash all completed
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -68,9 +69,16 @@ class RestartBook:
     started_at: float = field(default_factory=time.monotonic)
     restarted: bool = False  # the current run is a restart, not its owner's start
     recent: deque[float] = field(default_factory=deque)
+    asked: bool = False  # the last exit asked for a restart (EX_TEMPFAIL): not counted as a crash
 
-    def after_exit(self, now: float) -> Restart | GiveUp:
+    def after_exit(self, now: float, code: int | None = None) -> Restart | GiveUp:
+        """``code`` 75 (EX_TEMPFAIL) is a miner that gave up a model call hung past its job's hard limit
+        (``workers.miner.watchdog``): it is restarted after the first back-off and counts neither as a failed
+        start nor towards the crash-loop limit, or a backlog of nearly expired jobs could leave a GPU down."""
         p = self.policy
+        self.asked = code == os.EX_TEMPFAIL
+        if self.asked:
+            return Restart(p.backoff_s, len(self.recent))
         if not self.restarted and now - self.started_at < p.settle_s:
             return GiveUp(f"it failed within {p.settle_s:g}s of its start (restart_settle_s), which a restart repeats")
         while self.recent and now - self.recent[0] > p.window_s:
@@ -81,7 +89,8 @@ class RestartBook:
         return Restart(min(p.backoff_max_s, p.backoff_s * 2 ** len(self.recent)), len(self.recent) + 1)
 
     def restarting(self, now: float) -> None:
-        self.recent.append(now)
+        if not self.asked:
+            self.recent.append(now)
         self.restarted, self.started_at = True, now
 
 
@@ -181,7 +190,7 @@ class Supervisor:
         if child.due is None:
             code = child.proc.poll()
             if code is not None:
-                self._schedule(child, now, f"{child.name} (pid {child.proc.pid}) exited with code {code}")
+                self._schedule(child, now, f"{child.name} (pid {child.proc.pid}) exited with code {code}", code)
             return
         if now < child.due:
             return
@@ -195,8 +204,8 @@ class Supervisor:
             return
         self._say(f"{child.name} restarted (pid {child.proc.pid})")
 
-    def _schedule(self, child: Supervised, now: float, what: str) -> None:
-        verdict = child.book.after_exit(now)
+    def _schedule(self, child: Supervised, now: float, what: str, code: int | None = None) -> None:
+        verdict = child.book.after_exit(now, code)
         if isinstance(verdict, GiveUp):
             child.failed = f"{what.removeprefix(child.name + ' ')}; not restarted: {verdict.reason}"
             self._say(f"{what}; not restarted: {verdict.reason}; see {child.log_path}", logging.ERROR)

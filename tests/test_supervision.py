@@ -35,7 +35,7 @@ from heurist.settings import Settings
 from heurist.storage.backends.s3 import S3ObjectStore
 from heurist.storage.presigned import put_presigned
 from heurist.storage.seaweed import SeaweedServer
-from heurist.supervision import RestartPolicy, Supervisor
+from heurist.supervision import GiveUp, Restart, RestartBook, RestartPolicy, Supervisor
 from tests.test_gpus import MIXED_BOX, _consumers
 
 PY = sys.executable
@@ -344,3 +344,19 @@ def test_heurist_up_says_when_it_restarts_a_child_and_stops_the_restarted_one(tm
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_miner_that_gave_up_a_hung_call_is_always_restarted() -> None:
+    """Exit 75 (EX_TEMPFAIL, ``workers.miner.watchdog``) asks for a restart: within the settle time and past the
+    crash-loop limit alike, a backlog of nearly expired jobs must not leave a GPU down; a crash still counts."""
+    book = RestartBook(RestartPolicy(limit=2, settle_s=30.0), started_at=0.0)
+    for now in (1.0, 2.0, 3.0, 4.0):
+        assert book.after_exit(now, os.EX_TEMPFAIL) == Restart(1.0, 0)
+        book.restarting(now)
+    assert isinstance(book.after_exit(5.0, 1), Restart)  # the first crash after restarts: counted, restarted
+    book.restarting(5.0)
+    assert isinstance(book.after_exit(6.0, 1), Restart)
+    book.restarting(6.0)
+    assert isinstance(book.after_exit(7.0, 1), GiveUp)
+    fresh = RestartBook(RestartPolicy(settle_s=30.0), started_at=0.0)
+    assert isinstance(fresh.after_exit(1.0, 1), GiveUp)  # a failed start is still not restarted

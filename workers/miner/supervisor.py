@@ -224,7 +224,7 @@ class Supervisor:
         how = "stopped" if code == 0 else f"[red]exited with code {code}[/] (see its \\[{child.label}] lines)"
         note = ""
         if not self.stopping:
-            verdict = child.book.after_exit(now)
+            verdict = child.book.after_exit(now, child.proc.returncode)
             if isinstance(verdict, Restart):
                 child.due = now + verdict.delay_s
                 note = (f" without being asked; restarting in {verdict.delay_s:g}s "
