@@ -48,8 +48,8 @@ class HeuristCelery(Celery):
         """The producer ``send_task`` publishes with: on AMQP one of the confirmed pool's."""
         if self._confirmed is None or producer is not None:
             return super().producer_or_acquire(producer)
-        return FallbackContext(None, self._confirmed.get().acquire, block=True,
-                               timeout=self.conf.broker_pool_acquire_timeout)
+        return FallbackContext(None, self._confirmed.get().acquire, block=True,  # bounded: LimitExceeded is retried
+                               timeout=self.settings.broker_confirm_timeout_s)
 
     def close(self) -> None:
         if self._confirmed is not None:

@@ -239,7 +239,12 @@ class Supervisor:
     def _restart(self, child: Child, now: float) -> None:
         child.due = None
         child.book.restarting(now)
-        child.proc, child.reader = _launch(child.argv, child.env, child.label, self._lock)
+        try:
+            child.proc, child.reader = _launch(child.argv, child.env, child.label, self._lock)
+        except OSError as err:  # this GPU's worker only: the others keep serving, and it is tried again
+            self.console.print(f"{child.label} worker could not be restarted ({err}); trying again", soft_wrap=True)
+            child.due = now + child.book.policy.backoff_max_s
+            return
         child.reader.start()
         if self.stopping:  # a stop signal arrived while it was being started
             self.forward(signal.SIGTERM)
