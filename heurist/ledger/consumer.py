@@ -49,9 +49,9 @@ def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFacto
     keep_poison(app, settings)  # malformed, oversized, undecodable or unknown messages go to dead-letters
     transient = install_transient(app, settings)  # outages retried without limit, the rest kept (heurist.transient)
     serve_ledger_metrics(app, settings, transient.outages)  # its /metrics, with ledger_metrics_port set
-    sweeper = install_sweep(app, settings, ledger)  # stranded jobs (purged, lost, never taken): re-sent, then failed
+    sweep = install_sweep(app, settings, ledger)  # stranded jobs (purged, lost, never taken): re-sent, then failed
     ledger.outbox = install_relay(app, ledger.engine, settings.outbox_interval_s)  # audit samples, after a crash too
-    ledger.middleware += [*middleware(app, settings, ledger), Redispatch(app, settings), ResendOnReport(sweeper.sweep)]
+    ledger.middleware += [*middleware(app, settings, ledger), Redispatch(app, settings), ResendOnReport(sweep)]
     if is_amqp(settings.resolved_broker_url()):  # miners send through their inboxes (heurist.ledger.inboxes)
         from heurist.access.backends.rabbitmq import RabbitMQAccess
         from heurist.ledger.inboxes import watch_inboxes

@@ -37,12 +37,11 @@ copy refuses it as expired (``workers.miner.admission``); no miner's report ends
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -55,6 +54,7 @@ from heurist.jobs import JobMessage, JobState
 from heurist.ledger.reader import PARAMS
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import Job, JobResend, Reason, Rejection
+from heurist.periodic import Periodic, run_with_worker
 from heurist.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -202,56 +202,25 @@ class Sweep:
         return max(MIN_DURATION_S, allowance)
 
 
-class Sweeper:
-    """Runs ``Sweep.run_once`` every ``interval_s`` on a daemon thread; a failing round is logged and retried."""
-
-    def __init__(self, sweep: Sweep, interval_s: float) -> None:
-        self.sweep, self.interval_s = sweep, interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                done = self.sweep.run_once()
-            except Exception:  # a database or storage hiccup: the next round retries
-                log.exception("stranded-job sweep failed; retrying in %gs", self.interval_s)
-                continue
-            if done.resent or done.failed:
-                log.info("stranded jobs: %d re-sent, %d failed, %d waiting for a completion",
-                         len(done.resent), len(done.failed), len(done.waiting))
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="heurist-sweep", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+def _sweep_round(sweep: Sweep) -> None:
+    done = sweep.run_once()
+    if done.resent or done.failed:
+        log.info("stranded jobs: %d re-sent, %d failed, %d waiting for a completion",
+                 len(done.resent), len(done.failed), len(done.waiting))
 
 
-def install_sweep(app: Celery, settings: Settings, ledger: Ledger) -> Sweeper:
-    """Make the ledger worker of ``app`` sweep stranded jobs while it runs (a bootstep starts and stops it)."""
+def install_sweep(app: Celery, settings: Settings, ledger: Ledger) -> Sweep:
+    """Make the ledger worker of ``app`` sweep stranded jobs every ``sweep_interval_s`` while it runs
+    (``heurist.periodic``); the ``Sweep`` is returned for ``resend_now``."""
 
     signer = dispatch_signer(settings)
 
     def send(message: JobMessage, queue: str) -> None:
         send_job(app, signer.sign(message), queue)
 
-    sweeper = Sweeper(Sweep(ledger, send, SweepPolicy.from_settings(settings)), settings.sweep_interval_s)
-
-    class SweepStep(bootsteps.StartStopStep):
-        """Starts the sweeper with the worker; stops it on a warm or cold shutdown (``obj.stop``)."""
-
-        label = "stranded-job sweep"
-
-        def create(self, parent: Any) -> Sweeper:
-            return sweeper  # the step's ``obj``: what it starts and stops
-
-    app.steps["worker"].add(SweepStep)
-    return sweeper
+    sweep = Sweep(ledger, send, SweepPolicy.from_settings(settings))
+    run_with_worker(app, Periodic(lambda: _sweep_round(sweep), settings.sweep_interval_s, "stranded-job sweep"))
+    return sweep
 
 
-__all__ = ["SendJob", "Sweep", "SweepPolicy", "Sweeper", "Swept", "install_sweep", "never_completed"]
+__all__ = ["SendJob", "Sweep", "SweepPolicy", "Swept", "install_sweep", "never_completed"]

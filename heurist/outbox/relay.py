@@ -16,17 +16,17 @@ dies between the confirm and the mark publishes the row again later; consumers a
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery
 from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from heurist.db.engine import session_factory, session_scope
 from heurist.outbox.tables import OutboxEntry
+from heurist.periodic import Periodic, run_with_worker
 
 log = logging.getLogger(__name__)
 
@@ -100,45 +100,13 @@ def celery_publish(app: Celery) -> Publish:
     return publish
 
 
-class _Loop:
-    """``relay.drain`` every ``interval_s`` on a daemon thread; a failing round is logged and retried."""
-
-    def __init__(self, relay: OutboxRelay, interval_s: float) -> None:
-        self.relay, self.interval_s = relay, interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                if sent := self.relay.drain():
-                    log.info("outbox: %d message(s) published by the drain", sent)
-            except Exception:  # a database hiccup: the next round retries
-                log.exception("outbox drain failed; retrying in %gs", self.interval_s)
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="heurist-outbox", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+def _drain_round(relay: OutboxRelay) -> None:
+    if sent := relay.drain():
+        log.info("outbox: %d message(s) published by the drain", sent)
 
 
 def install_relay(app: Celery, engine: Engine, interval_s: float) -> OutboxRelay:
-    """An outbox relay publishing through ``app``, drained by a bootstep thread while ``app``'s worker runs."""
+    """An outbox relay publishing through ``app``, drained every ``interval_s`` while ``app``'s worker runs."""
     relay = OutboxRelay(engine, celery_publish(app))
-    loop = _Loop(relay, interval_s)
-
-    class OutboxStep(bootsteps.StartStopStep):
-        """Starts the drain with the worker, stops it on shutdown (``obj.stop``)."""
-
-        label = "outbox relay"
-
-        def create(self, parent: Any) -> _Loop:
-            return loop
-
-    app.steps["worker"].add(OutboxStep)
+    run_with_worker(app, Periodic(lambda: _drain_round(relay), interval_s, "outbox drain"))
     return relay
