@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from heurist.settings_economy import EconomySettings
 
 DEFAULT_DATA_DIR = Path(".heurist")
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
@@ -20,10 +23,11 @@ def is_amqp(url: str) -> bool:
     return url.split("://", 1)[0].split("+", 1)[0] in AMQP_SCHEMES
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, EconomySettings):
     """Every knob of the network, from env vars prefixed ``HEURIST_`` (or a ``.env`` file).
 
-    Defaults give the embedded network: SQLite broker and ledger under ``data_dir``.
+    Defaults give the embedded network: SQLite broker and ledger under ``data_dir``. The token economy's
+    knobs (``HEURIST_ECONOMY_*``) are declared in ``heurist.settings_economy``.
     """
 
     model_config = SettingsConfigDict(env_prefix="HEURIST_", env_file=".env", extra="ignore")
@@ -205,7 +209,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        env[f"HEURIST_{name.upper()}"] = str(value)
+        env[f"HEURIST_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
     return env
 
 

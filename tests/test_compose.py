@@ -198,7 +198,7 @@ def test_the_workers_health_check_command_reads_the_liveness_file(tmp_path: Path
     old = time.time() - 61
     os.utime(alive, (old, old))
     stale = check()
-    assert stale.returncode == 1 and "is 61s old (> 60s)" in stale.stderr
+    assert stale.returncode == 1 and re.search(r"is 6[1-9]s old \(> 60s\)", stale.stderr)  # 61 s, + a slow start
 
 
 def _units() -> dict[str, str]:

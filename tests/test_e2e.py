@@ -245,7 +245,7 @@ def test_heartbeats_give_uptime_and_a_stopped_miner_goes_offline(network: Embedd
     row = _presence(network, wallet.address)
     assert row["presence"] == "online" and row["tier"] == "vram8" and row["models"] == ["tiny-sd"]
     assert 0 < row["uptime"] <= 1 and row["device"]
-    assert time.time() - row["last_seen"] < 3 * HEARTBEAT_S + 1
+    assert time.time() - row["last_seen"] < 3 * HEARTBEAT_S + 5  # + 5 s: a loaded machine delays the read
     network.kill("heartbeat-miner")
     time.sleep(3 * HEARTBEAT_S + 1)
     assert _presence(network, wallet.address)["presence"] == "offline"

@@ -2,9 +2,9 @@
 
 grimp (the graph behind import-linter) sees every import, function-level ones included, and follows chains, so
 a miner module that imports a helper that imports the ledger breaks a rule as surely as a direct import does.
-The rules are data here rather than an import-linter config because two of the packages they protect
-(``heurist.economy`` and the privacy key-release side, ``heurist.privacy.keyrelease``) do not exist yet, and
-import-linter refuses a contract that names a missing module: this test holds the rule from the day they land.
+The rules are data here rather than an import-linter config because one of the packages they protect (the
+privacy key-release side, ``heurist.privacy.keyrelease``) does not exist yet, and import-linter refuses a
+contract that names a missing module: this test holds the rule from the day it lands.
 Each rule's failure message is the offending chain, module by module.
 """
 

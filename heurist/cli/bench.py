@@ -82,6 +82,50 @@ def load(
         raise typer.Exit(1)
 
 
+@app.command("epoch")
+def epoch(
+    sizes: str = typer.Option("1000,10000,100000", "--sizes", help="Comma-separated numbers of stake positions; "
+                              "one fresh database and one timed close each."),
+    database_url: str | None = typer.Option(
+        None, "--database-url", help="PostgreSQL URL of a role allowed to CREATE DATABASE (e.g. "
+        "postgresql://postgres@127.0.0.1:5432/postgres): each size runs in a new database created there and dropped "
+        "after. Default: a SQLite file per size in a temporary directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Seconds to close one epoch over N stake positions, and their growth from 10,000 to 100,000 (10x is linear).
+
+    Each size gets a fresh, migrated database with 100 miner nodes (points, uptime, a 10,000 HUE self-stake, a 20 %
+    bribe) and N stake positions of distinct stakers, half HUE, half esHUE, posted in bulk as one book transaction
+    (not timed). Only `close_epoch` is timed, wall clock: reading the inputs, splitting the rewards, posting the
+    N + 100 payout legs and building the Merkle root. Nothing is read from or written to the configured database;
+    a PostgreSQL database gets ANALYZE after the set-up, as autovacuum would.
+    """
+    from heurist.bench.epoch import as_dict, run_epoch_bench
+
+    try:
+        counts = sorted({int(part) for part in split_csv(sizes)})
+    except ValueError:
+        raise typer.BadParameter(f"{sizes!r}: give whole numbers like 1000,10000,100000",
+                                 param_hint="--sizes") from None
+    if not counts or counts[0] < 1:
+        raise typer.BadParameter("give at least one size of 1 or more positions", param_hint="--sizes")
+    bench = run_epoch_bench(counts, database_url, err_console)
+    data = as_dict(bench)
+    if json_out:
+        print_json(data)
+        return
+    table = Table("positions", "seconds", "positions/s", "payouts", "merkle root",
+                  title=f"epoch close, {bench.database}")
+    for run in bench.runs:
+        table.add_row(f"{run.positions:,}", f"{run.seconds:.3f}", f"{run.positions_per_s:,.0f}", f"{run.payouts:,}",
+                      run.merkle_root[:18] + "…")
+    console.print(table)
+    if data["ratio_100k_10k"] is not None:
+        console.print(f"growth 100k / 10k: [bold]{data['ratio_100k_10k']}[/] (10 is linear)")
+    elif data["ratio"] is not None:
+        console.print(f"growth {data['ratio_of']}: [bold]{data['ratio']}[/]")
+
+
 MODELS_HELP = "Comma-separated model ids (default: every catalog model that fits this device and is on this machine)."
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda:0 if torch sees one, else cpu)."
 THREADS_HELP = "torch threads (default: HEURIST_TORCH_THREADS, else all cores); part of a CPU benchmark's device name."

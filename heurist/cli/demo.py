@@ -6,6 +6,7 @@ import json
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -14,7 +15,10 @@ from rich.table import Table
 from heurist.audit.report import audit_report
 from heurist.catalog import JobKind
 from heurist.cli.common import console, err_console, print_json, redacted, settings_with
+from heurist.cli.demo_economy import EconomyDemo, economy_overrides
+from heurist.cli.epochs import show_report
 from heurist.client import Client, ImageRequest, JobResult, TextRequest
+from heurist.credits.ledger import CreditLedger
 from heurist.embedded import EmbeddedNetwork, wait_until
 from heurist.errors import ConfigError
 from heurist.ledger.audit_service import AuditLedger
@@ -41,6 +45,10 @@ def demo(
                               "fake-device."),
     audit_rate: float = typer.Option(1.0, "--audit-rate", min=0.0, max=1.0,
                                      help="Share of jobs the auditor replays (production default: 10%)."),
+    economy: bool = typer.Option(False, "--economy", help="Also run the token economy: genesis, stakes, a bribe, "
+                                 "credits bought with HUE, then close the jobs' epoch and print its rewards and "
+                                 "Merkle root (README, 'Token economy')."),
+    epoch_s: int = typer.Option(30, "--epoch-s", min=10, max=3600, help="Epoch length with --economy."),
 ) -> None:
     """Run the embedded network (SQLite broker and ledger, SeaweedFS, one CPU miner), submit jobs, show points.
 
@@ -50,7 +58,9 @@ def demo(
     signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` cleans up like Ctrl-C
     started = time.monotonic()
     cheater = cheater_models(cheat) if with_cheater else []  # a bad --cheat fails before anything starts
-    base = settings_with(audit_base_rate=audit_rate, audit_new_miner_rate=audit_rate, audit_suspicious_rate=1.0)
+    base = settings_with(audit_base_rate=audit_rate, audit_new_miner_rate=audit_rate, audit_suspicious_rate=1.0,
+                         **(economy_overrides(epoch_s) if economy else {}))
+    report: dict[str, object] | None = None
     with EmbeddedNetwork(data_dir.resolve(), base=base, models_dir=models_dir.resolve(),
                          on_restart=say_restart) as net:
         wallets = [net.start_miner(name="honest")]
@@ -61,15 +71,36 @@ def demo(
             with err_console.status("miners: verifying model files and loading pipelines"):
                 wait_until(lambda: all(client.ledger.is_registered(w.address) for w in wallets), 600,
                            "the miners to start", check=net.check_alive)
+            tokens = EconomyDemo(net.settings(), data_dir.resolve(), wallets[0]) if economy else None
+            if tokens is not None:
+                tokens.before_jobs(CreditLedger(client.ledger.engine).create_key("demo app")[0])
             results = client.map(_requests(image_jobs, text_jobs, max_tokens), timeout=timeout, progress=True)
             audits = AuditLedger(client.ledger.engine)
             if audit_rate == 1.0:
                 _wait_for_audits(net, audits, results, timeout)
             saved = _save(client, results, output)
+            if tokens is not None:
+                report = tokens.after_jobs()
             summary = _summary(client, audits, results, saved, output, time.monotonic() - started)
     _print_tables(summary, results, saved, err_console if json_out else console)
+    if tokens is not None and report is not None:
+        summary.update(_economy_summary(report, tokens, summary, err_console if json_out else console))
     if json_out:
         print_json(summary)
+
+
+def _economy_summary(report: dict[str, Any], tokens: EconomyDemo, summary: dict[str, object],
+                     out: Console) -> dict[str, object]:
+    """Print the epoch's rewards and how to get a proof; the keys the JSON line ends with."""
+    show_report(report, out)
+    staker = tokens.staker.address
+    out.print(f"addresses: {tokens.addresses()}")
+    env = f"HEURIST_DATABASE_URL={summary['ledger']} HEURIST_EPOCH_S={tokens.economy.rules.epoch_s}"
+    out.print(f"a proof: `{env} heurist proof {staker} --epoch {report['epoch']} --json`", soft_wrap=True)
+    out.print(f"stakers' view: `{env} heurist nodes`; the report again: `{env} heurist epoch report "
+              f"{report['epoch']}`", soft_wrap=True)
+    return {"epoch": report["epoch"], "merkle_root": report["merkle_root"], "issued": report["issued"],
+            "burned": report["burned"], "payouts": report["payouts"], "economy": tokens.addresses()}
 
 
 def cheater_models(cheat: str) -> list[str]:

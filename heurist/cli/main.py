@@ -8,6 +8,8 @@ import typer
 from rich.markup import escape
 
 from heurist.cli import access, audit, bench, demo, gateway, jobs, keys, network, search, submit, up, wallet
+from heurist.cli import economy as economy_cli
+from heurist.cli import epochs as epochs_cli
 from heurist.cli import miners as miners_cli
 from heurist.cli.common import err_console
 from heurist.cli.doctor import doctor as doctor_command
@@ -41,6 +43,8 @@ app.command("flower")(flower_command)
 app.command("miners")(miners_cli.miners)
 jobs.register(app)
 app.command("doctor")(doctor_command)
+economy_cli.register(app)
+epochs_cli.register(app)
 
 
 def _usage_error(err: BaseException) -> bool:

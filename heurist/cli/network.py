@@ -129,21 +129,30 @@ def auditor(
 
 
 def points(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """Points per miner, from the append-only ledger."""
+    """Points per miner, from the append-only ledger: Waifu (image) and Llama (text) points are the credited
+    (available) ones per testnet pool; points is the total, escrowed points included."""
     from heurist.ledger.factory import open_reader
+    from heurist.ledger.pools import PoolPoints
 
     settings = settings_with()
-    rows = open_reader(settings).miner_points()
+    reader = open_reader(settings)
+    rows = reader.miner_points()
+    pools = reader.points_by_pool()
+    pool = {r.address: pools.get(r.address) or PoolPoints(r.address) for r in rows}
     if json_out:
-        print_json([{"miner": r.address, "jobs": r.jobs, "points": r.points} for r in rows])
+        print_json([{"miner": r.address, "jobs": r.jobs, "points": r.points,
+                     "waifu_points": pool[r.address].waifu_points, "llama_points": pool[r.address].llama_points}
+                    for r in rows])
         return
     if not rows:
         where = redacted(settings.resolved_database_url())
         console.print(f"no miners yet in {where} (choose the ledger with HEURIST_DATABASE_URL)")
         return
-    table = Table("miner", "jobs", "points")
+    table = Table("miner", "jobs", "waifu points", "llama points", "points",
+                  caption="waifu/llama: credited points per pool; points: all, escrowed included")
     for r in rows:
-        table.add_row(r.address, str(r.jobs), f"{r.points:.6f}")
+        p = pool[r.address]
+        table.add_row(r.address, str(r.jobs), f"{p.waifu_points:.6f}", f"{p.llama_points:.6f}", f"{r.points:.6f}")
     console.print(table)
 
 

@@ -67,6 +67,14 @@ def _entry(key_id: int, job_id: str | None, kind: CreditEntryKind, amount_micro:
                        amount_micro=amount_micro, note=note, created_at=time.time())
 
 
+def credit_in_session(session: Session, key_id: int, amount_micro: int, note: str, idempotency_key: str) -> None:
+    """Add ``amount_micro`` to a key inside the caller's transaction (HUE bought it: ``heurist.economy``), so the
+    payment and the credit commit or roll back together."""
+    if not _add_to_balance(session, key_id, amount_micro):
+        raise UnknownKeyError(f"no API key {key_id} (see `heurist keys list`)")
+    session.add(_entry(key_id, None, CreditEntryKind.TOPUP, amount_micro, note, idempotency_key))
+
+
 class CreditLedger:
     """API keys and their balances in the ledger database."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 # Importing a package's tables registers them on the shared metadata.
 from heurist.credits import tables as credits_tables  # noqa: F401
 from heurist.db.base import metadata
+from heurist.economy import tables as economy_tables  # noqa: F401
 from heurist.ledger import tables as ledger_tables  # noqa: F401
 from heurist.outbox import tables as outbox_tables  # noqa: F401
 from heurist.search import tables as search_tables  # noqa: F401

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from heurist.client import Client
 from heurist.credits.ledger import CreditLedger
 from heurist.credits.reconcile import Reconciler
-from heurist.gateway import errors, images, jobs, llm, search
+from heurist.economy.service import Economy
+from heurist.gateway import economy, errors, images, jobs, llm, search
 from heurist.gateway.deps import Gateway
 from heurist.gateway.ratelimit import RateLimiter
 from heurist.settings import Settings
@@ -33,11 +34,13 @@ def create_app(settings: Settings, client: Client, credits: CreditLedger) -> Fas
     limiter = RateLimiter(credits.engine, settings.gateway_rate_per_minute)
     app.state.gateway = Gateway(settings, client, credits, limiter)
     app.state.search = search.SearchService(app.state.gateway)
+    app.state.economy = Economy.from_settings(settings, credits.engine)  # reads and signed actions, no key
     errors.install(app)
     app.include_router(images.router)
     app.include_router(jobs.router)
     app.include_router(llm.router)
     app.include_router(search.router)
+    app.include_router(economy.router)
     return app
 
 

@@ -21,6 +21,7 @@ from heurist.catalog import JobKind
 from heurist.db.base import ID_LEN
 from heurist.db.engine import session_factory
 from heurist.jobs import ImageParams, JobParams, JobState, TextParams
+from heurist.ledger.pools import PoolPoints, epoch_points, points_by_pool
 from heurist.ledger.tables import (
     Audit,
     AuditOutcome,
@@ -179,6 +180,17 @@ class LedgerReader:
         result = [MinerPoints(address=a, jobs=int(j or 0), points_micro=sum_micro(p)) for a, j, p in rows]
         return sorted(result, key=lambda m: (-m.points_micro, m.address))
 
+    def points_by_pool(self, until: float | None = None, since: float | None = None) -> dict[str, PoolPoints]:
+        """Each miner's credited points of entries created in ``[since, until)``, split into the Waifu (image)
+        and Llama (text) pools; an escrow release by the held balance it moved (``heurist.ledger.pools``)."""
+        with self._sessions() as session:
+            return points_by_pool(session, since=since, until=until)
+
+    def epoch_points(self, since: float, until: float) -> dict[str, int]:
+        """Credited micro-points per miner (all pools, net, may be negative) created in ``[since, until)``."""
+        with self._sessions() as session:
+            return epoch_points(session, since, until)
+
     def totals(self) -> LedgerTotals:
         """Jobs by state (every state present), points credited overall, miners and rejections."""
         with self._sessions() as session:
@@ -232,4 +244,4 @@ class LedgerReader:
             return session.get(Miner, checksummed) is not None
 
 
-__all__ = ["PARAMS", "JobView", "LedgerReader", "LedgerTotals", "MinerPoints", "sum_micro"]
+__all__ = ["PARAMS", "JobView", "LedgerReader", "LedgerTotals", "MinerPoints", "PoolPoints", "sum_micro"]
