@@ -8,14 +8,11 @@ remainder unminted.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine, select
 
 from heurist.catalog import JobKind
-from heurist.db import migrate
-from heurist.db.engine import make_engine, session_scope
+from heurist.db.engine import session_scope
 from heurist.economy.amounts import ONE
 from heurist.economy.book import EconomyError
 from heurist.economy.config import Rules
@@ -30,14 +27,6 @@ from heurist.ledger.tables import EntryKind, Job, Miner, PointsEntry
 
 T0 = 1_900_000_000.0
 MILLION = 1_000_000 * ONE
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    migrate.upgrade(db_url)
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
 
 
 def _points(engine: Engine, miner: str, kind: JobKind, micro: int, key: str, clawback: bool = False) -> None:

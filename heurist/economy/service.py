@@ -73,20 +73,27 @@ class Economy:
     # ------------------------------------------------------------------------------------------------ writes
 
     def genesis(self, allocations: dict[str, int]) -> list[str]:
-        """Mint each address's genesis HUE, once per address (a repeat is skipped); returns those minted now."""
-        minted: list[str] = []
-        for address, amount in allocations.items():
-            owner = checksummed(address, "genesis address")
+        """Mint each address's genesis HUE, once per address (a repeat is skipped); returns those minted now.
+
+        All or nothing: one transaction, so an allocation that would pass the cap mints none of it. Until TGE the
+        cap for genesis is 950,000,000 HUE: the testnet's 50,000,000 is held back for the conversion."""
+        owners = {checksummed(address, "genesis address"): amount for address, amount in allocations.items()}
+        for owner, amount in owners.items():
             if amount <= 0:
                 raise EconomyError(f"genesis: {owner}'s amount must be positive")
-            try:
-                with session_scope(self.engine) as session:
-                    write_lock(session)
-                    self._post(session, key=f"genesis:{owner}", kind="genesis", actor="",
-                               legs=[(MINT, -amount), (liquid(owner), amount)], body={"amount": str(amount)})
-                minted.append(owner)
-            except (DuplicateError, IntegrityError):
-                continue  # minted before, or by a concurrent twin that committed first
+        minted: list[str] = []
+        with session_scope(self.engine) as session:
+            write_lock(session)
+            tge_done = session.scalar(select(Tx.id).where(Tx.key == "tge")) is not None
+            cap = self.rules.cap - (0 if tge_done else self.rules.testnet_pool)
+            for owner, amount in owners.items():
+                try:
+                    with session.begin_nested():  # a concurrent twin's commit fails this address alone
+                        self._post(session, key=f"genesis:{owner}", kind="genesis", actor="", cap=cap,
+                                   legs=[(MINT, -amount), (liquid(owner), amount)], body={"amount": str(amount)})
+                    minted.append(owner)
+                except (DuplicateError, IntegrityError):
+                    continue  # minted before, or by a concurrent twin that committed first
         return minted
 
     def apply(self, signed: Signed) -> Receipt:
@@ -114,7 +121,8 @@ class Economy:
 
     def _post(self, session: Session, *, at_ms: int | None = None, **kwargs: Any) -> Any:
         at = self.now_ms() if at_ms is None else at_ms
-        return post(session, at_ms=at, epoch=self.rules.epoch_of(at), cap=self.rules.cap, **kwargs)
+        kwargs.setdefault("cap", self.rules.cap)
+        return post(session, at_ms=at, epoch=self.rules.epoch_of(at), **kwargs)
 
     @staticmethod
     def _side_effects(session: Session, action: Action, effects: dict[str, Any], tx_id: int) -> None:
