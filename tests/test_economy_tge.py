@@ -29,7 +29,8 @@ T0 = 1_900_000_000.0
 MILLION = 1_000_000 * ONE
 
 
-def _points(engine: Engine, miner: str, kind: JobKind, micro: int, key: str, clawback: bool = False) -> None:
+def _points(engine: Engine, miner: str, kind: JobKind, micro: int, key: str, clawback: bool = False,
+            at: float = T0) -> None:
     """A credited job of ``kind`` worth ``micro`` micro-points (and, with ``clawback``, its clawback)."""
     with session_scope(engine) as session:
         if session.get(Miner, miner) is None:
@@ -39,7 +40,7 @@ def _points(engine: Engine, miner: str, kind: JobKind, micro: int, key: str, cla
                         output_key=key, created_at=T0, deadline_at=T0 + 60, miner_address=miner))
         session.flush()
         session.add(PointsEntry(idempotency_key=f"credit:{key}", miner_address=miner, job_id=key,
-                                kind=EntryKind.JOB_CREDIT, amount_micro=micro, created_at=T0))
+                                kind=EntryKind.JOB_CREDIT, amount_micro=micro, created_at=at))
         if clawback:
             session.add(PointsEntry(idempotency_key=f"clawback:{key}", miner_address=miner, job_id=key,
                                     kind=EntryKind.CLAWBACK, amount_micro=-micro, created_at=T0))
@@ -84,3 +85,20 @@ def test_what_floors_and_empty_pools_leave_is_not_minted(engine: Engine) -> None
     assert result["llama_paid"] == "0"  # no text points: the whole Llama pool stays unminted
     assert int(result["unminted"]) == 25 * MILLION + (25 * MILLION - 3 * share)  # + the 1 base unit of the floor
     assert eco.minted() == 3 * share
+
+
+def test_points_the_epochs_pay_for_are_not_converted_and_genesis_closes_at_tge(engine: Engine) -> None:
+    """Points credited once the book's first epoch has begun earn epoch emission, so TGE leaves them out (else
+    they would be paid twice); after TGE a genesis for a new address is refused: only emission creates HUE."""
+    early, late = Wallet.create().address, Wallet.create().address
+    _points(engine, early, JobKind.IMAGE, 1_000_000, "e1")  # T0: the testnet, before the economy started
+    clock = [T0 + 7200]
+    eco = Economy(engine, Rules(epoch_s=3600), clock=lambda: clock[0])  # genesis two epochs later
+    assert eco.genesis({Wallet.create().address: ONE})
+    _points(engine, late, JobKind.IMAGE, 1_000_000, "l1", at=T0 + 7300)  # in the book's first epoch: emission's
+    clock[0] = T0 + 9000
+    result = run_tge(eco)
+    assert {p["address"] for p in result["payouts"]} == {early}
+    assert _liquid(engine, early) == 25 * MILLION and _liquid(engine, late) == 0
+    with pytest.raises(EconomyError, match=r"^genesis: TGE has run"):
+        eco.genesis({Wallet.create().address: ONE})

@@ -31,7 +31,7 @@ from heurist.economy.inputs import EpochInputs, read_inputs
 from heurist.economy.merkle import MerkleTree
 from heurist.economy.rewards import NodeSplit, emission, next_base_fee, split, split_node, weight
 from heurist.economy.service import Economy, checksummed
-from heurist.economy.tables import Epoch, Payout, Token
+from heurist.economy.tables import Epoch, Payout, Token, Tx
 
 
 def close_epoch(economy: Economy, epoch: int) -> dict[str, Any]:
@@ -93,14 +93,19 @@ def proof(economy: Economy, address: str, epoch: int) -> dict[str, Any]:
     """The Merkle proof of ``address``'s payout in ``epoch`` (-1: TGE), as ``MerkleProof.verify`` takes it."""
     owner = checksummed(address, "address")
     with session_scope(economy.engine) as session:
-        if epoch >= 0 and session.get(Epoch, epoch) is None:
+        closed = session.get(Epoch, epoch) if epoch >= 0 else None
+        if epoch >= 0 and closed is None:
             raise EconomyError(f"epoch: {epoch} is not closed (`heurist epoch close`)")
+        stored = closed.merkle_root if closed is not None else session.scalar(
+            select(Tx.body["merkle_root"].as_string()).where(Tx.key == "tge"))
         leaves = [(a, int(v)) for a, v in session.execute(select(Payout.address, Payout.amount)
                                                            .where(Payout.epoch == epoch))]
     amounts = dict(leaves)
     if owner not in amounts:
         raise EconomyError(f"address: {owner} was paid nothing in epoch {epoch}")
     tree = MerkleTree.of(leaves)
+    if tree.root != stored:  # the leaves must be the ones the close committed to
+        raise EconomyError(f"epoch: the stored payouts of {epoch} rebuild root {tree.root}, not the recorded {stored}")
     return {"address": owner, "amount": str(amounts[owner]), "proof": tree.proof(owner, amounts[owner]),
             "root": tree.root, "epoch": epoch}
 

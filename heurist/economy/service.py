@@ -75,8 +75,9 @@ class Economy:
     def genesis(self, allocations: dict[str, int]) -> list[str]:
         """Mint each address's genesis HUE, once per address (a repeat is skipped); returns those minted now.
 
-        All or nothing: one transaction, so an allocation that would pass the cap mints none of it. Until TGE the
-        cap for genesis is 950,000,000 HUE: the testnet's 50,000,000 is held back for the conversion."""
+        All or nothing: one transaction, so an allocation that would pass the cap mints none of it. The cap for
+        genesis is 950,000,000 HUE (the testnet's 50,000,000 is held back for the conversion), and after TGE
+        genesis is closed: from then on only emission creates HUE."""
         owners = {checksummed(address, "genesis address"): amount for address, amount in allocations.items()}
         for owner, amount in owners.items():
             if amount <= 0:
@@ -84,8 +85,13 @@ class Economy:
         minted: list[str] = []
         with session_scope(self.engine) as session:
             write_lock(session)
-            tge_done = session.scalar(select(Tx.id).where(Tx.key == "tge")) is not None
-            cap = self.rules.cap - (0 if tge_done else self.rules.testnet_pool)
+            if session.scalar(select(Tx.id).where(Tx.key == "tge")) is not None:
+                new = [o for o in owners if session.scalar(select(Tx.id).where(Tx.key == f"genesis:{o}")) is None]
+                if new:
+                    raise EconomyError(f"genesis: TGE has run, so only emission creates HUE now; {new[0]} was not "
+                                       "in the genesis")
+                return []
+            cap = self.rules.cap - self.rules.testnet_pool
             for owner, amount in owners.items():
                 try:
                     with session.begin_nested():  # a concurrent twin's commit fails this address alone
@@ -107,7 +113,7 @@ class Economy:
                 write_lock(session)
                 if session.scalar(select(Tx.id).where(Tx.key == key)) is not None:
                     raise DuplicateError(key)  # before planning: a replay is named as one, whatever it asks
-                ctx = Context(session, self.rules, now, key, self.base_fee(session))
+                ctx = Context(session, self.rules, now, key, self.base_fee(session, now))
                 plan = PLANS[type(action)](ctx, action)
                 posting = self._post(session, key=key, kind=action.primary, actor=signer, legs=plan.legs,
                                      attrs=plan.attrs, body={"message": signed.message, **_strs(plan.effects)},
@@ -137,9 +143,10 @@ class Economy:
 
     # ------------------------------------------------------------------------------------------------ reads
 
-    def base_fee(self, session: Session) -> int:
-        """The base fee per credit micro-unit in the current epoch (``heurist.economy.inputs.base_fee_at``)."""
-        return base_fee_at(session, self.rules, self.rules.epoch_of(self.now_ms()))
+    def base_fee(self, session: Session, at_ms: int | None = None) -> int:
+        """The base fee per credit micro-unit in the epoch of ``at_ms`` (default now; an action passes the time it
+        is dated, so price and date agree at an epoch boundary): ``heurist.economy.inputs.base_fee_at``."""
+        return base_fee_at(session, self.rules, self.rules.epoch_of(self.now_ms() if at_ms is None else at_ms))
 
     def unit_price(self) -> dict[str, int]:
         with session_scope(self.engine) as session:

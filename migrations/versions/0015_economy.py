@@ -1,5 +1,6 @@
 """The token economy (``heurist.economy``): a double-entry book of HUE and esHUE, bribes, closed epochs and
-their Merkle leaves. The book (transactions and legs) is append-only, enforced by triggers like 0001's.
+their Merkle leaves. All of it is append-only, enforced by triggers like 0001's (only account balances, a cache
+of the legs, change).
 
 Revision ID: 0015
 Revises: 0014
@@ -20,7 +21,7 @@ depends_on: str | Sequence[str] | None = None
 
 BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 AMOUNT = sa.Numeric(78, 0).with_variant(sa.String(79), "sqlite")  # heurist.economy.amounts.Amount
-APPEND_ONLY = ("economy_txs", "economy_legs")
+APPEND_ONLY = ("economy_txs", "economy_legs", "economy_bribes", "economy_epochs", "economy_payouts")
 MESSAGE = "the economy book is append-only: post a correcting transaction instead"
 
 
