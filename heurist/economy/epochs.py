@@ -20,13 +20,14 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from heurist.db.engine import session_scope
 from heurist.economy.amounts import format_hue
 from heurist.economy.book import FEES, MINT, DuplicateError, EconomyError, Ref, post, stake, write_lock
+from heurist.economy.handlers import when
 from heurist.economy.inputs import EpochInputs, read_inputs
 from heurist.economy.merkle import MerkleTree
 from heurist.economy.rewards import NodeSplit, emission, next_base_fee, split, split_node, weight
@@ -43,7 +44,7 @@ def close_epoch(economy: Economy, epoch: int) -> dict[str, Any]:
         if closed is not None:
             return closed.report
         if economy.now_ms() < end + economy.rules.close_grace_s * 1000:
-            raise EconomyError(f"epoch: {epoch} ends at {_iso(end)}; it can be closed "
+            raise EconomyError(f"epoch: {epoch} ends at {when(end)}; it can be closed "
                                f"{economy.rules.close_grace_s:g} s later")
         last, first = _last_closed(session), _first_epoch(session, economy)
         expected = last + 1 if last is not None else first
@@ -156,7 +157,7 @@ def _report(inputs: EpochInputs, weights: dict[str, int], rewards: dict[str, int
              for node in sorted(inputs.nodes())]
     stakers = [{"address": owner, "node": node, "token": token, "reward": str(amount)}
                for node, s in sorted(splits.items()) for (owner, token), amount in sorted(s.to_stakers.items())]
-    return {"epoch": inputs.epoch, "start": _iso(inputs.start_ms), "end": _iso(inputs.end_ms), "issued": str(issued),
+    return {"epoch": inputs.epoch, "start": when(inputs.start_ms), "end": when(inputs.end_ms), "issued": str(issued),
             "burned": str(inputs.burned), "net_issuance": str(issued - inputs.burned),
             "deflationary": inputs.burned > issued, "fees_to_miners": str(min(inputs.fees, sum(rewards.values()))),
             "base_fee": str(inputs.base_fee * 1_000_000), "next_base_fee": str(next_fee * 1_000_000),
@@ -165,20 +166,10 @@ def _report(inputs: EpochInputs, weights: dict[str, int], rewards: dict[str, int
             "summary": f"issued {format_hue(issued)} HUE, burned {format_hue(inputs.burned)} HUE"}
 
 
-def _iso(ms: int) -> str:
-    from heurist.economy.handlers import when
-
-    return when(ms)
-
-
 def _last_closed(session: Session) -> int | None:
     return session.scalar(select(Epoch.epoch).order_by(Epoch.epoch.desc()).limit(1))
 
 
 def _first_epoch(session: Session, economy: Economy) -> int | None:
-    from sqlalchemy import func
-
-    from heurist.economy.tables import Tx
-
     first = session.scalar(select(func.min(Tx.at_ms)))
     return None if first is None else economy.rules.epoch_of(int(first))

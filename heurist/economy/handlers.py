@@ -61,21 +61,17 @@ def _node(ctx: Context, address: str, field_name: str = "node") -> str:
     return checksummed
 
 
-def _token(name: str) -> Token:
-    return Token(name)
-
-
 def plan_stake(ctx: Context, a: Stake) -> Plan:
     node = _node(ctx, a.node)
     if a.amount < ctx.rules.min_stake:
         raise EconomyError(f"amount: {format_hue(a.amount)} {a.token} is below the minimum stake of "
                            f"{format_hue(ctx.rules.min_stake)}")
-    owner, token = to_checksum_address(a.account), _token(a.token)
+    owner, token = to_checksum_address(a.account), Token(a.token)
     return Plan(legs=[(liquid(owner, token), -a.amount), (stake(owner, node, token), a.amount)])
 
 
 def plan_unstake(ctx: Context, a: Unstake) -> Plan:
-    node, owner, token = _node(ctx, a.node), to_checksum_address(a.account), _token(a.token)
+    node, owner, token = _node(ctx, a.node), to_checksum_address(a.account), Token(a.token)
     if token is Token.ESHUE:
         return Plan(legs=[(stake(owner, node, token), -a.amount), (liquid(owner, token), a.amount)])
     lock = Ref(AccountKind.LOCK, Token.HUE, owner, node, ctx.key)
@@ -88,7 +84,7 @@ def plan_move(ctx: Context, a: MoveStake) -> Plan:
     source, target = _node(ctx, a.from_node, "from_node"), _node(ctx, a.to_node, "to_node")
     if source == target:
         raise EconomyError("to_node: the same node as from_node; nothing to move")
-    owner, token = to_checksum_address(a.account), _token(a.token)
+    owner, token = to_checksum_address(a.account), Token(a.token)
     return Plan(legs=[(stake(owner, source, token), -a.amount), (stake(owner, target, token), a.amount)])
 
 

@@ -163,7 +163,7 @@ class Economy:
     def bribe(self, node: str, epoch: int) -> int:
         """The node's bribe (bps) in effect in ``epoch``: its last setting effective by then, else 0."""
         with session_scope(self.engine) as session:
-            bps = session.scalar(select(Bribe.bps).where(Bribe.node == to_checksum_address(node),
+            bps = session.scalar(select(Bribe.bps).where(Bribe.node == checksummed(node, "node"),
                                                          Bribe.effective_epoch <= epoch)
                                  .order_by(Bribe.id.desc()).limit(1))
         return int(bps or 0)
@@ -173,11 +173,11 @@ class Economy:
             return -_balance(session, MINT)
 
 
-def checksummed(address: str, field: str) -> str:
+def checksummed(address: str, field: str = "address") -> str:
     """``address`` in EIP-55 form, or an ``EconomyError`` naming ``field``."""
     try:
-        return str(to_checksum_address(address))
-    except ValueError:
+        return str(to_checksum_address(address.strip()))
+    except (ValueError, TypeError, AttributeError):
         raise EconomyError(f"{field}: {address!r} is not an address (0x and 40 hex digits)") from None
 
 

@@ -13,10 +13,8 @@ with a ``*_hue`` twin in decimal HUE for people. Amounts are summed in Python be
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime
 from typing import Any
 
-from eth_utils import to_checksum_address
 from sqlalchemy import case, func, select
 
 from heurist.db.engine import session_scope
@@ -24,8 +22,8 @@ from heurist.economy.actions import ACTIONS, Action
 from heurist.economy.amounts import format_hue
 from heurist.economy.book import EconomyError
 from heurist.economy.config import BPS
-from heurist.economy.handlers import claimable
-from heurist.economy.service import Economy
+from heurist.economy.handlers import claimable, when
+from heurist.economy.service import Economy, checksummed
 from heurist.economy.tables import Account, AccountKind, Bribe, Token
 from heurist.ledger.reader import sum_micro
 from heurist.ledger.tables import CREDITED_KINDS, Audit, AuditOutcome, Miner, MinerUptime, PointsEntry
@@ -33,21 +31,9 @@ from heurist.ledger.uptime import EpochClock
 from heurist.points import from_micro
 
 
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
-
-
 def amount(name: str, units: int) -> dict[str, str]:
     """``{name: "1500000000000000000", name_hue: "1.5"}``."""
     return {name: str(units), f"{name}_hue": format_hue(units)}
-
-
-def checksummed(address: str, field: str = "address") -> str:
-    """An EVM address in checksum form, or an ``EconomyError`` naming ``field``."""
-    try:
-        return to_checksum_address(address.strip())
-    except (ValueError, TypeError, AttributeError):
-        raise EconomyError(f"{field}: {address!r} is not an address (0x and 40 hex digits)") from None
 
 
 def balances(economy: Economy, address: str) -> dict[str, Any]:
@@ -66,15 +52,15 @@ def balances(economy: Economy, address: str) -> dict[str, Any]:
             staked.append({"node": acc.node, "token": acc.token.value, **amount("amount", acc.balance)})
         elif acc.kind is AccountKind.LOCK and acc.balance:
             unlock = acc.unlock_at_ms or 0
-            locks.append({"node": acc.node, **amount("amount", acc.balance), "unlock_at": iso(unlock),
+            locks.append({"node": acc.node, **amount("amount", acc.balance), "unlock_at": when(unlock),
                           "withdrawable": unlock <= now})
         elif acc.kind is AccountKind.VEST and acc.balance:
             total = acc.vest_total or 0
             vesting.append({**amount("total", total), **amount("claimed", total - acc.balance),
-                            **amount("claimable", claimable(acc, now)), "started": iso(acc.vest_start_ms or 0),
-                            "vested_by": iso(acc.vest_end_ms or 0)})
+                            **amount("claimable", claimable(acc, now)), "started": when(acc.vest_start_ms or 0),
+                            "vested_by": when(acc.vest_end_ms or 0)})
     return {
-        "address": owner, "now": iso(now), "nonce": economy.next_nonce(owner),
+        "address": owner, "now": when(now), "nonce": economy.next_nonce(owner),
         **amount("hue", liquid[Token.HUE.value]), **amount("eshue", liquid[Token.ESHUE.value]),
         "staked": staked, **amount("staked_total", sum(int(s["amount"]) for s in staked)),
         "locks": locks, **amount("withdrawable", sum(int(lk["amount"]) for lk in locks if lk["withdrawable"])),
@@ -140,7 +126,7 @@ def nodes(economy: Economy, interval_s: float) -> list[dict[str, Any]]:
             "points": from_micro(this_points), "points_last": from_micro(last_points),
             "audits_passed": checked[address][AuditOutcome.PASSED.value],
             "audits_failed": checked[address][AuditOutcome.FAILED.value],
-            "last_seen": iso(int(last_seen * 1000)), "models": list(models or []),
+            "last_seen": when(int(last_seen * 1000)), "models": list(models or []),
         })
     return sorted(rows, key=lambda r: (-int(r["stake"]), r["node"]))
 
@@ -175,4 +161,4 @@ def typed_data(economy: Economy, action: str) -> dict[str, Any]:
     return {**data, "fields": dict(cls.types)}
 
 
-__all__ = ["amount", "balances", "checksummed", "iso", "nodes", "supply", "typed_data"]
+__all__ = ["amount", "balances", "checksummed", "nodes", "supply", "typed_data"]
