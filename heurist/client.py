@@ -1,4 +1,9 @@
-"""The application-side client: validate, record, presign, enqueue; then read the verified result."""
+"""The application-side client: validate, record, presign, enqueue; then read the verified result.
+
+A private job (``private=True``, optionally an ``acc``) is sealed before it is recorded and sent to its model's
+``private.*`` queue; its output is opened on the way out (``fetch_output``), so ``JobHandle.download`` returns
+the plaintext. The sealing and opening live in ``heurist.privacy.client``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,11 +23,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from heurist.catalog import Catalog, JobKind, ModelSpec, load_catalog
 from heurist.celery_app import create_app
+from heurist.client_types import ImageRequest, JobResult, TextRequest
 from heurist.db.engine import is_disconnect
-from heurist.dispatch import DispatchSigner, dispatch_signer, job_message, send_job
-from heurist.errors import JobFailedError, JobTimeoutError, public_failure
+from heurist.dispatch import DispatchSigner, dispatch_signer, job_message, queue_for, send_job
+from heurist.errors import InvalidJobError, JobFailedError, JobTimeoutError, public_failure
 from heurist.jobs import ImageParams, JobMessage, JobState, SignedJob, TextParams
 from heurist.points import image_work_units, text_work_units
+from heurist.privacy import client as privacy
+from heurist.privacy.client import AccInput
+from heurist.privacy.envelope import PrivacyError
 from heurist.settings import Settings, get_settings
 from heurist.storage import make_store
 from heurist.storage.backend import ObjectStore
@@ -37,56 +45,20 @@ EXTENSIONS = {"image/png": ".png", "application/json": ".json"}
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class JobResult:
-    """A finished job as the ledger verified it."""
-
-    job_id: str
-    model_id: str
-    state: JobState
-    points: float
-    miner: str | None
-    url: str | None
-    output_key: str
-    output_sha256: str | None = None
-    error: str | None = None
-    frozen_key: str | None = None  # the credited bytes, copied where no URL can write (heurist.storage.freeze)
-
-    @property
-    def stored_key(self) -> str:
-        """Where the credited output is read: the frozen copy, else (completed before freezing) the output key."""
-        return self.frozen_key or self.output_key
-
-
-@dataclass(frozen=True)
-class ImageRequest:
-    prompt: str
-    model: str
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
-    negative_prompt: str = ""
-
-
-@dataclass(frozen=True)
-class TextRequest:
-    prompt: str
-    model: str
-    max_tokens: int | None = None
-    temperature: float = 0.0
-    seed: int | None = None
-
-
 class JobHandle:
     """A submitted job: poll it, wait for it, download its output."""
 
-    def __init__(self, client: Client, job_id: str, spec: ModelSpec, output_key: str) -> None:
+    def __init__(self, client: Client, job_id: str, spec: ModelSpec, output_key: str, *,
+                 private: bool = False) -> None:
         self.client = client
         self.id = job_id
         self.spec = spec
         self.output_key = output_key
+        self.private = private
+
+    @property
+    def queue(self) -> str:
+        return self.spec.private_queue if self.private else self.spec.queue
 
     def __repr__(self) -> str:
         return f"JobHandle(id={self.id!r}, model={self.spec.id!r})"
@@ -162,25 +134,34 @@ class Client:
         return create_app(self.settings)
 
     @cached_property
+    def privacy_secret(self) -> bytes:
+        """What private jobs' data keys derive from (``heurist.privacy.client.client_secret``)."""
+        return privacy.client_secret(self.settings)
+
+    @cached_property
     def signer(self) -> DispatchSigner:
         """The network's dispatch key, which signs every job message this client sends."""
         return dispatch_signer(self.settings)
 
     def submit_image(self, prompt: str, *, model: str = "sd15", width: int | None = None,
                      height: int | None = None, steps: int | None = None, guidance: float | None = None,
-                     seed: int | None = None, negative_prompt: str = "") -> JobHandle:
-        """Validate against the model's limits and enqueue; nothing is sent if validation fails."""
+                     seed: int | None = None, negative_prompt: str = "", private: bool = False,
+                     acc: AccInput = None) -> JobHandle:
+        """Validate against the model's limits and enqueue; nothing is sent if validation fails. ``private``:
+        sealed for miners that satisfy ``acc`` (a ``heurist.privacy.acc`` condition, its dict or JSON)."""
         spec = self.catalog[model]
         params = image_params(spec, prompt, negative_prompt=negative_prompt, width=width, height=height,
                               steps=steps, guidance=guidance, seed=_seed(seed))
-        return self.submit_params(spec, params)
+        return self.submit_params(spec, params, private=private, acc=acc)
 
     def submit_text(self, prompt: str, *, model: str = "smollm2-135m", max_tokens: int | None = None,
-                    temperature: float = 0.0, seed: int | None = None) -> JobHandle:
-        """Validate against the model's limits and enqueue; nothing is sent if validation fails."""
+                    temperature: float = 0.0, seed: int | None = None, private: bool = False,
+                    acc: AccInput = None) -> JobHandle:
+        """Validate against the model's limits and enqueue; nothing is sent if validation fails. ``private``,
+        ``acc``: as in ``submit_image``."""
         spec = self.catalog[model]
         params = text_params(spec, prompt, max_tokens=max_tokens, temperature=temperature, seed=_seed(seed))
-        return self.submit_params(spec, params)
+        return self.submit_params(spec, params, private=private, acc=acc)
 
     def submit(self, request: ImageRequest | TextRequest, *, job_id: str | None = None,
                stream_key: str | None = None) -> JobHandle:
@@ -195,7 +176,8 @@ class Client:
         else:
             params = text_params(spec, request.prompt, max_tokens=request.max_tokens,
                                  temperature=request.temperature, seed=_seed(request.seed))
-        return self.submit_params(spec, params, job_id=job_id, stream_key=stream_key)
+        return self.submit_params(spec, params, job_id=job_id, stream_key=stream_key, private=request.private,
+                                  acc=request.acc)
 
     def map(self, requests: Sequence[ImageRequest | TextRequest], *, timeout: float = 600.0,
             progress: bool = True) -> list[JobResult]:
@@ -254,7 +236,8 @@ class Client:
     def fetch_output(self, result: JobResult) -> bytes:
         """The credited bytes: the frozen copy the ledger made of exactly what it verified, which no
         presigned URL can overwrite. They are still checked against the verified sha256, because completions
-        from before freezing are read from the mutable output key."""
+        from before freezing are read from the mutable output key. A private job's are decrypted (the sha256
+        is the ciphertext's)."""
         data = self.store.get(result.stored_key)
         if result.output_sha256 is None or hashlib.sha256(data).hexdigest() != result.output_sha256:
             raise JobFailedError(
@@ -263,34 +246,55 @@ class Client:
                 public=f"the output of job {result.job_id} no longer matches what the ledger verified; "
                        "it is not served",
             )
+        if result.private:
+            return self._open(result, data)
         return data
+
+    def _open(self, result: JobResult, data: bytes) -> bytes:
+        spec = self.catalog.models.get(result.model_id)
+        try:
+            return privacy.open_output(self.privacy_secret, result.job_id, data,
+                                       text=spec is not None and spec.kind is JobKind.TEXT)
+        except PrivacyError as err:
+            raise JobFailedError(str(err), public=f"the output of private job {result.job_id} does not open "
+                                 "with this client's key") from None
 
     def to_result(self, view: JobView) -> JobResult:
         url = self.store.presign_get(view.stored_key, self.settings.presign_expiry_s) if view.state.has_output else None
         return JobResult(job_id=view.job_id, model_id=view.model_id, state=view.state, points=view.points,
                          miner=view.miner, url=url, output_key=view.output_key, output_sha256=view.output_sha256,
-                         error=view.error, frozen_key=view.frozen_key)
+                         error=view.error, frozen_key=view.frozen_key, private=view.private)
 
     def submit_params(self, spec: ModelSpec, params: ImageParams | TextParams, *, job_id: str | None = None,
-                      stream_key: str | None = None) -> JobHandle:
+                      stream_key: str | None = None, private: bool = False, acc: AccInput = None) -> JobHandle:
         """Record, presign and enqueue parameters already validated against ``spec``
         (``heurist.submission``): the gateway validates a request once, prices it, then sends it here.
-        ``stream_key``: as in ``submit``."""
+        ``stream_key``: as in ``submit``; ``private``, ``acc``: as in ``submit_image`` (the record and the
+        message then hold only the billed parameters, the rest sealed)."""
+        privacy.refuse_acc_without_private(private, acc)
+        if private and stream_key is not None:
+            raise InvalidJobError("stream: private jobs do not stream (tokens on the broker would be plaintext); "
+                                  "drop stream_key and read the answer with result()/download()")
+        condition = privacy.condition(acc) if private else None
         job_id = job_id or str(uuid.uuid4())
         output_key = f"outputs/{spec.id}/{job_id}{EXTENSIONS[_content_type(spec)]}"
         deadline_at = self.clock() + spec.deadline.seconds(_work_units(params))
+        sealed = None
+        if condition is not None:
+            privacy.node_keys(self.settings)  # a missing node list is refused before the secret file is made
+            params, sealed = privacy.seal_job(self.settings, self.privacy_secret, job_id, spec.id, params, condition)
         message = job_message(job_id, spec.id, params, output_key, deadline_at, self.store,
-                              self.settings.presign_expiry_s, now=self.clock())
+                              self.settings.presign_expiry_s, now=self.clock(), private=sealed)
         if stream_key is not None:  # validated, so a malformed key is refused here, not by the miner
             message = JobMessage.model_validate({**message.model_dump(), "stream": True, "stream_key": stream_key})
-        signed = self.signer.sign(message)
-        self.job_book.create_job(job_id, spec, params, output_key, spec.queue, deadline_at)
+        signed, queue = self.signer.sign(message), queue_for(spec, sealed)
+        self.job_book.create_job(job_id, spec, params, output_key, queue, deadline_at, sealed=sealed)
         try:
-            self._send(signed, spec.queue)
+            self._send(signed, queue)
         except Exception:
             self.job_book.record_failure(job_id, "could not enqueue: broker unreachable")
             raise
-        return JobHandle(self, job_id, spec, output_key)
+        return JobHandle(self, job_id, spec, output_key, private=sealed is not None)
 
     def _send(self, signed: SignedJob, queue: str) -> None:
         send_job(self.app, signed, queue)

@@ -27,18 +27,17 @@ enforce them themselves, since Celery does only in its prefork pool (``workers.m
 from __future__ import annotations
 
 import math
-import os
-import stat
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from celery import Celery
 
+from heurist.catalog import ModelSpec
 from heurist.errors import ConfigError, HeuristError
 from heurist.identity import Wallet
-from heurist.jobs import ImageParams, JobMessage, SignedJob, TextParams
+from heurist.jobs import ImageParams, JobMessage, PrivateEnvelope, SignedJob, TextParams
+from heurist.secret_files import ensure_secret
 from heurist.settings import Settings
 from heurist.signing import DEFAULT_DOMAIN, Domain, sign_job
 from heurist.storage.backend import ObjectStore
@@ -75,21 +74,9 @@ def dispatch_signer(settings: Settings) -> DispatchSigner:
 
 
 def _key_file_wallet(path: Path) -> Wallet:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".dispatch-", dir=path.parent)  # mkstemp: 0600
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(Wallet.create().key_hex + "\n")
-            os.link(tmp, path)  # atomic, and refuses to replace a key another process published first
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
-    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"dispatch key file {path} is readable by others: chmod 600 {path}")
+    text = ensure_secret(path, lambda: Wallet.create().key_hex, "dispatch key file")
     try:
-        return Wallet.from_key(path.read_text())
+        return Wallet.from_key(text)
     except ConfigError:
         raise ConfigError(f"dispatch key file {path} does not hold a hex private key; remove it to make a new "
                           "one (miners must then be given the new HEURIST_DISPATCH_ADDRESS)") from None
@@ -114,12 +101,19 @@ def upload_expiry_s(deadline_at: float, now: float, cap_s: int) -> int:
 
 
 def job_message(job_id: str, model_id: str, params: ImageParams | TextParams, output_key: str,
-                deadline_at: float, store: ObjectStore, expiry_s: int, *, now: float | None = None) -> JobMessage:
+                deadline_at: float, store: ObjectStore, expiry_s: int, *, now: float | None = None,
+                private: PrivateEnvelope | None = None) -> JobMessage:
     """What a miner receives: the job and where to put its output, nothing more. The PUT URL lives until
-    the deadline, capped at ``expiry_s``; ``now`` is the clock the deadline was set by (default: time.time)."""
+    the deadline, capped at ``expiry_s``; ``now`` is the clock the deadline was set by (default: time.time).
+    ``private``: a private job's envelope (``params`` are then its clear copy); send it to ``private_queue``."""
     lifetime = upload_expiry_s(deadline_at, time.time() if now is None else now, expiry_s)
     return JobMessage(job_id=job_id, model_id=model_id, params=params,
-                      output_url=store.presign_put(output_key, lifetime), deadline_at=deadline_at)
+                      output_url=store.presign_put(output_key, lifetime), deadline_at=deadline_at, private=private)
+
+
+def queue_for(spec: ModelSpec, private: PrivateEnvelope | None) -> str:
+    """The queue a job travels on: ``private.<tier>.<model>`` for a private job, never the public one."""
+    return spec.queue if private is None else spec.private_queue
 
 
 def send_job(app: Celery, signed: SignedJob, queue: str, *, now: float | None = None) -> None:

@@ -12,6 +12,7 @@ one the supervisor repairs. ``restarts`` counts the restarts per child.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -125,6 +126,9 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
                   "DISPATCH_ADDRESS": dispatch_signer(s).address, "S3_ENDPOINT": s.s3_endpoint,
                   "MODELS_DIR": str(s.resolved_models_dir()), "TORCH_THREADS": str(s.torch_threads),
                   "HEARTBEAT_INTERVAL_S": str(s.heartbeat_interval_s), **self._catalog()}
+        if s.keyrelease_nodes:  # public: the nodes' URLs and keys (heurist.embedded_privacy)
+            values.update(KEYRELEASE_NODES=json.dumps([n.model_dump() for n in s.keyrelease_nodes]),
+                          KEYRELEASE_THRESHOLD=str(s.keyrelease_threshold))
         return {**_clean_env(), **{f"HEURIST_{k}": v for k, v in values.items()}}
 
     def __enter__(self) -> EmbeddedNetwork:
@@ -176,23 +180,30 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
         self.spawn("ledger", heurist_cmd("ledger", "--loglevel", "WARNING"), self.trusted_env())
 
     def start_miner(self, models: Sequence[str] | None = None, name: str | None = None,
-                    cheat: str | None = None, broker_url: Callable[[str], str] | None = None) -> Wallet:
+                    cheat: str | None = None, broker_url: Callable[[str], str] | None = None,
+                    private: bool = False) -> Wallet:
         """A CPU miner serving ``models``, with a fresh key written to a 0600 file. ``cheat``: that miner with
         one of ``workers.testing.cheats`` added, started by its own test entry point (``heurist miner`` has
         no cheats). ``broker_url`` maps the new miner's address to its own broker URL
-        (``BrokerAccess.add_miner``)."""
+        (``BrokerAccess.add_miner``). ``private``: `heurist miner --private` (key-release nodes started first)."""
         name = name or f"miner{len(self.wallets)}"
         wallet, key_file = self.new_key_file(name)
         command = [sys.executable, "-m", "workers.testing.cheater", "--cheat", cheat] if cheat else heurist_cmd("miner")
         argv = [*command, "--key-file", str(key_file), "--models", ",".join(models or self.miner_models),
-                "--device", "cpu", "--loglevel", "WARNING"]
+                "--device", "cpu", "--loglevel", "WARNING", *(["--private"] if private else [])]
         own = broker_url(wallet.address) if broker_url else self.own_broker_url(wallet.address)
+        if private and own is not None:  # `heurist broker add-miner --private`: it may read private queues
+            from heurist.access import broker_access
+
+            broker_access(self.settings()).set_private(wallet.address, True)
         self.spawn(name, argv, self.miner_env(own))
         return wallet
 
-    def start_auditor(self, models: Sequence[str] | None = None) -> None:
-        """A trusted auditor replaying sampled jobs of ``models`` (it holds the database and S3 keys)."""
-        argv = heurist_cmd("auditor", "--models", ",".join(models or self.miner_models), "--loglevel", "WARNING")
+    def start_auditor(self, models: Sequence[str] | None = None, key_file: Path | None = None) -> None:
+        """A trusted auditor replaying sampled jobs of ``models`` (it holds the database and S3 keys);
+        ``key_file``: its own key, with which it asks for private jobs' keys like a privacy miner."""
+        argv = heurist_cmd("auditor", "--models", ",".join(models or self.miner_models), "--loglevel", "WARNING",
+                           *(["--key-file", str(key_file)] if key_file else []))
         self.spawn("auditor", argv, self.trusted_env())
 
     def new_key_file(self, name: str) -> tuple[Wallet, Path]:

@@ -24,6 +24,7 @@ class FailureKind(StrEnum):
     BROKER = "broker"  # the broker went away while the job ran
     TIME_LIMIT = "time limit"  # the model had not finished by the job's soft time limit (heurist.time_limits)
     HARD_TIME_LIMIT = "hard time limit"  # a model call still running at the hard limit: abandoned
+    PRIVACY = "privacy"  # a private job: its key not gathered, or it did not decrypt or was billed otherwise
 
     @classmethod
     def of(cls, text: str | None) -> FailureKind | None:
@@ -93,6 +94,7 @@ _PUBLIC_CAUSES = {
     FailureKind.BROKER: "the broker could not be reached",
     FailureKind.TIME_LIMIT: "the model did not finish within the job's time limit",
     FailureKind.HARD_TIME_LIMIT: "the model hung past the job's hard time limit",
+    FailureKind.PRIVACY: "the private job's key was not released to them, or its ciphertext or parameters were refused",
 }
 LAST_REPORT = "; last report: "  # how the ledger's sweep appends a miner's last report to a failed job's error
 

@@ -14,6 +14,7 @@ SHA256_HEX = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 ADDRESS = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
 SIGNATURE = Annotated[str, Field(pattern=r"^(0x)?[0-9a-fA-F]{130}$")]
 HEX32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+HEX48 = Annotated[str, Field(pattern=r"^[0-9a-f]{48}$")]
 
 # Size limits on what miners send: generous for honest use, small for storage. Issue 12, attack 7: one
 # completion stored 8 MB in `rejections` and one hello 8 MB in `miners`. A field over its limit makes the
@@ -99,6 +100,32 @@ class TextParams(Frozen):
 JobParams = Annotated[ImageParams | TextParams, Field(discriminator="kind")]
 
 
+MAX_SEALED_CHARS = 1_048_576  # an encrypted job's parameters, base64: prompts of a few hundred KB at most
+MAX_ACC_CHARS = 16_384  # an access-control condition's JSON (a few hundred addresses)
+MAX_KEYRELEASE_NODES = 16
+
+
+class SealedShare(Frozen):
+    """One key-release node's share of a private job's data key, sealed (X25519 sealed box) to that node."""
+
+    node: int = Field(ge=1, le=MAX_KEYRELEASE_NODES)
+    sealed: str = Field(min_length=1, max_length=1024, description="base64 of the sealed box")
+
+
+class PrivateEnvelope(Frozen):
+    """A private job's encrypted parameters (``heurist.privacy.envelope``): what the broker, the store and the
+    ledger see of it. ``acc`` is the access-control condition's canonical JSON (``heurist.privacy.acc``); it and
+    the job id are the ciphertext's associated data and inside every sealed share, so changing either makes the
+    job undecryptable."""
+
+    version: Literal[1] = 1
+    acc: str = Field(min_length=2, max_length=MAX_ACC_CHARS)
+    threshold: int = Field(ge=1, le=MAX_KEYRELEASE_NODES)
+    shares: list[SealedShare] = Field(min_length=1, max_length=MAX_KEYRELEASE_NODES)
+    nonce: HEX48 = Field(description="XChaCha20-Poly1305 nonce, hex")
+    ciphertext: str = Field(min_length=1, max_length=MAX_SEALED_CHARS, description="base64")
+
+
 class JobMessage(Frozen):
     """The whole of what a miner learns about a job: no database URL, no storage keys."""
 
@@ -111,12 +138,18 @@ class JobMessage(Frozen):
                                             "(unverified previews; text jobs only).")
     stream_key: HEX32 | None = Field(None, description="With stream: the per-job key the miner MACs each chunk "
                                                        "with (heurist.stream_auth), made by the receiver.")
+    private: PrivateEnvelope | None = Field(None, description="A private job (heurist.privacy): ``params`` then "
+                                            "hold only what is billed (the prompt is PRIVATE_PROMPT); the real "
+                                            "ones are sealed here, for miners that satisfy its ACC.")
 
     @model_validator(mode="after")
     def _stream_has_key(self) -> JobMessage:
         if self.stream != (self.stream_key is not None):
             raise ValueError("stream_key: set it exactly when stream is true (the TokenStream's key, "
                              "heurist.streams.TokenStream.key)")
+        if self.stream and self.private is not None:
+            raise ValueError("stream: private jobs do not stream (tokens on the broker would be plaintext, and "
+                             "encrypted tokens would still give away their count and timing)")
         return self
 
 

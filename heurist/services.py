@@ -16,6 +16,7 @@ from kombu.pools import ProducerPool
 
 from heurist.errors import HeuristError
 from heurist.jobs import JobMessage, SignedCompletion, SignedFailure, SignedHeartbeat, SignedHello
+from heurist.privacy.messages import SignedRegistration
 
 T = TypeVar("T")
 
@@ -37,6 +38,9 @@ class LedgerService(Protocol):
     def report_failure(self, signed: SignedFailure, sender: str | None = None) -> bool: ...
 
     def register_miner(self, signed: SignedHello, sender: str | None = None) -> object: ...
+
+    def register_privacy(self, signed: SignedRegistration, sender: str | None = None, *, policy_version: str,
+                         tee_verifier: str | None = None) -> str | None: ...
 
 
 class UptimeService(Protocol):

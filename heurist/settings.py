@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from heurist.settings_economy import EconomySettings
+from heurist.settings_privacy import PrivacySettings
 
 DEFAULT_DATA_DIR = Path(".heurist")
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
@@ -23,11 +24,12 @@ def is_amqp(url: str) -> bool:
     return url.split("://", 1)[0].split("+", 1)[0] in AMQP_SCHEMES
 
 
-class Settings(BaseSettings, EconomySettings):
+class Settings(BaseSettings, EconomySettings, PrivacySettings):
     """Every knob of the network, from env vars prefixed ``HEURIST_`` (or a ``.env`` file).
 
     Defaults give the embedded network: SQLite broker and ledger under ``data_dir``. The token economy's
-    knobs (``HEURIST_ECONOMY_*``) are declared in ``heurist.settings_economy``.
+    knobs (``HEURIST_ECONOMY_*``) are declared in ``heurist.settings_economy``, private jobs' in
+    ``heurist.settings_privacy``.
     """
 
     model_config = SettingsConfigDict(env_prefix="HEURIST_", env_file=".env", extra="ignore")
@@ -203,13 +205,14 @@ class Settings(BaseSettings, EconomySettings):
 def settings_env(settings: Settings) -> dict[str, str]:
     """``HEURIST_*`` variables that recreate ``settings`` in a child process (secrets included: trusted only)."""
     env: dict[str, str] = {}
+    dumped = settings.model_dump(mode="json")  # lists of models (the key-release nodes) as JSON
     for name in Settings.model_fields:
         value = getattr(settings, name)
         if value is None:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        env[f"HEURIST_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
+        env[f"HEURIST_{name.upper()}"] = json.dumps(dumped[name]) if isinstance(value, dict | list) else str(value)
     return env
 
 

@@ -9,7 +9,8 @@ failure, completion, hello, heartbeat, and an operator's delegation to a GPU wor
 * The **domain** is the network: name ``Heurist network``, version ``2``, ``chainId`` (``HEURIST_CHAIN_ID``)
   and, where the network has one, ``verifyingContract`` (``HEURIST_VERIFYING_CONTRACT``). Each is hashed into
   every digest, so a signature made for one network recovers to another address on any other, and is refused.
-* The **primary type** (``Job``, ``Failure``, ``Completion``, ``MinerHello``, ``Heartbeat``, ``Delegation``) is
+* The **primary type** (``Job``, ``Failure``, ``Completion``, ``MinerHello``, ``Heartbeat``, ``Delegation``,
+  ``PrivacyRegistration``, ``PrivacyApproval``, ``KeyRequest``) is
   hashed into every struct: a heartbeat's signature is never a hello's, nor a job's a completion's.
 * EIP-191's prefix byte is 0x45 and EIP-712's 0x01, so no ``personal_sign`` verifies as typed data, whatever
   its text.
@@ -41,6 +42,7 @@ from heurist.jobs import (
     SignedJob,
     canonical_json,
 )
+from heurist.privacy.messages import KeyRequest, PrivacyApproval, PrivacyRegistration
 
 if TYPE_CHECKING:
     from heurist.settings import Settings
@@ -55,6 +57,9 @@ _STRUCTS: dict[type[Frozen], tuple[str, tuple[str, ...]]] = {
     Completion: ("Completion", ("jobId", "miner", "body")),
     MinerHello: ("MinerHello", ("miner", "body")),
     Heartbeat: ("Heartbeat", ("miner", "body")),
+    PrivacyRegistration: ("PrivacyRegistration", ("miner", "body")),
+    KeyRequest: ("KeyRequest", ("jobId", "miner", "body")),
+    PrivacyApproval: ("PrivacyApproval", ("body",)),
 }
 
 

@@ -178,7 +178,7 @@ def _most(outage: Outage) -> int:
     return max((retries for retries, _ in outage.waiting.values()), default=0)
 
 
-def _retries(claimed: Any) -> int:
+def sane_retries(claimed: Any) -> int:
     """The message's retry count as a sane integer. A miner writes the headers of what it sends to its inbox: a
     ``retries`` of -10**9 made every countdown 0 (a hot republish loop during an outage), and a string raised in
     here, so the message was acked and neither retried nor kept. Clamped to 0..10,000 (30 s back-offs long
@@ -221,7 +221,7 @@ class TransientPolicy:
             raise Reject(f"unprocessable and not kept: {detail}", requeue=False) from err  # the broker's DLX keeps it
 
     def _retry(self, task: Any, err: Exception, source: str) -> Exception:
-        retries = _retries(task.request.retries)
+        retries = sane_retries(task.request.retries)
         task.request.retries = retries  # what Celery's retry counts from, in the republished message too
         countdown = self.backoff.countdown(retries)
         self.outages.failed(source, task.request.id, task.name, retries + 1, err)
@@ -280,5 +280,5 @@ class LedgerTask(InboxTask):  # type: ignore[misc]
         return result
 
 
-__all__ = ["Backoff", "LedgerTask", "OutageView", "Outages", "TransientPolicy", "install_transient",
+__all__ = ["Backoff", "LedgerTask", "OutageView", "Outages", "TransientPolicy", "install_transient", "sane_retries",
            "transient_policy", "transient_source"]

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery, Task
 from pydantic import TypeAdapter, ValidationError
 
 from heurist.access.senders import sender_of
-from heurist.celery_app import services
+from heurist.celery_app import HeuristCelery, services
 from heurist.deadletters import Reason, first_error, keep_request
 from heurist.jobs import SignedCompletion, SignedFailure, SignedHeartbeat, SignedHello
-from heurist.transient import LedgerTask
-from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT, REGISTER_MINER
+from heurist.privacy.messages import SignedRegistration
+from heurist.transient import LedgerTask, sane_retries
+from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, RECORD_HEARTBEAT, REGISTER_MINER, REGISTER_PRIVACY
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 # (heurist.transient); retries go to the trusted ledger queue, keeping the validated sender. Verification
 # failures are verdicts, not errors.
 RETRY = {"base": LedgerTask}
+HELLO_WAIT_RETRIES, HELLO_WAIT_S = 5, 2.0  # a privacy registration waits up to 10 s for its miner's hello
 
 
 def _parse(task: Task, model: Any, payload: Any) -> Any:
@@ -71,3 +73,25 @@ def register_ledger_tasks(app: Celery) -> None:
         parsed = _parse(self, SignedHeartbeat, signed)
         if parsed is not None:
             services(self.app).uptime.record(parsed, sender_of(self.request))
+
+    _register_privacy_task(app)
+
+
+def _register_privacy_task(app: Celery) -> None:
+    """The privacy registration task (issue 16), declared on its own to keep each function short."""
+
+    @app.task(name=REGISTER_PRIVACY, bind=True, acks_late=True, **RETRY)
+    def register_privacy(self: Task, signed: Any) -> None:
+        """Record a privacy miner's signed registration (its X25519 key, the policy version it accepts) if a
+        registered, unbanned miner signed it from its own broker user; refusals are logged, not stored."""
+        parsed = _parse(self, SignedRegistration, signed)
+        if parsed is not None:
+            ledger = services(self.app).ledger  # raises unless the app was built by create_app
+            settings = cast(HeuristCelery, self.app).settings
+            refusal = ledger.register_privacy(parsed, sender_of(self.request),
+                                              policy_version=settings.privacy_policy_version,
+                                              tee_verifier=settings.privacy_tee_verifier)
+            if refusal is not None and refusal.startswith("unknown miner") and \
+                    sane_retries(self.request.retries) < HELLO_WAIT_RETRIES:
+                # sent right after the hello, it can overtake it on a ledger with 2 workers: look again soon
+                raise self.retry(countdown=HELLO_WAIT_S, throw=True)

@@ -20,6 +20,7 @@ def network_settings() -> dict[str, Any]:
     return {"audit_base_rate": 1.0, "audit_new_miner_rate": 1.0, "audit_seed": 7}
 
 
+@pytest.mark.slow  # a whole network for one test: in `make test-slow`, keeping `make test` near 15 min
 def test_random_image_cheater_is_caught_and_honest_miner_is_not(network: EmbeddedNetwork, client: Client) -> None:
     honest = network.start_miner(["tiny-sd"], name="honest")
     cheater = network.start_miner(["tiny-sd"], name="cheater", cheat="random-image")

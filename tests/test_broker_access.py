@@ -83,11 +83,14 @@ def test_permissions_configure_nothing_read_tiers_write_only_the_own_inbox_and_s
     shared = ["vram8.tiny-sd", "ledger", "celeryev", "celery.pidbox", "reply.celery.pidbox", "heurist.stream",
               inbox_name(user), "amq.default", f"{user}-vram8@host.celery.pidbox", "dead-letters"]
     assert not any(re.match(perms.configure, name) for name in shared)  # miners declare nothing
-    for name in ["vram8.tiny-sd", "vram24.mixtral-8x7b", "private.vram8.x"]:
+    for name in ["vram8.tiny-sd", "vram24.mixtral-8x7b"]:
         assert re.match(perms.read, name), name
     for name in ["ledger", "audit.tiny-sd", "celeryev", "unrouted", "amq.default", "vram7.x", "xvram8.x",
-                 inbox_name(user), "heurist.stream", "dead-letters"]:
-        assert not re.match(perms.read, name), name
+                 inbox_name(user), "heurist.stream", "dead-letters", "private.vram8.x"]:
+        assert not re.match(perms.read, name), name  # private queues: only for miners approved for privacy
+    approved = miner_permissions(user, inbox_exchange(user), ("ledger", "audit.x"), private=True)
+    assert re.match(approved.read, "private.vram8.x") and re.match(approved.read, "vram8.x")
+    assert not re.match(approved.read, "private.ledger") and approved.write == perms.write
     assert re.match(perms.write, inbox_exchange(user)) and re.match(perms.write, "heurist.stream")
     assert not re.match(perms.write, inbox_name(user))  # its inbox queue: a write right there allows binding it
     for name in ["ledger", "amq.default", "audit.tiny-sd", "celery.pidbox", "celeryev", "reply.celery.pidbox",
@@ -95,10 +98,14 @@ def test_permissions_configure_nothing_read_tiers_write_only_the_own_inbox_and_s
         assert not re.match(perms.write, name), name
     limited = miner_permissions(user, inbox_exchange(user), ("ledger",), max_vram_gb=12)
     assert re.match(limited.read, "vram12.x") and not re.match(limited.read, "vram24.x")
+    limited = miner_permissions(user, inbox_exchange(user), ("ledger",), max_vram_gb=12, private=True)
+    assert re.match(limited.read, "private.vram12.x") and not re.match(limited.read, "private.vram24.x")
     with pytest.raises(ConfigError, match="no VRAM class fits"):
         miner_permissions(user, inbox_exchange(user), ("ledger",), max_vram_gb=4)
     with pytest.raises(ConfigError, match="looks like a miner's tier queue"):
         miner_permissions(user, inbox_exchange(user), ("vram8.ledger",))
+    with pytest.raises(ConfigError, match="looks like a miner's tier queue"):  # whether or not it may read private
+        miner_permissions(user, inbox_exchange(user), ("private.vram8.ledger",))
 
 
 def test_admin_url_defaults_to_the_broker_host_and_credentials() -> None:

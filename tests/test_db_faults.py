@@ -37,7 +37,7 @@ from heurist.identity import Wallet
 from heurist.jobs import Completion, DeviceInfo, JobState, SignedCompletion, Timings
 from heurist.monitoring.ledger_metrics import LEDGER_METRICS, LedgerMetricsServer
 from heurist.signing import Domain, sign_message
-from heurist.transient import Backoff, Outages, OutageView, _retries, transient_source
+from heurist.transient import Backoff, Outages, OutageView, sane_retries, transient_source
 from tasks.names import RECORD_COMPLETION
 from tests.fixtures.dbfaults import credits_per_job, free_port, jobs_recorded, sample, scrape
 from tests.fixtures.proxy import TcpProxy
@@ -232,8 +232,8 @@ def test_backoff_doubles_to_its_cap_with_equal_jitter() -> None:
 def test_a_miners_retries_header_cannot_break_the_backoff() -> None:
     """A miner writes the headers of its inbox messages: -10**9 retries made every countdown 0 (a hot loop during
     an outage) and a string raised inside the retry, so the message was acked and lost."""
-    assert [_retries(v) for v in (-10**9, "x", None, 3, 10**12, [1])] == [0, 0, 0, 3, 10_000, 0]
-    assert Backoff(30.0).countdown(_retries(-10**9), draw=lambda: 0.0) == 0.25
+    assert [sane_retries(v) for v in (-10**9, "x", None, 3, 10**12, [1])] == [0, 0, 0, 3, 10_000, 0]
+    assert Backoff(30.0).countdown(sane_retries(-10**9), draw=lambda: 0.0) == 0.25
 
 
 def test_outages_alert_once_and_end_when_no_message_waits(caplog: pytest.LogCaptureFixture) -> None:

@@ -56,6 +56,31 @@ def test_demo_on_rabbitmq_postgresql_and_an_external_s3(tmp_path: Path, shared_m
     assert not (state / "s3").exists()
 
 
+@pytest.mark.slow  # 50-90 s: the private path is in `make test` through tests/adversary/test_private_jobs.py
+def test_private_demo_on_rabbitmq_postgresql_and_an_external_s3(tmp_path: Path, shared_models_dir: Path,
+                                                                rabbit_url: str, postgres_url: str, seaweed) -> None:
+    """`heurist demo --private --prompt ... --json` honours the services' settings like the plain demo: one private
+    text job and one private image job, decrypted by the client, audited by the auditor the ACC admits."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")} | {
+        "HEURIST_BROKER_URL": rabbit_url, "HEURIST_DATABASE_URL": postgres_url,
+        "HEURIST_S3_ENDPOINT": seaweed.endpoint, "HEURIST_S3_ACCESS_KEY": seaweed.access_key,
+        "HEURIST_S3_SECRET_KEY": seaweed.secret_key, "HEURIST_S3_BUCKET": "demo-private"}
+    argv = [sys.executable, "-m", "heurist.cli.main", "demo", "--private", "--json", "--prompt",
+            "Say hello in French.", "--max-tokens", "8", "--data-dir", str(tmp_path / "state"), "--models-dir",
+            str(shared_models_dir), "--output", str(tmp_path / "out")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["completed"], summary["failed"]) == (2, 0)
+    assert sorted(j["model"] for j in summary["private_jobs"]) == ["smollm2-135m", "tiny-sd"]
+    answer = Path(next(j["file"] for j in summary["private_jobs"] if j["model"] == "smollm2-135m")).read_text()
+    assert answer.strip() and "private answer, decrypted by the client" in done.stderr
+    image = next(j["file"] for j in summary["private_jobs"] if j["model"] == "tiny-sd")
+    assert Path(image).read_bytes().startswith(b"\x89PNG")
+    assert summary["miners"][0]["audits_passed"] == 2
+    assert not (tmp_path / "state" / "ledger.sqlite").exists()  # the ledger was PostgreSQL
+
+
 def test_ctrl_c_stops_every_process(tmp_path: Path, shared_models_dir: Path) -> None:
     import signal
     import time

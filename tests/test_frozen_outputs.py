@@ -214,14 +214,20 @@ def test_an_upload_after_the_deadline_is_late(ledger: Ledger, catalog: Catalog, 
 def test_the_second_granularity_gives_the_benefit_of_the_doubt(ledger: Ledger, catalog: Catalog, clock: Clock,
                                                                object_store: ObjectStore, miner: Wallet) -> None:
     """LastModified is floored to the second: an upload a fraction of a second after a deadline in the same second
-    is on time (at most 1 s of grace); one in the next second is late."""
-    while not 0.1 < time.time() % 1 < 0.3:  # start early in a second, so the upload stays inside it
-        time.sleep(0.02)
-    second = math.floor(time.time())
-    clock.now = second - 60.0
-    job = image_job(ledger, catalog, clock, deadline_s=60.05)  # deadline: second + 0.05, already past
-    _, verdict = deliver(ledger, object_store, job, miner)
-    assert time.time() < second + 1, "the upload took too long for this test"
+    is on time (at most 1 s of grace); one in the next second is late. Only the PUT must land inside the second
+    (the ledger may record later: the store's clock counts), so a loaded machine retries with a fresh job."""
+    for _ in range(20):
+        while not 0.1 < time.time() % 1 < 0.3:  # start early in a second, so the upload stays inside it
+            time.sleep(0.02)
+        second = math.floor(time.time())
+        clock.now = second - 60.0
+        job = image_job(ledger, catalog, clock, deadline_s=60.05)  # deadline: second + 0.05, already past
+        object_store.put(job.output_key, PNG, "image/png")
+        if time.time() < second + 1:
+            break
+    else:
+        pytest.fail("no upload landed inside its second in 20 tries: the store is too slow for this test")
+    verdict = ledger.record_completion(sign(completion(job, miner, PNG), miner))
     assert (verdict.state, verdict.points) == (JobState.COMPLETED, 8.0)
     assert _row(ledger, job.id).uploaded_at == second
     late = image_job(ledger, catalog, clock, deadline_s=59.95)  # deadline: second - 0.05

@@ -196,6 +196,7 @@ def _reports(client: Client, job_id: str) -> list[str]:
         return list(session.scalars(select(Rejection.detail).where(Rejection.job_id == job_id)))
 
 
+@pytest.mark.slow  # a whole network for one test: in `make test-slow`, keeping `make test` near 15 min
 def test_on_the_network_a_job_over_its_limits_fails_cleanly_and_jobs_go_on(network: EmbeddedNetwork,
                                                                             client: Client) -> None:
     """A live miner with the hang fault: a job past its soft limit is reported "time limit" and the miner serves

@@ -2,7 +2,9 @@
 
 Miners are untrusted, so each gets its own broker user limited to its tier queues and to publishing
 completions. A ban must cut the miner off the broker, not only make the ledger refuse its completions:
-otherwise it keeps taking jobs that honest miners would have run.
+otherwise it keeps taking jobs that honest miners would have run. Only miners an operator approved for
+privacy may read the private tier queues (``set_private``): a public miner could otherwise take private jobs
+it cannot decrypt and reject or purge them.
 """
 
 from __future__ import annotations
@@ -110,3 +112,9 @@ class BrokerAccess(ABC):
     @abstractmethod
     def list_miners(self) -> list[MinerAccount]:
         """Every miner user this broker knows, sorted by address."""
+
+    @abstractmethod
+    def set_private(self, address: str, allowed: bool) -> None:
+        """Give or take a miner's right to consume the private tier queues (``private.<tier>.<model>``); taking
+        it also closes its connections so its consumers stop. A revoked miner stays revoked: ``restore`` then
+        gives it back its permissions with this right as last set."""

@@ -58,8 +58,11 @@ def confine_miner(app: Celery, broker_url: str, ledger_queue: str, queues: Seque
     app.conf.task_routes = {name: route for name in LEDGER_TASKS}
     app.conf.task_queues = [to_ledger, *(direct_queue(q, declare=False) for q in queues)]
 
-    def sign_as_user(sender: str | None = None, properties: dict[str, Any] | None = None, **_: Any) -> None:
-        if properties is not None and sender in LEDGER_TASKS:
+    def sign_as_user(sender: str | None = None, properties: dict[str, Any] | None = None,
+                     exchange: str | None = None, **_: Any) -> None:
+        # The signal is process-wide: only this app's publishes into its own inbox carry its user_id (another app
+        # in the process, a test's trusted client say, sending to the ledger queue is refused by RabbitMQ with it).
+        if properties is not None and sender in LEDGER_TASKS and exchange == inbox_exchange(user):
             properties["user_id"] = user
 
     before_task_publish.connect(sign_as_user, weak=False)

@@ -2,8 +2,9 @@
 miner's inbox by ``heurist broker add-miner``. Miners have no configure right (``heurist.access.permissions``),
 so they cannot delete or reshape anything another process uses.
 
-* **Tier queues** (one per catalog model, its same-named direct exchange and binding, as Celery names them),
-  the ``ledger`` queue (trusted publishers only) and the ``heurist.stream`` exchange.
+* **Tier queues** (two per catalog model, public and ``private.``, each with its same-named direct exchange and
+  binding, as Celery names them), the ``ledger`` queue (trusted publishers only) and the ``heurist.stream``
+  exchange.
 * **Inboxes.** Each miner's broker user ``U`` publishes to the ledger only through exchange ``to-ledger.U``
   into queue ``inbox.U``. A policy bounds every inbox (``inbox_max_messages``, ``inbox_max_bytes``, overflow
   ``reject-publish``): a flooding miner fills its own inbox and the broker refuses the rest. The byte bound
@@ -80,7 +81,8 @@ def setup_broker(settings: Settings, catalog: Catalog) -> SetupReport:
     access.check_vhost()
     for policy in policies(settings):
         access.api.call("PUT", f"/policies/{quoted(access.vhost)}/{quoted(policy.name)}", json=policy.as_json())
-    queues = [direct_queue(m.queue) for m in catalog.values()] + [direct_queue(settings.ledger_queue)]
+    tiers = [direct_queue(q) for m in catalog.values() for q in (m.queue, m.private_queue)]  # private: issue 16
+    queues = [*tiers, direct_queue(settings.ledger_queue)]
     dead = dead_letter_queue()
     with Connection(settings.resolved_broker_url()) as conn:
         channel = conn.channel()

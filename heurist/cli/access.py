@@ -63,7 +63,11 @@ def setup(json_out: bool = JSON) -> None:
 def add_miner(address: str = ADDRESS, json_out: bool = JSON,
               vram: int | None = typer.Option(None, "--vram", min=1, help="The largest VRAM class (GB) this "
                                               "operator may consume: with --vram 24 it reads vram8 ... vram24 "
-                                              "queues only. Default: every tier.")) -> None:
+                                              "queues only. Default: every tier."),
+              private: bool = typer.Option(False, "--private", help="Also let it consume the private.* queues: "
+                                           "for a privacy operator you trust, before it starts `heurist miner "
+                                           "--private`; `heurist privacy approve` then records the ledger's "
+                                           "approval, and `heurist privacy revoke` takes both away.")) -> None:
     """Create the miner's broker user (a new password if it exists) and its inbox; print what the miner sets.
 
     HEURIST_BROKER_URL (secret: hand it over privately), HEURIST_DISPATCH_ADDRESS (the network key that signs
@@ -75,7 +79,10 @@ def add_miner(address: str = ADDRESS, json_out: bool = JSON,
     from heurist.dispatch import dispatch_signer
 
     settings = settings_with()
-    creds = broker_access(settings).add_miner(address, max_vram_gb=vram)
+    access = broker_access(settings)
+    creds = access.add_miner(address, max_vram_gb=vram)
+    if private:
+        access.set_private(address, True)
     joining = {"HEURIST_BROKER_URL": creds.broker_url, "HEURIST_DISPATCH_ADDRESS": dispatch_signer(settings).address,
                "HEURIST_S3_ENDPOINT": settings.s3_endpoint}
     if json_out:

@@ -16,11 +16,13 @@ from heurist.audit.report import audit_report
 from heurist.catalog import JobKind
 from heurist.cli.common import console, err_console, print_json, redacted, settings_with
 from heurist.cli.demo_economy import EconomyDemo, economy_overrides
+from heurist.cli.demo_private import DEFAULT_PROMPT, PrivateDemo, private_summary, show_private
 from heurist.cli.epochs import show_report
 from heurist.client import Client, ImageRequest, JobResult, TextRequest
 from heurist.credits.ledger import CreditLedger
 from heurist.embedded import EmbeddedNetwork, wait_until
 from heurist.errors import ConfigError
+from heurist.identity import Wallet
 from heurist.ledger.audit_service import AuditLedger
 
 IMAGE_PROMPTS = ["a lighthouse at dawn", "a red fox in snow", "a city of glass", "a bowl of ramen",
@@ -49,6 +51,11 @@ def demo(
                                  "credits bought with HUE, then close the jobs' epoch and print its rewards and "
                                  "Merkle root (README, 'Token economy')."),
     epoch_s: int = typer.Option(30, "--epoch-s", min=10, max=3600, help="Epoch length with --economy."),
+    private: bool = typer.Option(False, "--private", help="Run private jobs instead: 3 key-release nodes (2 of 3 "
+                                 "needed), a privacy miner and an auditor with its own key; one private text job "
+                                 "and one private image job, their decrypted answers printed (README, 'Private "
+                                 "jobs')."),
+    prompt: str = typer.Option(DEFAULT_PROMPT, "--prompt", help="The private text job's prompt (with --private)."),
 ) -> None:
     """Run the embedded network (SQLite broker and ledger, SeaweedFS, one CPU miner), submit jobs, show points.
 
@@ -63,10 +70,10 @@ def demo(
     report: dict[str, object] | None = None
     with EmbeddedNetwork(data_dir.resolve(), base=base, models_dir=models_dir.resolve(),
                          on_restart=say_restart) as net:
-        wallets = [net.start_miner(name="honest")]
+        secret = PrivateDemo(net) if private else None
+        wallets = [secret.start() if secret is not None else _start_public(net)]
         if with_cheater:
             wallets.append(net.start_miner(cheater, name="cheater", cheat=cheat))
-        net.start_auditor()
         with Client(net.settings()) as client:
             with err_console.status("miners: verifying model files and loading pipelines"):
                 wait_until(lambda: all(client.ledger.is_registered(w.address) for w in wallets), 600,
@@ -74,7 +81,10 @@ def demo(
             tokens = EconomyDemo(net.settings(), data_dir.resolve(), wallets[0]) if economy else None
             if tokens is not None:
                 tokens.before_jobs(CreditLedger(client.ledger.engine).create_key("demo app")[0])
-            results = client.map(_requests(image_jobs, text_jobs, max_tokens), timeout=timeout, progress=True)
+            if secret is not None:
+                results = _run_private(secret, client, prompt, max_tokens, timeout)
+            else:
+                results = client.map(_requests(image_jobs, text_jobs, max_tokens), timeout=timeout, progress=True)
             audits = AuditLedger(client.ledger.engine)
             if audit_rate == 1.0:
                 _wait_for_audits(net, audits, results, timeout)
@@ -82,7 +92,11 @@ def demo(
             if tokens is not None:
                 report = tokens.after_jobs()
             summary = _summary(client, audits, results, saved, output, time.monotonic() - started)
+            if secret is not None:
+                summary.update(private_summary(results, saved))
     _print_tables(summary, results, saved, err_console if json_out else console)
+    if private:
+        show_private(summary, err_console if json_out else console)
     if tokens is not None and report is not None:
         summary.update(_economy_summary(report, tokens, summary, err_console if json_out else console))
     if json_out:
@@ -101,6 +115,19 @@ def _economy_summary(report: dict[str, Any], tokens: EconomyDemo, summary: dict[
               f"{report['epoch']}`", soft_wrap=True)
     return {"epoch": report["epoch"], "merkle_root": report["merkle_root"], "issued": report["issued"],
             "burned": report["burned"], "payouts": report["payouts"], "economy": tokens.addresses()}
+
+
+def _start_public(net: EmbeddedNetwork) -> Wallet:
+    """The plain demo's honest miner and its auditor."""
+    wallet = net.start_miner(name="honest")
+    net.start_auditor()
+    return wallet
+
+
+def _run_private(secret: PrivateDemo, client: Client, prompt: str, max_tokens: int, timeout: float) -> list[JobResult]:
+    secret.approve(client.ledger.engine)
+    with err_console.status("private jobs: sealing, key release, running, decrypting"):
+        return secret.run(client, prompt, max_tokens, timeout)
 
 
 def cheater_models(cheat: str) -> list[str]:

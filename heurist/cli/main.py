@@ -11,6 +11,7 @@ from heurist.cli import access, audit, bench, demo, gateway, jobs, keys, network
 from heurist.cli import economy as economy_cli
 from heurist.cli import epochs as epochs_cli
 from heurist.cli import miners as miners_cli
+from heurist.cli import privacy as privacy_cli
 from heurist.cli.common import err_console
 from heurist.cli.doctor import doctor as doctor_command
 from heurist.cli.exporter import exporter as exporter_command
@@ -45,6 +46,7 @@ jobs.register(app)
 app.command("doctor")(doctor_command)
 economy_cli.register(app)
 epochs_cli.register(app)
+privacy_cli.register(app)
 
 
 def _usage_error(err: BaseException) -> bool:

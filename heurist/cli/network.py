@@ -55,6 +55,11 @@ def miner(
         None, "--gpu-inventory", hidden=True, help="Testing the multi-GPU supervisor without GPUs: take the GPU "
         "list from this file (nvidia-smi --query-gpu=index,name,memory.total,uuid --format=csv,noheader,nounits "
         "output) instead of probing, and run each GPU's worker on the CPU (--device cpu)."),
+    private: bool = typer.Option(
+        False, "--private", help="Be a privacy-enabled miner: also serve private jobs (private.<tier>.<model>), "
+        "whose keys come from the key-release nodes (HEURIST_KEYRELEASE_NODES); registers this miner's acceptance "
+        "of HEURIST_PRIVACY_POLICY_VERSION and its X25519 key with the ledger at start. An operator approves it "
+        "(`heurist privacy approve ADDRESS`)."),
 ) -> None:
     """Run a miner: verify and load models once, then consume their queues and earn points.
 
@@ -69,7 +74,7 @@ def miner(
     per_gpu = supervised_gpus(device, gpus, gpu_inventory, vram, console) if gpu_index is None else None
     if per_gpu is not None:
         raise typer.Exit(run_supervisor(settings, catalog, wallet, per_gpu, wanted,
-                                        _per_gpu_args(key_file, wanted, loglevel),
+                                        _per_gpu_args(key_file, wanted, loglevel, private),
                                         "cpu" if gpu_inventory else "cuda:0", console))
     from heurist.signing import Domain, sign_delegation
     from workers.miner.launch import MinerOptions, run_miner  # torch is imported only on the miner side
@@ -81,12 +86,13 @@ def miner(
     run_miner(settings, catalog, wallet, MinerOptions(model_ids=None if wanted is None else tuple(wanted),
                                                       vram_gb=vram, device_kind=device, loglevel=loglevel,
                                                       gpu_index=gpu_index, operator=operator,
-                                                      delegation=delegation))
+                                                      delegation=delegation, private=private))
 
 
-def _per_gpu_args(key_file: Path | None, wanted: list[str] | None, loglevel: str) -> list[str]:
+def _per_gpu_args(key_file: Path | None, wanted: list[str] | None, loglevel: str,
+                  private: bool = False) -> list[str]:
     """The options every per-GPU worker repeats; the broker and settings go in its environment instead."""
-    args = ["--loglevel", loglevel]
+    args = ["--loglevel", loglevel] + (["--private"] if private else [])
     if key_file is not None:
         args += ["--key-file", str(key_file.resolve())]
     if wanted:
@@ -120,12 +126,16 @@ def auditor(
     threads: int | None = typer.Option(None, "--threads", min=1,
                                        help="torch threads (default: HEURIST_TORCH_THREADS, else all cores)."),
     loglevel: str = typer.Option("INFO", "--loglevel"),
+    key_file: Path | None = typer.Option(None, "--key-file", help="The auditor's own key (hex, 0600): with it, "
+                                         "it registers for private jobs and audits those whose ACC admits it, "
+                                         "once an operator runs `heurist privacy approve ADDR`."),
 ) -> None:
     """Run a trusted auditor: replay sampled jobs of these models and record verdicts and penalties."""
     from workers.audit.auditor import run_auditor
 
     settings = settings_with(torch_threads=threads)
-    run_auditor(settings, load_catalog(settings.catalog_path), split_csv(models), loglevel=loglevel)
+    run_auditor(settings, load_catalog(settings.catalog_path), split_csv(models), loglevel=loglevel,
+                key_file=key_file)
 
 
 def points(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:

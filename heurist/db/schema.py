@@ -15,6 +15,7 @@ from heurist.db.base import metadata
 from heurist.economy import tables as economy_tables  # noqa: F401
 from heurist.ledger import tables as ledger_tables  # noqa: F401
 from heurist.outbox import tables as outbox_tables  # noqa: F401
+from heurist.privacy import tables as privacy_tables  # noqa: F401
 from heurist.search import tables as search_tables  # noqa: F401
 
 __all__ = ["metadata"]

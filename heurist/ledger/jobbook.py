@@ -17,7 +17,7 @@ from sqlalchemy import Engine, update
 from heurist.catalog import ModelSpec
 from heurist.db.engine import session_factory, session_scope
 from heurist.errors import InvalidJobError
-from heurist.jobs import ImageParams, JobState, TextParams
+from heurist.jobs import ImageParams, JobState, PrivateEnvelope, TextParams
 from heurist.ledger.tables import Job
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,15 @@ class JobBook:
         self._sessions = session_factory(engine)
 
     def create_job(self, job_id: str, spec: ModelSpec, params: ImageParams | TextParams, output_key: str,
-                   queue: str, deadline_at: float) -> None:
-        """Record a job before it is sent: its parameters here are the only ones points are computed from."""
+                   queue: str, deadline_at: float, sealed: PrivateEnvelope | None = None) -> None:
+        """Record a job before it is sent: its parameters here are the only ones points are computed from.
+        ``sealed``: a private job's envelope (``params`` are then its clear, billed-only copy), which every
+        re-send carries again (``heurist.ledger.sweep``, ``heurist.ledger.redispatch``)."""
         if params.kind is not spec.kind:
             raise InvalidJobError(f"model {spec.id} runs {spec.kind.value} jobs, not {params.kind.value}")
         row = Job(id=job_id, model_id=spec.id, kind=spec.kind, params=params.model_dump(mode="json"),
                   queue=queue, state=JobState.QUEUED, output_key=output_key, created_at=self.clock(),
-                  deadline_at=deadline_at)
+                  deadline_at=deadline_at, sealed=None if sealed is None else sealed.model_dump(mode="json"))
         with session_scope(self._sessions) as session:
             session.add(row)
 

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, Select, func, select
 from heurist.catalog import JobKind
 from heurist.db.base import ID_LEN
 from heurist.db.engine import session_factory
-from heurist.jobs import ImageParams, JobParams, JobState, TextParams
+from heurist.jobs import ImageParams, JobParams, JobState, PrivateEnvelope, TextParams
 from heurist.ledger.pools import PoolPoints, epoch_points, points_by_pool
 from heurist.ledger.tables import (
     Audit,
@@ -62,6 +62,7 @@ class JobView:
     finished_at: float | None
     frozen_key: str | None = None  # the credited bytes, where no URL can write (None: not frozen)
     resends: int = 0  # times the stranded-job sweep sent it again (``heurist.ledger.sweep``)
+    private: bool = False  # a private job: its output is ciphertext only its client opens (heurist.privacy)
 
     @property
     def points(self) -> float:
@@ -120,6 +121,12 @@ class LedgerReader:
             raw = session.scalar(select(Job.params).where(Job.id == job_id))
         return None if raw is None else PARAMS.validate_python(raw)
 
+    def job_envelope(self, job_id: str) -> PrivateEnvelope | None:
+        """A private job's envelope (what every re-send carries again); None for a public or unknown job."""
+        with self._sessions() as session:
+            raw = session.scalar(select(Job.sealed).where(Job.id == job_id))
+        return None if raw is None else PrivateEnvelope.model_validate(raw)
+
     def job(self, job_id: str) -> JobView | None:
         """The job's state, output, points and miner; None if the ledger never recorded it."""
         found = self.jobs([job_id])
@@ -165,7 +172,7 @@ class LedgerReader:
             output_tokens=completion.output_tokens if completion else None,
             error=job.error, created_at=job.created_at, deadline_at=job.deadline_at,
             finished_at=job.finished_at, frozen_key=completion.frozen_key if completion else None,
-            resends=job.resends,
+            resends=job.resends, private=job.sealed is not None,
         )
 
     def miner_points(self) -> list[MinerPoints]:

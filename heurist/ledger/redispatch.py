@@ -13,7 +13,14 @@ import logging
 
 from celery import Celery
 
-from heurist.dispatch import DeadlinePassedError, DispatchSigner, dispatch_signer, job_message, send_job
+from heurist.dispatch import (
+    DeadlinePassedError,
+    DispatchSigner,
+    dispatch_signer,
+    job_message,
+    queue_for,
+    send_job,
+)
 from heurist.ledger.middleware import LedgerMiddleware, Refused
 from heurist.ledger.service import Ledger
 from heurist.ledger.sweep import Sweep
@@ -37,13 +44,14 @@ def redispatch(app: Celery, ledger: Ledger, settings: Settings, job_id: str,
         ledger.book.record_failure(job_id, f"taken {taken} times by banned miners")
         return False
     spec = ledger.catalog[view.model_id]
+    sealed = ledger.reader.job_envelope(job_id)  # a private job goes again sealed, and to the private queue
     try:  # its upload URL expires at the deadline: an overdue job cannot be done any more
         message = job_message(job_id, spec.id, params, view.output_key, view.deadline_at, ledger.store,
-                              settings.presign_expiry_s, now=ledger.clock())
+                              settings.presign_expiry_s, now=ledger.clock(), private=sealed)
     except DeadlinePassedError:
         ledger.book.record_failure(job_id, "its deadline passed before it could be sent again")
         return False
-    send_job(app, (signer or dispatch_signer(settings)).sign(message), spec.queue)
+    send_job(app, (signer or dispatch_signer(settings)).sign(message), queue_for(spec, sealed))
     log.info("job %s sent again: a banned miner took it (%d time(s))", job_id, taken)
     return True
 

@@ -44,6 +44,8 @@ from heurist.ledger.tables import CompletionRow, EntryKind, Job, PointsEntry, Re
 from heurist.ledger.verify import Attempt, Refusal, Verifier
 from heurist.outbox.relay import OutboxRelay
 from heurist.points import MICRO, from_micro, job_points, to_micro
+from heurist.privacy.keyrelease.registry import record_registration
+from heurist.privacy.messages import SignedRegistration
 from heurist.signing import DEFAULT_DOMAIN, Domain
 from heurist.storage.backend import ObjectStore
 
@@ -115,6 +117,13 @@ class Ledger:
     def register_miner(self, signed: SignedHello, sender: str | None = None) -> RegistrationVerdict:
         """Record a miner that proved it holds its key (``heurist.ledger.registration``)."""
         return register_miner(self.engine, self._sessions, self.clock, signed, sender, self.domain)
+
+    def register_privacy(self, signed: SignedRegistration, sender: str | None = None, *, policy_version: str,
+                         tee_verifier: str | None = None) -> str | None:
+        """Record a privacy miner's signed registration (``heurist.privacy.keyrelease.registry``); the refusal
+        reason (logged, not stored) or None."""
+        return record_registration(self.engine, signed, sender, domain=self.domain, policy_version=policy_version,
+                                   tee_verifier=tee_verifier, now=self.clock())
 
     def record_failure(self, job_id: str, reason: str) -> None:
         """The trusted side ends a job without a result (an operator, a redispatch that cannot send it): FAILED

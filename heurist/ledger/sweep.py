@@ -7,7 +7,8 @@ would be held forever. This sweep runs in every trusted ledger process, every ``
 
 - a job QUEUED ``sweep_grace_s`` past its deadline is **re-sent**: a fresh deadline (now + the job's original
   duration), a fresh presigned URL, the same output key, through ``heurist.dispatch`` like the client sends
-  it; at most ``job_resends`` times (counted in ``jobs.resends``, each re-send a ``job_resends`` row);
+  it; at most ``job_resends`` times (counted in ``jobs.resends``, each re-send a ``job_resends`` row). A private
+  job goes again with its envelope (``jobs.sealed``) to its ``private.*`` queue, never in the clear;
 - once that budget is spent it is **failed** ("never completed: lost, purged or never taken; re-sent N
   times"; when miners reported it failed, their count and the last report, whose kind the client is shown:
   "…; last report: storage: upload to http://…/outputs/… failed after 9 attempts over 40.2 s (ConnectionError)",
@@ -46,11 +47,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from heurist.catalog import ModelSpec
 from heurist.db.base import ID_LEN
 from heurist.db.engine import session_factory, session_scope
-from heurist.dispatch import dispatch_signer, job_message, send_job
+from heurist.dispatch import dispatch_signer, job_message, queue_for, send_job
 from heurist.errors import LAST_REPORT
-from heurist.jobs import JobMessage, JobState
+from heurist.jobs import JobMessage, JobState, PrivateEnvelope
 from heurist.ledger.reader import PARAMS
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import Job, JobResend, Reason, Rejection
@@ -122,8 +124,7 @@ class Sweep:
             elif job.resends >= self.policy.resends:
                 if self._fail(job, now, never_completed(job.resends, *self._reports(job.id))):
                     done.failed.append(job.id)
-            elif self._resend(job, now, spec.id, spec.queue, f"still queued {now - job.deadline_at:.1f}s past its "
-                              "deadline"):
+            elif self._resend(job, now, spec, f"still queued {now - job.deadline_at:.1f}s past its deadline"):
                 done.resent.append(job.id)
         return done
 
@@ -134,8 +135,7 @@ class Sweep:
         spec = self.ledger.catalog.models.get(job.model_id) if job is not None else None
         if job is None or spec is None or job.state is not JobState.QUEUED or job.resends >= self.policy.resends:
             return False
-        return self._resend(job, self.ledger.clock(), spec.id, spec.queue,
-                            "a miner reported it failed or sent a bad result")
+        return self._resend(job, self.ledger.clock(), spec, "a miner reported it failed or sent a bad result")
 
     def _stranded(self, now: float) -> list[Job]:
         stmt = (select(Job).where(Job.state == JobState.QUEUED, Job.deadline_at < now - self.policy.grace_s)
@@ -171,7 +171,7 @@ class Sweep:
             log.warning("job %s failed: %s", job.id, reason)
         return failed
 
-    def _resend(self, job: Job, now: float, model_id: str, queue: str, why: str) -> bool:
+    def _resend(self, job: Job, now: float, spec: ModelSpec, why: str) -> bool:
         attempt, deadline_at = job.resends + 1, now + self._duration(job)
         try:
             with session_scope(self._sessions) as session:
@@ -181,10 +181,12 @@ class Sweep:
                                       previous_deadline_at=job.deadline_at, deadline_at=deadline_at))
         except IntegrityError:
             return False  # another sweep recorded this attempt first
-        message = job_message(job.id, model_id, PARAMS.validate_python(job.params), job.output_key, deadline_at,
-                              self.ledger.store, self.policy.presign_expiry_s, now=now)
+        # A private job goes again with its envelope, to the private queue: never in the clear.
+        sealed = None if job.sealed is None else PrivateEnvelope.model_validate(job.sealed)
+        message = job_message(job.id, spec.id, PARAMS.validate_python(job.params), job.output_key, deadline_at,
+                              self.ledger.store, self.policy.presign_expiry_s, now=now, private=sealed)
         try:
-            self.send(message, queue)
+            self.send(message, queue_for(spec, sealed))
         except Exception:  # the broker is away: the job is swept again once this new deadline passes
             log.exception("job %s: re-send %d recorded but not sent", job.id, attempt)
             return False

@@ -90,6 +90,7 @@ class Reason(StrEnum):
     JOB_CLOSED = "job_closed"  # the trusted side ended the job (failed, refunded): nothing is accepted after
     FAILURE_REPORTED = "failure_reported"  # a miner's signed report that the job raised there (not a verdict)
     NOT_SERVING = "not_serving"  # a heartbeat from a broker user that holds no consumer: no uptime
+    WRONG_CONTENT_TYPE = "wrong_content_type"  # a private job's output claimed public, or a public one's private
 
 
 class Miner(Base):
@@ -143,6 +144,9 @@ class Job(Base):
     # Times the stranded-job sweep sent it again (``heurist.ledger.sweep``); its conditional UPDATE on this
     # count is what makes two sweeps re-send a job once.
     resends: Mapped[int] = mapped_column(Integer(), default=0, server_default="0")
+    # A private job's ``heurist.jobs.PrivateEnvelope`` (ciphertext, ACC, sealed shares); None for a public job.
+    # ``params`` then hold only what is billed (the prompt is ``heurist.privacy.client.PRIVATE_PROMPT``).
+    sealed: Mapped[dict[str, Any] | None] = mapped_column(JSON())
 
 
 class JobResend(Base):

@@ -20,6 +20,19 @@ model's verified GGUF), two more that only it can tell:
 * the stored ids decode to exactly the stored text (an answer cannot bill for tokens it does not show);
 * ``input_tokens`` is exactly the prompt's count inside the model's chat template.
 
+A private text job's answer is ciphertext the ledger cannot read (``heurist.privacy``), so nothing is parsed;
+the claim is held to what the ledger can bound without the key (``private_bounds``):
+
+* ``output_tokens`` at most the job's ``max_tokens`` (its clear, billed copy), and at most the stored ciphertext's
+  bytes // 2 (each token id in the ``TextOutput`` JSON takes a digit and a comma at least);
+* ``input_tokens`` at most the sealed parameters' bytes (base64-decoded: the prompt plus its JSON and a 16-byte
+  tag, so never fewer than the prompt's bytes) plus ``PROMPT_TOKEN_SLACK``.
+
+Its exact counts are checked by the audit: an auditor that satisfies the job's ACC gets the key through the same
+key release, decrypts the answer and recounts it, so a miner that over-claims within these bounds fails that
+audit and is clawed back like any failed audit. The bounds cap what it can take before then: for a 32-token job,
+32 tokens, where a public answer's count is exact.
+
 The completion row, the points and the gateway's bill (live or by the reconcile sweep) then all rest on
 counts the ledger has read and recounted itself. Whether the ids are what the model would produce is the
 audit's teacher forcing; an answer padded with ids the model would not produce fails it and is clawed back.
@@ -27,12 +40,13 @@ audit's teacher forcing; an answer padded with ids the model would not produce f
 
 from __future__ import annotations
 
+import base64
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from heurist.catalog import JobKind
-from heurist.jobs import TextOutput, TextParams
+from heurist.jobs import PrivateEnvelope, TextOutput, TextParams
 from heurist.ledger.tables import Reason
 
 if TYPE_CHECKING:
@@ -78,22 +92,41 @@ def claim_mismatch(data: bytes, params: TextParams, claimed: tuple[int, int],
     return None
 
 
+def private_bounds(sealed: PrivateEnvelope, stored_bytes: int, params: TextParams,
+                   claimed: tuple[int, int]) -> str | None:
+    """Why a private text job's claim of ``claimed`` (input, output) tokens exceeds what its ciphertexts can hold,
+    or None: the ledger's check without the key (the audit recounts exactly)."""
+    sealed_bytes = len(base64.b64decode(sealed.ciphertext))
+    most_in, most_out = sealed_bytes + PROMPT_TOKEN_SLACK, min(params.max_tokens, stored_bytes // 2)
+    if claimed[1] > most_out:
+        return (f"claims {claimed[1]} output tokens; a private answer of {stored_bytes} bytes for a job allowing "
+                f"{params.max_tokens} holds at most {most_out}")
+    if claimed[0] > most_in:
+        return f"claims {claimed[0]} prompt tokens; the sealed prompt ({sealed_bytes} bytes) has at most {most_in}"
+    return None
+
+
 def check_token_counts(v: Verifier, a: Attempt) -> Refusal | None:
-    """Text jobs only: the stored answer's counts, checked and recorded in ``a.counts`` for the credit."""
+    """Text jobs only: the stored answer's counts (a private job's: bounded), checked and recorded in ``a.counts``
+    for the credit."""
     from heurist.ledger.reader import PARAMS
     from heurist.ledger.verify import Refusal
 
-    assert a.job is not None and a.spec is not None and a.frozen_key is not None
+    assert a.job is not None and a.spec is not None and a.frozen_key is not None and a.info is not None
     if a.spec.kind is not JobKind.TEXT:
         return None
     params = PARAMS.validate_python(a.job.params)
     assert isinstance(params, TextParams)
     claimed = (a.claim.input_tokens, a.claim.output_tokens)
-    problem = claim_mismatch(v.store.get(a.frozen_key), params, claimed, v.tokenizers(a.spec) if v.tokenizers else None)
+    if a.job.sealed is not None:
+        problem = private_bounds(PrivateEnvelope.model_validate(a.job.sealed), a.info.size, params, claimed)
+    else:
+        problem = claim_mismatch(v.store.get(a.frozen_key), params, claimed,
+                                 v.tokenizers(a.spec) if v.tokenizers else None)
     if problem is not None:
         return Refusal(Reason.TOKEN_MISMATCH, problem, miner=a.signer, marks_job=True)
-    a.counts = claimed  # equal to what the stored answer holds
+    a.counts = claimed  # equal to what the stored answer holds (a private one's: within its bounds)
     return None
 
 
-__all__ = ["PROMPT_TOKEN_SLACK", "check_token_counts", "claim_mismatch", "stored_counts"]
+__all__ = ["PROMPT_TOKEN_SLACK", "check_token_counts", "claim_mismatch", "private_bounds", "stored_counts"]

@@ -9,6 +9,10 @@ copy of the verified bytes (``heurist.storage.freeze``), so nothing is credited 
 ``_check_not_duplicate`` is only the fast path for redeliveries: exactly once rests on the writer's unique
 constraints.
 
+A private job (``heurist.privacy``) goes through the same checks: its output is ciphertext, whose sha256 and
+size are verified and frozen exactly as a public output's; it must be claimed as ``PRIVATE_CONTENT_TYPE``
+(``_check_content_type``), and its token counts are bounded, not read (``heurist.ledger.token_counts``).
+
 A check takes the ``Verifier`` (what checks may read) and the ``Attempt`` (what earlier checks learned), may
 fill the attempt in, and returns a ``Refusal`` or None. Adding one is a function and a line in ``CHECKS``.
 """
@@ -27,6 +31,7 @@ from heurist.jobs import Completion, DeviceInfo, JobState, SignedCompletion
 from heurist.ledger.standing import MinerStanding, read_standing
 from heurist.ledger.tables import CompletionRow, Job, Miner, Reason
 from heurist.ledger.token_counts import check_token_counts
+from heurist.privacy.metering import PRIVATE_CONTENT_TYPE
 from heurist.signing import DEFAULT_DOMAIN, Domain, message_signer
 from heurist.storage.backend import ObjectInfo, ObjectStore
 from heurist.storage.freeze import freeze
@@ -204,6 +209,19 @@ def _check_open(v: Verifier, a: Attempt) -> Refusal | None:
     return None
 
 
+def _check_content_type(v: Verifier, a: Attempt) -> Refusal | None:
+    """A private job's output is ciphertext (``PRIVATE_CONTENT_TYPE``) and a public job's never is: a completion
+    claiming the other kind is not the job's answer (a miner that ran a private job in the clear, or passes
+    ciphertext off as a public answer). Cheap, before any S3 round trip."""
+    assert a.job is not None
+    private, claims_private = a.job.sealed is not None, a.claim.content_type == PRIVATE_CONTENT_TYPE
+    if private != claims_private:
+        what = "a private job's output must be" if private else "a public job's output must not be"
+        return Refusal(Reason.WRONG_CONTENT_TYPE, f"{what} {PRIVATE_CONTENT_TYPE}; claimed {a.claim.content_type}",
+                       miner=a.signer, marks_job=True)
+    return None
+
+
 def _check_output_exists(v: Verifier, a: Attempt) -> Refusal | None:
     assert a.job is not None
     a.info = v.store.stat(a.job.output_key)
@@ -260,6 +278,7 @@ CHECKS: tuple[Check, ...] = (
     _check_weights,
     _check_not_duplicate,
     _check_open,
+    _check_content_type,  # private jobs: ciphertext, and only there (``heurist.privacy.metering``)
     _check_output_exists,
     _check_sha256,
     _check_size,

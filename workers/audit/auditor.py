@@ -13,8 +13,10 @@ import math
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 
 from heurist.access import broker_access
@@ -24,6 +26,7 @@ from heurist.catalog import Catalog, JobKind
 from heurist.celery_app import create_app, only_tasks, run_worker, worker_pool
 from heurist.deadletters.consumer import keep_poison
 from heurist.errors import HeuristError
+from heurist.identity import Wallet
 from heurist.jobs import ImageParams, TextOutput, TextParams
 from heurist.ledger.audit_service import AuditLedger, AuditResult
 from heurist.ledger.claims import AcceptedClaim, read_claim
@@ -31,12 +34,14 @@ from heurist.ledger.factory import open_ledger
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import AuditReason
 from heurist.ledger.token_counts import claim_mismatch
+from heurist.privacy.envelope import DecryptionError, decrypt_output
 from heurist.reconnect import node_name
 from heurist.services import Services
 from heurist.settings import Settings
 from heurist.storage import make_store
 from tasks.audit import register_audit_tasks
 from tasks.names import AUDIT_TASKS
+from workers.audit.private import NotAuditable, PrivateAudits, first_error, private_envelope
 from workers.miner.device import detect_device
 from workers.miner.launch import load_pipelines, plan_miner
 from workers.miner.pipelines.backend import Pipeline
@@ -77,8 +82,9 @@ def check_text_output(pipeline: Pipeline, params: ImageParams | TextParams, clai
         raise HeuristError(f"text audit needs a causal LM and text params, got {type(pipeline).__name__}")
     try:
         output = TextOutput.model_validate_json(claimed)
-    except ValueError as err:
-        return Finding(False, AuditReason.OUTPUT_UNDECODABLE, f"output is not a TextOutput: {err}", {})
+    except ValidationError as err:  # never str(err): it quotes the input, a private job's decrypted answer
+        return Finding(False, AuditReason.OUTPUT_UNDECODABLE, f"output is not a TextOutput ({first_error(err)})",
+                       {})
     verdict = check_text(pipeline, params, output)
     metrics = {"mean_logprob": verdict.mean_logprob, "worst_rank": verdict.worst_rank,
                "fraction_top1": verdict.fraction_top1, "tokens_checked": verdict.tokens_checked}
@@ -107,6 +113,7 @@ class Auditor:
     pipelines: Mapping[str, Pipeline]
     name: str = f"auditor@{socket.gethostname()}"  # in its verdicts: stable across restarts (the node name is not)
     on_ban: Sequence[Callable[[str], None]] = ()  # called with the miner's address when an audit bans it
+    private: PrivateAudits | None = None  # with a key (--key-file): private jobs whose ACC admits this auditor
 
     def audit(self, job_id: str) -> dict[str, Any]:
         earlier = self.audits.recorded(job_id, self.name)
@@ -117,7 +124,11 @@ class Auditor:
         claim = read_claim(self.ledger.engine, job_id)
         if view is None or claim is None or view.output_sha256 is None:
             raise HeuristError(f"job {job_id} has no accepted completion to audit")
-        finding = self._check(self.pipelines[claim.model_id], claim, view.stored_key, view.output_sha256)
+        try:
+            finding = self._check(self.pipelines[claim.model_id], claim, view.stored_key, view.output_sha256)
+        except NotAuditable as err:  # a private job this auditor may not read: no verdict, nothing recorded
+            log.warning("not audited: %s", err)
+            return {"job_id": job_id, "miner": claim.miner, "skipped": str(err)}
         result = self.audits.record_audit(job_id, finding.passed, finding.reason, finding.detail, finding.metrics,
                                           auditor=self.name)
         if result.banned and not result.duplicate:
@@ -145,6 +156,15 @@ class Auditor:
         claimed = self.ledger.store.get(key)
         if hashlib.sha256(claimed).hexdigest() != sha256:
             return Finding(False, AuditReason.OUTPUT_MISSING, "the stored output changed after it was credited", {})
+        sealed = private_envelope(self.ledger.engine, claim.job_id)
+        if sealed is not None:
+            if self.private is None:
+                raise NotAuditable(f"job {claim.job_id} is private and this auditor has no key (--key-file)")
+            claim, job_key = self.private.open(claim, sealed)
+            try:
+                claimed = decrypt_output(job_key, claim.job_id, claimed)
+            except DecryptionError as err:
+                return Finding(False, AuditReason.OUTPUT_UNDECODABLE, str(err), {})
         if claim.weights_sha256 is not None and claim.weights_sha256 != pipeline.weights_sha256:
             return Finding(False, AuditReason.WEIGHTS_TAMPERED, f"attests weights {claim.weights_sha256[:12]}…; "
                            f"the auditor's verified files hash to {pipeline.weights_sha256[:12]}…", {})
@@ -160,16 +180,20 @@ class Auditor:
         return CHECKS[pipeline.spec.kind](pipeline, claim.params, claimed)
 
 
-def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], loglevel: str = "INFO") -> None:
-    """Load the models to audit (verified like a miner's), then consume their audit queues."""
+def run_auditor(settings: Settings, catalog: Catalog, model_ids: list[str], loglevel: str = "INFO",
+                key_file: Path | None = None) -> None:
+    """Load the models to audit (verified like a miner's), then consume their audit queues. ``key_file``: the
+    auditor's own key, for private jobs whose ACC admits it (``workers.audit.private``)."""
     console = Console(stderr=True)
     store = make_store(settings)  # missing S3 keys fail here, before minutes of model loading
     plan = plan_miner(catalog, model_ids, None, detect_device(None, settings.torch_threads))
     pipelines = load_pipelines(plan, settings.resolved_models_dir(), console)
     ledger = open_ledger(settings, catalog, store)
     access = broker_access(settings)
+    private = PrivateAudits.start(settings, Wallet.from_file(key_file), ledger.engine) if key_file else None
     auditor = Auditor(ledger=ledger, audits=AuditLedger(ledger.engine), pipelines=pipelines,  # a ban revokes the
-                      on_ban=[lambda miner: access.revoke(ledger.reader.operator_of(miner))])  # operator's user
+                      on_ban=[lambda miner: access.revoke(ledger.reader.operator_of(miner))],  # operator's user
+                      private=private)
     app = create_app(settings, Services("auditor", auditor=auditor))
     register_audit_tasks(app)
     only_tasks(app, AUDIT_TASKS)

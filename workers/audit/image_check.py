@@ -49,12 +49,14 @@ def _decode(png: bytes) -> Image.Image:
 def undecodable(data: bytes) -> str | None:
     """Why ``data`` is not an image the audit can compare (None: it decodes). Pillow's errors differ by
     format and damage (``UnidentifiedImageError``, ``OSError`` on truncation, ``ValueError``, a decompression
-    bomb warning raised as an error), so all of them are this one verdict."""
+    bomb warning raised as an error), so all of them are this one verdict. Only the error's type is kept: its
+    text can quote the file's bytes (a PPM header's width, parsed by int()), and a private job's bytes are
+    decrypted plaintext."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        return f"the stored output is not a decodable image ({type(err).__name__}: {str(err)[:200]})"
+        return f"the stored output is not a decodable image ({type(err).__name__})"
     return None
 
 

@@ -11,14 +11,17 @@ only if:
    and genuine ones whose prompt, size, URL or job id were changed, stop here;
 3. its deadline has not passed: a genuine message held back and replayed late earns nothing and is not run;
 4. its model is one this miner loaded (a genuine job republished into another model's queue);
-5. its parameters are within the catalog's limits (``heurist.submission``, the checks the client runs);
-6. its upload URL is on the configured store: same scheme, host and port as ``HEURIST_S3_ENDPOINT`` (and
+5. it is public, or this is a privacy miner (``heurist miner --private``): a private job's message holds only
+   ciphertext for a public miner, which could run nothing but its neutral clear copy;
+6. its parameters are within the catalog's limits (``heurist.submission``, the checks the client runs; a
+   private job's real ones are checked again once decrypted, ``workers.miner.private``);
+7. its upload URL is on the configured store: same scheme, host and port as ``HEURIST_S3_ENDPOINT`` (and
    under its path, if it has one);
-7. this process has not admitted the very same signed message before (a genuine message republished many
+8. this process has not admitted the very same signed message before (a genuine message republished many
    times would otherwise be run each time: free compute for nobody). A redispatched job is a new message
    (fresh URL, new signature) and runs. Up to ``REMEMBERED`` signatures are kept, each until its deadline.
 
-Checks 3 to 6 hold only what a correct dispatcher already guarantees; they bound the damage of a
+Checks 3 to 7 hold only what a correct dispatcher already guarantees; they bound the damage of a
 dispatcher bug or a leaked dispatch key. The signature comes first: nothing in an unsigned message is worth
 reading. A refusal is a ``JobRefused``; the task rejects the message without requeue (the broker's
 dead-letter exchange keeps it) and sends nothing to the ledger: a miner that reported a failure for every
@@ -95,10 +98,11 @@ class Admission:
     models: Mapping[str, ModelSpec]
     clock: Callable[[], float] = time.time
     domain: Domain = DEFAULT_DOMAIN  # the network's (its chain id): a job signed for another is refused
+    private: bool = False  # a privacy miner (``heurist miner --private``): it may run private jobs
     admitted: OrderedDict[str, float] = field(default_factory=OrderedDict, compare=False, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings, models: Sequence[ModelSpec]) -> Admission:
+    def from_settings(cls, settings: Settings, models: Sequence[ModelSpec], private: bool = False) -> Admission:
         """Refuse to start without what the checks compare against (a miner that cannot check obeys anyone)."""
         if not settings.dispatch_address:
             raise ConfigError("HEURIST_DISPATCH_ADDRESS is not set: a miner runs only job messages signed by "
@@ -109,7 +113,7 @@ class Admission:
                               "network's object store; set it to the store's public URL the operator gives you "
                               "(e.g. https://s3.example.net), the one its presigned URLs point at")
         return cls(settings.dispatch_address, Origin.of(settings.s3_endpoint), {m.id: m for m in models},
-                   domain=Domain.of(settings))
+                   domain=Domain.of(settings), private=private)
 
     def admit(self, payload: Any) -> JobMessage:
         """The job in ``payload`` if every check passes; raises ``JobRefused`` with the first failing one."""
@@ -148,6 +152,12 @@ def _check_model(a: Admission, c: Candidate) -> None:
     if c.spec is None:
         raise JobRefused("not_served", f"job {c.job.job_id} is for {c.job.model_id!r}, which this miner does "
                          f"not serve ({', '.join(sorted(a.models))})")
+
+
+def _check_private(a: Admission, c: Candidate) -> None:
+    if c.job.private is not None and not a.private:
+        raise JobRefused("not_private", f"job {c.job.job_id} is private and this miner is not a privacy miner "
+                         "(`heurist miner --private`)")
 
 
 def _check_params(a: Admission, c: Candidate) -> None:
@@ -191,6 +201,7 @@ CHECKS: tuple[Check, ...] = (
     _check_signature,
     _check_not_expired,
     _check_model,
+    _check_private,
     _check_params,
     _check_output_url,
     _check_not_replayed,

@@ -3,6 +3,11 @@
 Pipelines are loaded in this process before the worker starts, and jobs run one at a time in this same
 process (``solo`` or ``threads`` pool, concurrency 1), so nothing ever forks after CUDA is initialised and
 no task ever loads a model.
+
+A privacy miner (``heurist miner --private``, issue 16) also consumes each served model's private queue
+(``private.<tier>.<model>``), holds the way to private jobs' keys (``workers.miner.private``: it will not start
+without HEURIST_KEYRELEASE_NODES) and, right after its hello, sends the ledger its signed registration (the policy
+version it accepts and its X25519 key), through the same inbox as the hello.
 """
 
 from __future__ import annotations
@@ -28,13 +33,14 @@ from heurist.services import Services
 from heurist.settings import Settings
 from heurist.signing import DEFAULT_DOMAIN, Domain, sign_message
 from tasks.miner import register_miner_tasks
-from tasks.names import MINER_TASKS, REGISTER_MINER
+from tasks.names import MINER_TASKS, REGISTER_MINER, REGISTER_PRIVACY
 from workers.miner.admission import Admission
 from workers.miner.device import Device, detect_device
 from workers.miner.heartbeat import install_heartbeats
 from workers.miner.middleware import Middleware, default_middleware, wrap_pipelines
 from workers.miner.pipelines import load_pipeline
 from workers.miner.pipelines.backend import Pipeline
+from workers.miner.private import PrivateJobs
 from workers.miner.runtime import MinerRuntime
 from workers.miner.watchdog import install_watchdog
 
@@ -105,6 +111,13 @@ def announce(app: Celery, wallet: Wallet, plan: MinerPlan, ledger_queue: str, de
     app.send_task(REGISTER_MINER, args=[signed.model_dump(mode="json")], queue=ledger_queue)
 
 
+def register_privacy(app: Celery, privacy: PrivateJobs, ledger_queue: str) -> None:
+    """Send a privacy miner's signed registration to the ledger, after its hello (key-release nodes seal shares
+    to the X25519 key it publishes, once an operator approved it: `heurist privacy approve ADDRESS`)."""
+    signed = privacy.registration()
+    app.send_task(REGISTER_PRIVACY, args=[signed.model_dump(mode="json")], queue=ledger_queue)
+
+
 def worker_hostname(wallet: Wallet, plan: MinerPlan) -> str:
     """``miner-<address>-<tier>@host``, the worker's name in its logs; a multi-GPU box's worker is
     ``miner-<operator>-<tier>-gpuN-<its own address>@host``. (Miners answer no remote control: monitoring shows
@@ -128,6 +141,7 @@ class MinerOptions:
     operator: str | None = None  # ... whose own address is this
     delegation: str | None = None  # ... and which signed its delegation (heurist.signing.sign_delegation)
     middleware: tuple[Middleware, ...] = ()  # run after the defaults (the cheats of workers.testing plug in here)
+    private: bool = False  # a privacy miner: also consumes private queues and registers (`heurist miner --private`)
 
 
 def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, options: MinerOptions,
@@ -139,33 +153,41 @@ def run_miner(settings: Settings, catalog: Catalog, wallet: Wallet, options: Min
     plan = replace(plan, gpu_index=options.gpu_index, operator=options.operator)
     for reason in plan.refused:
         console.print(f"[yellow]not serving[/] {reason}")
+    if options.private:
+        PrivateJobs.from_settings(settings, wallet)  # a missing key-release setting fails before models load
     serve(settings, wallet, plan, load_pipelines(plan, settings.resolved_models_dir(), console,
                                                  skip_missing=options.model_ids is None),
-          options.loglevel, console, middleware=options.middleware, delegation=options.delegation)
+          options.loglevel, console, middleware=options.middleware, delegation=options.delegation,
+          private=options.private)
 
 
 def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[str, Pipeline],
           loglevel: str = "INFO", console: Console | None = None, middleware: Sequence[Middleware] = (),
-          delegation: str | None = None) -> None:
+          delegation: str | None = None, private: bool = False) -> None:
     """Announce, then consume the queues of the plan's models that were loaded, with ``pipelines``, until
     stopped (one thread: no fork). ``middleware`` runs after the defaults; each one's load-time hook sees
-    the pipelines once, here, before the runtime is built."""
+    the pipelines once, here, before the runtime is built. ``private``: a privacy miner (module docstring)."""
     console = console or Console(stderr=True)
+    privacy = PrivateJobs.from_settings(settings, wallet) if private else None  # before anything is started
     chain = [*default_middleware(), *middleware]
     pipelines = wrap_pipelines(pipelines, chain)  # rebound: a replaced pipeline is not kept alive here
     plan = replace(plan, models=[m for m in plan.models if m.id in pipelines])
+    queues = plan.queues + ([m.private_queue for m in plan.models] if private else [])
     runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines, middleware=chain,
-                           admission=Admission.from_settings(settings, plan.models), domain=Domain.of(settings))
+                           admission=Admission.from_settings(settings, plan.models, private=private),
+                           domain=Domain.of(settings), privacy=privacy)
     app = create_app(settings, Services("miner", miner_runtime=runtime))
     register_miner_tasks(app, settings.ledger_queue)
     only_tasks(app, MINER_TASKS)  # a job message naming another task (celery.group, ...) is refused
-    confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue, plan.queues)
+    confine_miner(app, settings.resolved_broker_url(), settings.ledger_queue, queues)
     install_heartbeats(app, wallet, settings.heartbeat_interval_s, settings.ledger_queue, Domain.of(settings))
     install_watchdog(app, runtime, settings.ledger_queue)  # a model call hung past its hard limit: report, exit 75
     announce(app, wallet, plan, settings.ledger_queue, delegation, Domain.of(settings))
-    console.print(f"miner {wallet.address} consuming {', '.join(plan.queues)}")
+    if privacy is not None:
+        register_privacy(app, privacy, settings.ledger_queue)
+    console.print(f"{'privacy ' if private else ''}miner {wallet.address} consuming {', '.join(queues)}")
     pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
-    worker = app.Worker(hostname=worker_hostname(wallet, plan), queues=plan.queues, pool=pool,
+    worker = app.Worker(hostname=worker_hostname(wallet, plan), queues=queues, pool=pool,
                         concurrency=concurrency, prefetch_multiplier=1, loglevel=loglevel, quiet=True,
                         **WORKER_OPTIONS)  # each needs a shared exchange a miner user may not touch
     run_worker(worker, "miner")

@@ -9,6 +9,12 @@ upload's, retried until the deadline (``heurist.storage.presigned``). A model ca
 limit is the watchdog's (``workers.miner.watchdog``). A failure's text says whose fault it was
 (``heurist.errors.FailureKind``): "storage: upload to … failed after 9 attempts over 40.2 s (ConnectionError)",
 "time limit: image job stopped after step 12 of 50 …", or the job's own "RuntimeError: CUDA out of memory".
+
+A private job (``job.private``, issue 16) runs only on a runtime with ``privacy`` (``heurist miner --private``;
+admission refuses it elsewhere): its key is gathered from the key-release nodes and its real parameters decrypted
+(``workers.miner.private``), the pipeline runs on them, and the output is encrypted before the upload. The
+completion's sha256 and size are the ciphertext's, its token counts the real ones; a key or decryption failure
+is reported as "privacy: ...". The clear job is what middleware and logs see; the real one only the pipeline.
 """
 
 from __future__ import annotations
@@ -35,12 +41,15 @@ from heurist.jobs import (
     SignedFailure,
     Timings,
 )
+from heurist.privacy.envelope import PrivacyError
+from heurist.privacy.metering import PRIVATE_CONTENT_TYPE
 from heurist.signing import DEFAULT_DOMAIN, Domain, sign_failure, sign_message
 from heurist.storage.presigned import put_presigned
 from heurist.time_limits import JobClock
 from workers.miner.admission import Admission
 from workers.miner.middleware import Middleware, default_middleware
 from workers.miner.pipelines.backend import DeadlineExceeded, Pipeline, PipelineOutput
+from workers.miner.private import PrivateJobs
 from workers.miner.streaming import token_stream
 from workers.miner.watchdog import Watchdog
 
@@ -60,6 +69,7 @@ class MinerRuntime:
     admission: Admission | None = None  # None: ``admit`` refuses to run anything (in-process tests call execute)
     domain: Domain = DEFAULT_DOMAIN  # the network's EIP-712 domain: what completions and failures are signed for
     watchdog: Watchdog | None = None  # the hard time limit (``install_watchdog``); None: not enforced (in-process)
+    privacy: PrivateJobs | None = None  # set on a privacy miner (``heurist miner --private``): runs private jobs
 
     def admit(self, payload: Any) -> JobMessage:
         """The job in a received message, if this miner may run it; raises ``JobRefused`` otherwise."""
@@ -70,7 +80,8 @@ class MinerRuntime:
 
     def failure(self, job: JobMessage, error: BaseException) -> SignedFailure:
         """A signed report that ``job`` raised ``error`` here, its kind first when the fault was not the job's."""
-        kind = FailureKind.BROKER if isinstance(error, BROKER_ERRORS) else None
+        kind = (FailureKind.BROKER if isinstance(error, BROKER_ERRORS)
+                else FailureKind.PRIVACY if isinstance(error, PrivacyError) else None)
         text = FailureKind.text(error, kind)[:FAILURE_ERROR_CHARS]
         return sign_failure(self.wallet, Failure(job_id=job.job_id, miner=self.wallet.address, error=text,
                                                  failed_at=time.time()), self.domain)
@@ -95,20 +106,23 @@ class MinerRuntime:
     def _run(self, job: JobMessage, pipeline: Pipeline, limits: JobClock,
              producers: ProducerPool | None) -> SignedCompletion:
         started = time.perf_counter()
-        with token_stream(job, producers) as stream:
-            output = _within_soft_limit(pipeline, job, limits, stream.on_token)
+        key, real = self._open(job, pipeline)
+        with token_stream(real, producers) as stream:  # a private job never streams (JobMessage forbids it)
+            output = _within_soft_limit(pipeline, real, limits, stream.on_token)
             stream.finish(output.finish_reason)
+        data, content_type = output.data, output.content_type
+        if key is not None:
+            data, content_type = PrivateJobs.seal(key, job.job_id, output.data), PRIVATE_CONTENT_TYPE
         ran = time.perf_counter()
-        digest = put_presigned(job.output_url, output.data, output.content_type, session=self.http,
-                               deadline_at=job.deadline_at)
+        digest = put_presigned(job.output_url, data, content_type, session=self.http, deadline_at=job.deadline_at)
         uploaded = time.perf_counter()
         completion = Completion(
             job_id=job.job_id,
             model_id=job.model_id,
             miner=self.wallet.address,
             output_sha256=digest,
-            output_bytes=len(output.data),
-            content_type=output.content_type,
+            output_bytes=len(data),
+            content_type=content_type,
             input_tokens=output.input_tokens,
             output_tokens=output.output_tokens,
             timings=Timings(run_s=ran - started, upload_s=uploaded - ran, total_s=uploaded - started),
@@ -119,6 +133,15 @@ class MinerRuntime:
         for mw in self.middleware:
             completion = mw.after_job(job, completion)
         return SignedCompletion(completion=completion, signature=sign_message(self.wallet, completion, self.domain))
+
+    def _open(self, job: JobMessage, pipeline: Pipeline) -> tuple[bytes | None, JobMessage]:
+        """A private job's data key and its copy with the real parameters; a public job as it is."""
+        if job.private is None:
+            return None, job
+        if self.privacy is None:
+            raise PrivacyError(f"job {job.job_id} is private and this miner is not a privacy miner "
+                               "(start it with `heurist miner --private`)")
+        return self.privacy.open(job, pipeline.spec)
 
 
 def _within_soft_limit(pipeline: Pipeline, job: JobMessage, limits: JobClock, on_token: Any) -> PipelineOutput:

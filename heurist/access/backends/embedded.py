@@ -51,6 +51,12 @@ class EmbeddedAccess(BrokerAccess):
         address = checked_address(address)
         self._save({**self._load(), address: False})
 
+    def set_private(self, address: str, allowed: bool) -> None:
+        """Nothing to change: on this broker every miner reads every queue, the private ones included."""
+        log.info("miner %s %s for privacy; the embedded broker has no per-user permissions, so every miner can "
+                 "read the private queues here: only the key-release nodes' ACC check keeps the jobs from others",
+                 checked_address(address), "approved" if allowed else "no longer approved")
+
     def forget(self, address: str) -> None:
         address = checked_address(address)
         self._save({k: v for k, v in self._load().items() if k != address})

@@ -4,6 +4,10 @@ Each miner gets user ``miner-<address>`` with a random password and the permissi
 ``heurist.access.permissions`` on the broker URL's vhost. A revoke deletes those permissions (new
 connections are refused at the vhost) and then closes the user's open connections: RabbitMQ requeues the
 jobs the miner held unacknowledged, and honest miners take them.
+
+What ``add-miner`` and ``set_private`` decided is kept as user tags (``heurist-vram-GB``, ``heurist-private``),
+so ``restore`` and a second ``add-miner`` give the same permissions back. Taking the private right away
+closes the user's connections too: the broker checks a right when a consumer starts, not while it runs.
 """
 
 from __future__ import annotations
@@ -36,12 +40,25 @@ from heurist.settings import Settings
 log = logging.getLogger(__name__)
 
 VRAM_TAG = "heurist-vram-"  # a user tag recording `add-miner --vram GB`
+PRIVATE_TAG = "heurist-private"  # a user tag recording that an operator approved the miner for privacy
 CLOSE_REASON = "heurist: broker access revoked (miner banned or revoked by an operator)"
 
 
 def quoted(name: str) -> str:
     """One path segment of the management API (a vhost '/' becomes %2F)."""
     return quote(name, safe="")
+
+
+def user_tags(record: dict[str, Any]) -> list[str]:
+    """The tags of a user record of the management API (a list, or a comma-separated string before 3.9)."""
+    tags = record.get("tags") or []
+    return [t for t in (tags.split(",") if isinstance(tags, str) else tags) if t]
+
+
+def vram_limit(tags: list[str]) -> int | None:
+    """The VRAM limit ``add-miner --vram`` recorded in the user's tags (restores keep it)."""
+    limits = [int(t.removeprefix(VRAM_TAG)) for t in tags if t.startswith(VRAM_TAG) and t[len(VRAM_TAG):].isdigit()]
+    return limits[0] if limits else None
 
 
 class ManagementAPI:
@@ -108,17 +125,19 @@ class RabbitMQAccess(BrokerAccess):
     def add_miner(self, address: str, max_vram_gb: int | None = None) -> MinerCredentials:
         user = miner_user(address)
         self.check_vhost()
-        if self._exists(user) and not self._permitted(user):
+        record = self._user(user)
+        if record is not None and not self._permitted(user):
             raise BrokerAccessError(f"miner {address} is revoked on the broker (banned?); give it access back "
                                     f"with `heurist broker restore {address}` if that is really meant")
-        self.permissions(user, max_vram_gb)  # a bad --vram fails before the user is made
+        private = record is not None and PRIVATE_TAG in user_tags(record)  # a new password keeps the approval
+        self.permissions(user, max_vram_gb, private)  # a bad --vram fails before the user is made
         password = secrets.token_urlsafe(24)
-        tags = "" if max_vram_gb is None else f"{VRAM_TAG}{max_vram_gb}"
-        self.api.call("PUT", f"/users/{quoted(user)}", json={"password": password, "tags": tags})
+        tags = ([] if max_vram_gb is None else [f"{VRAM_TAG}{max_vram_gb}"]) + ([PRIVATE_TAG] if private else [])
+        self.api.call("PUT", f"/users/{quoted(user)}", json={"password": password, "tags": ",".join(tags)})
         from heurist.access.topology import declare_inbox
 
         declare_inbox(self.api, self.vhost, user)
-        self._permit(user, max_vram_gb)
+        self._permit(user, max_vram_gb, private)
         return MinerCredentials(address=checked_address(address), user=user, password=password,
                                 broker_url=self._url_for(user, password))
 
@@ -126,7 +145,7 @@ class RabbitMQAccess(BrokerAccess):
         user = miner_user(address)
         self.check_vhost()
         removed = self.api.call("DELETE", f"/permissions/{quoted(self.vhost)}/{quoted(user)}", allow_missing=True)
-        if removed is None and not self._exists(user):
+        if removed is None and self._user(user) is None:
             log.warning("miner %s has no broker user of its own: nothing to revoke on the broker (the ledger "
                         "still refuses its completions if it is banned)", address)
             return
@@ -136,12 +155,28 @@ class RabbitMQAccess(BrokerAccess):
                 "closed", address, self.vhost, closed)
 
     def restore(self, address: str) -> None:
-        user = miner_user(address)
-        self.check_vhost()
-        if not self._exists(user):
-            raise BrokerAccessError(f"miner {address} has no broker user: create one with "
-                                    f"`heurist broker add-miner {address}`")
-        self._permit(user, self._max_vram(user))
+        tags = user_tags(self._existing(address))
+        self._permit(miner_user(address), vram_limit(tags), PRIVATE_TAG in tags)
+
+    def set_private(self, address: str, allowed: bool) -> None:
+        """Record the right as the user's ``heurist-private`` tag (its password hash is sent back unchanged: a
+        PUT without one clears the password) and re-apply its permissions, unless it is revoked."""
+        user, record = miner_user(address), self._existing(address)
+        if "password_hash" not in record:
+            raise BrokerAccessError(f"the RabbitMQ management API did not return the password hash of {user}: "
+                                    "cannot change its tags without clearing its password")
+        tags = [t for t in user_tags(record) if t != PRIVATE_TAG] + ([PRIVATE_TAG] if allowed else [])
+        hashing = {"hashing_algorithm": record["hashing_algorithm"]} if record.get("hashing_algorithm") else {}
+        self.api.call("PUT", f"/users/{quoted(user)}",
+                      json={"password_hash": record["password_hash"], **hashing, "tags": ",".join(tags)})
+        permitted = self._permitted(user)
+        if permitted:
+            self._permit(user, vram_limit(tags), allowed)
+        closed = 0 if allowed else self._close_connections(user)
+        log.log(logging.INFO if allowed or not permitted else logging.WARNING,
+                "miner %s %s the private queues%s%s", address, "may now read" if allowed else "may no longer read",
+                "" if permitted else " (it stays revoked until `heurist broker restore`)",
+                "" if allowed else f"; {closed} connection(s) closed")
 
     def list_miners(self) -> list[MinerAccount]:
         """Miner users allowed on this vhost, and revoked ones (allowed nowhere). Users are broker-wide: one
@@ -160,10 +195,11 @@ class RabbitMQAccess(BrokerAccess):
                                              active=self.vhost in allowed, connections=connections[name]))
         return sorted(accounts, key=lambda a: a.address.lower())
 
-    def permissions(self, user: str, max_vram_gb: int | None = None) -> Permissions:
-        """What ``user`` (a miner's) is allowed on this vhost: consume its tiers, write its inbox and streams."""
+    def permissions(self, user: str, max_vram_gb: int | None = None, private: bool = False) -> Permissions:
+        """What ``user`` (a miner's) is allowed on this vhost: consume its tiers (and their private twins if
+        ``private``), write its inbox and streams."""
         return miner_permissions(user, inbox_exchange(user), (self.ledger_queue, f"{self.audit_prefix}.x"),
-                                 max_vram_gb)
+                                 max_vram_gb, private)
 
     def forget(self, address: str) -> None:
         """Delete the miner's broker user and inbox (tests and demos clean up; a ban revokes instead)."""
@@ -173,19 +209,21 @@ class RabbitMQAccess(BrokerAccess):
         self.api.call("DELETE", f"/queues/{quoted(self.vhost)}/{quoted(inbox_name(user))}", allow_missing=True)
         self.api.call("DELETE", f"/exchanges/{quoted(self.vhost)}/{quoted(inbox_exchange(user))}", allow_missing=True)
 
-    def _permit(self, user: str, max_vram_gb: int | None) -> None:
+    def _permit(self, user: str, max_vram_gb: int | None, private: bool) -> None:
         self.api.call("PUT", f"/permissions/{quoted(self.vhost)}/{quoted(user)}",
-                      json=self.permissions(user, max_vram_gb).as_json())
+                      json=self.permissions(user, max_vram_gb, private).as_json())
 
-    def _max_vram(self, user: str) -> int | None:
-        """The VRAM limit ``add-miner --vram`` recorded in the user's tags (restores keep it)."""
-        tags = (self.api.get(f"/users/{quoted(user)}") or {}).get("tags") or []
-        tags = tags.split(",") if isinstance(tags, str) else tags
-        limits = [int(t.removeprefix(VRAM_TAG)) for t in tags if t.startswith(VRAM_TAG) and t[len(VRAM_TAG):].isdigit()]
-        return limits[0] if limits else None
+    def _user(self, user: str) -> dict[str, Any] | None:
+        return self.api.get(f"/users/{quoted(user)}")  # type: ignore[no-any-return]
 
-    def _exists(self, user: str) -> bool:
-        return self.api.get(f"/users/{quoted(user)}") is not None
+    def _existing(self, address: str) -> dict[str, Any]:
+        """The broker's record of the miner's user; BrokerAccessError if it has none."""
+        self.check_vhost()
+        record = self._user(miner_user(address))
+        if record is None:
+            raise BrokerAccessError(f"miner {address} has no broker user: create one with "
+                                    f"`heurist broker add-miner {address}`")
+        return record
 
     def _permitted(self, user: str) -> bool:
         return self.api.get(f"/permissions/{quoted(self.vhost)}/{quoted(user)}") is not None
