@@ -281,8 +281,9 @@ class Client:
         deadline_at = self.clock() + spec.deadline.seconds(_work_units(params))
         sealed = None
         if condition is not None:
-            privacy.node_keys(self.settings)  # a missing node list is refused before the secret file is made
-            params, sealed = privacy.seal_job(self.settings, self.privacy_secret, job_id, spec.id, params, condition)
+            nodes = privacy.node_keys(self.settings)  # a missing node list is refused before the secret file is made
+            params, sealed = privacy.seal_job(self.settings, self.privacy_secret, job_id, spec.id, params, condition,
+                                              nodes)
         message = job_message(job_id, spec.id, params, output_key, deadline_at, self.store,
                               self.settings.presign_expiry_s, now=self.clock(), private=sealed)
         if stream_key is not None:  # validated, so a malformed key is refused here, not by the miner

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr
 
+from heurist.errors import ConfigError
+
 DEFAULT_POLICY_VERSION = "heurist-privacy-v1"
+NO_NODES = ("HEURIST_KEYRELEASE_NODES is not set: private jobs need key-release nodes; the network's operator runs "
+            "`heurist keyrelease init --index I` for each and gives every role the JSON list "
+            "([{\"url\": ..., \"public_key\": ...}, ...])")
 
 
 class KeyReleaseNode(BaseModel):
@@ -41,3 +46,16 @@ class PrivacySettings(BaseModel):
                                          "trusted as the database holds them (a warning at node start).")
     privacy_tee_verifier: str | None = Field(None, description="Reserved: a TEE attestation verifier. Unset: "
                                              "attestations are recorded as absent and not required.")
+
+
+def configured_nodes(settings: PrivacySettings) -> list[KeyReleaseNode]:
+    """The key-release nodes, in index order, if a private job can be sealed to them and opened from them: at
+    least one, and at least ``keyrelease_threshold``; ``ConfigError`` naming the setting otherwise. The client
+    (sealing) and a privacy miner or auditor (gathering) both start from here."""
+    nodes, need = settings.keyrelease_nodes, settings.keyrelease_threshold
+    if not nodes:
+        raise ConfigError(NO_NODES)
+    if need > len(nodes):
+        raise ConfigError(f"HEURIST_KEYRELEASE_THRESHOLD is {need} but only {len(nodes)} key-release node(s): "
+                          f"HEURIST_KEYRELEASE_NODES lists {len(nodes)}; set the threshold to at most {len(nodes)}")
+    return list(nodes)

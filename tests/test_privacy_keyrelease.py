@@ -567,3 +567,13 @@ def test_registrations_that_add_nothing_or_come_too_often_are_not_stored(engine:
     assert low.registration.registered_at == clock.now + 2
     with session_scope(engine) as session:
         assert len(session.scalars(select(Registration).where(Registration.address == miner.address)).all()) == 1
+
+
+def test_a_trusted_auditor_records_its_registration_once_across_restarts(engine: Engine, clock: Clock) -> None:
+    auditor = Wallet.create()  # no hello: an auditor is no miner; it writes its own row, as the ledger would
+    assert registry.record_trusted(engine, registration(auditor, clock.now), clock.now)
+    assert not registry.record_trusted(engine, registration(auditor, clock.now + 60), clock.now + 60)  # a restart
+    with session_scope(engine) as session:
+        assert len(session.scalars(select(Registration).where(Registration.address == auditor.address)).all()) == 1
+    assert registry.status(engine, auditor.address)["why_not"] == "not approved by an operator " \
+        "(`heurist privacy approve ADDR`)"

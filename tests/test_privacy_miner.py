@@ -43,7 +43,6 @@ from heurist.access.miner_app import confine_miner
 from heurist.access.topology import setup_broker
 from heurist.catalog import load_catalog
 from heurist.celery_app import create_app
-from heurist.db.engine import make_engine
 from heurist.dispatch import DispatchSigner
 from heurist.errors import ConfigError, FailureKind, JobRefused, public_failure
 from heurist.identity import Wallet
@@ -528,7 +527,7 @@ def test_private_parameters_that_do_not_parse_are_not_quoted_by_the_auditor(
     claim = AcceptedClaim(job_id=job.job_id, miner=wallet.address, model_id=TEXT, params=job.params,
                           timings=Timings(run_s=1.0, upload_s=0.01, total_s=1.01), device=DEVICE, input_tokens=3,
                           output_tokens=8, weights_sha256=None, wall_s=2.0, registered_device=DEVICE)
-    audits = PrivateAudits(gatherer(Wallet.create(), nodes), make_engine("sqlite://"))
+    audits = PrivateAudits(gatherer(Wallet.create(), nodes))
     registry.register(registration(audits.gatherer.wallet, "heurist-privacy-v1"))
     with pytest.raises(NotAuditable) as caught:
         audits.open(claim, sealed)

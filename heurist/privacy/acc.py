@@ -19,7 +19,6 @@ read from the ledger; it never raises.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from heurist.economy.amounts import parse_hue
 from heurist.errors import HeuristError
 from heurist.jobs import ADDRESS, MAX_ACC_CHARS, Frozen
+from heurist.privacy.envelope import acc_digest
 
 MAX_ADDRESSES = 512
 MAX_TERMS = 16
@@ -67,11 +67,9 @@ class MinStake(Frozen):
     @classmethod
     def _amount(cls, value: str) -> str:
         try:
-            units = parse_hue(value)
-        except (ValueError, HeuristError) as err:
+            parse_hue(value)
+        except (ValueError, HeuristError) as err:  # negatives too: parse_hue refuses them
             raise ValueError(f"not a HUE amount ({err}); write it as a decimal string such as \"10000\"") from None
-        if units < 0:
-            raise ValueError("must not be negative")
         return value
 
     @property
@@ -138,7 +136,8 @@ def canonical(condition: Condition) -> str:
 
 
 def digest(acc_text: str) -> str:
-    return hashlib.sha256(acc_text.encode()).hexdigest()
+    """What the client bound to the ciphertext and sealed into every share (``heurist.privacy.envelope``)."""
+    return acc_digest(acc_text)
 
 
 def holds(condition: Condition, facts: Facts) -> bool:

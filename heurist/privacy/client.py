@@ -33,11 +33,10 @@ from heurist.privacy import acc, envelope, metering
 from heurist.privacy.envelope import DecryptionError, PrivacyError
 from heurist.secret_files import ensure_secret
 from heurist.settings import Settings
+from heurist.settings_privacy import NO_NODES, configured_nodes
 
 KEY_FILE = "privacy-client.key"
 SECRET_BYTES = 32
-NO_NODES = ("private jobs need key-release nodes: run `heurist keyrelease init --index I` for each and set "
-            "HEURIST_KEYRELEASE_NODES")
 
 AccInput = acc.Condition | Mapping[str, Any] | str | None
 
@@ -55,14 +54,8 @@ def client_secret(settings: Settings) -> bytes:
 
 def node_keys(settings: Settings) -> list[PublicKey]:
     """The key-release nodes' public keys in index order; ConfigError if a private job cannot be sealed."""
-    nodes = settings.keyrelease_nodes
-    if not nodes:
-        raise ConfigError(NO_NODES)
-    if settings.keyrelease_threshold > len(nodes):
-        raise ConfigError(f"HEURIST_KEYRELEASE_THRESHOLD is {settings.keyrelease_threshold} but "
-                          f"HEURIST_KEYRELEASE_NODES lists {len(nodes)} node(s): set it to at most {len(nodes)}")
     return [envelope.public_key(node.public_key, f"HEURIST_KEYRELEASE_NODES[{i}].public_key")
-            for i, node in enumerate(nodes)]
+            for i, node in enumerate(configured_nodes(settings))]
 
 
 def condition(value: AccInput) -> acc.Condition:
@@ -85,9 +78,10 @@ def refuse_acc_without_private(private: bool, value: AccInput) -> None:
 
 
 def seal_job(settings: Settings, secret: bytes, job_id: str, model_id: str, params: JobParams,
-             acc_condition: acc.Condition) -> tuple[JobParams, PrivateEnvelope]:
-    """The clear (billed-only) parameters and the envelope of the real ones."""
-    nodes = node_keys(settings)
+             acc_condition: acc.Condition, nodes: list[PublicKey] | None = None) -> tuple[JobParams, PrivateEnvelope]:
+    """The clear (billed-only) parameters and the envelope of the real ones; ``nodes``: ``node_keys(settings)``
+    when the caller already read them."""
+    nodes = nodes if nodes is not None else node_keys(settings)
     sealed = envelope.seal(envelope.data_key(secret, job_id), params, job_id=job_id, model_id=model_id,
                            acc_text=acc.canonical(acc_condition), threshold=settings.keyrelease_threshold,
                            nodes=nodes)

@@ -79,9 +79,13 @@ def x25519_key(seed: bytes) -> PrivateKey:
     return PrivateKey(hashlib.blake2b(seed, person=b"heurist-x25519", digest_size=KEY_BYTES).digest())
 
 
+def acc_digest(acc_text: str) -> str:
+    """The sha256 of an ACC's canonical text: in the ciphertext's associated data and in every sealed share."""
+    return hashlib.sha256(acc_text.encode()).hexdigest()
+
+
 def job_aad(job_id: str, acc_text: str, model_id: str) -> bytes:
-    acc_sha = hashlib.sha256(acc_text.encode()).hexdigest()
-    return f"heurist-private-job/v1|{job_id}|{acc_sha}|{model_id}".encode()
+    return f"heurist-private-job/v1|{job_id}|{acc_digest(acc_text)}|{model_id}".encode()
 
 
 def seal(key: bytes, params: JobParams, *, job_id: str, model_id: str, acc_text: str, threshold: int,
@@ -95,7 +99,7 @@ def seal(key: bytes, params: JobParams, *, job_id: str, model_id: str, acc_text:
     cipher = bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plain, job_aad(job_id, acc_text, model_id), nonce,
                                                                    key)
     shares = split(key, threshold, len(nodes))
-    acc_sha = hashlib.sha256(acc_text.encode()).hexdigest()
+    acc_sha = acc_digest(acc_text)
     sealed = [SealedShare(node=i, sealed=_b64(SealedBox(node).encrypt(
         share.to_json(job_id=job_id, acc_sha256=acc_sha, node=i)))) for i, (node, share) in
         enumerate(zip(nodes, shares, strict=True), start=1)]
@@ -175,5 +179,5 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-__all__ = ["DecryptionError", "PrivacyError", "Share", "combine", "data_key", "decrypt_output", "encrypt_output",
-           "open_params", "open_sealed", "public_key", "seal", "seal_to", "split", "x25519_key"]
+__all__ = ["DecryptionError", "PrivacyError", "Share", "acc_digest", "combine", "data_key", "decrypt_output",
+           "encrypt_output", "open_params", "open_sealed", "public_key", "seal", "seal_to", "split", "x25519_key"]

@@ -43,7 +43,6 @@ import requests
 from nacl.public import PrivateKey
 from pydantic import ValidationError
 
-from heurist.errors import ConfigError
 from heurist.identity import Wallet
 from heurist.jobs import PrivateEnvelope
 from heurist.privacy.envelope import DecryptionError, PrivacyError, Share, combine, open_params, open_sealed, x25519_key
@@ -54,6 +53,7 @@ from heurist.privacy.messages import (
     SignedKeyRequest,
     SignedRegistration,
 )
+from heurist.settings_privacy import configured_nodes
 from heurist.signing import DEFAULT_DOMAIN, Domain, sign_message
 
 if TYPE_CHECKING:
@@ -103,16 +103,7 @@ class ShareGatherer:
     def from_settings(cls, settings: Settings, wallet: Wallet,
                       session: requests.Session | None = None) -> ShareGatherer:
         """The configured nodes (``HEURIST_KEYRELEASE_*``); ``ConfigError`` if none are, or too few for t."""
-        nodes = settings.keyrelease_nodes
-        if not nodes:
-            raise ConfigError("HEURIST_KEYRELEASE_NODES is not set: private jobs' keys come from the key-release "
-                              "nodes; set it to the JSON list the network's operator gives you "
-                              "([{\"url\": ..., \"public_key\": ...}, ...], `heurist keyrelease init` prints each)")
-        if settings.keyrelease_threshold > len(nodes):
-            raise ConfigError(f"HEURIST_KEYRELEASE_THRESHOLD is {settings.keyrelease_threshold} but only "
-                              f"{len(nodes)} key-release node(s) are in HEURIST_KEYRELEASE_NODES; set the "
-                              "threshold to at most the number of nodes")
-        return cls(wallet, list(nodes), settings.keyrelease_threshold, Domain.of(settings),
+        return cls(wallet, configured_nodes(settings), settings.keyrelease_threshold, Domain.of(settings),
                    settings.keyrelease_timeout_s, session or requests.Session())
 
     def key_for(self, job_id: str, envelope: PrivateEnvelope, model_id: str) -> bytes:

@@ -12,32 +12,21 @@ import pytest
 from amqp.exceptions import NotFound
 from kombu import Connection, Producer
 
-from heurist.access import BrokerAccess, MinerCredentials, broker_access
+from heurist.access import BrokerAccess, MinerCredentials
 from heurist.access.backend import inbox_exchange, inbox_name
 from heurist.access.backends.rabbitmq import RabbitMQAccess
 from heurist.client import Client
 from heurist.embedded import EmbeddedNetwork, wait_until
 from heurist.identity import Wallet
 from tests.adversary.raw import Attacker
+from tests.fixtures.broker import forgetting_access
 
 
 @pytest.fixture(scope="module")
 def access(network: EmbeddedNetwork) -> Iterator[RabbitMQAccess]:
-    """The trusted side's broker access; the broker users made through it outlive the vhost, so they are deleted
-    afterwards (only those: users are broker-wide, and other test runs may be using theirs)."""
-    backend = broker_access(network.settings())
-    assert isinstance(backend, RabbitMQAccess)
-    made: list[str] = []
-    add_miner = backend.add_miner
-
-    def recording(address: str, max_vram_gb: int | None = None) -> MinerCredentials:
-        made.append(address)
-        return add_miner(address, max_vram_gb)
-
-    backend.add_miner = recording  # type: ignore[method-assign]
-    yield backend
-    for address in made:
-        backend.forget(address)
+    """The trusted side's broker access; the broker users made through it are deleted afterwards."""
+    with forgetting_access(network.settings()) as backend:
+        yield backend
 
 
 @pytest.fixture(scope="module")

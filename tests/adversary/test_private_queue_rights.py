@@ -27,6 +27,7 @@ from heurist.embedded import wait_until
 from heurist.identity import Wallet
 from heurist.settings import Settings
 from tests.adversary.raw import Attacker
+from tests.fixtures.broker import forgetting_access
 
 TIER = "vram8.tiny-sd"
 PRIVATE = f"private.{TIER}"
@@ -43,19 +44,8 @@ def access(rabbit_url: str, catalog: Catalog) -> Iterator[RabbitMQAccess]:
     here outlive the vhost, so they are deleted afterwards."""
     settings = Settings(_env_file=None, broker_url=rabbit_url)  # type: ignore[call-arg]
     setup_broker(settings, catalog)
-    backend = broker_access(settings)
-    assert isinstance(backend, RabbitMQAccess)
-    made: list[str] = []
-    add_miner = backend.add_miner
-
-    def recording(address: str, max_vram_gb: int | None = None) -> MinerCredentials:
-        made.append(address)
-        return add_miner(address, max_vram_gb)
-
-    backend.add_miner = recording  # type: ignore[method-assign]
-    yield backend
-    for address in made:
-        backend.forget(address)
+    with forgetting_access(settings) as backend:
+        yield backend
 
 
 @pytest.fixture(scope="module")

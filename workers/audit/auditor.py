@@ -41,7 +41,7 @@ from heurist.settings import Settings
 from heurist.storage import make_store
 from tasks.audit import register_audit_tasks
 from tasks.names import AUDIT_TASKS
-from workers.audit.private import NotAuditable, PrivateAudits, first_error, private_envelope
+from workers.audit.private import NotAuditable, PrivateAudits, first_error
 from workers.miner.device import detect_device
 from workers.miner.launch import load_pipelines, plan_miner
 from workers.miner.pipelines.backend import Pipeline
@@ -156,7 +156,7 @@ class Auditor:
         claimed = self.ledger.store.get(key)
         if hashlib.sha256(claimed).hexdigest() != sha256:
             return Finding(False, AuditReason.OUTPUT_MISSING, "the stored output changed after it was credited", {})
-        sealed = private_envelope(self.ledger.engine, claim.job_id)
+        sealed = self.ledger.reader.job_envelope(claim.job_id)
         if sealed is not None:
             if self.private is None:
                 raise NotAuditable(f"job {claim.job_id} is private and this auditor has no key (--key-file)")

@@ -21,18 +21,16 @@ import time
 from dataclasses import dataclass, replace
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
-from heurist.db.engine import session_scope
 from heurist.errors import HeuristError
 from heurist.identity import Wallet
 from heurist.jobs import JobParams, PrivateEnvelope
 from heurist.ledger.claims import AcceptedClaim
-from heurist.ledger.tables import Job
 from heurist.privacy import envelope as crypto
 from heurist.privacy import metering
+from heurist.privacy.keyrelease.registry import record_trusted
 from heurist.privacy.shares import ShareGatherer, registration
-from heurist.privacy.tables import Registration, TeeStatus
 from heurist.settings import Settings
 from heurist.signing import Domain
 
@@ -44,32 +42,20 @@ class NotAuditable(HeuristError):
     """This auditor may not read this private job (or cannot now); nothing is recorded."""
 
 
-def private_envelope(engine: Engine, job_id: str) -> PrivateEnvelope | None:
-    """A private job's envelope (None: a public job)."""
-    with session_scope(engine) as session:
-        sealed = session.scalar(select(Job.sealed).where(Job.id == job_id))
-    return None if sealed is None else PrivateEnvelope.model_validate(sealed)
-
-
 @dataclass(frozen=True)
 class PrivateAudits:
-    """What the auditor needs for private jobs: its key-release client and the ledger's database."""
+    """What the auditor needs for private jobs: its key-release client."""
 
     gatherer: ShareGatherer
-    engine: Engine
 
     @classmethod
     def start(cls, settings: Settings, wallet: Wallet, engine: Engine) -> PrivateAudits:
         """Record this auditor's registration and build its key-release client."""
         signed = registration(wallet, settings.privacy_policy_version, Domain.of(settings))
-        with session_scope(engine) as session:
-            session.add(Registration(address=wallet.address, x25519_public_key=signed.registration.x25519_public_key,
-                                     policy_version=signed.registration.policy_version, signature=signed.signature,
-                                     tee_attestation=None, tee_status=TeeStatus.ABSENT,
-                                     registered_at=signed.registration.registered_at, received_at=time.time()))
+        record_trusted(engine, signed, time.time())
         log.warning("auditor %s registered for private jobs; an operator approves it with `heurist privacy approve "
                     "%s`", wallet.address, wallet.address)
-        return cls(ShareGatherer.from_settings(settings, wallet), engine)
+        return cls(ShareGatherer.from_settings(settings, wallet))
 
     def open(self, claim: AcceptedClaim, sealed: PrivateEnvelope) -> tuple[AcceptedClaim, bytes]:
         """The claim with the job's real parameters, and the job's key; ``NotAuditable`` if the key is not
@@ -100,4 +86,4 @@ def first_error(err: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-__all__ = ["NotAuditable", "PrivateAudits", "first_error", "private_envelope"]
+__all__ = ["NotAuditable", "PrivateAudits", "first_error"]

@@ -81,11 +81,7 @@ def record_registration(engine: Engine, signed: SignedRegistration, sender: str 
             return None
         if reason is not None:
             return _refused(signer, reason)
-        session.add(Registration(address=signer, x25519_public_key=claim.x25519_public_key,
-                                 policy_version=claim.policy_version, signature=signed.signature,
-                                 tee_attestation=claim.tee_attestation,
-                                 tee_status=_tee_status(signer, claim.tee_attestation, tee_verifier),
-                                 registered_at=claim.registered_at, received_at=now))
+        session.add(_row(signer, signed, _tee_status(signer, claim.tee_attestation, tee_verifier), now))
     if claim.policy_version != policy_version:
         log.warning("recorded privacy registration of %s for policy %r, not the current %r: it is not "
                     "privacy-enabled until it registers for the current one", signer, claim.policy_version,
@@ -93,6 +89,25 @@ def record_registration(engine: Engine, signed: SignedRegistration, sender: str 
     else:
         log.info("recorded privacy registration of %s (policy %s)", signer, claim.policy_version)
     return None
+
+
+def record_trusted(engine: Engine, signed: SignedRegistration, now: float) -> bool:
+    """Record a trusted process's own registration (an auditor's: it holds the database and is no miner, so no
+    hello, broker user or ban applies); nothing when it is unchanged (a restart). True when a row was added."""
+    claim = signed.registration
+    with session_scope(engine) as session:
+        if _repeat(latest_registration(session, claim.miner), claim, now) == UNCHANGED:
+            return False
+        session.add(_row(claim.miner, signed, TeeStatus.ABSENT, now))
+    return True
+
+
+def _row(address: str, signed: SignedRegistration, tee_status: TeeStatus, now: float) -> Registration:
+    claim = signed.registration
+    return Registration(address=address, x25519_public_key=claim.x25519_public_key,
+                        policy_version=claim.policy_version, signature=signed.signature,
+                        tee_attestation=claim.tee_attestation, tee_status=tee_status,
+                        registered_at=claim.registered_at, received_at=now)
 
 
 def _refusal(miner: Miner | None, sender: str | None, banned: bool, registered_at: float, now: float) -> str | None:
@@ -296,4 +311,4 @@ def _approval(row: Approval) -> dict[str, Any]:
 
 
 __all__ = ["FRESH_S", "NOT_REGISTERED", "PrivacyState", "RegistryError", "approve", "checksummed", "list_all",
-           "read_state", "record_registration", "status", "why_not"]
+           "read_state", "record_registration", "record_trusted", "status", "why_not"]
