@@ -30,6 +30,7 @@ import requests
 from kombu import Connection
 from sqlalchemy import make_url, select
 
+from heurist.access.backend import inbox_name
 from heurist.catalog.schema import Deadline, ModelSpec
 from heurist.client import Client
 from heurist.db.engine import session_scope
@@ -37,18 +38,21 @@ from heurist.dispatch import job_message, queue_for, send_job
 from heurist.embedded import EmbeddedNetwork, wait_until
 from heurist.embedded_privacy import node_name, start_keyrelease
 from heurist.identity import Wallet
-from heurist.jobs import JobState, PrivateEnvelope, TextOutput
+from heurist.jobs import DeviceInfo, JobState, MinerHello, PrivateEnvelope, SignedHello, TextOutput
 from heurist.ledger.tables import Audit, AuditOutcome, Job
 from heurist.privacy import acc, envelope
 from heurist.privacy import client as privacy
 from heurist.privacy.keyrelease.keys import load_key
 from heurist.privacy.keyrelease.registry import approve
-from heurist.privacy.messages import KeyRequest, SignedKeyRequest
+from heurist.privacy.messages import KeyRequest, PrivacyRegistration, SignedKeyRequest, SignedRegistration
 from heurist.privacy.shares import miner_x25519, registration
 from heurist.privacy.tables import Approval, Registration, Release, TeeStatus
 from heurist.settings_privacy import KeyReleaseNode
 from heurist.signing import Domain, sign_message
 from heurist.submission import text_params
+from tasks.names import REGISTER_MINER, REGISTER_PRIVACY
+from tests.adversary.conftest import ready, send_to_inbox
+from tests.adversary.raw import Attacker
 from tests.fixtures.broker import _rabbitmqctl
 
 SECRET = "zebra-violet-4471"  # the code word in every private prompt: it must appear nowhere but at the ends
@@ -269,6 +273,50 @@ def _database_writer_attack(pn: PrivateNet) -> Wallet:
                                  policy_version=claim.policy_version, signature=signed.signature, tee_attestation=None,
                                  tee_status=TeeStatus.ABSENT, registered_at=time.time(), received_at=time.time()))
     return insider
+
+
+def test_registrations_sent_over_a_miners_own_inbox_store_nothing_it_could_abuse(pn: PrivateNet,
+                                                                                 attacker: Attacker) -> None:
+    """A registered miner floods its inbox with privacy registrations: the same one over and over, one with a
+    new 16 KB attestation each time, one with a low-order X25519 key, one naming the privacy miner's address.
+    One row is kept, nothing under the privacy miner's address, and with no approval it gets no share."""
+    me, creds, settings = attacker.wallet, attacker.creds, pn.client.settings
+    hello = MinerHello(miner=me.address, models=["tiny-sd"], queues=["vram8.tiny-sd"],
+                       device=DeviceInfo(kind="cpu", name="cpu", vram_gb=8.0), started_at=time.time())
+    send_to_inbox(creds, REGISTER_MINER, SignedHello(hello=hello, signature=sign_message(me, hello, Domain.of(
+        settings))).model_dump(mode="json"))
+    wait_until(lambda: pn.client.ledger.is_registered(me.address), 60, "the attacker's hello")
+    engine, domain = pn.client.ledger.engine, Domain.of(settings)
+
+    def rows(address: str) -> int:
+        with session_scope(engine) as session:
+            return len(session.scalars(select(Registration.id).where(Registration.address == address)).all())
+
+    before = rows(pn.miner.address)
+    quote = base64.b64encode(os.urandom(12_000)).decode()  # 16,000 characters: the cap
+    floods = [registration(me, settings.privacy_policy_version, domain) for _ in range(10)]
+    floods += [registration(me, settings.privacy_policy_version, domain, tee_attestation=quote[:-4 * i or None])
+               for i in range(10)]
+    zero = PrivacyRegistration(miner=me.address, x25519_public_key="00" * 32,
+                               policy_version=settings.privacy_policy_version, registered_at=time.time() + 1)
+    floods.append(SignedRegistration(registration=zero, signature=sign_message(me, zero, domain)))
+    theirs = PrivacyRegistration(miner=pn.miner.address, x25519_public_key=floods[0].registration.x25519_public_key,
+                                 policy_version=settings.privacy_policy_version, registered_at=time.time())
+    floods.append(SignedRegistration(registration=theirs, signature=sign_message(me, theirs, domain)))
+    for signed in floods:
+        send_to_inbox(creds, REGISTER_PRIVACY, signed.model_dump(mode="json"))
+    wait_until(lambda: ready(pn.client, inbox_name(creds.user)) == 0, 60, "the ledger to drain the inbox")
+
+    def refused_last_two() -> bool:  # the last two messages' refusals, logged by the ledger
+        log = (pn.net.logs / "ledger.log").read_text(errors="replace")
+        return f"claiming {me.address}: x25519_public_key is not a usable" in log and \
+            f"claiming {pn.miner.address}: bad signature" in log
+
+    wait_until(refused_last_two, 60, "the ledger to refuse the low-order key and the other miner's address")
+    assert rows(me.address) == 1 and rows(pn.miner.address) == before
+    job = _private_job(pn)
+    answer = _ask(pn, 1, _request(me, job, 1))
+    assert answer.status_code == 403 and "not privacy-enabled: not approved" in answer.json()["detail"]
 
 
 def _tampered(pn: PrivateNet, change: str) -> str:
