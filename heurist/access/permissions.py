@@ -9,7 +9,8 @@ exchange is ``amq.default``). The rules (``docs/trust-boundary.md`` says why for
   ``x-max-length=0``.
 * **read: the tier queues of the miner's VRAM classes** (``vram8.tiny-sd``): consuming needs it. RabbitMQ's
   read right also allows ``queue.purge``; the stranded-job sweep re-sends purged jobs.
-  Nothing else is readable: not ``ledger``, not ``audit.*``, not another miner's inbox, not the streams.
+  Nothing else is readable: not ``ledger``, not ``audit.*``, not another miner's inbox, not the streams, not a
+  client's verdict queue (``heurist.verdicts``).
 * **read of the private tier queues** (``private.vram8.tiny-sd``) **only for a miner an operator approved for
   privacy** (``private=True``; ``BrokerAccess.set_private``, which ``heurist privacy approve`` calls). A public
   miner cannot decrypt a private job, but with the read right it could take every one and reject it (it is
@@ -18,7 +19,8 @@ exchange is ``amq.default``). The rules (``docs/trust-boundary.md`` says why for
   fairly by the ledger, every message's ``user_id`` validated by the broker) **and ``heurist.stream``** (streamed
   tokens, MAC'd with the job's stream key). Never ``amq.default`` (which reaches every queue), never a tier queue
   (forged jobs), never ``ledger``, ``celeryev`` or ``celery.pidbox`` (miners run without events and remote
-  control: monitoring shows them from the ledger's signed heartbeats).
+  control: monitoring shows them from the ledger's signed heartbeats), never ``heurist.verdicts`` (forged verdict
+  notices: tests/adversary/test_forged_verdicts.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -104,8 +105,10 @@ def _full_path(client: Client) -> Callable[[int], None]:
     return run
 
 
-def run_path_bench(base: Settings, jobs: int, size: int, console: Console) -> PathBench:
-    """Start ledger, null miner and put worker on ``base``'s services; measure both sides; stop all."""
+@contextmanager
+def bench_network(base: Settings, size: int, console: Console) -> Iterator[tuple[Settings, Client]]:
+    """Ledger, null miner (its own broker user on RabbitMQ) and put worker on ``base``'s services, the miner
+    registered; yields the network's settings and a client. Everything stops when the block ends."""
     with tempfile.TemporaryDirectory(prefix="heurist-bench-") as tmp:
         root = Path(tmp)
         base = base.model_copy(update={"catalog_path": bench_catalog(root)})
@@ -120,10 +123,16 @@ def run_path_bench(base: Settings, jobs: int, size: int, console: Console) -> Pa
                 with console.status("starting the ledger, the null miner and the baseline worker"):
                     wait_until(lambda: client.ledger.is_registered(net.wallets[0].address), 120,
                                "the bench miner", check=net.check_alive)
-                with console.status(f"baseline: {jobs} Celery tasks, one presigned PUT each"):
-                    baseline = _timed(_baseline(client, size), jobs)
-                with console.status(f"full job path: {jobs} jobs, submit to credited"):
-                    full = _timed(_full_path(client), jobs)
+                yield settings, client
+
+
+def run_path_bench(base: Settings, jobs: int, size: int, console: Console) -> PathBench:
+    """Start ledger, null miner and put worker on ``base``'s services; measure both sides; stop all."""
+    with bench_network(base, size, console) as (settings, client):
+        with console.status(f"baseline: {jobs} Celery tasks, one presigned PUT each"):
+            baseline = _timed(_baseline(client, size), jobs)
+        with console.status(f"full job path: {jobs} jobs, submit to credited"):
+            full = _timed(_full_path(client), jobs)
     return PathBench(broker=settings.resolved_broker_url().split("://")[0],
                      database=settings.resolved_database_url().split("://")[0], jobs=jobs, output_bytes=size,
                      baseline_per_s=round(baseline.per_second, 1), full_path_per_s=round(full.per_second, 1),

@@ -109,7 +109,9 @@ def _miner_wallet(key_file: Path | None, env_key: str | None) -> Wallet:
 
 
 def ledger(
-    concurrency: int = typer.Option(2, "--concurrency", min=1, help="Ledger worker threads."),
+    concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Ledger worker threads (default: "
+                                           "HEURIST_LEDGER_CONCURRENCY, 128; completions are verified in batches "
+                                           "of HEURIST_LEDGER_BATCH)."),
     loglevel: str = typer.Option("INFO", "--loglevel"),
 ) -> None:
     """Run the trusted ledger consumer: verify completions and credit points exactly once."""

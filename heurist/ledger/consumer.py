@@ -24,8 +24,9 @@ from heurist.outbox import install_relay
 from heurist.reconnect import node_name
 from heurist.services import Services
 from heurist.settings import Settings, is_amqp
-from heurist.storage import make_store
+from heurist.storage.backends.s3_fast import FastS3ObjectStore
 from heurist.transient import install_transient
+from heurist.verdicts.publisher import install_verdicts
 from tasks.ledger import register_ledger_tasks
 from tasks.names import LEDGER_TASKS
 
@@ -33,10 +34,11 @@ from tasks.names import LEDGER_TASKS
 MiddlewareFactory = Callable[[Celery, Settings, Ledger], Sequence[LedgerMiddleware]]
 
 
-def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFactory, concurrency: int = 2,
+def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFactory, concurrency: int | None = None,
                loglevel: str = "INFO") -> None:
-    """Verify completions and credit points until stopped. Threads on AMQP: the work is I/O (S3 HEAD, DB)."""
-    store = make_store(settings)
+    """Verify completions and credit points until stopped. Threads on AMQP (``concurrency``, default
+    ``settings.ledger_concurrency``), whose completions are verified in batches (``heurist.ledger.batch``)."""
+    store = FastS3ObjectStore.from_settings(settings)  # its per-completion reads skip boto3 (heurist.storage)
     store.ensure_bucket()
     ledger = open_ledger(settings, catalog, store)
     app = create_app(settings, Services("ledger", ledger=ledger))
@@ -52,12 +54,15 @@ def run_ledger(settings: Settings, catalog: Catalog, middleware: MiddlewareFacto
     sweep = install_sweep(app, settings, ledger)  # stranded jobs (purged, lost, never taken): re-sent, then failed
     ledger.outbox = install_relay(app, ledger.engine, settings.outbox_interval_s)  # audit samples, after a crash too
     ledger.middleware += [*middleware(app, settings, ledger), Redispatch(app, settings), ResendOnReport(sweep)]
+    install_verdicts(app, settings, ledger)  # clients hear of their verdicts on the broker (heurist.verdicts)
     if is_amqp(settings.resolved_broker_url()):  # miners send through their inboxes (heurist.ledger.inboxes)
         from heurist.access.backends.rabbitmq import RabbitMQAccess
         from heurist.ledger.inboxes import watch_inboxes
 
         watch_inboxes(app, RabbitMQAccess.from_settings(settings), settings.inbox_poll_s)
-    pool, concurrency = worker_pool(settings.resolved_broker_url(), concurrency)
+    pool, concurrency = worker_pool(settings.resolved_broker_url(), concurrency or settings.ledger_concurrency)
+    if concurrency > 1:  # threads waiting together: their reads and credits are batched (heurist.ledger.batch)
+        ledger.batch(settings.ledger_batch, settings.ledger_batch_window_ms / 1000)
     worker = app.Worker(hostname=node_name("ledger"), queues=[settings.ledger_queue],
                         pool=pool, concurrency=concurrency, loglevel=loglevel, quiet=True)
     run_worker(worker, "ledger")

@@ -4,8 +4,8 @@
 one per operator), looking every ``inbox_poll_s`` (2 s) on the management API. One message in flight per
 inbox (prefetch 1 per consumer) means RabbitMQ hands the ledger inboxes in turn: a miner that floods its own
 inbox (capped by the ``heurist-inboxes`` policy) cannot starve the others. The ledger's channel has a
-prefetch of its pool size (2) across all inboxes; as each ack frees a slot RabbitMQ lets the inboxes that
-wait deliver in turn.
+prefetch of its pool size (``HEURIST_LEDGER_CONCURRENCY``) across all inboxes; as each ack frees a slot
+RabbitMQ lets the inboxes that wait deliver in turn.
 """
 
 from __future__ import annotations

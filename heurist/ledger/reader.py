@@ -63,6 +63,7 @@ class JobView:
     frozen_key: str | None = None  # the credited bytes, where no URL can write (None: not frozen)
     resends: int = 0  # times the stranded-job sweep sent it again (``heurist.ledger.sweep``)
     private: bool = False  # a private job: its output is ciphertext only its client opens (heurist.privacy)
+    notify_key: str | None = None  # where its client listens for the verdict (heurist.verdicts); None: it polls
 
     @property
     def points(self) -> float:
@@ -172,7 +173,7 @@ class LedgerReader:
             output_tokens=completion.output_tokens if completion else None,
             error=job.error, created_at=job.created_at, deadline_at=job.deadline_at,
             finished_at=job.finished_at, frozen_key=completion.frozen_key if completion else None,
-            resends=job.resends, private=job.sealed is not None,
+            resends=job.resends, private=job.sealed is not None, notify_key=job.notify_key,
         )
 
     def miner_points(self) -> list[MinerPoints]:

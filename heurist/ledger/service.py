@@ -34,6 +34,7 @@ from heurist.catalog.tokenizer import TokenizerBook
 from heurist.db.base import ID_LEN
 from heurist.db.engine import session_factory, session_scope
 from heurist.jobs import ImageParams, JobState, SignedCompletion, SignedFailure, SignedHello
+from heurist.ledger.batch import CompletionBatches
 from heurist.ledger.failures import log_refused, record_report, refuse_failure
 from heurist.ledger.jobbook import JobBook
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
@@ -108,9 +109,18 @@ class Ledger:
         self.store = store
         self.clock = clock
         self.outbox: OutboxRelay | None = None  # publishes what the middleware decided in a credit's transaction
+        self.batches: CompletionBatches | None = None  # reads and credits of many threads together (``batch``)
         self.reader = LedgerReader(engine, clock)
         self.book = JobBook(engine, clock)
         self._sessions = session_factory(engine)
+
+    def batch(self, max_size: int, window_s: float) -> None:
+        """From now on, completions delivered from many threads at once share their database reads and their
+        credit transaction, up to ``max_size`` together (``heurist.ledger.batch``); each thread still gets its
+        own verdict or exception. ``max_size`` 1: each alone, as before."""
+        if self.batches is not None:
+            self.batches.close()
+        self.batches = CompletionBatches(self, max_size, window_s) if max_size > 1 else None
 
     # ---------------------------------------------------------------------------------- miners, failures
 
@@ -169,7 +179,10 @@ class Ledger:
         so an error is logged, never raised (the credit must not look unprocessed)."""
         for key in keys if self.outbox is not None else ():
             try:
-                self.outbox.send(key)  # type: ignore[union-attr]
+                if self.batches is not None:
+                    self.batches.publish(key)  # with the keys of other credits, in one lease and one mark
+                else:
+                    self.outbox.send(key)  # type: ignore[union-attr]
             except Exception:
                 log.exception("outbox %s: not published now; the relay's drain will", key)
 
@@ -177,7 +190,8 @@ class Ledger:
         """What the checks read, taken from this ledger's attributes at each delivery, so those stay the one
         source (assignable, as before) and ``heurist.ledger.verify`` never needs the ledger itself."""
         return Verifier(self._sessions, self.catalog, self.store, self.pins, self.escrow_new_miners,
-                        self.new_miner_audits, self.domain, self.tokenizers)
+                        self.new_miner_audits, self.domain, self.tokenizers,
+                        loader=self.batches.load if self.batches is not None else None)
 
     def _after(self, call: Callable[[LedgerMiddleware], None]) -> None:
         """Run every middleware's hook; one that raises is logged, the committed verdict stands."""
@@ -208,26 +222,27 @@ class Ledger:
         return to_micro(job_points(spec, params, *counts))
 
     def _accept(self, a: Attempt, accepted: Accepted) -> CompletionVerdict:
+        """Credit an accepted completion: with others in one transaction when batching
+        (``heurist.ledger.batch``), else alone."""
+        if self.batches is not None:
+            return self.batches.credit(a, accepted)
+        return self._accept_alone(a, accepted)
+
+    def _accept_alone(self, a: Attempt, accepted: Accepted) -> CompletionVerdict:
         """Store the completion, credit the job, set its state, and what the middleware decides with it (an
         audit sample, a metrics flag: ``within_accept``): one transaction, or nothing."""
-        assert a.job is not None and a.spec is not None and a.signer is not None
-        late_by = a.uploaded_at - a.job.deadline_at  # the store's clock, never the ledger's backlog
-        late = accepted.late
-        micro = 0 if late else self._credit_micro(a.job, a.spec, a.counts)
-        state = JobState.LATE if late else JobState.COMPLETED
+        plan = self._credit_plan(a, accepted)
         try:
             with session_scope(self._sessions) as session:
                 session.add(self._completion_row(a))
                 session.flush()  # first statement: the primary key refuses a second completion here
-                if not late:
-                    session.add(PointsEntry(idempotency_key=f"job:{a.job_id}", miner_address=a.signer,
-                                            job_id=a.job_id, amount_micro=micro,
-                                            kind=EntryKind.ESCROW if a.escrow else EntryKind.JOB_CREDIT,
-                                            created_at=a.received_at))
+                entry = self._points_entry(a, plan)
+                if entry is not None:
+                    session.add(entry)
+                end = self._job_end(a, plan)
                 ended = session.execute(update(Job).where(Job.id == a.job_id, Job.state == JobState.QUEUED).values(
-                    state=state, miner_address=a.signer, finished_at=a.received_at,
-                    error=f"uploaded {late_by:.0f}s after the deadline (the store's clock): no points"
-                    if late else None))
+                    state=end["b_state"], miner_address=end["b_miner"], finished_at=end["b_finished"],
+                    error=end["b_error"]))
                 if ended.rowcount != 1:  # type: ignore[attr-defined]
                     raise _Closed  # the trusted side ended it since the checks read it: roll all of it back
                 for mw in self.middleware:  # a hook that raises rolls the credit back: it is retried whole
@@ -239,10 +254,38 @@ class Ledger:
         except _Closed:
             return self._reject(a, Refusal(Reason.JOB_CLOSED, "the job ended while this completion was checked",
                                            miner=a.signer))
-        if late:
-            log.info("job %s uploaded %.0fs late: output kept (frozen), no points", a.job_id, late_by)
-        return CompletionVerdict(job_id=a.job_id, accepted=True, reason=Reason.LATE if late else None,
-                                 points_micro=micro, state=state)
+        return self._credited(a, plan)
+
+    def _credit_plan(self, a: Attempt, accepted: Accepted) -> _Plan:
+        """What crediting ``a`` writes: late (uploaded past the deadline, by the store's clock, never the ledger's
+        backlog) gets no points."""
+        assert a.job is not None and a.spec is not None and a.signer is not None
+        late_by = a.uploaded_at - a.job.deadline_at
+        micro = 0 if accepted.late else self._credit_micro(a.job, a.spec, a.counts)
+        return _Plan(late=accepted.late, late_by=late_by, micro=micro,
+                     state=JobState.LATE if accepted.late else JobState.COMPLETED)
+
+    @staticmethod
+    def _points_entry(a: Attempt, plan: _Plan) -> PointsEntry | None:
+        if plan.late:
+            return None
+        assert a.signer is not None
+        return PointsEntry(idempotency_key=f"job:{a.job_id}", miner_address=a.signer, job_id=a.job_id,
+                           amount_micro=plan.micro, kind=EntryKind.ESCROW if a.escrow else EntryKind.JOB_CREDIT,
+                           created_at=a.received_at)
+
+    @staticmethod
+    def _job_end(a: Attempt, plan: _Plan) -> dict[str, Any]:
+        """The job's new state, miner, end time and error, as the bind parameters of ``heurist.ledger.batch``."""
+        error = f"uploaded {plan.late_by:.0f}s after the deadline (the store's clock): no points" if plan.late else None
+        return {"b_state": plan.state, "b_miner": a.signer, "b_finished": a.received_at, "b_error": error}
+
+    @staticmethod
+    def _credited(a: Attempt, plan: _Plan) -> CompletionVerdict:
+        if plan.late:
+            log.info("job %s uploaded %.0fs late: output kept (frozen), no points", a.job_id, plan.late_by)
+        return CompletionVerdict(job_id=a.job_id, accepted=True, reason=Reason.LATE if plan.late else None,
+                                 points_micro=plan.micro, state=plan.state)
 
     def _completion_row(self, a: Attempt) -> CompletionRow:
         c = a.claim
@@ -298,6 +341,16 @@ class Ledger:
 
 class _Closed(Exception):
     """The job left QUEUED between verification and the write: the write is rolled back."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What crediting one accepted completion writes."""
+
+    late: bool
+    late_by: float
+    micro: int
+    state: JobState
 
 
 __all__ = ["MICRO", "CompletionVerdict", "Ledger", "Reason", "RegistrationVerdict"]

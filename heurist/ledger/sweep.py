@@ -169,6 +169,7 @@ class Sweep:
             failed = self._claim(session, job, state=JobState.FAILED, error=reason, finished_at=now)
         if failed:
             log.warning("job %s failed: %s", job.id, reason)
+            self.ledger.book.ended([job.id])  # its client is told (heurist.verdicts)
         return failed
 
     def _resend(self, job: Job, now: float, spec: ModelSpec, why: str) -> bool:

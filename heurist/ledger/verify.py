@@ -19,16 +19,17 @@ fill the attempt in, and returns a ``Refusal`` or None. Adding one is a function
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import WeightPins
 from heurist.catalog.tokenizer import ModelTokenizer
 from heurist.jobs import Completion, DeviceInfo, JobState, SignedCompletion
-from heurist.ledger.standing import MinerStanding, read_standing
+from heurist.ledger.standing import MinerStanding, read_standings
 from heurist.ledger.tables import CompletionRow, Job, Miner, Reason
 from heurist.ledger.token_counts import check_token_counts
 from heurist.privacy.metering import PRIVATE_CONTENT_TYPE
@@ -107,6 +108,7 @@ class Verifier:
     new_miner_audits: int
     domain: Domain = DEFAULT_DOMAIN
     tokenizers: Callable[[ModelSpec], ModelTokenizer | None] | None = None  # text models' (None: not recounted)
+    loader: Callable[[Attempt], None] | None = None  # ``_load`` through a batch of deliveries (heurist.ledger.batch)
 
     def verify(self, attempt: Attempt) -> Refusal | None:
         """Run ``CHECKS`` in order; the first refusal wins."""
@@ -126,20 +128,37 @@ def _check_signature(v: Verifier, a: Attempt) -> Refusal | None:
 
 
 def _load(v: Verifier, a: Attempt) -> Refusal | None:
-    """Read the signer, the job and whether it already has a completion, in one short session."""
+    """Read the signer, the job and whether it already has a completion, in one short session (or in the
+    session of a batch of deliveries: ``Verifier.loader``)."""
     assert a.signer is not None
+    if v.loader is not None:
+        v.loader(a)
+        return None
+    load_rows(v, [a])
+    return None
+
+
+def load_rows(v: Verifier, attempts: Sequence[Attempt]) -> None:
+    """``_load`` for many attempts in one session: each signer and its standing once, the jobs and their
+    completions in one query each."""
     with v.sessions() as session:
-        miner = session.get(Miner, a.signer)
+        signers = {a.signer for a in attempts if a.signer is not None}
+        miners = {m.address: m for m in session.scalars(select(Miner).where(Miner.address.in_(signers)))}
+        standings = read_standings(session, {address: m.broker_user for address, m in miners.items()})
+        ids = {a.job_id for a in attempts}
+        jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(ids)))}
+        done = set(session.scalars(select(CompletionRow.job_id).where(CompletionRow.job_id.in_(jobs))))
+    for a in attempts:
+        miner = miners.get(a.signer or "")
         a.registered = miner is not None
         if miner is not None:
             a.broker_user = miner.broker_user
-            a.standing = read_standing(session, a.signer)
+            a.standing = standings[miner.address]
             a.registered_device = DeviceInfo.model_validate(miner.device) if miner.device else None
         a.banned = a.standing.banned
         a.escrow = a.registered and v.escrow_new_miners and a.standing.is_new(v.new_miner_audits)
-        a.job = session.get(Job, a.job_id)
-        a.has_completion = a.job is not None and session.get(CompletionRow, a.job_id) is not None
-    return None
+        a.job = jobs.get(a.job_id)
+        a.has_completion = a.job is not None and a.job_id in done
 
 
 def _check_signer(v: Verifier, a: Attempt) -> Refusal | None:
@@ -287,4 +306,4 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
-__all__ = ["CHECKS", "Attempt", "Check", "Refusal", "Verifier"]
+__all__ = ["CHECKS", "Attempt", "Check", "Refusal", "Verifier", "load_rows"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery
@@ -53,6 +53,33 @@ class OutboxRelay:
         with self._sessions() as session:
             entry = session.scalar(select(OutboxEntry).where(OutboxEntry.key == key))
         return entry is not None and entry.sent_at is None and self._relay(entry)
+
+    def send_many(self, keys: Sequence[str]) -> int:
+        """``send`` for many rows at once (a ledger's batch of credits: ``heurist.ledger.batch``): one statement
+        leases all that are unsent and free, each is published, one statement marks those published; how many."""
+        now = self.clock()
+        with session_scope(self._sessions) as session:
+            leased = list(session.scalars(
+                update(OutboxEntry).where(OutboxEntry.key.in_(list(keys)), OutboxEntry.sent_at.is_(None),
+                                          or_(OutboxEntry.lease_until.is_(None), OutboxEntry.lease_until < now))
+                .values(lease_until=now + self.lease_s, attempts=OutboxEntry.attempts + 1)
+                .returning(OutboxEntry).execution_options(synchronize_session=False)))
+        sent: list[int] = []
+        try:
+            for entry in leased:
+                self.publish(entry)
+                sent.append(entry.id)
+        except Exception as err:  # the broker is away: free the leases left, the next round tries again
+            log.warning("outbox: %d of %d not published (%s: %s); retrying", len(leased) - len(sent), len(leased),
+                        type(err).__name__, err)
+            with session_scope(self._sessions) as session:
+                session.execute(update(OutboxEntry).where(OutboxEntry.id.in_([e.id for e in leased
+                                                                              if e.id not in sent]))
+                                .values(lease_until=None))
+        if sent:
+            with session_scope(self._sessions) as session:
+                session.execute(update(OutboxEntry).where(OutboxEntry.id.in_(sent)).values(sent_at=self.clock()))
+        return len(sent)
 
     def drain(self) -> int:
         """Publish every unsent row whose lease is free (at most ``batch``, oldest first); how many were sent."""

@@ -1,8 +1,8 @@
 """Start a miner: detect the device, verify and load pipelines once, announce, then consume.
 
-Pipelines are loaded in this process before the worker starts, and jobs run one at a time in this same
-process (``solo`` or ``threads`` pool, concurrency 1), so nothing ever forks after CUDA is initialised and
-no task ever loads a model.
+Pipelines are loaded in this process before the worker starts, and jobs run in this same process (``threads``
+pool, one thread per job a batch can hold, ``workers.miner.batches``; ``solo``, one job at a time, on the embedded
+broker), so nothing ever forks after CUDA is initialised and no task ever loads a model.
 
 A privacy miner (``heurist miner --private``, issue 16) also consumes each served model's private queue
 (``private.<tier>.<model>``), holds the way to private jobs' keys (``workers.miner.private``: it will not start
@@ -165,7 +165,7 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
           loglevel: str = "INFO", console: Console | None = None, middleware: Sequence[Middleware] = (),
           delegation: str | None = None, private: bool = False) -> None:
     """Announce, then consume the queues of the plan's models that were loaded, with ``pipelines``, until
-    stopped (one thread: no fork). ``middleware`` runs after the defaults; each one's load-time hook sees
+    stopped (threads, never a fork). ``middleware`` runs after the defaults; each one's load-time hook sees
     the pipelines once, here, before the runtime is built. ``private``: a privacy miner (module docstring)."""
     console = console or Console(stderr=True)
     privacy = PrivateJobs.from_settings(settings, wallet) if private else None  # before anything is started
@@ -173,9 +173,13 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     pipelines = wrap_pipelines(pipelines, chain)  # rebound: a replaced pipeline is not kept alive here
     plan = replace(plan, models=[m for m in plan.models if m.id in pipelines])
     queues = plan.queues + ([m.private_queue for m in plan.models] if private else [])
+    # as many jobs in flight as the largest batch: each holds a thread (its whole path, acked late) and one
+    # prefetched message (prefetch_multiplier 1 x concurrency); the embedded broker's solo pool runs one job
+    pool, max_batch = worker_pool(settings.resolved_broker_url(), settings.miner_max_batch)
     runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines, middleware=chain,
                            admission=Admission.from_settings(settings, plan.models, private=private),
-                           domain=Domain.of(settings), privacy=privacy)
+                           domain=Domain.of(settings), privacy=privacy, max_batch=max_batch,
+                           batch_window_s=settings.miner_batch_window_ms / 1000)
     app = create_app(settings, Services("miner", miner_runtime=runtime))
     register_miner_tasks(app, settings.ledger_queue)
     only_tasks(app, MINER_TASKS)  # a job message naming another task (celery.group, ...) is refused
@@ -186,8 +190,10 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     if privacy is not None:
         register_privacy(app, privacy, settings.ledger_queue)
     console.print(f"{'privacy ' if private else ''}miner {wallet.address} consuming {', '.join(queues)}")
-    pool, concurrency = worker_pool(settings.resolved_broker_url(), 1)
     worker = app.Worker(hostname=worker_hostname(wallet, plan), queues=queues, pool=pool,
-                        concurrency=concurrency, prefetch_multiplier=1, loglevel=loglevel, quiet=True,
+                        concurrency=runtime.batches.concurrency, prefetch_multiplier=1, loglevel=loglevel, quiet=True,
                         **WORKER_OPTIONS)  # each needs a shared exchange a miner user may not touch
-    run_worker(worker, "miner")
+    try:
+        run_worker(worker, "miner")
+    finally:
+        runtime.batches.close()

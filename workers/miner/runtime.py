@@ -1,4 +1,5 @@
-"""The miner runtime: pipelines loaded once at start, one job at a time, output PUT, completion signed.
+"""The miner runtime: pipelines loaded once at start, each job on its own worker thread, its model call batched
+with the other jobs of its model running then (``workers.miner.batches``), output PUT, completion signed.
 
 A message is admitted first (``workers.miner.admission``: the dispatcher's signature, the deadline, the
 model, the catalog's limits, the store); a job that then raises is reported as a signed ``Failure``.
@@ -20,8 +21,9 @@ is reported as "privacy: ...". The clear job is what middleware and logs see; th
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import requests
@@ -47,6 +49,7 @@ from heurist.signing import DEFAULT_DOMAIN, Domain, sign_failure, sign_message
 from heurist.storage.presigned import put_presigned
 from heurist.time_limits import JobClock
 from workers.miner.admission import Admission
+from workers.miner.batches import ModelBatches
 from workers.miner.middleware import Middleware, default_middleware
 from workers.miner.pipelines.backend import DeadlineExceeded, Pipeline, PipelineOutput
 from workers.miner.private import PrivateJobs
@@ -70,6 +73,12 @@ class MinerRuntime:
     domain: Domain = DEFAULT_DOMAIN  # the network's EIP-712 domain: what completions and failures are signed for
     watchdog: Watchdog | None = None  # the hard time limit (``install_watchdog``); None: not enforced (in-process)
     privacy: PrivateJobs | None = None  # set on a privacy miner (``heurist miner --private``): runs private jobs
+    max_batch: int = 1  # jobs of one model run together (``workers.miner.batches``; serve: HEURIST_MINER_MAX_BATCH)
+    batch_window_s: float = 0.0  # how long a batch waits for more (serve: HEURIST_MINER_BATCH_WINDOW_MS)
+    batches: ModelBatches = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batches = ModelBatches(self.pipelines, self.max_batch, self.batch_window_s)
 
     def admit(self, payload: Any) -> JobMessage:
         """The job in a received message, if this miner may run it; raises ``JobRefused`` otherwise."""
@@ -108,7 +117,8 @@ class MinerRuntime:
         started = time.perf_counter()
         key, real = self._open(job, pipeline)
         with token_stream(real, producers) as stream:  # a private job never streams (JobMessage forbids it)
-            output = _within_soft_limit(pipeline, real, limits, stream.on_token)
+            run = partial(self.batches.run, real.model_id, real.params, on_token=stream.on_token, alone=key is not None)
+            output = _within_soft_limit(run, real, limits)
             stream.finish(output.finish_reason)
         data, content_type = output.data, output.content_type
         if key is not None:
@@ -144,14 +154,14 @@ class MinerRuntime:
         return self.privacy.open(job, pipeline.spec)
 
 
-def _within_soft_limit(pipeline: Pipeline, job: JobMessage, limits: JobClock, on_token: Any) -> PipelineOutput:
-    """The pipeline's output, given the soft limit as its deadline. An image job stopped by it raises
-    ``TimeLimitExceeded`` saying when; a text job keeps its answer so far (finish reason "deadline", credited
-    for the tokens made, as a streamed answer cut by time is), unless it made none."""
+def _within_soft_limit(run: Callable[[float], PipelineOutput], job: JobMessage, limits: JobClock) -> PipelineOutput:
+    """The pipeline's output (``run``: in a batch), given the soft limit as its deadline. An image job stopped by
+    it raises ``TimeLimitExceeded`` saying when; a text job keeps its answer so far (finish reason "deadline",
+    credited for the tokens made, as a streamed answer cut by time is), unless it made none."""
     when = (f"its soft limit: {limits.soft_at - limits.started_at:.1f} s after it started, "
             f"{job.deadline_at - limits.soft_at:.1f} s before the deadline")
     try:
-        output = pipeline.run(job.params, limits.soft_at, on_token=on_token)
+        output = run(limits.soft_at)
     except DeadlineExceeded as err:
         raise TimeLimitExceeded(f"{err} ({when})") from err
     if output.finish_reason == "deadline" and output.output_tokens == 0:

@@ -2,14 +2,17 @@
 
 The soft limit is cooperative: the pipelines stop at their next step boundary (``heurist.time_limits``). A call
 that never reaches one (a native kernel or a driver that hangs) is seen only from outside, by this watchdog: one
-thread per miner process, armed for the running job. At the job's hard limit (its deadline plus a grace of 2 to
-30 s) it signs a failure report, "hard time limit: …", sends it to the ledger, which re-sends the job to another
-miner within its budget (``heurist.ledger.redispatch.ResendOnReport``), and ends the process with ``EXIT_HUNG``.
+thread per miner process, armed for each running job (several run at once: ``workers.miner.batches``). At the
+first hard limit to pass (a job's deadline plus a grace of 2 to 30 s) it signs a failure report, "hard time
+limit: …", sends it to the ledger, which re-sends the job to another miner within its budget
+(``heurist.ledger.redispatch.ResendOnReport``), and ends the process with ``EXIT_HUNG``. The other jobs running
+then are not reported: unacknowledged, their messages go back to the broker at the exit and run elsewhere if
+still in time, or are refused as expired.
 
 Why exit rather than serve on. Celery's hard ``time_limit`` kills a prefork child; miners run the ``threads``
 pool (RabbitMQ) or ``solo`` (the embedded broker), where Celery ignores it, and Python cannot kill a thread
-stuck in a native call. The stuck thread holds the worker's only pool slot (concurrency 1) and the model it
-is running on, with its GPU memory; running the next job on that model beside it would share the half-used
+stuck in a native call. The stuck thread holds the device (one batch runs at a time) and the model it is
+running on, with its GPU memory; running the next batch on that model beside it would share the half-used
 pipeline (a diffusers scheduler keeps state per call). Only the end of the process frees them. So "the worker
 lives on" means it is restarted: ``EXIT_HUNG`` (75, EX_TEMPFAIL: try again) tells the supervisor (the
 embedded network's, systemd's ``Restart=always``, compose's ``restart:``) to start it again, which reloads the
@@ -24,6 +27,7 @@ deadline, before the hard limit, so it cannot have been credited.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -50,13 +54,14 @@ OnHung = Callable[[JobMessage, HardTimeLimitExceeded], None]
 
 
 class Watchdog:
-    """Watches one running job at a time (miners run one); ``watch`` arms it around the job's work."""
+    """Watches every running job (one per worker thread); ``watch`` arms it around a job's work."""
 
     def __init__(self, on_hung: OnHung, exit: Callable[[int], Any] = os._exit,
                  clock: Callable[[], float] = time.time) -> None:
         self.on_hung, self.exit, self.clock = on_hung, exit, clock
         self._cond = threading.Condition()
-        self._armed: tuple[JobMessage, JobClock] | None = None
+        self._armed: dict[int, tuple[JobMessage, JobClock]] = {}
+        self._count = itertools.count()
         self._thread: threading.Thread | None = None
 
     @contextmanager
@@ -66,26 +71,27 @@ class Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="heurist-watchdog", daemon=True)
                 self._thread.start()
-            self._armed = (job, limits)
+            ticket = next(self._count)
+            self._armed[ticket] = (job, limits)
             self._cond.notify()
         try:
             yield
         finally:
             with self._cond:
-                self._armed = None
+                self._armed.pop(ticket, None)  # gone already if it fired
                 self._cond.notify()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._armed is None:
+                while not self._armed:
                     self._cond.wait()
-                job, limits = self._armed
+                ticket, (job, limits) = min(self._armed.items(), key=lambda armed: armed[1][1].hard_at)
                 left = limits.hard_at - self.clock()
                 if left > 0:
-                    self._cond.wait(left)  # woken early when the job ends or another is armed
+                    self._cond.wait(left)  # woken early when a job ends or another is armed
                     continue
-                self._armed = None
+                del self._armed[ticket]  # fired once; the others stay armed (the exit ends them all)
             self.fire(job, limits)
 
     def fire(self, job: JobMessage, limits: JobClock) -> None:

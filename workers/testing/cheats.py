@@ -29,7 +29,8 @@ Run = Callable[[Pipeline, Params, float], PipelineOutput]
 
 @dataclass
 class Rigged(Pipeline):
-    """An honest pipeline with one dishonest step; it attests the honest pipeline's weights."""
+    """An honest pipeline with one dishonest step; it attests the honest pipeline's weights. It keeps
+    ``Pipeline.max_batch`` 1: each job goes through its dishonest step alone (``run_batch`` calls ``run``)."""
 
     honest: Pipeline
     how: Run

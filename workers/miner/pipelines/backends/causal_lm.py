@@ -1,12 +1,16 @@
 """Causal language models through transformers (GGUF files are dequantized on load): one answer per job.
 
 The output is a JSON ``TextOutput`` with the generated token ids, so an auditor can teacher-force them and
-check the counts the ledger prices by.
+check the counts the ledger prices by. Concurrent jobs share one ``generate`` (``run_batch``, issue 17); a job
+alone is a batch of one, through the same code (``causal_lm_batch``), so its answer is the same either way.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -14,79 +18,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    StoppingCriteria,
-    StoppingCriteriaList,
-    TextIteratorStreamer,
-)
-from transformers.generation.streamers import BaseStreamer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList, StoppingCriteriaList
 
 from heurist.catalog.schema import ModelSpec
 from heurist.errors import InvalidJobError
 from heurist.jobs import ImageParams, TextOutput, TextParams
 from workers.miner.device import Device
-from workers.miner.pipelines.backend import OnToken, Pipeline, PipelineOutput
+from workers.miner.pipelines.backend import BatchItem, OnToken, Pipeline, PipelineOutput
+from workers.miner.pipelines.backends.causal_lm_batch import (
+    Row,
+    RowStops,
+    SeededSampling,
+    TokenDeltas,
+    left_padded,
+    stream,
+)
 from workers.miner.pipelines.gguf_cache import load_once
 
 JSON = "application/json"
+log = logging.getLogger(__name__)
 
-
-class StopWhen(StoppingCriteria):
-    """Stop generating once the deadline passes or the caller cancels; remembers which one fired."""
-
-    def __init__(self, deadline_at: float, cancel: threading.Event | None = None) -> None:
-        self.deadline_at = deadline_at
-        self.cancel = cancel
-        self.deadline_hit = False
-
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> torch.BoolTensor:
-        self.deadline_hit = self.deadline_hit or time.time() > self.deadline_at
-        stop = self.deadline_hit or (self.cancel is not None and self.cancel.is_set())
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
-
-
-class TokenDeltas(BaseStreamer):
-    """Hands each generated token and the text it adds to ``on_token``, decoding the whole answer so far.
-
-    A token that ends inside a multi-byte character (decodes to U+FFFD) is held back until a later token
-    completes it, so the deltas concatenate to exactly the final ``decode(ids)``: the stored text.
-    """
-
-    def __init__(self, tokenizer: Any, on_token: OnToken) -> None:
-        self.tokenizer = tokenizer
-        self.on_token = on_token
-        self.ids: list[int] = []
-        self.pending: list[int] = []
-        self.sent = ""
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate() hands over the prompt first
-            self.prompt_seen = True
-            return
-        for token in value.reshape(-1).tolist():
-            self.ids.append(int(token))
-            self.pending.append(int(token))
-            self._flush(final=False)
-
-    def end(self) -> None:
-        self._flush(final=True)
-
-    def _flush(self, final: bool) -> None:
-        if not self.pending:
-            return
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd") and not final:
-            return
-        *held, last = self.pending
-        for token in held:
-            self.on_token(token, "")
-        delta, self.sent, self.pending = text[len(self.sent):], text, []
-        self.on_token(last, delta)
+__all__ = ["CausalLMPipeline", "TokenDeltas", "load_causal_lm"]
 
 
 def load_causal_lm(spec: ModelSpec, device: Device, root: Path, converted: Path | None = None) -> tuple[Any, Any]:
@@ -116,7 +68,9 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 
 class CausalLMPipeline(Pipeline):
-    """A loaded chat LLM serving text jobs (greedy at temperature 0, seeded sampling above)."""
+    """A loaded chat LLM serving text jobs (greedy at temperature 0, seeded sampling above), several at once."""
+
+    max_batch = 64  # rows one generate may take; the miner's HEURIST_MINER_MAX_BATCH (default 8) picks how many
 
     def __init__(self, spec: ModelSpec, device: Device, root: Path, converted: Path | None = None) -> None:
         self.spec = spec
@@ -135,83 +89,113 @@ class CausalLMPipeline(Pipeline):
         )
         return list(encoded["input_ids"])
 
-    def _generate_kwargs(self, params: TextParams, stop: StopWhen) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_tokens,
-            "stopping_criteria": StoppingCriteriaList([stop]),
-            "pad_token_id": self.pad_id,
-            "eos_token_id": sorted(self.eos_ids) or None,
-        }
-        if params.temperature > 0:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_k=0, top_p=1.0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-        return kwargs
+    def _row(self, item: BatchItem) -> Row:
+        if not isinstance(item.params, TextParams):
+            raise InvalidJobError(f"model {self.spec.id} writes text; it got a {item.params.kind.value} job")
+        deltas = None if item.on_token is None else TokenDeltas(self.tokenizer, item.on_token, prompt_seen=True)
+        on_done = item.on_done
+        return Row(item.params, self.encode_prompt(item.params.prompt), item.deadline_at, deltas,
+                   on_done=None if on_done is None else lambda result: on_done(_as_output(result)))
 
-    def _generate(self, prompt_ids: list[int], params: TextParams, stop: StopWhen, **extra: Any) -> list[int]:
-        """Generate the answer's token ids; sampling is seeded in a forked RNG (no global state changes)."""
-        inputs = torch.tensor([prompt_ids], device=self.device.torch_device)
-        kwargs = self._generate_kwargs(params, stop) | extra
-        cuda = [torch.device(self.device.torch_device).index or 0] if self.device.is_cuda else []
-        with torch.random.fork_rng(devices=cuda), torch.inference_mode():
-            torch.manual_seed(params.seed)
-            out = self.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **kwargs)
-        return [int(t) for t in out[0, len(prompt_ids):].tolist()]
+    def _finish(self, row: Row) -> None:
+        """``row`` stopped (``row.reason``): flush its stream, write its answer, hand it over (``on_done``)."""
+        stream(row, None)
+        row.output = TextOutput(text=self.tokenizer.decode(row.ids, skip_special_tokens=True),
+                                input_tokens=len(row.prompt_ids), output_tokens=len(row.ids),
+                                output_token_ids=list(row.ids), finish_reason=row.reason)  # type: ignore[arg-type]
+        if row.on_done is not None:
+            try:
+                row.on_done(row.output)
+            except Exception:  # the output is still returned at the batch's end
+                log.warning("handing over a finished answer failed", exc_info=True)
 
-    def _finish_reason(self, ids: list[int], stop: StopWhen) -> str:
-        if ids and ids[-1] in self.eos_ids:
-            return "stop"
-        return "deadline" if stop.deadline_hit else "length"
+    def generate_rows(self, rows: list[Row]) -> None:
+        """Run ``rows`` to their ends in one ``generate``; a row already past its deadline ends at once, empty."""
+        now = time.time()
+        for row in rows:
+            if now > row.deadline_at:
+                row.reason = "deadline"
+                self._finish(row)
+        live = [row for row in rows if row.reason is None]
+        if not live:
+            return
+        inputs, mask = left_padded(live, self.pad_id, self.device.torch_device)
+        extra: dict[str, Any] = {}
+        if any(row.params.temperature > 0 for row in live):
+            extra["logits_processor"] = LogitsProcessorList([SeededSampling(live)])
+        with torch.inference_mode():
+            self.model.generate(
+                input_ids=inputs, attention_mask=mask, max_new_tokens=max(row.params.max_tokens for row in live),
+                stopping_criteria=StoppingCriteriaList([RowStops(live, self.eos_ids, self._finish)]),
+                pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids) or None,
+                do_sample=False, temperature=None, top_k=None, top_p=None, **extra)
+        for row in live:
+            if row.reason is None:  # generate ended without the row's own stop (the model's length limit)
+                row.reason = "length"
+                self._finish(row)
 
-    def complete(self, params: TextParams, deadline_at: float, on_token: OnToken | None = None) -> TextOutput:
+    def complete(self, params: ImageParams | TextParams, deadline_at: float,
+                 on_token: OnToken | None = None) -> TextOutput:
         """Answer one prompt; past the deadline (before or during generation) the reason is ``deadline``.
         ``on_token`` gets each token as it is made, with text deltas that add up to the answer's text."""
-        prompt_ids = self.encode_prompt(params.prompt)
-        stop = StopWhen(deadline_at)
-        if time.time() > deadline_at:
-            return TextOutput(text="", input_tokens=len(prompt_ids), output_tokens=0, output_token_ids=[],
-                              finish_reason="deadline")
-        extra = {} if on_token is None else {"streamer": TokenDeltas(self.tokenizer, on_token)}
-        ids = self._generate(prompt_ids, params, stop, **extra)
-        return TextOutput(
-            text=self.tokenizer.decode(ids, skip_special_tokens=True),
-            input_tokens=len(prompt_ids),
-            output_tokens=len(ids),
-            output_token_ids=ids,
-            finish_reason=self._finish_reason(ids, stop),  # type: ignore[arg-type]
-        )
+        row = self._row(BatchItem(params, deadline_at, on_token))
+        self.generate_rows([row])
+        assert row.output is not None
+        return row.output
 
     def run(self, params: ImageParams | TextParams, deadline_at: float,
             on_token: OnToken | None = None) -> PipelineOutput:
-        if not isinstance(params, TextParams):
-            raise InvalidJobError(f"model {self.spec.id} writes text; it got a {params.kind.value} job")
-        result = self.complete(params, deadline_at, on_token)
-        data = json.dumps(result.model_dump(mode="json"), separators=(",", ":")).encode()
-        return PipelineOutput(data=data, content_type=JSON, input_tokens=result.input_tokens,
-                              output_tokens=result.output_tokens, finish_reason=result.finish_reason)
+        return _as_output(self.complete(params, deadline_at, on_token))
+
+    def run_batch(self, items: list[BatchItem]) -> list[PipelineOutput | BaseException]:
+        """The items' answers from one ``generate``, each as ``run`` gives it alone (``causal_lm_batch``); a
+        failure of the generation is the failure of the rows it had not finished."""
+        rows: dict[int, Row] = {}
+        refused: dict[int, BaseException] = {}
+        for i, item in enumerate(items):
+            try:
+                rows[i] = self._row(item)
+            except Exception as err:  # this job's own failure (an image job, say)
+                refused[i] = err
+        failure: BaseException = RuntimeError("the batch ended before this row")
+        try:
+            self.generate_rows(list(rows.values()))
+        except Exception as err:  # reported for each row still running
+            failure = err
+        return [refused[i] if i in refused else _outcome(rows[i], failure) for i in range(len(items))]
 
     def stream(self, params: TextParams, deadline_at: float) -> Iterator[str]:
         """Yield the answer's text as it is generated (for a streaming gateway); closing stops generation."""
-        prompt_ids = self.encode_prompt(params.prompt)
-        if time.time() > deadline_at:
-            return
-        cancel = threading.Event()
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        pieces: queue.Queue[str | None] = queue.Queue()
+        row = self._row(BatchItem(params, deadline_at, lambda token, text: pieces.put(text)))
         failure: list[BaseException] = []
 
         def work() -> None:
             try:
-                self._generate(prompt_ids, params, StopWhen(deadline_at, cancel), streamer=streamer)
+                self.generate_rows([row])
             except BaseException as err:  # re-raised in the consumer's thread below
                 failure.append(err)
-                streamer.end()
+            finally:
+                pieces.put(None)
 
         thread = threading.Thread(target=work, name=f"stream-{self.spec.id}", daemon=True)
         thread.start()
         try:
-            yield from (piece for piece in streamer if piece)
+            while (piece := pieces.get()) is not None:
+                if piece:
+                    yield piece
         finally:
-            cancel.set()
+            row.deadline_at = -math.inf  # the row stops at its next step
             thread.join()
         if failure:
             raise failure[0]
+
+
+def _as_output(result: TextOutput) -> PipelineOutput:
+    data = json.dumps(result.model_dump(mode="json"), separators=(",", ":")).encode()
+    return PipelineOutput(data=data, content_type=JSON, input_tokens=result.input_tokens,
+                          output_tokens=result.output_tokens, finish_reason=result.finish_reason)
+
+
+def _outcome(row: Row, failure: BaseException) -> PipelineOutput | BaseException:
+    return failure if row.output is None else _as_output(row.output)

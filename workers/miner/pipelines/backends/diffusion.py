@@ -1,11 +1,17 @@
-"""Stable Diffusion 1.5 / SDXL through diffusers: one image per job, seeded on the CPU so audits replay it."""
+"""Stable Diffusion 1.5 / SDXL through diffusers: one image per job, seeded on the CPU so audits replay it.
+
+Concurrent jobs of one size, steps and guidance share one diffusers call (``run_batch``), each image
+byte-identical to its render alone (``diffusion_batch``); a batch of 4 tiny-sd jobs ran about 1.5x as fast
+as 4 one after another on this 2-core CPU (``workers.bench.image_batching``).
+"""
 
 from __future__ import annotations
 
 import io
 import time
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -13,7 +19,8 @@ from heurist.catalog.schema import Family, ModelSpec
 from heurist.errors import InvalidJobError
 from heurist.jobs import ImageParams, TextParams
 from workers.miner.device import Device
-from workers.miner.pipelines.backend import DeadlineExceeded, OnToken, Pipeline, PipelineOutput
+from workers.miner.pipelines.backend import BatchItem, DeadlineExceeded, OnToken, Pipeline, PipelineOutput
+from workers.miner.pipelines.backends.diffusion_batch import BatchDeadlines, JobRows, image_batch_key, per_job_linears
 
 PNG = "image/png"
 
@@ -55,16 +62,27 @@ def png_bytes(image: Any) -> bytes:
 class DiffusionPipeline(Pipeline):
     """A loaded SD1.5/SDXL pipeline serving image jobs."""
 
+    max_batch = 4  # measured: 4 tiny-sd jobs in one call, same bytes, about 1.5x the throughput on 2 CPU cores
+
     def __init__(self, spec: ModelSpec, device: Device, root: Path) -> None:
         self.spec = spec
         self.device = device
         self.pipe = load_diffusers(spec, device, root)
+        # a batch's images the same bytes as alone (diffusion_batch); a job alone runs exactly as before
+        self.pipe.vae.enable_slicing()
+        self.rows = JobRows()
+        per_job_linears([m for m in (self.pipe.unet, self.pipe.text_encoder, getattr(self.pipe, "text_encoder_2", None))
+                         if m is not None], self.rows)
+
+    def _image_params(self, params: ImageParams | TextParams) -> ImageParams:
+        if not isinstance(params, ImageParams):
+            raise InvalidJobError(f"model {self.spec.id} makes images; it got a {params.kind.value} job")
+        return params
 
     def run(self, params: ImageParams | TextParams, deadline_at: float,
             on_token: OnToken | None = None) -> PipelineOutput:
         """Denoise one image; raise ``DeadlineExceeded`` between steps once ``deadline_at`` has passed."""
-        if not isinstance(params, ImageParams):
-            raise InvalidJobError(f"model {self.spec.id} makes images; it got a {params.kind.value} job")
+        params = self._image_params(params)
         _check_deadline(deadline_at, "before starting")
 
         def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +102,52 @@ class DiffusionPipeline(Pipeline):
             callback_on_step_end=on_step_end,
         )
         return PipelineOutput(data=png_bytes(result.images[0]), content_type=PNG)
+
+    def batch_key(self, params: ImageParams | TextParams) -> Hashable:
+        return image_batch_key(params)
+
+    def run_batch(self, items: list[BatchItem]) -> list[PipelineOutput | BaseException]:
+        """Jobs with equal ``batch_key`` in one call; a job refused or already late fails alone, one left runs as
+        ``run``; a job whose deadline passes mid-call gets ``DeadlineExceeded``, its batch mates their images."""
+        outputs: list[PipelineOutput | BaseException | None] = [None] * len(items)
+        live: list[int] = []
+        for i, item in enumerate(items):
+            try:
+                self._image_params(item.params)
+                _check_deadline(item.deadline_at, "before starting")
+                live.append(i)
+            except Exception as err:  # this job's own failure, reported for it alone
+                outputs[i] = err
+        if len(live) == 1:
+            outputs[live[0]] = super().run_batch([items[live[0]]])[0]
+        elif live:
+            for i, output in zip(live, self._render([items[i] for i in live]), strict=True):
+                outputs[i] = output
+        return cast(list[PipelineOutput | BaseException], outputs)
+
+    def _render(self, items: list[BatchItem]) -> list[PipelineOutput | BaseException]:
+        params = [cast(ImageParams, item.params) for item in items]
+        first = params[0]  # equal batch keys: the same size, steps, guidance and negative prompt presence
+        deadlines = BatchDeadlines([item.deadline_at for item in items], first.steps)
+        self.rows.jobs = len(items)
+        try:
+            result = self.pipe(
+                prompt=[p.prompt for p in params],
+                negative_prompt=[p.negative_prompt for p in params] if first.negative_prompt else None,
+                width=first.width,
+                height=first.height,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance,
+                generator=[torch.Generator(device="cpu").manual_seed(p.seed) for p in params],
+                output_type="pil",
+                callback_on_step_end=deadlines.on_step_end,
+            )
+        except DeadlineExceeded as every:  # all late: each job gets its own reason
+            return [deadlines.late.get(i, every) for i in range(len(items))]
+        finally:
+            self.rows.jobs = 0
+        return [deadlines.late.get(i) or PipelineOutput(data=png_bytes(image), content_type=PNG)
+                for i, image in enumerate(result.images)]
 
 
 def _check_deadline(deadline_at: float, when: str) -> None:
