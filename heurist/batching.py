@@ -10,7 +10,8 @@ A batch starts with the oldest waiting item and takes the items waiting with the
 image size and steps), up to ``max_size``. If fewer are waiting it waits for more until ``window_s`` after
 the oldest one arrived: items that queued up while the runner was busy go at once. ``run_batch`` returns one
 result or exception per item, in order; if it raises, every item of the batch gets that exception.
-``max_size=1`` runs each item alone.
+``max_size=1`` runs each item alone. A caller that stops waiting (a job past its time limit) ``withdraw``s its
+item: taken off the waiting list, it is never run.
 """
 
 from __future__ import annotations
@@ -67,6 +68,18 @@ class MicroBatcher(Generic[T, R]):
             self._cond.notify_all()
         return waiting.future
 
+    def withdraw(self, future: Future[R]) -> bool:
+        """Take the item of ``future`` (from ``enqueue``) off the waiting list and cancel its future, if no batch
+        has taken it yet: it will not run. False if a batch has (its result comes as usual) or it is unknown."""
+        with self._cond:
+            for n, waiting in enumerate(self._waiting):
+                if waiting.future is future:
+                    del self._waiting[n]
+                    waiting.future.cancel()
+                    self._cond.notify_all()
+                    return True
+        return False
+
     def close(self, wait_s: float = 0.0) -> None:
         """Stop after the batch running now, waiting up to ``wait_s`` for it to end (a process that exits with
         its thread still in a native call may abort); items still waiting fail."""
@@ -84,22 +97,26 @@ class MicroBatcher(Generic[T, R]):
         return [w for w in self._waiting if w.key == key][:self.max_size]
 
     def _next_batch(self) -> list[_Waiting[T, R]] | None:
+        """The next batch to run, never empty; None once closed."""
         with self._cond:
-            while not self._waiting and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                return None
-            key = self._waiting[0].key
-            until = self._waiting[0].arrived + self.window_s
-            while len(self._same_key(key)) < self.max_size and not self._closed:
-                left = until - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            batch = self._same_key(key)
-            taken = {id(w) for w in batch}
-            self._waiting = [w for w in self._waiting if id(w) not in taken]
-            return batch
+            while True:
+                while not self._waiting and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return None
+                key = self._waiting[0].key
+                until = self._waiting[0].arrived + self.window_s
+                while len(self._same_key(key)) < self.max_size and not self._closed:
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                batch = self._same_key(key)
+                if self._closed or not batch:  # closed during the window, or its items were withdrawn
+                    continue
+                taken = {id(w) for w in batch}
+                self._waiting = [w for w in self._waiting if id(w) not in taken]
+                return batch
 
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:

@@ -218,6 +218,8 @@ class Client:
         except JobsNotSentError as err:
             for job_id in err.job_ids:
                 self.job_book.record_failure(job_id, "could not enqueue: broker unreachable")
+            unsent = set(err.job_ids)
+            err.sent = tuple(p.handle for p in prepared if p.record.job_id not in unsent)
             raise
         except Exception:
             for p in prepared:

@@ -138,11 +138,14 @@ def send_job(app: Celery, signed: SignedJob, queue: str, *, now: float | None = 
 
 
 class JobsNotSentError(BrokerUnavailableError):
-    """The broker never confirmed these jobs' messages (``job_ids``); the others of the batch are on the broker."""
+    """The broker never confirmed these jobs' messages (``job_ids``); the others of the batch are on the broker.
+    ``Client.submit_many`` sets ``sent`` to the handles of those others: they run, and are billed, so a caller
+    can still wait for them."""
 
     def __init__(self, message: str, job_ids: Sequence[str]) -> None:
         super().__init__(message)
         self.job_ids = tuple(job_ids)
+        self.sent: tuple[Any, ...] = ()
 
 
 class _ConfirmTimeout(Exception):
@@ -158,27 +161,28 @@ def send_jobs(app: Celery, jobs: Sequence[tuple[SignedJob, str]], *, now: float 
     if not jobs:
         return
     if not getattr(app, "confirms", False):  # the embedded broker: a publish is an INSERT, done when it returns
-        for i, (signed, queue) in enumerate(jobs):
-            try:
-                send_job(app, signed, queue, now=now)
-            except Exception as err:
-                raise JobsNotSentError(f"could not enqueue job {signed.job.job_id}: {err}",
-                                       [s.job.job_id for s, _ in jobs[i:]]) from err
+        _send_each(app, jobs, now)
         return
     settings = app.settings  # type: ignore[attr-defined]  # a HeuristCelery (heurist.celery_app)
     pending, pause = list(jobs), 0.0
     give_up = time.monotonic() + settings.broker_publish_timeout_s
     while True:
         confirms, tags = _Confirms(), list[int]()
+        fatal: BaseException | None = None
         try:
             _publish_batch(app, pending, confirms, tags, now, settings.broker_confirm_timeout_s)
             error: BaseException | None = None
         except RETRIED as err:
             error = err
+        except Exception as err:  # not the broker's weather: no retry, but the jobs it confirmed stay sent
+            error = fatal = err
         pending = [job for job, tag in zip(pending, tags + [0] * (len(pending) - len(tags)), strict=True)
                    if not confirms.acked(tag)]
         if not pending:
             return
+        if fatal is not None:
+            raise JobsNotSentError(f"could not enqueue {len(pending)} job(s): {type(fatal).__name__}: {fatal}",
+                                   [s.job.job_id for s, _ in pending]) from fatal
         error = error or MessageNacked(f"the broker refused {len(pending)} job message(s)")
         if time.monotonic() + pause > give_up:
             first = unavailable(f"{len(pending)} job(s)", {"queue": pending[0][1]}, app.connection_for_write()
@@ -188,6 +192,15 @@ def send_jobs(app: Celery, jobs: Sequence[tuple[SignedJob, str]], *, now: float 
                  type(error).__name__, error, pause)
         time.sleep(pause)
         pause = min(max(pause * 2, 1.0), 5.0)
+
+
+def _send_each(app: Celery, jobs: Sequence[tuple[SignedJob, str]], now: float | None) -> None:
+    for i, (signed, queue) in enumerate(jobs):
+        try:
+            send_job(app, signed, queue, now=now)
+        except Exception as err:
+            raise JobsNotSentError(f"could not enqueue job {signed.job.job_id}: {err}",
+                                   [s.job.job_id for s, _ in jobs[i:]]) from err
 
 
 @dataclass

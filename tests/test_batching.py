@@ -3,6 +3,7 @@ threads (no model: the pipelines here record what they were handed; SmolLM2 batc
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -15,11 +16,12 @@ from heurist.catalog import load_catalog
 from heurist.jobs import ImageParams, JobMessage, TextParams
 from heurist.time_limits import JobClock
 from workers.miner.batches import ModelBatches
-from workers.miner.pipelines.backend import BatchItem, OnToken, Pipeline, PipelineOutput
+from workers.miner.pipelines.backend import BatchItem, DeadlineExceeded, OnToken, Pipeline, PipelineOutput
 from workers.miner.watchdog import Watchdog
 from workers.testing.faults import HangOnMark
 
 CATALOG = load_catalog()
+LATER = math.inf  # a deadline no test reaches
 
 
 def concurrently(count: int, call: Callable[[int], object]) -> list[object]:
@@ -135,6 +137,37 @@ def test_close_fails_waiting_items_and_refuses_new_ones() -> None:
         batcher.submit(3)
 
 
+def test_a_withdrawn_item_never_runs_and_the_batcher_goes_on() -> None:
+    run = Recorder(pause_s=0.3)
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, max_size=8, window_s=0.0)
+    running = batcher.enqueue(0)
+    time.sleep(0.1)  # its batch runs: the next item waits
+    waiting = batcher.enqueue(1)
+    assert batcher.withdraw(waiting) and waiting.cancelled()
+    assert not batcher.withdraw(running)  # taken by a batch already: its result comes as usual
+    assert batcher.submit(2) == 20 and running.result(0) == 0
+    assert run.batches == [[0], [2]]
+
+    windowed: MicroBatcher[int, int] = MicroBatcher(run, max_size=8, window_s=0.3)
+    oldest = windowed.enqueue(3)
+    time.sleep(0.1)
+    assert windowed.withdraw(oldest)  # during its batch's window: the window ends on nothing, the thread lives on
+    time.sleep(0.4)
+    assert windowed.submit(4) == 40
+    assert run.batches == [[0], [2], [4]]
+
+
+def test_close_during_the_window_runs_no_empty_batch() -> None:
+    run = Recorder()
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, max_size=8, window_s=0.5)
+    waiting = batcher.enqueue(1)
+    time.sleep(0.1)  # the batcher's thread waits out the window for more items
+    batcher.close(wait_s=2)
+    with pytest.raises(RuntimeError, match="closed before this item ran"):
+        waiting.result(0)
+    assert run.batches == []  # before: its thread went on with an empty batch, run_batch([])
+
+
 # --- the miner's batches --------------------------------------------------------------------------------------
 
 
@@ -179,7 +212,7 @@ def test_worker_concurrency_is_the_largest_batch_the_setting_allows() -> None:
     assert ModelBatches(unbatched, max_batch=8).concurrency == 1
     wrapped = HangOnMark().wrap_pipelines({"tiny-sd": Noting("tiny-sd", 4)})  # forwards the honest batching
     assert ModelBatches(wrapped, max_batch=8).concurrency == 4
-    assert ModelBatches(wrapped, max_batch=8).run("tiny-sd", text("ok"), 0.0).data == b"ok"
+    assert ModelBatches(wrapped, max_batch=8).run("tiny-sd", text("ok"), LATER).data == b"ok"
 
 
 def test_jobs_batch_by_model_and_key_one_batch_at_a_time_and_private_ones_alone() -> None:
@@ -191,8 +224,8 @@ def test_jobs_batch_by_model_and_key_one_batch_at_a_time_and_private_ones_alone(
 
     def job(n: int) -> object:
         if n < 4:
-            return batches.run("tiny-sd", image[n], 0.0).data
-        return batches.run("smollm2-135m", text(f"t{n}"), 0.0, alone=n >= 8).data
+            return batches.run("tiny-sd", image[n], LATER).data
+        return batches.run("smollm2-135m", text(f"t{n}"), LATER, alone=n >= 8).data
 
     assert concurrently(10, job) == [f"i{n}".encode() for n in range(4)] + [f"t{n}".encode() for n in range(4, 10)]
     assert sorted(map(sorted, sd.batches)) == [["i0", "i2"], ["i1", "i3"]]  # one width per batch
@@ -210,7 +243,7 @@ def test_a_row_done_early_returns_before_its_batch_ends() -> None:
 
     def job(n: int) -> object:
         started = time.monotonic()
-        data = batches.run("smollm2-135m", text(f"t{n}", max_tokens=1 if n == 0 else 8), 0.0).data
+        data = batches.run("smollm2-135m", text(f"t{n}", max_tokens=1 if n == 0 else 8), LATER).data
         took[n] = time.monotonic() - started
         return data
 
@@ -246,3 +279,31 @@ def test_the_watchdog_watches_every_running_job() -> None:
     assert exited.wait(5)
     assert fired == ["hung"] and time.time() - now >= 1.0
     hung.set()
+
+
+@pytest.mark.parametrize("behind", ["its model's batch", "another model's batch"])
+def test_a_job_behind_a_long_batch_fails_by_its_soft_limit_and_never_runs(behind: str) -> None:
+    """The device is busy 1.5 s; a job with a 0.3 s soft limit fails by it, before its hard limit, where the
+    watchdog would have ended the miner; it is not run once the device is free."""
+    llm, sd = Noting("smollm2-135m", 8, pause_s=1.5), Noting("tiny-sd", 4, pause_s=0.0)
+    batches = ModelBatches({"smollm2-135m": llm, "tiny-sd": sd}, max_batch=8, window_s=0.0)
+    fired: list[str] = []
+    watchdog = Watchdog(lambda job, err: fired.append(job.job_id), exit=lambda code: None)
+    long = threading.Thread(target=batches.run, args=("smollm2-135m", text("long"), LATER), daemon=True)
+    long.start()
+    time.sleep(0.2)  # the long batch holds the device
+    model, params = ("smollm2-135m", text("short")) if behind == "its model's batch" else ("tiny-sd", ImageParams(
+        prompt="short", width=64, height=64, steps=2, guidance=7.5, seed=1))
+    now = time.time()
+    short = JobMessage(job_id="short", model_id=model, params=params, deadline_at=now + 1.0,
+                       output_url="http://127.0.0.1:1/b/k.json")
+    with watchdog.watch(short, JobClock(started_at=now, soft_at=now + 0.3, hard_at=now + 0.9)), \
+            pytest.raises(DeadlineExceeded, match="withdrawn at its time limit"):
+        batches.run(model, params, now + 0.3)
+    assert time.time() - now < 0.85  # by its soft limit (+0.2 s margin), not when the device is free
+    long.join(5)
+    time.sleep(0.2)
+    assert fired == []
+    assert llm.batches == [["long"]] and sd.batches == []  # withdrawn: never run
+    assert batches.run(model, params, LATER).data == b"short"  # the batcher and the device serve on
+    batches.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from heurist.catalog import load_catalog
 from heurist.errors import InvalidJobError
 from heurist.jobs import ImageParams, TextParams
 from workers.bench.image_batching import measure_image_batching
+from workers.miner.batches import ModelBatches
 from workers.miner.device import detect_device
 from workers.miner.pipelines import DeadlineExceeded, PipelineOutput, load_pipeline
 from workers.miner.pipelines.backend import BatchItem
@@ -80,14 +82,47 @@ def test_refused_and_late_jobs_fail_alone(tiny_sd: DiffusionPipeline) -> None:
 
 def test_a_deadline_mid_batch_fails_only_the_late_job(tiny_sd: DiffusionPipeline) -> None:
     on_time = image(seed=6, prompt=PROMPTS[2], steps=60)
+    released: list[tuple[BaseException, float]] = []
     started = time.perf_counter()
-    results = tiny_sd.run_batch([BatchItem(image(seed=7, steps=60), time.time() + 0.3),
+    results = tiny_sd.run_batch([BatchItem(image(seed=7, steps=60), time.time() + 0.3,
+                                           on_fail=lambda err: released.append((err, time.perf_counter()))),
                                  BatchItem(on_time, time.time() + LATER)])
     took = time.perf_counter() - started
     assert took > 0.3  # the early deadline passed during the call, which ran on for the other job
     assert isinstance(results[0], DeadlineExceeded)
     assert "after step" in str(results[0]) and "ran on" in str(results[0])
+    assert len(released) == 1 and released[0][0] is results[0]  # handed over once, at the step marking it late
+    assert released[0][1] - started < took / 2
     assert png(results[1]) == tiny_sd.run(on_time, time.time() + LATER).data
+
+
+def test_a_late_image_job_s_thread_is_released_before_its_batch_ends(tiny_sd: DiffusionPipeline) -> None:
+    """Through the miner's batches: the late job's thread raises at its deadline, its batch mate gets its image
+    when the call ends (before, both threads waited for the end)."""
+    batches = ModelBatches({"tiny-sd": tiny_sd}, max_batch=4, window_s=0.5)
+    start = threading.Barrier(2)
+    ended: dict[int, tuple[object, float]] = {}
+
+    def job(n: int, deadline_in: float) -> None:
+        start.wait()
+        began = time.perf_counter()
+        try:
+            outcome: object = batches.run("tiny-sd", image(seed=20 + n, steps=80), time.time() + deadline_in).data
+        except DeadlineExceeded as err:
+            outcome = err
+        ended[n] = (outcome, time.perf_counter() - began)
+
+    threads = [threading.Thread(target=job, args=(0, 1.2)), threading.Thread(target=job, args=(1, LATER))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    (late, late_s), (image_png, batch_s) = ended[0], ended[1]
+    assert batches.stats() == {"tiny-sd": (1, 2)}  # one call held both
+    assert isinstance(late, DeadlineExceeded) and "after step" in str(late)
+    assert isinstance(image_png, bytes) and image_png.startswith(b"\x89PNG")
+    assert late_s < min(2.5, batch_s / 2)  # released within a step or two of its deadline, not at the end
+    batches.close()
 
 
 def test_a_batch_stops_when_every_job_is_late(tiny_sd: DiffusionPipeline) -> None:

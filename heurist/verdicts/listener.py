@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from kombu import Connection, Consumer, Message, Queue
 
@@ -139,10 +139,10 @@ class VerdictListener:
 
     def _serve(self, conn: Connection) -> None:
         while not self._stop.is_set():
-            try:
+            with suppress(TimeoutError):
                 conn.drain_events(timeout=DRAIN_S)
-            except TimeoutError:
-                conn.heartbeat_check()
+            conn.heartbeat_check()  # after every drain: a busy queue must not starve the heartbeats (py-amqp
+            # sends one only when due)
 
     def _set_connected(self, connected: bool) -> None:
         with self.cond:

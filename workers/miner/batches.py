@@ -15,6 +15,14 @@ Why the gain: a decoding step reads all the weights whatever the rows, so SmolLM
 
 A text row that stops before its batch mates hands its output over at once (``BatchItem.on_done``): a job cut
 at its soft limit still has the time before its deadline to upload, rather than waiting for the longest row.
+A job never waits for the device past its own soft limit (the ``deadline_at`` the pipeline gets) plus
+``WITHDRAW_MARGIN_S``. The watchdog counts the wait toward the job's hard limit (deadline + 2 to 30 s), and one
+device runs the batches of every model in turn: a job with a 10 s deadline queued behind a 60 s image batch
+would pass its hard limit at 12 s and the watchdog would end a healthy miner (``EXIT_HUNG``), which any client
+could cause with a few long jobs and one short one. Not started by then, the job is withdrawn (it never runs)
+and fails with ``DeadlineExceeded``: a signed "time limit" failure, acked. Once its batch holds the device, the
+pipeline stops it at its deadline and hands it over at once (``on_done``, ``on_fail``); a call that never
+reaches a step boundary is the watchdog's, as before.
 A private job (issue 16) runs alone, a batch of one: its real prompt never shares a forward pass (nor, through
 the padding, the timing) with other clients' jobs.
 """
@@ -27,20 +35,38 @@ import time
 from collections.abc import Hashable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, wait
 from contextlib import suppress
-from dataclasses import dataclass
 from functools import partial
 
 from heurist.batching import MicroBatcher
 from heurist.jobs import ImageParams, TextParams
-from workers.miner.pipelines.backend import BatchItem, OnToken, Pipeline, PipelineOutput
+from workers.miner.pipelines.backend import BatchItem, DeadlineExceeded, OnToken, Pipeline, PipelineOutput
 
 log = logging.getLogger(__name__)
 
+WITHDRAW_MARGIN_S = 0.2  # past its soft limit, a job not on the device yet is withdrawn (it would not start then)
 
-@dataclass(frozen=True, eq=False)
+
 class _Job:
-    item: BatchItem
-    key: Hashable
+    """One job in its model's batcher: ``start``ed when its batch gets the device, or ``withdraw``n by its thread
+    before that (it then never runs); the first of the two stands."""
+
+    def __init__(self, item: BatchItem, key: Hashable) -> None:
+        self.item, self.key = item, key
+        self._lock = threading.Lock()
+        self._state = "waiting"
+
+    def _move(self, to: str, unless: str) -> bool:
+        with self._lock:
+            if self._state == unless:
+                return False
+            self._state = to
+            return True
+
+    def start(self) -> bool:
+        return self._move("running", unless="withdrawn")
+
+    def withdraw(self) -> bool:
+        return self._move("withdrawn", unless="running")
 
 
 class ModelBatches:
@@ -62,7 +88,8 @@ class ModelBatches:
     def run(self, model_id: str, params: ImageParams | TextParams, deadline_at: float,
             on_token: OnToken | None = None, alone: bool = False) -> PipelineOutput:
         """What ``pipeline.run`` gives for this job, run in a batch with others (``alone``: in a batch of its own);
-        returns as soon as its output is final, raises its own exception."""
+        returns as soon as its output is final, raises its own exception. Raises ``DeadlineExceeded`` if its
+        batch has not got the device by ``deadline_at`` + ``WITHDRAW_MARGIN_S`` (the job is then never run)."""
         pipeline = self.pipelines[model_id]
         early: Future[PipelineOutput] = Future()
 
@@ -70,17 +97,36 @@ class ModelBatches:
             with suppress(InvalidStateError):  # handed over twice: the first stands
                 early.set_result(output)
 
+        def failed(err: BaseException) -> None:
+            with suppress(InvalidStateError):
+                early.set_exception(err)
+
         key = object() if alone else pipeline.batch_key(params)  # object(): equal to no other job's key
-        batched = self.batchers[model_id].enqueue(_Job(BatchItem(params, deadline_at, on_token, done), key))
-        wait([early, batched], return_when=FIRST_COMPLETED)
+        job = _Job(BatchItem(params, deadline_at, on_token, done, failed), key)
+        batcher, queued = self.batchers[model_id], time.time()
+        batched = batcher.enqueue(job)
+        left = min(threading.TIMEOUT_MAX, max(0.0, deadline_at + WITHDRAW_MARGIN_S - queued))  # inf: no deadline
+        ended, _ = wait([early, batched], timeout=left, return_when=FIRST_COMPLETED)
+        if not ended and job.withdraw():
+            batcher.withdraw(batched)  # off the waiting list; a batch that took it already skips it
+            raise DeadlineExceeded(f"job withdrawn at its time limit: it waited {time.time() - queued:.1f} s for "
+                                   "the device, busy with other batches, and never started")
+        if not ended:  # on the device: the pipeline stops it at its deadline (a hung call is the watchdog's)
+            wait([early, batched], return_when=FIRST_COMPLETED)
         return early.result() if early.done() else batched.result()
 
     def _run_batch(self, pipeline: Pipeline, jobs: list[_Job]) -> list[PipelineOutput | BaseException]:
         with self._device:
+            running = [job for job in jobs if job.start()]  # the others' threads have given up: skip them
             started = time.perf_counter()
-            outcomes = pipeline.run_batch([job.item for job in jobs])
-        log.info("%s: a batch of %d job(s) ran in %.2f s", pipeline.spec.id, len(jobs), time.perf_counter() - started)
-        return outcomes
+            outcomes = pipeline.run_batch([job.item for job in running]) if running else []
+        if len(outcomes) != len(running):
+            raise RuntimeError(f"{pipeline.spec.id}: {len(outcomes)} results for a batch of {len(running)}")
+        if running:
+            log.info("%s: a batch of %d job(s) ran in %.2f s", pipeline.spec.id, len(running),
+                     time.perf_counter() - started)
+        results = dict(zip(running, outcomes, strict=True))
+        return [results.get(job, DeadlineExceeded("withdrawn before its batch started")) for job in jobs]
 
     def close(self, wait_s: float = 10.0) -> None:
         """Stop batching, once the batch running now (if any) has ended, waiting up to ``wait_s`` for it: a job's

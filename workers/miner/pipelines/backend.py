@@ -45,6 +45,9 @@ class BatchItem:
     # ``run_batch`` may call this once the job's output is final, before the batch ends (a text row that stopped
     # early): the runtime hands it to the job's thread at once, to store and report within its own deadline
     on_done: Callable[[PipelineOutput], None] | None = None
+    # the same for a job that failed before its batch ended (an image job past its deadline while its batch mates
+    # run on): its thread raises this at once; ``run_batch`` still returns the same exception in its place
+    on_fail: Callable[[BaseException], None] | None = None
 
 
 class Pipeline(ABC):

@@ -108,7 +108,8 @@ class DiffusionPipeline(Pipeline):
 
     def run_batch(self, items: list[BatchItem]) -> list[PipelineOutput | BaseException]:
         """Jobs with equal ``batch_key`` in one call; a job refused or already late fails alone, one left runs as
-        ``run``; a job whose deadline passes mid-call gets ``DeadlineExceeded``, its batch mates their images."""
+        ``run``; a job whose deadline passes mid-call gets ``DeadlineExceeded`` (at once through its ``on_fail``),
+        its batch mates their images."""
         outputs: list[PipelineOutput | BaseException | None] = [None] * len(items)
         live: list[int] = []
         for i, item in enumerate(items):
@@ -116,8 +117,10 @@ class DiffusionPipeline(Pipeline):
                 self._image_params(item.params)
                 _check_deadline(item.deadline_at, "before starting")
                 live.append(i)
-            except Exception as err:  # this job's own failure, reported for it alone
+            except Exception as err:  # this job's own failure, reported for it alone (and at once)
                 outputs[i] = err
+                if item.on_fail is not None:
+                    item.on_fail(err)
         if len(live) == 1:
             outputs[live[0]] = super().run_batch([items[live[0]]])[0]
         elif live:
@@ -128,7 +131,7 @@ class DiffusionPipeline(Pipeline):
     def _render(self, items: list[BatchItem]) -> list[PipelineOutput | BaseException]:
         params = [cast(ImageParams, item.params) for item in items]
         first = params[0]  # equal batch keys: the same size, steps, guidance and negative prompt presence
-        deadlines = BatchDeadlines([item.deadline_at for item in items], first.steps)
+        deadlines = BatchDeadlines([item.deadline_at for item in items], first.steps, [item.on_fail for item in items])
         self.rows.jobs = len(items)
         try:
             result = self.pipe(

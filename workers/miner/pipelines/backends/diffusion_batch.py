@@ -20,13 +20,15 @@ thread and 1.48 with 2 in the last two: ``workers.bench.image_batching``).
 Deadlines: diffusers cannot drop a row mid-call, so the step callback marks each job late the first step end
 its own deadline has passed (as ``run`` would have stopped it there) and stops the call only when every job is
 late; the jobs still in time get their images, the late ones ``DeadlineExceeded``. A job with an early deadline
-never cuts its batch mates short.
+never cuts its batch mates short, nor waits for them: the step that marks it late hands it its
+``DeadlineExceeded`` at once (``BatchItem.on_fail``), so its thread reports the failure and is acked by its own
+time limits, not its batch mates' (its hard limit, which the watchdog enforces, may come before theirs end).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from functools import partial
 from typing import Any
 
@@ -71,11 +73,14 @@ def image_batch_key(params: ImageParams | TextParams) -> Hashable:
 
 
 class BatchDeadlines:
-    """The step callback of a batched call: marks jobs late one by one, stops the call once all of them are."""
+    """The step callback of a batched call: marks jobs late one by one (handing each its failure through
+    ``on_fail[i]`` at once), stops the call once all of them are."""
 
-    def __init__(self, deadlines: Sequence[float], steps: int) -> None:
+    def __init__(self, deadlines: Sequence[float], steps: int,
+                 on_fail: Sequence[Callable[[BaseException], None] | None] = ()) -> None:
         self.deadlines = list(deadlines)
         self.steps = steps
+        self.on_fail = list(on_fail) or [None] * len(self.deadlines)
         self.late: dict[int, DeadlineExceeded] = {}
 
     def check(self, when: str) -> None:
@@ -83,8 +88,10 @@ class BatchDeadlines:
         now = time.time()
         for i, deadline_at in enumerate(self.deadlines):
             if i not in self.late and now > deadline_at:
-                self.late[i] = DeadlineExceeded(f"image job stopped {when}: {now - deadline_at:.1f}s past its time "
-                                                "limit (its batch ran on for the jobs still in time)")
+                late = self.late[i] = DeadlineExceeded(f"image job stopped {when}: {now - deadline_at:.1f}s past its "
+                                                       "time limit (its batch ran on for the jobs still in time)")
+                if (fail := self.on_fail[i]) is not None:
+                    fail(late)
         if len(self.late) == len(self.deadlines):
             raise DeadlineExceeded(f"every job of the batch passed its time limit {when}")
 
