@@ -48,7 +48,9 @@ EVIL = b"\x89PNG\r\n\x1a\n" + b"not what the honest miner rendered" * 30
 
 @pytest.fixture(scope="module")
 def network_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A catalog whose tiny-sd deadline is short, and no sampled audits: the test asks for the one it wants."""
+    """A catalog whose tiny-sd deadline is short, and no sampled audits: the test asks for the one it wants. The
+    honest miner runs one job at a time, so the victim's job waits in the tier queue where the attacker can read it
+    (a batching miner prefetches up to its batch size, out of any other user's reach)."""
     text, _ = read_catalog_text(None)  # the shipped catalog
     section = text.index(f"[models.{MODEL}]")
     start = text.index("deadline = ", section)
@@ -57,7 +59,7 @@ def network_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     catalog.write_text(text[:start] + f"deadline = {{ base_s = {DEADLINE_S}, per_unit_s = 0.0 }}" + text[end:])
     assert load_catalog(catalog)[MODEL].deadline.base_s == DEADLINE_S
     return {"catalog_path": catalog, "audit_base_rate": 0.0, "audit_new_miner_rate": 0.0,
-            "audit_suspicious_rate": 0.0}
+            "audit_suspicious_rate": 0.0, "miner_max_batch": 1}
 
 
 # ------------------------------------------------------------------------------------------- the attacker

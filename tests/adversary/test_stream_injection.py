@@ -57,6 +57,13 @@ EVIL = "evil.example"
 
 
 @pytest.fixture(scope="module")
+def network_settings() -> dict[str, Any]:
+    """The honest miner runs one job at a time, so the victim's job waits in the tier queue where the attacker reads
+    it (a batching miner prefetches up to its batch size, out of any other user's reach)."""
+    return {"miner_max_batch": 1}
+
+
+@pytest.fixture(scope="module")
 def honest_models() -> list[str]:
     return [MODEL]
 
