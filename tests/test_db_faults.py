@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 import yaml
-from amqp.exceptions import NotFound
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, OperationalError
@@ -39,6 +38,7 @@ from heurist.monitoring.ledger_metrics import LEDGER_METRICS, LedgerMetricsServe
 from heurist.signing import Domain, sign_message
 from heurist.transient import Backoff, Outages, OutageView, sane_retries, transient_source
 from tasks.names import RECORD_COMPLETION
+from tests.fixtures.broker import ready
 from tests.fixtures.dbfaults import credits_per_job, free_port, jobs_recorded, sample, scrape
 from tests.fixtures.proxy import TcpProxy
 
@@ -53,13 +53,6 @@ DB = {"source": "database"}
 def db_fault_settings() -> dict[str, Any]:
     return {"ledger_retry_max_s": 1.0, "ledger_outage_alert_s": 10.0}
 
-
-def _ready(client: Client, queue: str) -> int:
-    with client.app.connection_for_write() as conn:
-        try:
-            return int(conn.channel().queue_declare(queue, passive=True).message_count)
-        except NotFound:
-            return 0
 
 
 def test_completions_wait_out_a_database_outage_and_are_credited_once(
@@ -84,10 +77,10 @@ def test_completions_wait_out_a_database_outage_and_are_credited_once(
 
     # A submit while the database is away fails before anything reaches the broker (nobody serves smollm2).
     queue = client.catalog["smollm2-135m"].queue
-    before = _ready(client, queue)
+    before = ready(client, queue)
     with pytest.raises(OperationalError) as refused:
         client.submit_text("Name three primary colors.", model="smollm2-135m")
-    assert is_disconnect(refused.value) and _ready(client, queue) == before
+    assert is_disconnect(refused.value) and ready(client, queue) == before
 
     def outage_seen() -> bool:
         s = scrape(metrics_url)

@@ -31,6 +31,7 @@ from heurist.settings import Settings
 from heurist.storage.backend import ObjectStore
 from heurist.verdicts import EXCHANGE, VerdictNotice
 from heurist.verdicts.publisher import VerdictPublisher, install_verdicts
+from tests.fixtures.broker import ready
 from tests.fixtures.ledger import Job as LedgerJob
 from tests.fixtures.ledger import deliver
 
@@ -158,7 +159,7 @@ def test_submit_many_records_every_job_in_one_insert(client: Client, ledger: Led
 
     requests = [TextRequest(f"hello {i}", "smollm2-135m", max_tokens=4, seed=i) for i in range(20)]
     queue = client.catalog["smollm2-135m"].queue
-    before = _ready(client, queue)  # the vhost is the module's: the other database's run left its own
+    before = ready(client, queue)  # the vhost is the module's: the other database's run left its own
     event.listen(engine, "before_cursor_execute", record)
     try:
         handles = client.submit_many(requests)
@@ -168,15 +169,8 @@ def test_submit_many_records_every_job_in_one_insert(client: Client, ledger: Led
     with engine.connect() as conn:
         rows = conn.execute(select(Job.id, Job.state, Job.notify_key).where(Job.id.in_([h.id for h in handles])))
         assert {(r.state, r.notify_key) for r in rows} == {(JobState.QUEUED, client.verdicts.key)}  # type: ignore[union-attr]
-    assert _ready(client, queue) - before == 20  # every message is on the broker, confirmed
+    assert ready(client, queue) - before == 20  # every message is on the broker, confirmed
 
-
-def _ready(client: Client, queue: str) -> int:
-    with client.app.connection_for_write() as conn:
-        try:
-            return int(conn.channel().queue_declare(queue, passive=True).message_count)
-        except NotFound:
-            return 0
 
 
 def test_submit_many_fails_the_jobs_the_broker_never_had(tmp_path: Path, ledger: Ledger,

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from amqp.exceptions import NotFound
 from kombu import Connection, Producer
 
 from heurist.access import BrokerAccess, MinerCredentials
@@ -64,15 +63,6 @@ def send_to_inbox(creds: MinerCredentials, task: str, *args: Any, confirm: bool 
         Producer(conn.channel()).publish(task_body(*args), exchange=inbox_exchange(creds.user), routing_key=inbox,
                                          headers=task_headers(task), content_type="application/json",
                                          content_encoding="utf-8", user_id=creds.user, retry=False)
-
-
-def ready(client: Client, queue: str) -> int:
-    """Messages waiting in ``queue``; a queue nobody declared holds none."""
-    with client.app.connection_for_write() as conn:
-        try:
-            return int(conn.channel().queue_declare(queue, passive=True).message_count)
-        except NotFound:
-            return 0
 
 
 @pytest.fixture(scope="module")

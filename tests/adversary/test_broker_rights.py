@@ -33,7 +33,8 @@ from heurist.jobs import DeviceInfo, JobState, MinerHello, SignedHello
 from heurist.ledger.audit_service import AuditLedger
 from heurist.signing import sign_delegation, sign_message
 from tasks.names import RECORD_HEARTBEAT, REGISTER_MINER
-from tests.adversary.conftest import ready, send_to_inbox
+from tests.adversary.conftest import send_to_inbox
+from tests.fixtures.broker import ready
 
 TIER = "vram8.tiny-sd"
 FLOOD = 30_000

@@ -26,7 +26,7 @@ from heurist.identity import Wallet
 from heurist.jobs import JobState
 from heurist.ledger.audit_service import AuditLedger
 from tasks.names import AUDIT_JOB
-from tests.adversary.conftest import ready
+from tests.fixtures.broker import ready
 
 AUDIT_QUEUE = audit_queue("audit", "tiny-sd")
 

@@ -34,7 +34,8 @@ from heurist.embedded import EmbeddedNetwork, heurist_cmd, wait_until
 from heurist.identity import Wallet
 from heurist.jobs import JobState
 from tasks.names import RECORD_COMPLETION, RECORD_HEARTBEAT, REGISTER_MINER
-from tests.adversary.conftest import ready, task_body, task_headers
+from tests.adversary.conftest import task_body, task_headers
+from tests.fixtures.broker import ready
 
 EIGHT_MB = 8 * 2**20  # above the inbox's byte bound (4 MiB): the broker refuses it
 OVERSIZED = 200_000  # below the inbox's bound, above the ledger's max_message_bytes (64 KiB)

@@ -51,9 +51,9 @@ from heurist.settings_privacy import KeyReleaseNode
 from heurist.signing import Domain, sign_message
 from heurist.submission import text_params
 from tasks.names import REGISTER_MINER, REGISTER_PRIVACY
-from tests.adversary.conftest import ready, send_to_inbox
+from tests.adversary.conftest import send_to_inbox
 from tests.adversary.raw import Attacker
-from tests.fixtures.broker import _rabbitmqctl
+from tests.fixtures.broker import _rabbitmqctl, ready
 
 SECRET = "zebra-violet-4471"  # the code word in every private prompt: it must appear nowhere but at the ends
 PROMPT = f"Repeat the code word {SECRET}, then name three primary colors."

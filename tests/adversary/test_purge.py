@@ -32,7 +32,7 @@ from heurist.jobs import JobState
 from heurist.ledger.sweep import never_completed
 from heurist.ledger.tables import JobResend
 from heurist.submission import image_params, text_params
-from tests.adversary.conftest import ready
+from tests.fixtures.broker import ready
 
 # Each module starts its own network (about 1-4 min here): run by `make test-slow`, and so by CI.
 pytestmark = pytest.mark.slow

@@ -29,8 +29,8 @@ from heurist.identity import Wallet
 from heurist.jobs import Failure, ImageParams, JobState
 from heurist.signing import sign_failure, sign_job
 from tasks.names import AUDIT_JOB, RECORD_COMPLETION, RECORD_FAILURE
-from tests.adversary.conftest import ready
 from tests.adversary.raw import Attacker, recorded_job, smuggle, task_message
+from tests.fixtures.broker import ready
 
 # Each module starts its own network (about 1-4 min here): run by `make test-slow`, and so by CI.
 pytestmark = pytest.mark.slow
