@@ -121,12 +121,6 @@ def test_seeded_sampling_gives_the_same_answer_batched_and_alone(smollm: CausalL
 
 
 @pytest.fixture(scope="module")
-def client(network: EmbeddedNetwork) -> Iterator[Client]:
-    with Client(network.settings()) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def miner_log(network: EmbeddedNetwork, client: Client) -> Path:
     """`heurist miner` serving SmolLM2, batches of up to 4, logging each batch (INFO)."""
     wallet, key_file = network.new_key_file("batcher")
