@@ -12,9 +12,11 @@ import re
 import stat
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -352,6 +354,28 @@ def test_record_registration_refusals(engine: Engine, clock: Clock, caplog: pyte
         session.add(MinerEvent(miner_address=miner.address, kind=MinerEventKind.BANNED, detail="t",
                                created_at=clock.now))
     assert record(engine, registration(miner, clock.now), clock.now) == "banned"
+
+
+def test_copies_of_a_registration_judged_at_once_store_one_row(engine: Engine, clock: Clock) -> None:
+    """The ledger judges inbox messages on many threads: 8 copies of one registration, and 8 changed ones, all
+    released together, still store one row (the rest are unchanged or too soon a change)."""
+    miner = Wallet.create()
+    hello(engine, clock, miner)
+    same = registration(miner, clock.now)
+    changed = [registration(miner, clock.now + 1 + i, attestation=f"cmVwb3J0{i:02d}") for i in range(8)]
+    start = threading.Barrier(16)
+
+    def judge(signed: SignedRegistration) -> str | None:
+        start.wait()
+        return record(engine, signed, clock.now)
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(judge, [same] * 8 + changed))
+    with session_scope(engine) as session:
+        stored = session.scalars(select(Registration).where(Registration.address == miner.address)).all()
+    assert len(stored) == 1, [(r.tee_attestation, r.registered_at) for r in stored]
+    assert sum(a is None for a in answers) >= 1 and all(
+        a is None or "changed again" in a or "older than" in a for a in answers)
 
 
 def test_registration_from_its_own_broker_user_through_the_ledger(engine: Engine, ledger: Ledger,
