@@ -4,8 +4,11 @@ clawbacks (once per job), escrow and its release, bans, the reporting views, app
 from __future__ import annotations
 
 import importlib
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import pytest
@@ -26,7 +29,7 @@ from heurist.ledger.standing import RECENT_AUDITS, MinerStanding
 from heurist.ledger.tables import AuditReason, EntryKind, MinerEventKind
 from heurist.points import MICRO
 from heurist.storage.backend import ObjectStore
-from tests.fixtures.ledger import Clock, Job, credited_entries, deliver, image_job, register
+from tests.fixtures.ledger import PNG, Clock, Job, completion, credited_entries, deliver, image_job, register, sign
 
 # 0.9 of a day into tomorrow (the quotient ends in .9: rounding would say the next epoch). Not a fixed date:
 # lateness is judged by the store's real upload time, so the ledger's fake clock must not lag the real one.
@@ -349,3 +352,86 @@ def test_recorded_gives_this_auditors_earlier_verdict_before_any_replay(
     assert earlier.clawback_micro == first.clawback_micro == -8 * MICRO
     assert audits.recorded(job.id, "auditor-b") is None  # another auditor's verdict is its own
     assert audits.balance(miner.address).total_micro == 0  # reading took nothing more
+
+
+# ------------------------------------------------------------------------------------------- concurrency
+
+
+def _together(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run ``calls`` on as many threads, released at once (auditors of several models judge one miner's jobs at the
+    same time); each one's result, or the exception it raised (re-raised here)."""
+    start = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], Any]) -> Any:
+        start.wait()
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def test_failed_audits_judged_at_once_still_ban_at_the_threshold(engine: Engine, ledger: Ledger, catalog: Catalog,
+                                                                 clock: Clock, object_store: ObjectStore,
+                                                                 audits: AuditLedger) -> None:
+    """Each of 4 miners has ``BAN_THRESHOLD`` jobs whose failed audits (12) are all recorded at once: each miner is
+    banned, by one event, and raised to the suspicious rate once. Read side by side, the audits missed each other's
+    failures (PostgreSQL: 1 of 4 banned; SQLite: 3 sampling_raised events each)."""
+    cheats = [Wallet.create() for _ in range(4)]
+    jobs = []
+    for wallet in cheats:
+        register(ledger, wallet)
+        jobs += [(wallet, completed_job(ledger, catalog, clock, object_store, wallet)) for _ in range(BAN_THRESHOLD)]
+    results = _together([partial(audits.record_audit, job.id, False, "image_mismatch", auditor=f"auditor-{i}")
+                         for i, (_, job) in enumerate(jobs)])
+    assert [events(engine, wallet.address) for wallet in cheats] == \
+        [[MinerEventKind.SAMPLING_RAISED, MinerEventKind.BANNED]] * len(cheats)
+    for wallet in cheats:
+        assert audits.is_banned(wallet.address) and audits.standing(wallet.address).failed == BAN_THRESHOLD
+        assert sum(r.banned for r in results if r.miner == wallet.address) == 1  # the last one judged
+
+
+def test_a_pass_and_a_failure_judged_at_once_never_release_escrow_to_a_failed_miner(
+        engine: Engine, ledger: Ledger, catalog: Catalog, clock: Clock, object_store: ObjectStore,
+        audits: AuditLedger) -> None:
+    """A new miner one pass short of its release: its fifth pass and a failure of another job recorded at once end
+    as one of the two orders would, never with the held balance released and the failed job's credit also taken
+    from escrow (held went to -8 points: released to a miner with a failed audit)."""
+    miners = [Wallet.create() for _ in range(4)]
+    calls: list[Callable[[], Any]] = []
+    for wallet in miners:
+        register(ledger, wallet)
+        jobs = [completed_job(ledger, catalog, clock, object_store, wallet) for _ in range(6)]
+        for job in jobs[:4]:
+            audits.record_audit(job.id, passed=True)
+        calls += [partial(audits.record_audit, jobs[4].id, True),
+                  partial(audits.record_audit, jobs[5].id, False, "image_mismatch")]
+    _together(calls)
+    for wallet in miners:
+        balance, entries = audits.balance(wallet.address), miner_entries(engine, wallet.address)
+        released = any(kind is EntryKind.ESCROW_RELEASE for kind, _, _ in entries)
+        assert balance.escrowed_micro >= 0, entries
+        assert balance.total_micro == 5 * 8 * MICRO
+        assert (balance.credited_micro, balance.escrowed_micro) == ((40 * MICRO, 0) if released else (0, 40 * MICRO))
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_credits_judged_beside_the_release_are_never_left_in_escrow(
+        engine: Engine, ledger: Ledger, catalog: Catalog, clock: Clock, object_store: ObjectStore,
+        audits: AuditLedger, miner: Wallet, batched: bool) -> None:
+    """A new miner's fifth pass releases its escrow once, while 8 of its completions are being verified: each is
+    either held when the release moves the held balance or credited as available after it, never held after it
+    (before: read as a new miner's, then stored after the release, they were held for good)."""
+    if batched:
+        ledger.batch(16, 0.02)
+    jobs = [completed_job(ledger, catalog, clock, object_store, miner, steps=5) for _ in range(5)]
+    for job in jobs[:4]:
+        audits.record_audit(job.id, passed=True)
+    incoming = [image_job(ledger, catalog, clock, steps=5) for _ in range(8)]
+    for job in incoming:
+        object_store.put(job.output_key, PNG, "image/png")
+    signed = [sign(completion(job, miner, PNG), miner) for job in incoming]
+    results = _together([partial(audits.record_audit, jobs[4].id, True),
+                         *[partial(ledger.record_completion, s) for s in signed]])
+    assert results[0].released_micro > 0 and all(verdict.accepted for verdict in results[1:])
+    balance = audits.balance(miner.address)
+    assert (balance.credited_micro, balance.escrowed_micro) == (13 * MICRO, 0), miner_entries(engine, miner.address)

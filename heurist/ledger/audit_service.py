@@ -6,7 +6,9 @@ when its failed audits reach the threshold. A passed audit may release a new min
 ``new_miner_audits`` passed audits and no failed one, its whole held balance moves to the available one
 (one zero-sum pair of entries, once per miner). Idempotency rests on unique keys, as in the credit path:
 ``audits (job_id, auditor)`` and ``points_entries.idempotency_key``; a writer that loses a race retries
-once and then finds the winner's rows.
+once and then finds the winner's rows. What no key can say (the failures reaching the ban threshold, a release
+with no failed audit) is decided with the miner's row locked (``heurist.ledger.locks``): audits of one miner's
+jobs judged at once, by auditors of several models, are recorded one after the other.
 
 Reputation (``AuditLedger.reputation``) is a Laplace-smoothed, exponentially decayed pass rate over the
 miner's newest ``REPUTATION_WINDOW`` audits, newest first (i = 0, 1, ...)::
@@ -31,7 +33,8 @@ from sqlalchemy.orm import Session
 
 from heurist.db.engine import session_factory, session_scope
 from heurist.errors import InvalidJobError
-from heurist.ledger.standing import NEW_MINER_AUDITS, MinerStanding, read_banned, read_standing
+from heurist.ledger.locks import lock_miner
+from heurist.ledger.standing import NEW_MINER_AUDITS, MinerStanding, read_banned, read_standing, release_key
 from heurist.ledger.tables import (
     CLAWBACK_KINDS,
     CREDITED_KINDS,
@@ -178,6 +181,7 @@ class AuditLedger:
             miner = session.scalar(select(CompletionRow.miner_address).where(CompletionRow.job_id == job_id))
             if miner is None:
                 raise InvalidJobError(f"job {job_id} has no accepted completion to audit")
+            lock_miner(session, miner)  # its audits one at a time: each counts the ones before (heurist.ledger.locks)
             existing = session.scalar(select(Audit).where(Audit.job_id == job_id, Audit.auditor == auditor))
             if existing is not None:
                 return self._duplicate(session, existing)
@@ -211,7 +215,7 @@ class AuditLedger:
         """Move the whole held balance to the available one, once per miner, when it has earned it."""
         if standing.is_new(self.new_miner_audits) or standing.failed or standing.banned:
             return 0
-        key = f"escrow_release:{miner}"
+        key = release_key(miner)
         held = _sum_kinds(session, miner, ESCROWED_KINDS)
         if held <= 0 or _has_key(session, key):
             return 0
@@ -253,7 +257,7 @@ class AuditLedger:
         amount = sum(int(a) for _, a in credits)
         if amount <= 0:  # a late job earned nothing: nothing to take back
             return 0
-        held = any(k is EntryKind.ESCROW for k, _ in credits) and not _has_key(session, f"escrow_release:{miner}")
+        held = any(k is EntryKind.ESCROW for k, _ in credits) and not _has_key(session, release_key(miner))
         session.add(PointsEntry(idempotency_key=key, miner_address=miner, job_id=job_id,
                                 kind=EntryKind.ESCROW_CLAWBACK if held else EntryKind.CLAWBACK,
                                 amount_micro=-amount, created_at=now))

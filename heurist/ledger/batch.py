@@ -137,6 +137,7 @@ class CompletionBatches:
             with session_scope(ledger._sessions) as session:
                 session.add_all([ledger._completion_row(a) for a, _ in items])
                 session.flush()  # first statement: a completion already stored fails the whole batch here
+                ledger._unheld(session, [a for a, _ in items])  # a new miner released meanwhile: available
                 session.add_all([entry for (a, _), plan in zip(items, plans, strict=True)
                                  if (entry := ledger._points_entry(a, plan)) is not None])
                 ended = session.connection().execute(_END_JOB, [

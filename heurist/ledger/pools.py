@@ -12,9 +12,10 @@ second GROUP BY reads those per-kind sums for every release in the window. Examp
 8 (an sd15 image) + 4 (text), released as 12: the release adds 8 Waifu and 4 Llama points.
 
 A credit committed on PostgreSQL after the release read the balance but with a lower id (a race the
-release's read cannot see) would make the held sums exceed the release; then the release is split in
-proportion to them (integer floor to Waifu, the remainder to Llama), so Waifu + Llama is always exactly the
-credited total. Three aggregate queries in all, whatever the ledger's size; all integers, never floats.
+release's read could not see before credits held their miner's row, ``heurist.ledger.locks``; rows from then
+remain) would make the held sums exceed the release; then the release is split in proportion to them
+(integer floor to Waifu, the remainder to Llama), so Waifu + Llama is always exactly the credited total.
+Three aggregate queries in all, whatever the ledger's size; all integers, never floats.
 """
 
 from __future__ import annotations

@@ -37,10 +37,11 @@ from heurist.jobs import ImageParams, JobState, SignedCompletion, SignedFailure,
 from heurist.ledger.batch import CompletionBatches
 from heurist.ledger.failures import log_refused, record_report, refuse_failure
 from heurist.ledger.jobbook import JobBook
+from heurist.ledger.locks import share_miners
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
 from heurist.ledger.reader import PARAMS, LedgerReader, sum_micro
 from heurist.ledger.registration import RegistrationVerdict, register_miner
-from heurist.ledger.standing import NEW_MINER_AUDITS
+from heurist.ledger.standing import NEW_MINER_AUDITS, release_key
 from heurist.ledger.tables import CompletionRow, EntryKind, Job, PointsEntry, Reason, Rejection
 from heurist.ledger.verify import Attempt, Refusal, Verifier
 from heurist.outbox.relay import OutboxRelay
@@ -236,6 +237,7 @@ class Ledger:
             with session_scope(self._sessions) as session:
                 session.add(self._completion_row(a))
                 session.flush()  # first statement: the primary key refuses a second completion here
+                self._unheld(session, [a])
                 entry = self._points_entry(a, plan)
                 if entry is not None:
                     session.add(entry)
@@ -264,6 +266,20 @@ class Ledger:
         micro = 0 if accepted.late else self._credit_micro(a.job, a.spec, a.counts)
         return _Plan(late=accepted.late, late_by=late_by, micro=micro,
                      state=JobState.LATE if accepted.late else JobState.COMPLETED)
+
+    @staticmethod
+    def _unheld(session: Session, attempts: Sequence[Attempt]) -> None:
+        """Inside the credit's transaction, after its first write: a miner read as new whose escrow has been released
+        since is credited as available. Its row is held shared (``heurist.ledger.locks``) until the credit commits,
+        so the release either waits for it (and moves it with the rest) or came first and is seen here."""
+        held = {a.signer for a in attempts if a.escrow and a.signer is not None}
+        if not held:
+            return
+        share_miners(session, held)
+        released = set(session.scalars(select(PointsEntry.miner_address).where(
+            PointsEntry.idempotency_key.in_([release_key(miner) for miner in held]))))
+        for a in attempts:
+            a.escrow = a.escrow and a.signer not in released
 
     @staticmethod
     def _points_entry(a: Attempt, plan: _Plan) -> PointsEntry | None:

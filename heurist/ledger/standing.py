@@ -46,6 +46,12 @@ class MinerStanding:
         return self.banned or self.recent_failed > 0 or self.odd_metrics
 
 
+def release_key(miner: str) -> str:
+    """The idempotency key of a miner's one escrow release (``heurist.ledger.audit_service``): once it exists, the
+    miner's credits are available, never held (``heurist.ledger.service``)."""
+    return f"escrow_release:{miner}"
+
+
 def _latest(miner: str, on: MinerEventKind, off: MinerEventKind) -> ScalarSelect[Any]:
     """The miner's latest ``on``/``off`` event kind (events are ordered by id), as a scalar subquery."""
     return (select(MinerEvent.kind).where(MinerEvent.miner_address == miner, MinerEvent.kind.in_((on, off)))
@@ -144,4 +150,4 @@ def _latest_events(session: Session, addresses: set[str]) -> dict[tuple[str, str
 
 
 __all__ = ["NEW_MINER_AUDITS", "RECENT_AUDITS", "MinerStanding", "read_banned", "read_standing", "read_standings",
-           "read_user_banned"]
+           "read_user_banned", "release_key"]

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_utils.address import to_checksum_address
-from sqlalchemy import Engine, false, select, update
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from heurist.db.engine import session_scope
 from heurist.errors import HeuristError
 from heurist.identity import Wallet
+from heurist.ledger.locks import lock_miner
 from heurist.ledger.standing import read_banned
 from heurist.ledger.tables import Miner
 from heurist.privacy.envelope import PrivacyError, public_key, seal_to
@@ -75,7 +76,8 @@ def record_registration(engine: Engine, signed: SignedRegistration, sender: str 
     if not usable_key(claim.x25519_public_key):
         return _refused(signer, "x25519_public_key is not a usable X25519 public key (a low-order point)")
     with session_scope(engine) as session:
-        reason = _refusal(_locked_miner(session, signer), sender, read_banned(session, signer),
+        # judged one at a time per miner: two copies side by side both found no earlier row (heurist.ledger.locks)
+        reason = _refusal(lock_miner(session, signer), sender, read_banned(session, signer),
                           claim.registered_at, now) or _repeat(latest_registration(session, signer), claim, now)
         if reason == UNCHANGED:
             return None
@@ -100,17 +102,6 @@ def record_trusted(engine: Engine, signed: SignedRegistration, now: float) -> bo
             return False
         session.add(_row(claim.miner, signed, TeeStatus.ABSENT, now))
     return True
-
-
-def _locked_miner(session: Session, address: str) -> Miner | None:
-    """The miner's row, locked until the transaction ends, so its registrations are judged one at a time: the
-    ledger runs up to ``HEURIST_LEDGER_CONCURRENCY`` (128) handlers, and two copies read side by side would both
-    find no earlier row and both be stored. PostgreSQL locks the row; SQLite takes its one write lock first (a WAL
-    reader that writes later fails with "database is locked" once another writer has committed)."""
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(update(Miner).where(false()).values(address=Miner.address))
-        return session.get(Miner, address)
-    return session.scalar(select(Miner).where(Miner.address == address).with_for_update())
 
 
 def _row(address: str, signed: SignedRegistration, tee_status: TeeStatus, now: float) -> Registration:
