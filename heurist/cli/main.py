@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 
 from heurist.cli import access, audit, bench, demo, gateway, jobs, keys, network, search, submit, up, wallet
@@ -12,11 +13,13 @@ from heurist.cli import economy as economy_cli
 from heurist.cli import epochs as epochs_cli
 from heurist.cli import miners as miners_cli
 from heurist.cli import privacy as privacy_cli
+from heurist.cli import settlement as settlement_cli
 from heurist.cli.common import err_console
 from heurist.cli.doctor import doctor as doctor_command
 from heurist.cli.exporter import exporter as exporter_command
 from heurist.cli.flower import flower as flower_command
 from heurist.errors import HeuristError
+from heurist.settings import Settings
 
 app = typer.Typer(
     rich_markup_mode="markdown",
@@ -47,12 +50,27 @@ app.command("doctor")(doctor_command)
 economy_cli.register(app)
 epochs_cli.register(app)
 privacy_cli.register(app)
+settlement_cli.register(app)
 
 
 def _usage_error(err: BaseException) -> bool:
     """A click usage error (bad option, missing argument). typer 0.29 raises those of its vendored click,
     which are not ``click.ClickException``: match either by what they can do."""
     return callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int)
+
+
+SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "URL", "TOKEN")  # their values are not echoed (a URL holds a password)
+
+
+def _settings_errors(err: ValidationError) -> list[str]:
+    """One line per setting the environment (or .env) gives a value it cannot take, naming the variable."""
+    lines = []
+    for e in err.errors():
+        name = "HEURIST_" + "_".join(str(part) for part in e["loc"]).upper()
+        shown = name if any(word in name for word in SECRET_WORDS) else f"{name}={e.get('input')!r}"
+        lines.append(f"{shown}: {e['msg']}; fix it in the environment or .env, or unset it for the default "
+                     "(the README's settings table lists them)")
+    return lines
 
 
 def _interrupted() -> None:
@@ -67,6 +85,12 @@ def main(cli: typer.Typer = app) -> None:
         code = cli(standalone_mode=False)
     except HeuristError as err:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}")  # a miner's text may hold markup
+        sys.exit(2)
+    except ValidationError as err:
+        if err.title != Settings.__name__:
+            raise
+        for line in _settings_errors(err):
+            err_console.print(f"[bold red]error:[/] {escape(line)}")
         sys.exit(2)
     except KeyboardInterrupt:
         _interrupted()
