@@ -15,13 +15,15 @@ from typing import Any
 from amqp.exceptions import ChannelError
 from kombu import Connection, Producer
 
-from heurist.access import MinerCredentials
+from heurist.access import BrokerAccess, MinerCredentials
 from heurist.access.backend import inbox_exchange, inbox_name
 from heurist.client import Client
 from heurist.dispatch import job_message
+from heurist.embedded import wait_until
 from heurist.identity import Wallet
-from heurist.jobs import ImageParams, SignedJob, TextParams
-from tasks.names import RUN_JOB
+from heurist.jobs import DeviceInfo, ImageParams, MinerHello, SignedHello, SignedJob, TextParams
+from heurist.signing import sign_message
+from tasks.names import REGISTER_MINER, RUN_JOB
 
 
 def task_message(task: str, args: list[Any], task_id: str | None = None,
@@ -99,6 +101,19 @@ class Attacker:
         """Publish into its own inbox, its one way to the ledger (the broker checks ``user_id``)."""
         user = self.creds.user
         publish(self.creds.broker_url, inbox_exchange(user), message, routing_key=inbox_name(user), user_id=user)
+
+
+def registered_attacker(client: Client, access: BrokerAccess, model: str) -> Attacker:
+    """A new key on its own broker user, registered by a signed hello sent through its own inbox, as ``heurist
+    miner`` would make it (serving ``model`` on a cpu), driven by hand from here on."""
+    wallet = Wallet.create()
+    attacker = Attacker(wallet, access.add_miner(wallet.address))
+    hello = MinerHello(miner=wallet.address, models=[model], queues=[client.catalog[model].queue],
+                       device=DeviceInfo(kind="cpu", name="cpu", vram_gb=8.0), started_at=time.time())
+    signed = SignedHello(hello=hello, signature=sign_message(wallet, hello))
+    attacker.to_ledger(task_message(REGISTER_MINER, [signed.model_dump(mode="json")]))
+    wait_until(lambda: client.ledger.is_registered(wallet.address), 60, "the attacker's key to register")
+    return attacker
 
 
 def smuggle(client: Client, attacker: Attacker, queue: str, payload: Any, task_id: str,

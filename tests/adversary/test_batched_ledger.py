@@ -52,17 +52,15 @@ from heurist.jobs import (
     DeviceInfo,
     ImageParams,
     JobState,
-    MinerHello,
     SignedCompletion,
-    SignedHello,
     Timings,
 )
 from heurist.ledger.tables import Reason
 from heurist.points import job_points, to_micro
 from heurist.signing import sign_message
 from heurist.storage.presigned import put_presigned
-from tasks.names import RECORD_COMPLETION, REGISTER_MINER
-from tests.adversary.raw import Attacker, recorded_job, task_message
+from tasks.names import RECORD_COMPLETION
+from tests.adversary.raw import Attacker, recorded_job, registered_attacker, task_message
 from tests.fixtures.broker import ready
 
 # Each module starts its own network (about 1-4 min here): run by `make test-slow`, and so by CI.
@@ -87,15 +85,8 @@ def network_settings() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def attacker(client: Client, access: BrokerAccess) -> Attacker:
-    """A registered key on its own broker user, as ``heurist miner`` would make it, driven by hand."""
-    wallet = Wallet.create()
-    attacker = Attacker(wallet, access.add_miner(wallet.address))
-    hello = MinerHello(miner=wallet.address, models=[MODEL], queues=[client.catalog[MODEL].queue], device=DEVICE,
-                       started_at=time.time())
-    signed = SignedHello(hello=hello, signature=sign_message(wallet, hello))
-    attacker.to_ledger(task_message(REGISTER_MINER, [signed.model_dump(mode="json")]))
-    wait_until(lambda: client.ledger.is_registered(wallet.address), 60, "the attacker's key to register")
-    return attacker
+    """A registered key on its own broker user, driven by hand."""
+    return registered_attacker(client, access, MODEL)
 
 
 def _claim(job_id: str, miner: str, sha256: str, size: int, weights: str) -> Completion:

@@ -27,15 +27,12 @@ from sqlalchemy import text
 from heurist.access import BrokerAccess
 from heurist.client import Client
 from heurist.embedded import EmbeddedNetwork, wait_until
-from heurist.identity import Wallet
 from heurist.jobs import (
     Completion,
     DeviceInfo,
     Failure,
     JobState,
-    MinerHello,
     SignedCompletion,
-    SignedHello,
     TextOutput,
     Timings,
 )
@@ -44,8 +41,8 @@ from heurist.points import job_points, to_micro
 from heurist.signing import sign_failure, sign_message
 from heurist.storage.presigned import put_presigned
 from heurist.submission import text_params
-from tasks.names import RECORD_COMPLETION, RECORD_FAILURE, REGISTER_MINER
-from tests.adversary.raw import Attacker, recorded_job, task_message
+from tasks.names import RECORD_COMPLETION, RECORD_FAILURE
+from tests.adversary.raw import Attacker, recorded_job, registered_attacker, task_message
 
 # Each module starts its own network (about 1-4 min here): run by `make test-slow`, and so by CI.
 pytestmark = pytest.mark.slow
@@ -66,15 +63,8 @@ def honest_models() -> list[str]:
 
 @pytest.fixture(scope="module")
 def attacker(client: Client, access: BrokerAccess) -> Attacker:
-    """A registered key on its own broker user, as ``heurist miner`` would make it, driven by hand."""
-    wallet = Wallet.create()
-    attacker = Attacker(wallet, access.add_miner(wallet.address))
-    hello = MinerHello(miner=wallet.address, models=[MODEL], queues=[client.catalog[MODEL].queue], device=DEVICE,
-                       started_at=time.time())
-    signed = SignedHello(hello=hello, signature=sign_message(wallet, hello))
-    attacker.to_ledger(task_message(REGISTER_MINER, [signed.model_dump(mode="json")]))
-    wait_until(lambda: client.ledger.is_registered(wallet.address), 60, "the attacker's key to register")
-    return attacker
+    """A registered key on its own broker user, driven by hand."""
+    return registered_attacker(client, access, MODEL)
 
 
 def _pinned_weights(client: Client, job_id: str) -> str:
