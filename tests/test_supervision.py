@@ -295,8 +295,12 @@ def test_the_gpu_supervisor_restarts_a_crashed_gpu_worker(tmp_path: Path, rabbit
     assert box.stdout is not None
     threading.Thread(target=lambda: out.extend(iter(box.stdout.readline, "")), daemon=True).start()  # type: ignore[union-attr]
     try:
-        wait_until(lambda: _consumers(rabbit_url, "vram8.tiny-sd") == 2 or box.poll() is not None, 180,
-                   "both GPU workers to consume")
+        try:
+            wait_until(lambda: _consumers(rabbit_url, "vram8.tiny-sd") == 2 or box.poll() is not None, 180,
+                       "both GPU workers to consume")
+        except HeuristError as err:  # what the box printed says why (one CI run timed out here, once)
+            raise AssertionError(f"{err}; consumers {_consumers(rabbit_url, 'vram8.tiny-sd')}; the box printed:\n"
+                                 + "".join(out)[-4000:]) from None
         assert box.poll() is None, "".join(out)
         gpu0 = int(next(line for line in out if line.startswith("gpu0 ")).rsplit("pid ", 1)[1])
         os.killpg(gpu0, signal.SIGKILL)
