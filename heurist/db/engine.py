@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, false, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # ledger workers wait for each other's short write transactions
 PG_CONNECT_TIMEOUT_S = 10  # libpq's connect_timeout, unless the URL names one
@@ -65,6 +65,17 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     if "connect_timeout" not in parsed.query:
         kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, **kwargs.get("connect_args", {})}
     return create_engine(parsed, **kwargs)
+
+
+def sqlite_write_lock(session: Session, column: InstrumentedAttribute[Any]) -> bool:
+    """On SQLite, take its one write lock now, before the transaction reads anything; True if it did (False on
+    other databases, which lock rows instead). Python's sqlite3 begins a transaction only at its first write, and a
+    WAL reader that writes later fails at once with "database is locked" if another writer committed meanwhile
+    (no busy wait: it read a stale snapshot). A no-op UPDATE of ``column``'s table (``WHERE false``) is that write."""
+    if session.get_bind().dialect.name != "sqlite":
+        return False
+    session.execute(update(column.class_).where(false()).values({column: column}))
+    return True
 
 
 def is_disconnect(err: BaseException) -> bool:

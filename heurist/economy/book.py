@@ -21,10 +21,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import false, insert, select, tuple_, update
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from heurist.db.engine import sqlite_write_lock
 from heurist.economy.amounts import format_hue
 from heurist.economy.config import CAP
 from heurist.economy.tables import SYSTEM, Account, AccountKind, Leg, Token, Tx
@@ -88,9 +89,9 @@ def write_lock(session: Session) -> None:
     """Take SQLite's one write lock before the transaction reads anything. A WAL reader that writes later fails at
     once with "database is locked" if another writer committed meanwhile (no busy wait: it would read a stale
     snapshot), so an action that checks balances, or a close that reads its inputs, must write first. A no-op
-    UPDATE does it; PostgreSQL needs nothing here (``post`` locks the rows it reads)."""
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(update(Account).where(false()).values(ref=Account.ref))
+    UPDATE does it (``heurist.db.engine.sqlite_write_lock``); PostgreSQL needs nothing here (``post`` locks the rows
+    it reads)."""
+    sqlite_write_lock(session, Account.ref)
 
 
 def post(session: Session, *, key: str, kind: str, actor: str, at_ms: int, epoch: int,

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import false, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from heurist.db.engine import sqlite_write_lock
 from heurist.ledger.tables import Miner
 
 
@@ -30,8 +31,7 @@ def lock_miner(session: Session, address: str) -> Miner | None:
     reading anything the transaction's writes depend on. On PostgreSQL ``FOR NO KEY UPDATE``: the foreign-key
     checks of the miner's credits (``KEY SHARE``) do not wait for it; its hellos and heartbeats, which update the
     row, and its other judgements do (for milliseconds)."""
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(update(Miner).where(false()).values(address=Miner.address))
+    if sqlite_write_lock(session, Miner.address):
         return session.get(Miner, address)
     return session.scalar(select(Miner).where(Miner.address == address).with_for_update(key_share=True))
 
