@@ -28,7 +28,7 @@ from web3 import Web3
 from heurist.catalog import JobKind
 from heurist.credits.ledger import CreditLedger
 from heurist.db import migrate
-from heurist.db.engine import make_engine, session_scope
+from heurist.db.engine import make_engine
 from heurist.economy.actions import FundKey, SetBribe, Stake
 from heurist.economy.amounts import hue
 from heurist.economy.config import Rules
@@ -37,13 +37,13 @@ from heurist.economy.merkle import MerkleTree
 from heurist.economy.service import Economy
 from heurist.economy.tge import run_tge
 from heurist.identity import Wallet
-from heurist.jobs import JobState
-from heurist.ledger.tables import EntryKind, Job, Miner, PointsEntry
 from heurist.settlement.artifacts import load
 from heurist.settlement.chain import SettlementError, connect, transact
 from heurist.settlement.deploy import deploy
+from heurist.storage.seaweed import free_ports
 from tests.fixtures.economy import add_work
-from tests.fixtures.evm_node import ROOT, EvmNode, RpcGateway, free_port
+from tests.fixtures.evm_node import ROOT, EvmNode, RpcGateway
+from tests.test_economy_tge import _points
 
 HOUR = 3600
 CLI_ENV = {"HEURIST_EPOCH_S": str(HOUR), "HEURIST_HEARTBEAT_INTERVAL_S": "30",  # 120 slots an epoch, as the book's
@@ -64,17 +64,6 @@ class Book:
     settler: Wallet
 
 
-def _image_points(engine: Any, miner: str, micro: int, at: float) -> None:
-    """A credited image job of ``micro`` micro-points at ``at``: what TGE converts (the Waifu pool)."""
-    with session_scope(engine) as session:
-        session.add(Job(id="tge-job", model_id="m", kind=JobKind.IMAGE, params={}, queue="q",
-                        state=JobState.COMPLETED, output_key="k", created_at=at, deadline_at=at + 60,
-                        miner_address=miner))
-        session.flush()
-        session.add(PointsEntry(idempotency_key="credit:tge-job", miner_address=miner, job_id="tge-job",
-                                kind=EntryKind.JOB_CREDIT, amount_micro=micro, created_at=at))
-
-
 @pytest.fixture(scope="module")
 def book(evm_node: EvmNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Book]:
     """See the module docstring. Epochs are real hours a few hours ago, so the CLI's clock agrees they ended."""
@@ -88,9 +77,9 @@ def book(evm_node: EvmNode, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     epoch = int(time.time()) // HOUR - 3
     clock = [(epoch - 1) * HOUR + 10.0]
     eco = Economy(engine, Rules(epoch_s=HOUR, slots_per_epoch=120, close_grace_s=0), clock=lambda: clock[0])
-    with session_scope(engine) as session:
-        session.add(Miner(address=miner.address, first_seen=0, last_seen=0, models=[], device={}))
-    _image_points(engine, miner.address, 5_000_000, at=(epoch - 2) * HOUR)  # before the book's first epoch
+    # the miner's testnet image points (the Waifu pool; its miners row too), before the book's first epoch: what
+    # TGE converts
+    _points(engine, miner.address, JobKind.IMAGE, 5_000_000, "tge-job", at=(epoch - 2) * HOUR)
     eco.genesis({miner.address: hue(30_000), staker.address: hue(20_000), app.address: hue(100)})
     sign, m = eco.domain.sign, miner.address
     eco.apply(sign(miner, Stake(account=m, node=m, token="HUE", amount=hue(10_000), nonce=0)))
@@ -210,7 +199,7 @@ def test_settle_refuses_an_epoch_not_closed_or_already_posted(book: Book, evm_no
 def test_unreachable_rpc_and_wrong_chain_id_name_the_fix(book: Book, evm_node: EvmNode,
                                                          deployed: dict[str, Any]) -> None:
     key = str(book.dir / "settler.key")
-    nowhere = f"http://127.0.0.1:{free_port()}"
+    nowhere = f"http://127.0.0.1:{free_ports(1)[0]}"
     for args in (("settle",), ("claim-onchain", "--epoch", str(book.epoch)), ("contracts", "deploy")):
         refused(heurist(book, *args, "--rpc", nowhere, "--key-file", key), "cannot reach", nowhere, "check the URL")
     said = refused(heurist(book, "settle", "--rpc", evm_node.url, "--key-file", key,

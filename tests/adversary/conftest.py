@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -58,11 +58,20 @@ def task_body(*args: Any) -> bytes:
 
 def send_to_inbox(creds: MinerCredentials, task: str, *args: Any, confirm: bool = True) -> None:
     """Publish ``task(*args)`` as the attacker into its own inbox, its only way to the ledger."""
+    publish_to_inbox(creds, [(task_headers(task), task_body(*args), "application/json")], confirm=confirm)
+
+
+def publish_to_inbox(creds: MinerCredentials, messages: Iterable[tuple[dict[str, Any], bytes, str]], *,
+                     confirm: bool = True) -> None:
+    """Publish raw ``(headers, body, content type)`` messages as the attacker, on one connection: kombu on its own
+    broker user into its own inbox (the only exchange it may write towards the ledger), declaring nothing,
+    ``user_id`` its own user (RabbitMQ refuses any other). With ``confirm`` a refusal by the broker raises."""
     inbox = inbox_name(creds.user)
     with Connection(creds.broker_url, transport_options={"confirm_publish": confirm}) as conn:
-        Producer(conn.channel()).publish(task_body(*args), exchange=inbox_exchange(creds.user), routing_key=inbox,
-                                         headers=task_headers(task), content_type="application/json",
-                                         content_encoding="utf-8", user_id=creds.user, retry=False)
+        producer = Producer(conn.channel())
+        for headers, body, content_type in messages:
+            producer.publish(body, exchange=inbox_exchange(creds.user), routing_key=inbox, headers=headers,
+                             content_type=content_type, content_encoding="utf-8", user_id=creds.user, retry=False)
 
 
 @pytest.fixture(scope="module")

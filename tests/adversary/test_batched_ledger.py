@@ -37,11 +37,10 @@ from typing import Any
 
 import pytest
 from amqp.exceptions import MessageNacked
-from kombu import Connection, Producer
 from sqlalchemy import text
 
 from heurist.access import BrokerAccess, MinerCredentials
-from heurist.access.backend import inbox_exchange, inbox_name, miner_user
+from heurist.access.backend import inbox_name, miner_user
 from heurist.client import Client
 from heurist.client_types import JobResult
 from heurist.deadletters.listing import peek
@@ -60,6 +59,7 @@ from heurist.points import job_points, to_micro
 from heurist.signing import sign_message
 from heurist.storage.presigned import put_presigned
 from tasks.names import RECORD_COMPLETION
+from tests.adversary.conftest import publish_to_inbox
 from tests.adversary.raw import Attacker, recorded_job, registered_attacker, task_message
 from tests.fixtures.broker import ready
 
@@ -137,14 +137,8 @@ def _poison(attacker: Attacker, victim: str, weights: str) -> list[Message]:
 
 
 def _publish(creds: MinerCredentials, messages: list[Message]) -> None:
-    """Publish as the attacker, on one connection with confirms: raw kombu on its own broker user into its own
-    inbox, declaring nothing, ``user_id`` its own user (RabbitMQ refuses any other)."""
-    inbox = inbox_name(creds.user)
-    with Connection(creds.broker_url, transport_options={"confirm_publish": True}) as conn:
-        producer = Producer(conn.channel())
-        for _reason, headers, body, content_type in messages:
-            producer.publish(body, exchange=inbox_exchange(creds.user), routing_key=inbox, headers=headers,
-                             content_type=content_type, content_encoding="utf-8", user_id=creds.user, retry=False)
+    """Publish as the attacker into its own inbox, with confirms (``publish_to_inbox``)."""
+    publish_to_inbox(creds, [(headers, body, kind) for _, headers, body, kind in messages])
 
 
 def _rows(client: Client, sql: str, **params: Any) -> list[Any]:

@@ -25,7 +25,7 @@ from amqp.exceptions import AccessRefused, MessageNacked, PreconditionFailed
 from kombu import Connection, Producer
 from sqlalchemy import text
 
-from heurist.access import BrokerAccess, MinerCredentials
+from heurist.access import BrokerAccess
 from heurist.access.backend import inbox_exchange, inbox_name
 from heurist.client import Client
 from heurist.deadletters import DEAD_QUEUE
@@ -34,7 +34,7 @@ from heurist.embedded import EmbeddedNetwork, heurist_cmd, wait_until
 from heurist.identity import Wallet
 from heurist.jobs import JobState
 from tasks.names import RECORD_COMPLETION, RECORD_HEARTBEAT, REGISTER_MINER
-from tests.adversary.conftest import task_body, task_headers
+from tests.adversary.conftest import publish_to_inbox, task_body, task_headers
 from tests.fixtures.broker import ready
 
 EIGHT_MB = 8 * 2**20  # above the inbox's byte bound (4 MiB): the broker refuses it
@@ -83,17 +83,6 @@ def _poison(attacker: Wallet, victim_job: str) -> list[tuple[str, str, dict[str,
     ]
 
 
-def _publish(creds: MinerCredentials, messages: list[tuple[str, str, dict[str, Any], bytes]]) -> None:
-    """Publish as the attacker: raw kombu on its own broker user into its own inbox (the only exchange it may
-    write towards the ledger), declaring nothing. ``user_id`` is its own user (RabbitMQ refuses any other)."""
-    inbox = inbox_name(creds.user)
-    with Connection(creds.broker_url) as conn:
-        producer = Producer(conn.channel())
-        for _reason, content_type, headers, body in messages:
-            producer.publish(body, exchange=inbox_exchange(creds.user), routing_key=inbox, headers=headers,
-                             content_type=content_type, content_encoding="utf-8", user_id=creds.user, retry=False)
-
-
 def test_poison_is_kept_with_its_reason_and_the_ledger_keeps_crediting(network: EmbeddedNetwork, client: Client,
                                                                        access: BrokerAccess, honest: str) -> None:
     victim = client.submit_image("a lighthouse", model="tiny-sd", steps=8, seed=1).result(timeout=120)
@@ -102,7 +91,7 @@ def test_poison_is_kept_with_its_reason_and_the_ledger_keeps_crediting(network: 
     attacker = access.add_miner(attacker_key.address)
     messages = _poison(attacker_key, victim.job_id)
     started = time.monotonic()
-    _publish(attacker, messages)
+    publish_to_inbox(attacker, [(headers, body, kind) for _, kind, headers, body in messages], confirm=False)
 
     settings = network.settings()
     wait_until(lambda: peek(settings, 50).total >= len(messages), 60, "every poison message to be kept",
