@@ -50,7 +50,7 @@ def _needs(module: str) -> None:
         importlib.import_module(module)
     except ImportError:
         raise ConfigError(f"this command needs {module}, part of heurist's `chain` extra: install it with "
-                          f"`{CHAIN_EXTRA}` in the repository (vyper==0.4.3, web3[tester]==8.0.0)") from None
+                          f"`{CHAIN_EXTRA}` in the repository (web3==8.0.0, vyper==0.4.3)") from None
 
 
 def _chain(rpc: str, key_file: Path, check_chain_id: bool = True) -> tuple[Web3, Wallet, Any]:

@@ -191,6 +191,20 @@ def transact(w3: Web3, wallet: Wallet, call: Any, what: str = "transaction",
     return receipt
 
 
+def event_at(event: Any, filters: dict[str, Any], accept: Callable[[Any], bool] = lambda log: True) -> str:
+    """Where the first ``event`` log matching ``filters`` (and ``accept``) was emitted, "tx 0x.. / block N", for
+    an error that says what is already on chain; a node may refuse a log query over the whole chain (hosted RPCs
+    cap the range), and then the text says so."""
+    try:
+        logs = event.get_logs(from_block=0, to_block="latest", argument_filters=filters)
+    except Exception:
+        return "its transaction could not be looked up: the node refused the log query"
+    for log in logs:
+        if accept(log):
+            return f"tx 0x{bytes(log['transactionHash']).hex()} / block {log['blockNumber']}"
+    return f"no {event.event_name} event found"
+
+
 def tx_hex(receipt: TxReceipt) -> str:
     return "0x" + bytes(receipt["transactionHash"]).hex()
 

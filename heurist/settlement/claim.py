@@ -26,7 +26,7 @@ from heurist.economy.merkle import MerkleError, verify
 from heurist.economy.service import Economy
 from heurist.identity import Wallet
 from heurist.settlement.artifacts import load
-from heurist.settlement.chain import SettlementError, node_errors, transact, tx_hex
+from heurist.settlement.chain import SettlementError, event_at, node_errors, transact, tx_hex
 from heurist.settlement.settle import EMPTY_ROOT, TGE_EPOCH
 
 PROOF_COMMAND = "heurist proof ADDRESS --epoch N --json"
@@ -150,12 +150,5 @@ def _address(value: str, what: str) -> str:
 
 
 def _claimed_at(distributor: Any, leaf: Leaf) -> str:
-    try:
-        logs = distributor.events.Claimed.get_logs(from_block=0, to_block="latest",
-                                                   argument_filters={"epoch": leaf.epoch, "account": leaf.address})
-    except Exception:
-        return "its transaction could not be looked up: the node refused the log query"
-    for log in logs:
-        if int(log["args"]["amount"]) == leaf.amount:
-            return f"tx 0x{bytes(log['transactionHash']).hex()} / block {log['blockNumber']}"
-    return "no Claimed event found"
+    return event_at(distributor.events.Claimed, {"epoch": leaf.epoch, "account": leaf.address},
+                    lambda log: int(log["args"]["amount"]) == leaf.amount)

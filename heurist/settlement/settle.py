@@ -29,7 +29,7 @@ from heurist.economy.merkle import MerkleTree
 from heurist.economy.service import Economy
 from heurist.economy.tables import Epoch, Payout, Tx
 from heurist.identity import Wallet
-from heurist.settlement.chain import SettlementError, node_errors, transact, tx_hex
+from heurist.settlement.chain import SettlementError, event_at, node_errors, transact, tx_hex
 
 TGE_EPOCH = -1  # as heurist.economy.tge, whose import pulls the ledger's point pools in
 EMPTY_ROOT = "0x" + "00" * 32
@@ -141,14 +141,5 @@ def settle(economy: Economy, w3: Web3, wallet: Wallet, distributor: Any, epoch: 
 
 
 def posted_at(distributor: Any, epoch: int) -> str:
-    """Where ``epoch``'s root was posted, "tx 0x.. / block N", from the RootPosted event; the node may refuse a
-    log query over the whole chain (hosted RPCs cap the range), then only that it is posted."""
-    try:
-        logs = distributor.events.RootPosted.get_logs(from_block=0, to_block="latest",
-                                                      argument_filters={"epoch": epoch})
-    except Exception:
-        return "its transaction could not be looked up: the node refused the log query"
-    if not logs:
-        return "no RootPosted event found"
-    log = logs[0]
-    return f"tx 0x{bytes(log['transactionHash']).hex()} / block {log['blockNumber']}"
+    """Where ``epoch``'s root was posted, from its RootPosted event (``heurist.settlement.chain.event_at``)."""
+    return event_at(distributor.events.RootPosted, {"epoch": epoch})
