@@ -4,10 +4,8 @@ clawbacks (once per job), escrow and its release, bans, the reporting views, app
 from __future__ import annotations
 
 import importlib
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -30,6 +28,7 @@ from heurist.ledger.tables import AuditReason, EntryKind, MinerEventKind
 from heurist.points import MICRO
 from heurist.storage.backend import ObjectStore
 from tests.fixtures.ledger import PNG, Clock, Job, completion, credited_entries, deliver, image_job, register, sign
+from tests.fixtures.race import raced
 
 # 0.9 of a day into tomorrow (the quotient ends in .9: rounding would say the next epoch). Not a fixed date:
 # lateness is judged by the store's real upload time, so the ledger's fake clock must not lag the real one.
@@ -357,19 +356,6 @@ def test_recorded_gives_this_auditors_earlier_verdict_before_any_replay(
 # ------------------------------------------------------------------------------------------- concurrency
 
 
-def _together(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run ``calls`` on as many threads, released at once (auditors of several models judge one miner's jobs at the
-    same time); each one's result, or the exception it raised (re-raised here)."""
-    start = threading.Barrier(len(calls))
-
-    def run(call: Callable[[], Any]) -> Any:
-        start.wait()
-        return call()
-
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return list(pool.map(run, calls))
-
-
 def test_failed_audits_judged_at_once_still_ban_at_the_threshold(engine: Engine, ledger: Ledger, catalog: Catalog,
                                                                  clock: Clock, object_store: ObjectStore,
                                                                  audits: AuditLedger) -> None:
@@ -381,8 +367,8 @@ def test_failed_audits_judged_at_once_still_ban_at_the_threshold(engine: Engine,
     for wallet in cheats:
         register(ledger, wallet)
         jobs += [(wallet, completed_job(ledger, catalog, clock, object_store, wallet)) for _ in range(BAN_THRESHOLD)]
-    results = _together([partial(audits.record_audit, job.id, False, "image_mismatch", auditor=f"auditor-{i}")
-                         for i, (_, job) in enumerate(jobs)])
+    results = raced(*[partial(audits.record_audit, job.id, False, "image_mismatch", auditor=f"auditor-{i}")
+                     for i, (_, job) in enumerate(jobs)])
     assert [events(engine, wallet.address) for wallet in cheats] == \
         [[MinerEventKind.SAMPLING_RAISED, MinerEventKind.BANNED]] * len(cheats)
     for wallet in cheats:
@@ -405,7 +391,7 @@ def test_a_pass_and_a_failure_judged_at_once_never_release_escrow_to_a_failed_mi
             audits.record_audit(job.id, passed=True)
         calls += [partial(audits.record_audit, jobs[4].id, True),
                   partial(audits.record_audit, jobs[5].id, False, "image_mismatch")]
-    _together(calls)
+    raced(*calls)
     for wallet in miners:
         balance, entries = audits.balance(wallet.address), miner_entries(engine, wallet.address)
         released = any(kind is EntryKind.ESCROW_RELEASE for kind, _, _ in entries)
@@ -430,8 +416,8 @@ def test_credits_judged_beside_the_release_are_never_left_in_escrow(
     for job in incoming:
         object_store.put(job.output_key, PNG, "image/png")
     signed = [sign(completion(job, miner, PNG), miner) for job in incoming]
-    results = _together([partial(audits.record_audit, jobs[4].id, True),
-                         *[partial(ledger.record_completion, s) for s in signed]])
+    results = raced(partial(audits.record_audit, jobs[4].id, True),
+                    *[partial(ledger.record_completion, s) for s in signed])
     assert results[0].released_micro > 0 and all(verdict.accepted for verdict in results[1:])
     balance = audits.balance(miner.address)
     assert (balance.credited_micro, balance.escrowed_micro) == (13 * MICRO, 0), miner_entries(engine, miner.address)

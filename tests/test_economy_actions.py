@@ -13,7 +13,6 @@ to name the field. The PostgreSQL-only tests race two spends of one balance and 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -44,6 +43,7 @@ from heurist.economy.service import Economy, Receipt
 from heurist.economy.tables import AccountKind
 from heurist.identity import Wallet
 from tests.fixtures.economy import DAY_MS, T0_MS, MsClock, add_node, check_book, grant_eshue, read_book
+from tests.fixtures.race import race
 
 RULES = Rules(epoch_s=3600)
 LOCK_MS = 30 * DAY_MS
@@ -304,26 +304,6 @@ def pg_economy(postgres_url: str) -> Iterator[Economy]:
     engine = make_engine(postgres_url, pool_size=4)
     yield Economy(engine, RULES, EconomyDomain(), clock=MsClock(T0_MS))
     engine.dispose()
-
-
-def race(*calls: Callable[[], Any]) -> list[Any]:
-    """Run ``calls`` at once (a barrier releases them together); each result, or the exception it raised."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = calls[i]()
-        except Exception as err:
-            results[i] = err
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    return results
 
 
 def test_two_spends_of_one_balance_one_wins(pg_economy: Economy) -> None:

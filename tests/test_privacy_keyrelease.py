@@ -12,12 +12,11 @@ import re
 import stat
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from heurist.privacy.tables import Registration, Release, TeeStatus
 from heurist.settings_privacy import DEFAULT_POLICY_VERSION
 from heurist.signing import DEFAULT_DOMAIN, sign_message
 from tests.fixtures.ledger import DEVICE, Clock
+from tests.fixtures.race import raced
 
 PROMPT = "the secret plan: meet at the old mill at nine"
 POLICY = Policy(DEFAULT_POLICY_VERSION, tee_required=False, domain=DEFAULT_DOMAIN)
@@ -363,14 +363,7 @@ def test_copies_of_a_registration_judged_at_once_store_one_row(engine: Engine, c
     hello(engine, clock, miner)
     same = registration(miner, clock.now)
     changed = [registration(miner, clock.now + 1 + i, attestation=f"cmVwb3J0{i:02d}") for i in range(8)]
-    start = threading.Barrier(16)
-
-    def judge(signed: SignedRegistration) -> str | None:
-        start.wait()
-        return record(engine, signed, clock.now)
-
-    with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(judge, [same] * 8 + changed))
+    answers = raced(*[partial(record, engine, signed, clock.now) for signed in [same] * 8 + changed])
     with session_scope(engine) as session:
         stored = session.scalars(select(Registration).where(Registration.address == miner.address)).all()
     assert len(stored) == 1, [(r.tee_attestation, r.registered_at) for r in stored]
