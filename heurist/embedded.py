@@ -126,7 +126,7 @@ class EmbeddedNetwork(AbstractContextManager["EmbeddedNetwork"]):
                   "DISPATCH_ADDRESS": dispatch_signer(s).address, "S3_ENDPOINT": s.s3_endpoint,
                   "MODELS_DIR": str(s.resolved_models_dir()), "TORCH_THREADS": str(s.torch_threads),
                   "HEARTBEAT_INTERVAL_S": str(s.heartbeat_interval_s), "MINER_MAX_BATCH": str(s.miner_max_batch),
-                  **self._catalog()}
+                  "MINER_INLINE_BYTES": str(s.miner_inline_bytes), **self._catalog()}
         if s.keyrelease_nodes:  # public: the nodes' URLs and keys (heurist.embedded_privacy)
             values.update(KEYRELEASE_NODES=json.dumps([n.model_dump() for n in s.keyrelease_nodes]),
                           KEYRELEASE_THRESHOLD=str(s.keyrelease_threshold))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
 from heurist.catalog.schema import JobKind
 
@@ -33,6 +34,26 @@ MAX_BYTES = 2**40  # an output's size: 1 TiB, far above any image or answer
 TOKEN_TEXT = Annotated[str, Field(max_length=256)]  # one streamed token's text (a few chars in practice)
 MAX_ANSWER_CHARS = 262_144  # a stored answer: 4,096 tokens x 64 chars each
 MAX_ANSWER_TOKENS = 65_536  # 16 x the catalog's largest max_tokens
+# An output small enough to travel inside its completion (``heurist.ledger.inline``): 32 KiB is about 44 KB of
+# base64, which with the ~1.3 KB claim stays under the ledger's 64 KiB message limit (HEURIST_MAX_MESSAGE_BYTES).
+# A text answer of ~3,000 tokens (text, ids and counts as JSON) fits; images are uploaded.
+MAX_INLINE_BYTES = 32_768
+
+
+def _from_base64(value: object) -> object:
+    """JSON carries bytes as standard base64 (strictly decoded); bytes given in Python are taken as they are."""
+    return base64.b64decode(value, validate=True) if isinstance(value, str) else value
+
+
+INLINE_BYTES = Annotated[bytes, BeforeValidator(_from_base64), Field(max_length=MAX_INLINE_BYTES),
+                         PlainSerializer(lambda data: base64.b64encode(data).decode(), when_used="json")]
+INLINE_MARGIN_S = 60.0  # an inline output is judged late by its receipt: a miner keeps this much time to spare
+
+
+def sends_inline(size: int, seconds_left: float, max_bytes: int = MAX_INLINE_BYTES) -> bool:
+    """The miner's choice: inline an output of ``size`` bytes with ``seconds_left`` before its deadline
+    (``max_bytes`` 0: never)."""
+    return max_bytes > 0 and size <= min(max_bytes, MAX_INLINE_BYTES) and seconds_left >= INLINE_MARGIN_S
 
 
 def _no_nul(value: str) -> str:
@@ -214,8 +235,12 @@ class Completion(Signable):
 
 
 class SignedCompletion(Frozen):
+    """A signed claim, and with it the output itself when it is small (``output``; None: uploaded to the job's
+    presigned URL). The bytes are not signed: the claim's ``output_sha256`` is, and the ledger hashes them."""
+
     completion: Completion
     signature: SIGNATURE
+    output: INLINE_BYTES | None = None
 
 
 class TextOutput(Frozen):

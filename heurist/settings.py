@@ -69,7 +69,8 @@ class Settings(BaseSettings, EconomySettings, PrivacySettings):
     inbox_max_messages: int = Field(1000, ge=10, description="Messages a miner's inbox holds before the broker "
                                     "refuses its publishes (policy `heurist-inboxes`, overflow reject-publish).")
     inbox_max_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, description="Bytes a miner's inbox holds: also the "
-                                 "largest message a miner can send the ledger (an honest completion is about 2 KB).")
+                                 "largest message a miner can send the ledger (an honest completion is about 2 KB, "
+                                 "46 KB with its output inline).")
     dead_letters_max: int = Field(100_000, ge=100, description="Dead letters kept (`heurist broker dead-letters`); "
                                   "the oldest are dropped first.")
     inbox_poll_s: float = Field(2.0, gt=0, le=60, description="How often the ledger looks for new miners' inboxes.")
@@ -85,6 +86,9 @@ class Settings(BaseSettings, EconomySettings, PrivacySettings):
     miner_batch_window_ms: float = Field(5.0, ge=0, le=1000, description="How long a miner's batch waits for "
                                          "more jobs after its first arrived, when fewer than HEURIST_MINER_MAX_BATCH "
                                          "are waiting (jobs that queued during the previous batch go at once).")
+    miner_inline_bytes: int = Field(32_768, ge=0, le=32_768, description="Largest output a miner sends inside its "
+                                    "completion instead of uploading it (heurist.ledger.inline: one S3 request per "
+                                    "job instead of four). 0: always upload to the job's presigned URL.")
 
     miner_key: SecretStr | None = Field(None, description="Miner private key (hex). Prefer --key-file.")
     dispatch_key: SecretStr | None = Field(
@@ -118,9 +122,9 @@ class Settings(BaseSettings, EconomySettings, PrivacySettings):
         "1337). The settlement commands refuse an --rpc node that serves another chain. Default: not checked.")
     ledger_queue: str = "ledger"
     max_message_bytes: int = Field(
-        65_536, ge=4096, le=16 * 2**20, description="Largest message body the ledger and the auditor accept; "
+        65_536, ge=49_152, le=16 * 2**20, description="Largest message body the ledger and the auditor accept; "
         "a larger one is refused before it is parsed and kept in `dead-letters` (an honest completion is ~1.3 KB, "
-        "a hello under 16 KB).")
+        "~46 KB with a 32 KiB output inline: heurist.ledger.inline; a hello under 16 KB).")
     audit_queue_prefix: str = Field("audit", description="Sampled jobs go to '<prefix>.<model>'.")
     audit_base_rate: float = Field(0.10, ge=0, le=1, description="Share of jobs audited for miners in good standing.")
     audit_new_miner_rate: float = Field(0.5, ge=0, le=1)

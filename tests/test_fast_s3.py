@@ -1,7 +1,9 @@
-"""``FastS3ObjectStore`` (hand-signed HEAD, conditional COPY and GET) answers exactly as the boto3 store does, on
-a real SeaweedFS: the same object info, copies, bytes, and the same errors for what is missing or refused."""
+"""``FastS3ObjectStore`` (hand-signed HEAD, conditional COPY, GET and PUT) answers exactly as the boto3 store does,
+on a real SeaweedFS: the same object info, copies, bytes, and the same errors for what is missing or refused."""
 
 from __future__ import annotations
+
+import hashlib
 
 import pytest
 
@@ -36,6 +38,21 @@ def test_head_copy_and_get_answer_as_boto3_does(object_store: S3ObjectStore, fas
     assert object_store.copy(key, "frozen/other", if_match="0" * 32) is None
 
 
+@pytest.mark.parametrize("key", KEYS)
+def test_put_stores_what_boto3_stores(object_store: S3ObjectStore, fast: FastS3ObjectStore, key: str) -> None:
+    """An inline output's frozen copy (``heurist.storage.freeze.freeze_bytes``): the same bytes, and the sha256 the
+    service verified and kept, whichever store wrote them."""
+    data = b'{"text": "\u00e9t\u00e9", "ids": [1, 2]}' * 300
+    fast.put(f"frozen/fast/{key}", data, "application/json")
+    object_store.put(f"frozen/boto/{key}", data, "application/json")
+    by_fast, by_boto = object_store.stat(f"frozen/fast/{key}"), object_store.stat(f"frozen/boto/{key}")
+    assert by_fast is not None and by_boto is not None
+    assert (by_fast.sha256, by_fast.size, by_fast.content_type, by_fast.etag) == (
+        by_boto.sha256, by_boto.size, by_boto.content_type, by_boto.etag)
+    assert by_fast.sha256 == hashlib.sha256(data).hexdigest()
+    assert fast.get(f"frozen/fast/{key}") == object_store.get(f"frozen/fast/{key}") == data
+
+
 def test_missing_objects_and_buckets_answer_as_boto3_does(object_store: S3ObjectStore, fast: FastS3ObjectStore,
                                                           s3_settings: Settings) -> None:
     assert fast.stat("outputs/none") is None and object_store.stat("outputs/none") is None
@@ -58,7 +75,8 @@ def test_wrong_keys_and_an_unreachable_service_are_storage_errors(object_store: 
     object_store.put("outputs/k", b"x", "image/png")
     wrong = FastS3ObjectStore(seaweed.endpoint, seaweed.access_key, "not-the-secret", object_store.bucket)
     for call in (lambda: wrong.stat("outputs/k"), lambda: wrong.get("outputs/k"),
-                 lambda: wrong.copy("outputs/k", "frozen/k", if_match="0" * 32)):
+                 lambda: wrong.copy("outputs/k", "frozen/k", if_match="0" * 32),
+                 lambda: wrong.put("frozen/k", b"x", "image/png")):
         with pytest.raises(StorageError, match="refused our credentials"):
             call()
     [port] = free_ports(1)

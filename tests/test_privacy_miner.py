@@ -384,8 +384,9 @@ def test_a_private_text_job_runs_on_its_real_prompt_and_stores_only_ciphertext(
     out_key = f"outputs/{TEXT}/private-{uuid.uuid4()}.json"
     job, key = sealed_job(registry, nodes, real, TEXT, output_url=object_store.presign_put(out_key, 600))
     assert job.params.prompt == PRIVATE_PROMPT
-    done = runtime(wallet, nodes, {TEXT: smollm}).execute(job).completion
-    stored = object_store.get(out_key)
+    signed = runtime(wallet, nodes, {TEXT: smollm}).execute(job)
+    done, stored = signed.completion, signed.output  # inline: the bytes that leave the miner (heurist.ledger.inline)
+    assert stored is not None and object_store.stat(out_key) is None
     expected = smollm.run(real, time.time() + 600)  # greedy: the same answer as the miner's run
     answer = TextOutput.model_validate_json(decrypt_output(key, job.job_id, stored))
     assert answer == TextOutput.model_validate_json(expected.data) and answer.text
@@ -404,8 +405,9 @@ def test_a_private_image_job_stores_an_encrypted_png(registry: Registry, nodes: 
     real = ImageParams(prompt="a red boat at night", width=64, height=64, steps=2, guidance=7.5, seed=7)
     out_key = f"outputs/{IMAGE}/private-{uuid.uuid4()}.png"
     job, key = sealed_job(registry, nodes, real, IMAGE, output_url=object_store.presign_put(out_key, 600))
-    done = runtime(wallet, nodes, {IMAGE: tiny_sd}).execute(job).completion
-    stored = object_store.get(out_key)
+    signed = runtime(wallet, nodes, {IMAGE: tiny_sd}).execute(job)
+    done, stored = signed.completion, signed.output  # a 64x64 PNG's ciphertext travels inline
+    assert stored is not None and object_store.stat(out_key) is None
     png = decrypt_output(key, job.job_id, stored)
     assert png == tiny_sd.run(real, time.time() + 600).data and png.startswith(b"\x89PNG")
     assert not stored.startswith(b"\x89PNG") and done.output_sha256 == hashlib.sha256(stored).hexdigest()

@@ -145,7 +145,8 @@ def _streamed(app: Celery, broker_url: str, smollm: Clocked, store: S3ObjectStor
             chunks.append(chunk)
         signed = running.result(timeout=120)
     assert signed.completion.job_id == job.job_id
-    stored = TextOutput.model_validate_json(store.get(key))
+    assert signed.output is not None and store.stat(key) is None  # inline (heurist.ledger.inline): not uploaded
+    stored = TextOutput.model_validate_json(signed.output)
     assert tokens.user == user and not tokens.dropped  # locked to the miner's broker user (none when embedded)
     assert tokens.verify(stored.text) == ""
     return chunks, received, stored
@@ -199,7 +200,8 @@ def test_a_refused_stream_does_not_fail_the_job(rabbit_app: Celery, rabbit_url: 
     with caplog.at_level(logging.WARNING, logger="workers.miner.streaming"):
         signed = runtime.execute(job, rabbit_app.producer_pool)
     assert signed.completion.output_tokens == 4
-    assert TextOutput.model_validate_json(object_store.get(key)).output_tokens == 4
+    assert signed.output is not None and TextOutput.model_validate_json(signed.output).output_tokens == 4
+    assert object_store.stat(key) is None  # sent inline, not uploaded
     assert job.job_id in caplog.text
     # the worker's own producers still work after the refusal
     with rabbit_app.producer_pool.acquire(block=True) as producer:

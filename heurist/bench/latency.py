@@ -4,9 +4,10 @@ Same network as `heurist bench path` (``bench_network``: the ledger, the null mi
 flight at a time, the two sides alternating sample by sample so a busy neighbour slows both alike:
 
 - **job**: ``Client.submit`` of a null text job (record, presign, sign, confirmed publish), then
-  ``Client.wait_all`` until the client sees the verdict: the miner's runtime and PUT, its signed completion
-  through its inbox, the ledger's verification and credit, and the notice (``heurist.verdicts``) or the poll
-  that tells the client. Timed from before the submit to the verdict in hand.
+  ``Client.wait_all`` until the client sees the verdict: the miner's runtime, its signed completion (the 2 KB
+  output inside it, stored by the ledger's PUT: ``heurist.ledger.inline``; ``HEURIST_MINER_INLINE_BYTES=0``: the
+  miner's PUT) through its inbox, the ledger's verification and credit, and the notice (``heurist.verdicts``) or
+  the poll that tells the client. Timed from before the submit to the verdict in hand.
 - **bare**: a Celery task that does the same PUT (``heurist.bench.put``, presigned before the timer), sent with
   a link callback, timed until the callback's message arrives on a queue the bench reads: Celery's own
   round trip for a job with an output and nothing else.

@@ -49,6 +49,7 @@ class LedgerBench:
     broker: str
     database: str
     jobs: int  # completions per run (fresh jobs each run)
+    outputs: str  # "inline" (in the completion, as miners send small outputs) or "uploaded" (PUT beforehand)
     miners: int  # miner keys (and inboxes) the completions are spread over
     pool: str  # of the ledgers and of the no-op worker
     concurrency: int  # threads of each ledger process and of the no-op worker
@@ -71,9 +72,10 @@ def steady_rate(stamps: list[float]) -> float:
     return (hi - lo) / (s[hi] - s[lo])
 
 
-def _ledger_rate(rig: LedgerRig, jobs: int, ledgers: int, console: Console, timeout_s: float) -> tuple[float, bool]:
+def _ledger_rate(rig: LedgerRig, jobs: int, ledgers: int, console: Console, timeout_s: float,
+                 inline: bool) -> tuple[float, bool]:
     with console.status(f"{ledgers} ledger(s): preparing {jobs} jobs, outputs and signed completions"):
-        signed = rig.completions(jobs)
+        signed = rig.completions(jobs, inline=inline)
         rig.publish(signed)
     ids = [one.completion.job_id for one in signed]
     with console.status(f"{ledgers} ledger(s): verifying {jobs} completions"):
@@ -129,9 +131,11 @@ def run_noop_worker(broker_url: str, pool: str, concurrency: int, expect: int, o
                loglevel="WARNING", quiet=True).start()
 
 
-def run_ledger_bench(base: Settings, jobs: int, console: Console, timeout_s: float = 900.0) -> LedgerBench:
+def run_ledger_bench(base: Settings, jobs: int, console: Console, timeout_s: float = 900.0, *,
+                     inline: bool = True) -> LedgerBench:
     """Start storage (unless configured) on ``base``'s broker and database; measure the no-op worker, 1 ledger,
-    then 2 ledger processes, each on its own N messages; stop everything."""
+    then 2 ledger processes, each on its own N messages (outputs ``inline`` in them, else uploaded first); stop
+    everything."""
     pool, concurrency = worker_pool(base.resolved_broker_url(), base.ledger_concurrency)
     with tempfile.TemporaryDirectory(prefix="heurist-ledger-bench-") as tmp:
         root = Path(tmp)
@@ -141,14 +145,15 @@ def run_ledger_bench(base: Settings, jobs: int, console: Console, timeout_s: flo
             try:
                 before = rig.dead_letters()
                 noop = _noop_rate(rig, jobs, pool, concurrency, console, timeout_s)
-                one, once_1 = _ledger_rate(rig, jobs, 1, console, timeout_s)
-                two, once_2 = _ledger_rate(rig, jobs, 2, console, timeout_s)
+                one, once_1 = _ledger_rate(rig, jobs, 1, console, timeout_s, inline)
+                two, once_2 = _ledger_rate(rig, jobs, 2, console, timeout_s, inline)
                 dead = rig.dead_letters() - before
                 rig.purge(f"{base.audit_queue_prefix}.{BENCH_MODEL}")  # the bench jobs' audit samples
             finally:
                 rig.close()
     return LedgerBench(broker=settings.resolved_broker_url().split("://")[0],
                        database=settings.resolved_database_url().split("://")[0].split("+")[0], jobs=jobs,
+                       outputs="inline" if inline else "uploaded",
                        miners=len(rig.miners), pool=pool, concurrency=concurrency, ledger_batch=base.ledger_batch,
                        noop_per_s=round(noop, 1), ledger_1_per_s=round(one, 1), ledger_2_per_s=round(two, 1),
                        ratio_1_vs_noop=round(one / noop, 3), ratio_2_vs_1=round(two / one, 3),

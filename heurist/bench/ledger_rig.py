@@ -1,8 +1,9 @@
-"""A ledger with its queues pre-filled: valid signed completions whose outputs are in storage, sent as miners send.
+"""A ledger with its queues pre-filled: valid signed completions with their outputs, sent as miners send.
 
 ``heurist bench ledger`` and the duplicate-delivery tests build on this. Jobs are recorded by the trusted side's
-``JobBook`` as a client records them; each output is PUT to the store (the null model's ``TextOutput``, so every
-ledger check runs, token counts included); each completion is signed with a registered miner key.
+``JobBook`` as a client records them; each output (the null model's ``TextOutput``, so every ledger check runs,
+token counts included) is PUT to the store, or carried inline in its completion as miners send small outputs
+(``heurist.ledger.inline``); each completion is signed with a registered miner key.
 
 How completions reach the ledger: on RabbitMQ through real miner broker users (``heurist broker add-miner``),
 each publishing into its own inbox (``to-ledger.<user>``) with its ``user_id``, the way a miner's worker does
@@ -25,6 +26,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from celery import Celery
@@ -59,7 +61,7 @@ from heurist.signing import Domain, sign_message
 from heurist.storage import make_store
 from tasks.names import RECORD_COMPLETION
 
-PER_INBOX = 400  # completions per miner inbox: well inside its 1000 messages and 4 MB (one is about 1.3 KB)
+PER_INBOX = 400  # completions per miner inbox: inside its 1000 messages and 4 MB (one is 1.3 KB, 4 KB inline)
 DEVICE = DeviceInfo(kind="cpu", name="bench-cpu", vram_gb=0.0)
 ANSWER = TextOutput(text="x" * 1800, input_tokens=1, output_tokens=1, output_token_ids=[0],
                     finish_reason="length").model_dump_json().encode()  # 2 KB, like `bench path`'s null answers
@@ -114,24 +116,27 @@ class LedgerRig:
 
     # ------------------------------------------------------------------------------------- completions
 
-    def completions(self, n: int, threads: int = 8) -> list[SignedCompletion]:
-        """``n`` fresh jobs, their outputs stored, and each one's completion signed by a miner in turn."""
+    def completions(self, n: int, threads: int = 8, *, inline: bool = False) -> list[SignedCompletion]:
+        """``n`` fresh jobs and each one's completion signed by a miner in turn, its output stored (``inline``:
+        carried in the completion instead, as miners send small outputs: ``heurist.ledger.inline``)."""
         with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(self._one, range(n)))
+            return list(pool.map(partial(self._one, inline=inline), range(n)))
 
-    def _one(self, i: int) -> SignedCompletion:
+    def _one(self, i: int, inline: bool) -> SignedCompletion:
         job_id = str(uuid.uuid4())
         key = f"outputs/{self.spec.id}/{job_id}.json"
         self.ledger.book.create_job(job_id, self.spec, TextParams(prompt="bench", max_tokens=1), key,
                                     self.spec.queue, time.time() + 3600)
-        self.store.put(key, ANSWER, "application/json")
+        if not inline:
+            self.store.put(key, ANSWER, "application/json")
         wallet = self.miners[i % len(self.miners)].wallet
         claim = Completion(job_id=job_id, model_id=self.spec.id, miner=wallet.address,
                            output_sha256=hashlib.sha256(ANSWER).hexdigest(), output_bytes=len(ANSWER),
                            content_type="application/json",
                            input_tokens=1, output_tokens=1, timings=Timings(run_s=0.0, upload_s=0.0, total_s=0.0),
                            device=DEVICE, weights_sha256=weights_digest(self.spec.files), finished_at=time.time())
-        return SignedCompletion(completion=claim, signature=sign_message(wallet, claim, self.domain))
+        return SignedCompletion(completion=claim, signature=sign_message(wallet, claim, self.domain),
+                                output=ANSWER if inline else None)
 
     def publish(self, signed: Sequence[SignedCompletion], *, trusted: bool = False) -> None:
         """Send each completion as its miner does (confirmed by the broker); ``trusted``: to the ``ledger`` queue."""

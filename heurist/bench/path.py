@@ -2,8 +2,11 @@
 
 Both run in the same run, on the same broker, storage and machine, one solo worker each, after a warm-up.
 The full path is everything a real job does except the model: client validation, ledger record, presign,
-send, miner runtime, PUT, EIP-712 signing, ledger verification (signature, HEAD with checksum, database
-write) and the client seeing the verdict. Its model answers at once (``workers.bench.path.NullPipeline``).
+send, miner runtime, EIP-712 signing, ledger verification (signature, the output's sha256, size and token counts,
+database write), the output stored and the client seeing the verdict. Its model answers at once
+(``workers.bench.path.NullPipeline``) with ``--size`` bytes: up to 32 KiB they travel inside the completion and
+the ledger stores them with one PUT (``heurist.ledger.inline``); ``HEURIST_MINER_INLINE_BYTES=0`` measures the
+uploaded path (the miner's PUT, the ledger's HEAD, its freezing COPY and its GET).
 """
 
 from __future__ import annotations

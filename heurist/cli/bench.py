@@ -117,12 +117,16 @@ def load(
 def ledger(
     jobs: int = typer.Option(2000, "--jobs", min=20, help="Completions per run: the no-op baseline, 1 ledger, then 2 "
                              "ledger processes each drain this many pre-filled messages (fresh jobs each run)."),
+    uploaded: bool = typer.Option(False, "--uploaded", help="Upload each output before its completion is sent (as "
+                                  "for outputs over HEURIST_MINER_INLINE_BYTES); default: outputs inline in the "
+                                  "completions, as miners send text answers."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Verified completions per second of 1 and 2 ledger processes, next to Celery's bare no-op task rate.
 
-    Before each run the queues are pre-filled: N jobs recorded, their outputs PUT to storage, N completions
-    signed by registered miner keys and sent through the miners' own broker inboxes, as miners send them. Then
+    Before each run the queues are pre-filled: N jobs recorded, N completions signed by registered miner keys
+    (their small outputs inline, or PUT to storage first with --uploaded) and sent through the miners' own broker
+    inboxes, as miners send them. Then
     the workers start and drain them: `heurist ledger` processes with their default settings, or a bare Celery
     worker (Celery's defaults, same pool and concurrency as one ledger) whose task does nothing. Rates are
     steady-state (10th to 90th percentile of the per-message start times).
@@ -134,7 +138,7 @@ def ledger(
     """
     from heurist.bench.ledger import as_dict, run_ledger_bench
 
-    result = run_ledger_bench(settings_with(), jobs, err_console)
+    result = run_ledger_bench(settings_with(), jobs, err_console, inline=not uploaded)
     if json_out:
         print_json(as_dict(result))
     else:

@@ -121,7 +121,8 @@ def check_token_counts(v: Verifier, a: Attempt) -> Refusal | None:
     if a.job.sealed is not None:
         problem = private_bounds(PrivateEnvelope.model_validate(a.job.sealed), a.info.size, params, claimed)
     else:
-        problem = claim_mismatch(v.store.get(a.frozen_key), params, claimed,
+        data = a.signed.output if a.signed.output is not None else v.store.get(a.frozen_key)  # inline: no GET
+        problem = claim_mismatch(data, params, claimed,
                                  v.tokenizers(a.spec) if v.tokenizers else None)
     if problem is not None:
         return Refusal(Reason.TOKEN_MISMATCH, problem, miner=a.signer, marks_job=True)

@@ -29,13 +29,14 @@ from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import WeightPins
 from heurist.catalog.tokenizer import ModelTokenizer
 from heurist.jobs import Completion, DeviceInfo, JobState, SignedCompletion
+from heurist.ledger.inline import inline_info
 from heurist.ledger.standing import MinerStanding, read_standings
 from heurist.ledger.tables import CompletionRow, Job, Miner, Reason
 from heurist.ledger.token_counts import check_token_counts
 from heurist.privacy.metering import PRIVATE_CONTENT_TYPE
 from heurist.signing import DEFAULT_DOMAIN, Domain, message_signer
 from heurist.storage.backend import ObjectInfo, ObjectStore
-from heurist.storage.freeze import freeze
+from heurist.storage.freeze import freeze, freeze_bytes
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class Attempt:
         only if ``uploaded_at > deadline_at``, which gives the miner the benefit of under 1 s of doubt and
         never penalises it for the granularity. The PUT URL expires at the deadline anyway
         (``heurist.dispatch``), so the store itself refuses uploads after it. A store that reports no
-        time falls back to the ledger's receipt time.
+        time, and an output sent inline (``heurist.ledger.inline``), fall back to the ledger's receipt time.
         """
         if self.info is not None and self.info.last_modified is not None:
             return self.info.last_modified
@@ -242,8 +243,10 @@ def _check_content_type(v: Verifier, a: Attempt) -> Refusal | None:
 
 
 def _check_output_exists(v: Verifier, a: Attempt) -> Refusal | None:
+    """The uploaded object's HEAD, or what the ledger measured itself of an inline output
+    (``heurist.ledger.inline``)."""
     assert a.job is not None
-    a.info = v.store.stat(a.job.output_key)
+    a.info = inline_info(a.job.output_key, a.signed) or v.store.stat(a.job.output_key)
     if a.info is None:
         return Refusal(Reason.OUTPUT_MISSING, f"no object at {a.job.output_key}", miner=a.signer, marks_job=True)
     return None
@@ -274,8 +277,12 @@ def _check_size(v: Verifier, a: Attempt) -> Refusal | None:
 def _freeze_output(v: Verifier, a: Attempt) -> Refusal | None:
     """Copy exactly the verified bytes (conditional on the ETag the HEAD saw) to a key no URL can write.
     Clients and auditors read that copy, so an overwrite after the credit changes nothing they see. An
-    overwrite racing between the HEAD and the copy is not frozen, and the completion is refused."""
+    overwrite racing between the HEAD and the copy is not frozen, and the completion is refused. An inline output
+    is written there by the ledger itself: the bytes it hashed (``heurist.ledger.inline``)."""
     assert a.job is not None and a.info is not None
+    if a.signed.output is not None:
+        a.frozen_key = freeze_bytes(v.store, a.info.key, a.signed.output, a.claim.content_type)
+        return None
     a.frozen_key = freeze(v.store, a.info, a.claim.output_sha256)
     if a.frozen_key is None:
         return Refusal(Reason.OUTPUT_CHANGED, f"the object at {a.job.output_key} changed between verification "

@@ -32,6 +32,7 @@ the MD5 of the bytes. The copy is then checked against the verified sha256 befor
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from heurist.errors import StorageError
@@ -72,4 +73,12 @@ def freeze(store: ObjectStore, info: ObjectInfo, sha256: str) -> str | None:
     return dest
 
 
-__all__ = ["FROZEN_PREFIX", "freeze", "frozen_key", "is_frozen"]
+def freeze_bytes(store: ObjectStore, output_key: str, data: bytes, content_type: str) -> str:
+    """Write ``data`` to its frozen key (the trusted side's own PUT: an output that came inside its completion,
+    ``heurist.ledger.inline``) and return that key. Idempotent: the key names the bytes' sha256."""
+    dest = frozen_key(output_key, hashlib.sha256(data).hexdigest())
+    store.put(dest, data, content_type)
+    return dest
+
+
+__all__ = ["FROZEN_PREFIX", "freeze", "freeze_bytes", "frozen_key", "is_frozen"]

@@ -179,7 +179,8 @@ def serve(settings: Settings, wallet: Wallet, plan: MinerPlan, pipelines: dict[s
     runtime = MinerRuntime(wallet=wallet, device=plan.device.info, pipelines=pipelines, middleware=chain,
                            admission=Admission.from_settings(settings, plan.models, private=private),
                            domain=Domain.of(settings), privacy=privacy, max_batch=max_batch,
-                           batch_window_s=settings.miner_batch_window_ms / 1000)
+                           batch_window_s=settings.miner_batch_window_ms / 1000,
+                           inline_bytes=settings.miner_inline_bytes)
     app = create_app(settings, Services("miner", miner_runtime=runtime))
     register_miner_tasks(app, settings.ledger_queue)
     only_tasks(app, MINER_TASKS)  # a job message naming another task (celery.group, ...) is refused

@@ -1,5 +1,7 @@
 """The miner runtime: pipelines loaded once at start, each job on its own worker thread, its model call batched
-with the other jobs of its model running then (``workers.miner.batches``), output PUT, completion signed.
+with the other jobs of its model running then (``workers.miner.batches``), output PUT, completion signed. An
+output of at most ``inline_bytes`` (32 KiB, a text answer) goes inside the completion instead of being uploaded
+(``heurist.ledger.inline``: the ledger stores it, one S3 request per job instead of four).
 
 A message is admitted first (``workers.miner.admission``: the dispatcher's signature, the deadline, the
 model, the catalog's limits, the store); a job that then raises is reported as a signed ``Failure``.
@@ -20,6 +22,7 @@ is reported as "privacy: ...". The clear job is what middleware and logs see; th
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ from heurist.errors import ConfigError, FailureKind, TimeLimitExceeded, UnknownM
 from heurist.identity import Wallet
 from heurist.jobs import (
     FAILURE_ERROR_CHARS,
+    MAX_INLINE_BYTES,
     Completion,
     DeviceInfo,
     Failure,
@@ -42,6 +46,7 @@ from heurist.jobs import (
     SignedCompletion,
     SignedFailure,
     Timings,
+    sends_inline,
 )
 from heurist.privacy.envelope import PrivacyError
 from heurist.privacy.metering import PRIVATE_CONTENT_TYPE
@@ -75,6 +80,7 @@ class MinerRuntime:
     privacy: PrivateJobs | None = None  # set on a privacy miner (``heurist miner --private``): runs private jobs
     max_batch: int = 1  # jobs of one model run together (``workers.miner.batches``; serve: HEURIST_MINER_MAX_BATCH)
     batch_window_s: float = 0.0  # how long a batch waits for more (serve: HEURIST_MINER_BATCH_WINDOW_MS)
+    inline_bytes: int = MAX_INLINE_BYTES  # outputs up to this size go inside the completion (heurist.ledger.inline)
     batches: ModelBatches = field(init=False)
 
     def __post_init__(self) -> None:
@@ -124,7 +130,9 @@ class MinerRuntime:
         if key is not None:
             data, content_type = PrivateJobs.seal(key, job.job_id, output.data), PRIVATE_CONTENT_TYPE
         ran = time.perf_counter()
-        digest = put_presigned(job.output_url, data, content_type, session=self.http, deadline_at=job.deadline_at)
+        inline = sends_inline(len(data), job.deadline_at - time.time(), self.inline_bytes)
+        digest = (hashlib.sha256(data).hexdigest() if inline else
+                  put_presigned(job.output_url, data, content_type, session=self.http, deadline_at=job.deadline_at))
         uploaded = time.perf_counter()
         completion = Completion(
             job_id=job.job_id,
@@ -142,7 +150,8 @@ class MinerRuntime:
         )
         for mw in self.middleware:
             completion = mw.after_job(job, completion)
-        return SignedCompletion(completion=completion, signature=sign_message(self.wallet, completion, self.domain))
+        return SignedCompletion(completion=completion, signature=sign_message(self.wallet, completion, self.domain),
+                                output=data if inline else None)
 
     def _open(self, job: JobMessage, pipeline: Pipeline) -> tuple[bytes | None, JobMessage]:
         """A private job's data key and its copy with the real parameters; a public job as it is."""

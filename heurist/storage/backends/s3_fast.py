@@ -1,12 +1,14 @@
-"""The S3 backend with its three per-completion reads (HEAD, conditional COPY, GET) as plain signed requests.
+"""The S3 backend with its per-completion requests (HEAD, conditional COPY, GET, an inline output's PUT) as plain
+signed requests.
 
 Why: after batching its database work (``heurist.ledger.batch``), the ledger spent most of its CPU in boto3. A
 HEAD cost 1.19 ms of CPU through boto3 (its event hooks, model-driven serialising and parsing, signer) and 0.27 ms
 as one SigV4-signed request on a urllib3 keep-alive pool; a GET 1.00 and 0.31 ms (SeaweedFS, measured here). A
-completion makes three of them (``heurist.ledger.verify``): about 2.5 ms of CPU saved of 8 per completion.
+completion makes three of them (``heurist.ledger.verify``): about 2.5 ms of CPU saved of 8 per completion. One
+whose output came inline makes a single PUT (``heurist.ledger.inline``).
 
-``FastS3ObjectStore`` is an ``S3ObjectStore`` (boto3 keeps everything else: presigning, PUT, buckets) whose
-``stat``, ``copy`` and ``get`` send the same S3 requests boto3 would, path-style, signed by botocore's
+``FastS3ObjectStore`` is an ``S3ObjectStore`` (boto3 keeps everything else: presigning, buckets) whose
+``stat``, ``copy``, ``get`` and ``put`` send the same S3 requests boto3 would, path-style, signed by botocore's
 ``S3SigV4Auth``, and answer exactly as the boto3 methods do: None for a missing object or a failed copy
 condition, the same ``StorageError`` texts otherwise (built by the same code).
 Connection errors, 5xx and throttling are retried like boto3's standard mode (3 attempts in all, with jittered
@@ -32,7 +34,7 @@ from botocore.httpsession import get_cert_path
 
 from heurist.errors import StorageError
 from heurist.storage.backend import ObjectInfo
-from heurist.storage.backends.s3 import S3ObjectStore, _unquote, checksum_to_hex
+from heurist.storage.backends.s3 import S3ObjectStore, _unquote, checksum_to_hex, sha256_b64
 
 RETRIED = {429, 500, 502, 503, 504}
 _XML = re.compile(r"<(Code|Message|ETag)>([^<]*)</\1>")
@@ -57,11 +59,13 @@ class SignedRequests:
     def path(self, key: str) -> str:
         return f"{self.prefix}/{quote(self.bucket)}/{quote(key, safe='/~')}"
 
-    def send(self, method: str, key: str, headers: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
+    def send(self, method: str, key: str, headers: dict[str, str] | None = None,
+             body: bytes | None = None) -> urllib3.BaseHTTPResponse:
         """The response (any status); urllib3's error after ``max_attempts`` connection failures or 5xx."""
         for attempt in range(1, self.max_attempts + 1):
             try:
-                response = self.pool.urlopen(method, self.path(key), headers=self._signed(method, key, headers),
+                response = self.pool.urlopen(method, self.path(key), body=body,
+                                             headers=self._signed(method, key, headers, body),
                                              redirect=False, preload_content=True)
             except urllib3.exceptions.HTTPError:
                 if attempt == self.max_attempts:
@@ -72,16 +76,16 @@ class SignedRequests:
             time.sleep(random.random() * min(2.0 ** attempt, 20.0) / 10)  # boto3's standard mode, scaled down
         raise AssertionError("unreachable")
 
-    def _signed(self, method: str, key: str, extra: dict[str, str] | None) -> dict[str, str]:
+    def _signed(self, method: str, key: str, extra: dict[str, str] | None, body: bytes | None) -> dict[str, str]:
         """The request's headers signed by botocore's own SigV4 signer (0.05 ms of CPU: the cost was boto3's
         client machinery around it, not the signature)."""
-        request = AWSRequest(method, f"{self.origin}{self.path(key)}", headers=extra or {})
+        request = AWSRequest(method, f"{self.origin}{self.path(key)}", headers=extra or {}, data=body)
         self.auth.add_auth(request)
         return dict(request.headers.items())
 
 
 class FastS3ObjectStore(S3ObjectStore):
-    """``S3ObjectStore`` whose ``stat``, ``copy`` and ``get`` skip boto3 (see the module docstring)."""
+    """``S3ObjectStore`` whose ``stat``, ``copy``, ``get`` and ``put`` skip boto3 (see the module docstring)."""
 
     def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str, region: str = "us-east-1",
                  *, max_attempts: int = 3, connect_timeout_s: float = 5.0, read_timeout_s: float = 60.0,
@@ -117,9 +121,16 @@ class FastS3ObjectStore(S3ObjectStore):
         self._check(response, f"GET {key}")
         return bytes(response.data)
 
-    def _send(self, method: str, key: str, headers: dict[str, str] | None, action: str) -> urllib3.BaseHTTPResponse:
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        """As ``S3ObjectStore.put``: the service verifies and keeps our sha256 (an inline output's frozen copy)."""
+        response = self._send("PUT", key, {"Content-Type": content_type, "x-amz-checksum-sha256": sha256_b64(data)},
+                              f"PUT {key}", data)
+        self._check(response, f"PUT {key}")
+
+    def _send(self, method: str, key: str, headers: dict[str, str] | None, action: str,
+              body: bytes | None = None) -> urllib3.BaseHTTPResponse:
         try:
-            return self.requests.send(method, key, headers)
+            return self.requests.send(method, key, headers, body)
         except urllib3.exceptions.HTTPError as exc:
             raise StorageError(
                 f"cannot reach the S3 service at {self.endpoint} ({action}: {exc}): start it (e.g. "

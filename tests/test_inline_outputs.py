@@ -1,0 +1,234 @@
+"""Outputs sent inside their signed completion (``heurist.ledger.inline``): the ledger on SQLite and PostgreSQL with
+a real SeaweedFS, and the miner runtime that chooses to inline.
+
+What is protected: the ledger credits an inline output only on numbers it computed itself (sha256 and size of the
+bytes it received, never the claim's), stores exactly those bytes at the frozen key with one PUT (the store keeps
+their sha256), never reads or writes the job's mutable key for it (whatever someone PUT there with the job's URL is
+ignored), and recounts a text job's tokens from those bytes without a GET. The field carries at most 32 KiB, as
+base64 on the wire, and a 32 KiB completion still fits the ledger's 64 KiB message limit. A miner inlines only
+small outputs with at least 60 s left, and ``miner_inline_bytes=0`` uploads everything.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import uuid
+
+import pytest
+from kombu.serialization import dumps
+from pydantic import ValidationError
+
+from heurist.catalog import Catalog
+from heurist.celery_app import create_app
+from heurist.deadletters.consumer import _header_bytes
+from heurist.identity import Wallet
+from heurist.jobs import (
+    INLINE_MARGIN_S,
+    MAX_INLINE_BYTES,
+    JobMessage,
+    JobState,
+    SignedCompletion,
+    TextParams,
+    sends_inline,
+)
+from heurist.ledger.service import Ledger, Reason
+from heurist.settings import Settings
+from heurist.storage.backend import ObjectInfo, ObjectStore
+from heurist.storage.backends.s3 import S3ObjectStore
+from heurist.storage.backends.s3_fast import FastS3ObjectStore
+from heurist.storage.freeze import frozen_key
+from heurist.storage.presigned import put_presigned
+from tasks.names import RECORD_COMPLETION
+from tests.fixtures.ledger import PNG, Clock, Job, answer, completion, credited_entries, image_job, sign, text_job
+from tests.fixtures.s3 import DelegatingStore
+
+EVIL = b"\x89PNG\r\n\x1a\n" + b"the attacker's bytes" * 40
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def inline(job: Job, wallet: Wallet, data: bytes, claimed: bytes | None = None, *, input_tokens: int = 0,
+           output_tokens: int = 0, output_bytes: int | None = None) -> SignedCompletion:
+    """A completion claiming ``claimed`` (default: ``data``) with ``data`` inside, parsed from its wire form (base64
+    JSON, as ``tasks.ledger`` receives it). Not ``SignedCompletion(output=data)``: ``Base64Bytes`` base64-decodes
+    bytes given in Python too, so raw bytes there are refused or silently decoded to other bytes."""
+    claim = completion(job, wallet, data if claimed is None else claimed, input_tokens=input_tokens,
+                       output_tokens=output_tokens, output_bytes=output_bytes)
+    wire = sign(claim, wallet).model_dump(mode="json")
+    return SignedCompletion.model_validate({**wire, "output": base64.b64encode(data).decode()})
+
+
+class Recording(DelegatingStore):
+    """The real store, noting each request the ledger makes: an inline completion must make one PUT and no read."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        super().__init__(inner)
+        self.calls: list[tuple[str, str]] = []
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        self.calls.append(("stat", key))
+        return self.inner.stat(key)
+
+    def get(self, key: str) -> bytes:
+        self.calls.append(("get", key))
+        return self.inner.get(key)
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.calls.append(("put", key))
+        self.inner.put(key, data, content_type)
+
+    def copy(self, source: str, dest: str, *, if_match: str) -> str | None:
+        self.calls.append(("copy", source))
+        return self.inner.copy(source, dest, if_match=if_match)
+
+
+def assert_nothing_credited(ledger: Ledger, job: Job) -> None:
+    assert credited_entries(ledger.engine, job.id) == [] and ledger.reader.points_entries(job.id) == 0
+
+
+# ------------------------------------------------------------------------------------------ the ledger
+
+
+@pytest.mark.parametrize("client", ["boto3", "fast"])
+def test_an_inline_output_is_credited_once_and_frozen_by_the_ledger(
+        ledger: Ledger, catalog: Catalog, clock: Clock, object_store: S3ObjectStore, s3_settings: Settings,
+        miner: Wallet, client: str) -> None:
+    """With the ledger's production store (fast) and boto3's: one PUT of exactly the bytes, nothing else."""
+    store = Recording(object_store if client == "boto3" else FastS3ObjectStore.from_settings(s3_settings))
+    ledger.store = store
+    job = image_job(ledger, catalog, clock)
+    signed = inline(job, miner, PNG)
+    verdict = ledger.record_completion(signed)
+    assert (verdict.accepted, verdict.state, verdict.points) == (True, JobState.COMPLETED, 8.0)
+    frozen = frozen_key(job.output_key, sha(PNG))
+    assert store.calls == [("put", frozen)]  # no HEAD, COPY or GET, and nothing at the mutable key
+    info = object_store.stat(frozen)
+    assert info is not None and (info.sha256, info.size, info.content_type) == (sha(PNG), len(PNG), "image/png")
+    assert object_store.get(frozen) == PNG and object_store.stat(job.output_key) is None
+    view = ledger.reader.job(job.id)
+    assert view is not None and view.frozen_key == frozen and view.output_sha256 == sha(PNG)
+    again = ledger.record_completion(SignedCompletion.model_validate(signed.model_dump(mode="json")))
+    assert again.duplicate and again.reason is Reason.DUPLICATE
+    assert [e.amount_micro for e in credited_entries(ledger.engine, job.id)] == [8_000_000]
+
+
+@pytest.mark.parametrize("lie", ["sha256", "size"])
+def test_inline_bytes_that_are_not_the_claim_are_refused(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                                         object_store: S3ObjectStore, miner: Wallet,
+                                                         lie: str) -> None:
+    job = image_job(ledger, catalog, clock)
+    other = EVIL[: len(PNG)].ljust(len(PNG), b"!")  # same size, other bytes
+    signed = (inline(job, miner, other, claimed=PNG) if lie == "sha256"
+              else inline(job, miner, PNG, output_bytes=len(PNG) + 1))
+    verdict = ledger.record_completion(signed)
+    reason = Reason.SHA256_MISMATCH if lie == "sha256" else Reason.SIZE_MISMATCH
+    assert (verdict.accepted, verdict.reason, verdict.state) == (False, reason, JobState.QUEUED)
+    assert_nothing_credited(ledger, job)
+    assert ledger.reader.rejections(job.id) == [(reason, miner.address)]
+    for data in (PNG, other):
+        assert object_store.stat(frozen_key(job.output_key, sha(data))) is None  # nothing frozen
+
+
+def test_the_mutable_key_is_ignored_for_an_inline_completion(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                                             object_store: S3ObjectStore, miner: Wallet) -> None:
+    """Someone PUT with the job's URL: the attacker's bytes neither spoil an honest inline output, nor make a bad
+    one pass by sitting at the key with the claimed sha256."""
+    job = image_job(ledger, catalog, clock)
+    put_presigned(object_store.presign_put(job.output_key, 60), EVIL, "image/png")
+    verdict = ledger.record_completion(inline(job, miner, PNG))
+    assert (verdict.accepted, verdict.state) == (True, JobState.COMPLETED)
+    view = ledger.reader.job(job.id)
+    assert view is not None and view.frozen_key is not None and object_store.get(view.frozen_key) == PNG
+
+    other = image_job(ledger, catalog, clock)
+    put_presigned(object_store.presign_put(other.output_key, 60), PNG, "image/png")  # the claimed bytes
+    garbage = bytes(len(PNG))
+    refused = ledger.record_completion(inline(other, miner, garbage, claimed=PNG))
+    assert (refused.accepted, refused.reason) == (False, Reason.SHA256_MISMATCH)
+    assert_nothing_credited(ledger, other)
+
+
+@pytest.mark.parametrize("claimed_out", [20, 25], ids=["honest", "lying count"])
+def test_text_tokens_are_recounted_from_the_inline_bytes_without_a_get(
+        ledger: Ledger, catalog: Catalog, clock: Clock, object_store: S3ObjectStore, miner: Wallet,
+        claimed_out: int) -> None:
+    store = Recording(object_store)
+    ledger.store = store
+    job = text_job(ledger, catalog, clock)
+    data = answer(12, 20)
+    verdict = ledger.record_completion(inline(job, miner, data, input_tokens=12, output_tokens=claimed_out))
+    assert not [call for call in store.calls if call[0] != "put"]  # the answer was never read back
+    if claimed_out == 20:
+        view = ledger.reader.job(job.id)
+        assert verdict.accepted and view is not None and (view.input_tokens, view.output_tokens) == (12, 20)
+    else:
+        assert (verdict.accepted, verdict.reason, verdict.state) == (False, Reason.TOKEN_MISMATCH, JobState.QUEUED)
+        assert_nothing_credited(ledger, job)
+
+
+# ------------------------------------------------------------------------------------------ the message
+
+
+def test_the_field_is_base64_on_the_wire_and_at_most_32_kib(catalog: Catalog) -> None:
+    wallet = Wallet.create()
+    assert MAX_INLINE_BYTES == 32_768
+    job = Job(str(uuid.uuid4()), catalog["smollm2-135m"], TextParams(prompt="p", max_tokens=8), "outputs/x.json", 0.0)
+    data = bytes(range(256)) * (MAX_INLINE_BYTES // 256)
+    signed = inline(job, wallet, data)
+    wire = signed.model_dump(mode="json")
+    assert wire["output"] == base64.b64encode(data).decode() and signed.output == data
+    assert SignedCompletion.model_validate_json(signed.model_dump_json()) == signed
+    with pytest.raises(ValidationError, match="at most 32768"):
+        inline(job, wallet, data + b"x")
+    app = create_app(Settings(_env_file=None))  # type: ignore[call-arg]
+    message = app.amqp.as_task_v2(str(uuid.uuid4()), RECORD_COMPLETION, args=[wire], kwargs={})
+    _, _, body = dumps(message.body, serializer="json")
+    size = len(body) + _header_bytes(message.headers)
+    assert size < Settings(_env_file=None).max_message_bytes, size  # type: ignore[call-arg]
+
+
+# ------------------------------------------------------------------------------------------ the miner
+
+
+def test_sends_inline_boundaries() -> None:
+    assert sends_inline(MAX_INLINE_BYTES, INLINE_MARGIN_S) and INLINE_MARGIN_S == 60.0
+    assert not sends_inline(MAX_INLINE_BYTES + 1, 3600.0)
+    assert not sends_inline(MAX_INLINE_BYTES + 1, 3600.0, max_bytes=10**6)  # a setting cannot raise the cap
+    assert not sends_inline(1, INLINE_MARGIN_S - 0.01)
+    assert sends_inline(100, 3600.0, max_bytes=100) and not sends_inline(101, 3600.0, max_bytes=100)
+    assert not sends_inline(1, 3600.0, max_bytes=0)  # HEURIST_MINER_INLINE_BYTES=0: always upload
+    assert Settings(_env_file=None).miner_inline_bytes == MAX_INLINE_BYTES  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(("inline_bytes", "deadline_s", "inlined"), [
+    (MAX_INLINE_BYTES, 600.0, True), (0, 600.0, False), (MAX_INLINE_BYTES, 45.0, False)],
+    ids=["inline", "inline_bytes=0", "under 60 s left"])
+def test_the_miner_runtime_inlines_or_uploads_and_the_ledger_credits_either(
+        ledger: Ledger, catalog: Catalog, object_store: S3ObjectStore, miner: Wallet,
+        inline_bytes: int, deadline_s: float, inlined: bool) -> None:
+    from tests.fixtures.ledger import DEVICE
+    from workers.bench.path import NullPipeline
+    from workers.miner.runtime import MinerRuntime
+
+    spec = catalog["smollm2-135m"]
+    pipeline = NullPipeline(spec, 2000)
+    job_id, params = str(uuid.uuid4()), TextParams(prompt="Name three primary colors.", max_tokens=8)
+    key, deadline = f"outputs/{spec.id}/{job_id}.json", time.time() + deadline_s
+    ledger.book.create_job(job_id, spec, params, key, spec.queue, deadline)
+    runtime = MinerRuntime(wallet=miner, device=DEVICE, pipelines={spec.id: pipeline}, inline_bytes=inline_bytes)
+    signed = runtime.execute(JobMessage(job_id=job_id, model_id=spec.id, params=params, deadline_at=deadline,
+                                        output_url=object_store.presign_put(key, int(deadline_s))))
+    stored = object_store.stat(key)
+    assert signed.completion.output_sha256 == sha(pipeline.data)
+    if inlined:
+        assert signed.output == pipeline.data and stored is None  # nothing uploaded
+    else:
+        assert signed.output is None and stored is not None and stored.sha256 == sha(pipeline.data)
+    wire = SignedCompletion.model_validate(signed.model_dump(mode="json"))  # as tasks.miner sends it
+    verdict = ledger.record_completion(wire)
+    assert (verdict.accepted, verdict.state) == (True, JobState.COMPLETED)
+    assert object_store.get(frozen_key(key, sha(pipeline.data))) == pipeline.data
