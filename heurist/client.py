@@ -44,7 +44,7 @@ from heurist.dispatch import (
     send_jobs,
 )
 from heurist.errors import InvalidJobError, JobFailedError, JobTimeoutError, public_failure
-from heurist.jobs import ImageParams, JobMessage, JobState, SignedJob, TextParams
+from heurist.jobs import ImageParams, JobMessage, JobState, SignedJob, TextParams, output_content_type
 from heurist.points import image_work_units, text_work_units
 from heurist.privacy import client as privacy
 from heurist.privacy.client import AccInput
@@ -459,7 +459,7 @@ def _seed(seed: int | None) -> int:
 
 
 def _content_type(spec: ModelSpec) -> str:
-    return "image/png" if spec.kind is JobKind.IMAGE else "application/json"
+    return output_content_type(spec.kind)
 
 
 def _work_units(params: ImageParams | TextParams) -> float:

@@ -36,7 +36,7 @@ MAX_ANSWER_CHARS = 262_144  # a stored answer: 4,096 tokens x 64 chars each
 MAX_ANSWER_TOKENS = 65_536  # 16 x the catalog's largest max_tokens
 # An output small enough to travel inside its completion (``heurist.ledger.inline``): 32 KiB is about 44 KB of
 # base64, which with the ~1.3 KB claim stays under the ledger's 64 KiB message limit (HEURIST_MAX_MESSAGE_BYTES).
-# A text answer of ~3,000 tokens (text, ids and counts as JSON) fits; images are uploaded.
+# A text answer of ~3,000 tokens (text, ids and counts as JSON) fits, and small PNGs; larger images are uploaded.
 MAX_INLINE_BYTES = 32_768
 
 
@@ -48,6 +48,11 @@ def _from_base64(value: object) -> object:
 INLINE_BYTES = Annotated[bytes, BeforeValidator(_from_base64), Field(max_length=MAX_INLINE_BYTES),
                          PlainSerializer(lambda data: base64.b64encode(data).decode(), when_used="json")]
 INLINE_MARGIN_S = 60.0  # an inline output is judged late by its receipt: a miner keeps this much time to spare
+
+
+def output_content_type(kind: JobKind) -> str:
+    """What a public job's output is: a PNG or a ``TextOutput`` as JSON."""
+    return "image/png" if kind is JobKind.IMAGE else "application/json"
 
 
 def sends_inline(size: int, seconds_left: float, max_bytes: int = MAX_INLINE_BYTES) -> bool:

@@ -10,6 +10,7 @@ service the role does not have raises ``MissingServiceError`` naming both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from kombu.pools import ProducerPool
@@ -31,7 +32,10 @@ class Verdict(Protocol):
 class LedgerService(Protocol):
     """The ledger's write side, as its tasks use it."""
 
-    def record_completion(self, signed: SignedCompletion, sender: str | None = None) -> Verdict: ...
+    clock: Callable[[], float]
+
+    def record_completion(self, signed: SignedCompletion, sender: str | None = None, *,
+                          received_at: float | None = None) -> Verdict: ...
 
     def record_failure(self, job_id: str, reason: str) -> None: ...
 

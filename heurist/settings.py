@@ -122,7 +122,7 @@ class Settings(BaseSettings, EconomySettings, PrivacySettings):
         "1337). The settlement commands refuse an --rpc node that serves another chain. Default: not checked.")
     ledger_queue: str = "ledger"
     max_message_bytes: int = Field(
-        65_536, ge=49_152, le=16 * 2**20, description="Largest message body the ledger and the auditor accept; "
+        65_536, ge=57_344, le=16 * 2**20, description="Largest message body the ledger and the auditor accept; "
         "a larger one is refused before it is parsed and kept in `dead-letters` (an honest completion is ~1.3 KB, "
         "~46 KB with a 32 KiB output inline: heurist.ledger.inline; a hello under 16 KB).")
     audit_queue_prefix: str = Field("audit", description="Sampled jobs go to '<prefix>.<model>'.")

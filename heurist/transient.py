@@ -29,7 +29,8 @@ it unacked for at most the countdown, far below the consumer timeout, and Celery
 ETA messages so they do not block fresh ones. The republish is confirmed by the broker before the original is
 acked (publisher confirms). If it fails (the broker is in trouble too), the original is rejected with requeue
 after one back-off pause: it comes back rather than going. Order: a retried message goes behind newer ones,
-which no verdict depends on (exactly once rests on unique keys, lateness on the store's upload time).
+which no verdict depends on (exactly once rests on unique keys, lateness on the store's upload time or, for an
+inline output, on the first receipt, which the retry carries: ``heurist.access.senders.received_at``).
 
 Alert: ``Outages`` follows, per source, the messages waiting for a retry. From the first one it logs a WARNING;
 past ``Settings.ledger_outage_alert_s`` of waiting, one ERROR line with how many wait and the most retries of

@@ -13,7 +13,7 @@ from typing import Any, cast
 from celery import Celery, Task
 from pydantic import TypeAdapter, ValidationError
 
-from heurist.access.senders import sender_of
+from heurist.access.senders import received_at, sender_of
 from heurist.celery_app import HeuristCelery, services
 from heurist.deadletters import Reason, first_error, keep_request
 from heurist.jobs import SignedCompletion, SignedFailure, SignedHeartbeat, SignedHello
@@ -46,10 +46,12 @@ def register_ledger_tasks(app: Celery) -> None:
     @app.task(name=RECORD_COMPLETION, bind=True, acks_late=True, **RETRY)
     def record_completion(self: Task, signed: Any) -> dict[str, Any]:
         """Verify a miner's signed completion and credit its job once."""
+        ledger = services(self.app).ledger
+        first = received_at(self.request, ledger.clock())  # a retry keeps the first receipt
         parsed = _parse(self, SignedCompletion, signed)
         if parsed is None:
             return {"accepted": False, "reason": "malformed"}
-        verdict = services(self.app).ledger.record_completion(parsed, sender_of(self.request)).report()
+        verdict = ledger.record_completion(parsed, sender_of(self.request), received_at=first).report()
         return {**verdict, "miner": parsed.completion.miner, "model_id": parsed.completion.model_id}
 
     @app.task(name=RECORD_FAILURE, bind=True, acks_late=True, **RETRY)

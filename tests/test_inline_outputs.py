@@ -15,11 +15,14 @@ import base64
 import hashlib
 import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from kombu.serialization import dumps
 from pydantic import ValidationError
 
+from heurist.access.backend import inbox_exchange
+from heurist.access.senders import RECEIVED_HEADER, received_at
 from heurist.catalog import Catalog
 from heurist.celery_app import create_app
 from heurist.deadletters.consumer import _header_bytes
@@ -52,12 +55,14 @@ def sha(data: bytes) -> str:
 
 
 def inline(job: Job, wallet: Wallet, data: bytes, claimed: bytes | None = None, *, input_tokens: int = 0,
-           output_tokens: int = 0, output_bytes: int | None = None) -> SignedCompletion:
+           output_tokens: int = 0, output_bytes: int | None = None, content_type: str | None = None
+           ) -> SignedCompletion:
     """A completion claiming ``claimed`` (default: ``data``) with ``data`` inside, parsed from its wire form (base64
-    JSON, as ``tasks.ledger`` receives it). Not ``SignedCompletion(output=data)``: ``Base64Bytes`` base64-decodes
-    bytes given in Python too, so raw bytes there are refused or silently decoded to other bytes."""
+    JSON, as ``tasks.ledger`` receives it); ``content_type``: the claimed one instead of the job's."""
     claim = completion(job, wallet, data if claimed is None else claimed, input_tokens=input_tokens,
                        output_tokens=output_tokens, output_bytes=output_bytes)
+    if content_type is not None:
+        claim = claim.model_copy(update={"content_type": content_type})
     wire = sign(claim, wallet).model_dump(mode="json")
     return SignedCompletion.model_validate({**wire, "output": base64.b64encode(data).decode()})
 
@@ -168,6 +173,34 @@ def test_text_tokens_are_recounted_from_the_inline_bytes_without_a_get(
     else:
         assert (verdict.accepted, verdict.reason, verdict.state) == (False, Reason.TOKEN_MISMATCH, JobState.QUEUED)
         assert_nothing_credited(ledger, job)
+        assert store.calls == []  # refused before it was stored: a refusal leaves nothing in storage
+
+
+@pytest.mark.parametrize("claimed_type", ["text/html", "a\x01b", "image/png\r\nX-Injected: 1", "\u2603"])
+def test_the_frozen_copy_has_the_jobs_type_never_the_claimed_one(
+        ledger: Ledger, catalog: Catalog, clock: Clock, object_store: S3ObjectStore, s3_settings: Settings,
+        miner: Wallet, claimed_type: str) -> None:
+    """The content type is the miner's word: served as text/html it would be a page on the store's origin, and
+    control characters or non-ASCII in a header made the PUT fail as a storage outage (retried without end)."""
+    ledger.store = FastS3ObjectStore.from_settings(s3_settings)
+    job = image_job(ledger, catalog, clock)
+    verdict = ledger.record_completion(inline(job, miner, PNG, content_type=claimed_type))
+    assert (verdict.accepted, verdict.state) == (True, JobState.COMPLETED)
+    info = object_store.stat(frozen_key(job.output_key, sha(PNG)))
+    assert info is not None and info.content_type == "image/png"
+
+
+def test_a_retry_keeps_the_first_receipt_only_from_the_trusted_queue() -> None:
+    """An inline output is judged late by its receipt; a retry after an outage carries the first one, believed
+    only on the ``ledger`` queue (a miner writes its inbox's headers) and never in the future."""
+    def request(exchange: str, stamp: object) -> SimpleNamespace:
+        return SimpleNamespace(delivery_info={"exchange": exchange}, **{RECEIVED_HEADER: stamp})
+
+    now = 1_000.0
+    assert received_at(request("ledger", 900.5), now) == 900.5
+    assert received_at(request(inbox_exchange("miner-0xabc"), 900.5), now) == now  # the miner's own header
+    for bad in (None, "soon", "nan", "inf", 2_000.0, -1.0):
+        assert received_at(request("ledger", bad), now) == now, bad
 
 
 # ------------------------------------------------------------------------------------------ the message

@@ -8,13 +8,17 @@ dead-letters it (policy ``heurist-inboxes``).
 
 A ledger task that meets a database or S3 hiccup is retried by Celery, which publishes the message again. It
 goes to the ``ledger`` queue, which only trusted users may write, carrying the sender already validated in a
-header (``InboxTask.retry``); that header is believed only there. Re-published into the inbox, as Celery
+header (``InboxTask.retry``), with the time the ledger first received it (``received_at``); those headers are
+believed only there. Re-published into the inbox, as Celery
 would by default, it arrived without the owner's ``user_id`` and was dead-lettered: the honest completion lost.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
 from typing import Any
 
 from celery.exceptions import Reject
@@ -23,6 +27,8 @@ from heurist.access.backend import exchange_owner
 from heurist.unlinked import UnlinkedTask
 
 SENDER_HEADER = "heurist_sender"
+RECEIVED_HEADER = "heurist_received_at"  # on a retry: when the ledger first received the message (unix s)
+_first = threading.local()  # this thread's task's first receipt (threads pool: one task per thread at a time)
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +49,31 @@ def sender_of(request: Any) -> str | None:
     return owner
 
 
+def received_at(request: Any, now: float) -> float:
+    """When the ledger first received the message ``request`` is running: ``now``, or the time a retry of it
+    carries (believed only on the ``ledger`` queue, as the sender is). What an inline output's lateness is judged
+    by (``heurist.ledger.inline``): a retry after a storage or database outage keeps the first receipt, so the
+    ledger's own outage never makes honest work late. Remembered for this thread's ``InboxTask.retry``."""
+    exchange = str((getattr(request, "delivery_info", None) or {}).get("exchange") or "")
+    stamp = now
+    if exchange_owner(exchange) is None:
+        try:
+            carried = float(getattr(request, RECEIVED_HEADER, None) or "nan")
+        except (TypeError, ValueError):
+            carried = math.nan
+        if math.isfinite(carried) and 0 < carried <= now:
+            stamp = carried
+    _first.stamp = stamp
+    return stamp
+
+
 class InboxTask(UnlinkedTask):  # type: ignore[misc]
     """A ledger task whose retries go to the trusted ``ledger`` queue with the sender validated on first receipt."""
 
     def retry(self, args: Any = None, kwargs: Any = None, exc: Any = None, throw: bool = True, eta: Any = None,
               countdown: Any = None, max_retries: Any = None, **options: Any) -> Any:
         queue = self.app.conf.get("heurist_ledger_queue") or "ledger"
-        headers = {**(options.pop("headers", None) or {}), SENDER_HEADER: sender_of(self.request)}
+        headers = {**(options.pop("headers", None) or {}), SENDER_HEADER: sender_of(self.request),
+                   RECEIVED_HEADER: getattr(_first, "stamp", None) or time.time()}
         options.update(queue=queue, exchange=queue, routing_key=queue, headers=headers)
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)

@@ -8,7 +8,8 @@ accepted completion per job) and ``points_entries.idempotency_key`` is unique. T
 the same job both pass the reads; the second insert fails, rolls back, and is answered with the first verdict.
 
 Lateness is judged by the store's upload time of the output (``Attempt.uploaded_at``), never by when the
-ledger processed the message; the credited bytes are the frozen copy the last check made.
+ledger processed the message; an output sent inline (``heurist.ledger.inline``) by when the ledger first received
+it, which a retry after an outage keeps. The credited bytes are the frozen copy the checks made.
 
 Only the trusted side ends a job without a result (docs/job-states.md): a miner's failure report or bad result
 is recorded against that miner and the job stays QUEUED for another miner (the ledger consumer re-sends it at
@@ -156,9 +157,12 @@ class Ledger:
 
     # ------------------------------------------------------------------------------------ completions
 
-    def record_completion(self, signed: SignedCompletion, sender: str | None = None) -> CompletionVerdict:
-        """Verify a signed completion and, if it holds, credit its job exactly once."""
-        attempt = Attempt(signed=signed, received_at=self.clock(), sender=sender)
+    def record_completion(self, signed: SignedCompletion, sender: str | None = None, *,
+                          received_at: float | None = None) -> CompletionVerdict:
+        """Verify a signed completion and, if it holds, credit its job exactly once. ``received_at``: when the
+        ledger first received it (a retry's, ``heurist.access.senders.received_at``); default now."""
+        attempt = Attempt(signed=signed, received_at=self.clock() if received_at is None else received_at,
+                          sender=sender)
         refusal = self._verifier().verify(attempt)
         if refusal is None:
             accepted = self._accepted(attempt)
@@ -260,7 +264,7 @@ class Ledger:
 
     def _credit_plan(self, a: Attempt, accepted: Accepted) -> _Plan:
         """What crediting ``a`` writes: late (uploaded past the deadline, by the store's clock, never the ledger's
-        backlog) gets no points."""
+        backlog; an inline output: first received past it) gets no points."""
         assert a.job is not None and a.spec is not None and a.signer is not None
         late_by = a.uploaded_at - a.job.deadline_at
         micro = 0 if accepted.late else self._credit_micro(a.job, a.spec, a.counts)
@@ -293,7 +297,7 @@ class Ledger:
     @staticmethod
     def _job_end(a: Attempt, plan: _Plan) -> dict[str, Any]:
         """The job's new state, miner, end time and error, as the bind parameters of ``heurist.ledger.batch``."""
-        error = f"uploaded {plan.late_by:.0f}s after the deadline (the store's clock): no points" if plan.late else None
+        error = f"delivered {plan.late_by:.0f}s after the deadline: no points" if plan.late else None
         return {"b_state": plan.state, "b_miner": a.signer, "b_finished": a.received_at, "b_error": error}
 
     @staticmethod

@@ -17,7 +17,9 @@ would be held forever. This sweep runs in every trusted ledger process, every ``
 - a job whose output object already exists is **left waiting** ``sweep_output_wait_s`` longer (300 s by
   default): a miner uploaded it, so its completion is most likely still queued for the ledger, and a re-send
   would only make a second miner overwrite the object. The wait is bounded, because whoever read the
-  presigned URL can PUT an object there to hold a job hostage.
+  presigned URL can PUT an object there to hold a job hostage. An output sent inline (``heurist.ledger.inline``)
+  leaves no object: its job is re-sent, and if the inline completion arrives later it is still credited by its
+  first receipt while the job is open (the second miner's is then a duplicate).
 
 A purged job is therefore re-sent between ``deadline + grace`` and ``deadline + grace + interval`` (plus one
 round's run time: milliseconds per job); tests/adversary/test_purge.py measures it.

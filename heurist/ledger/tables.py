@@ -188,7 +188,8 @@ class CompletionRow(Base):
     # The credited bytes, copied where no URL can write (heurist.storage.freeze); None before migration 0011:
     # readers then fall back to the job's output_key, checked against output_sha256.
     frozen_key: Mapped[str | None] = mapped_column(String(KEY_LEN))
-    uploaded_at: Mapped[float | None] = mapped_column(Double())  # the store's LastModified: lateness's clock
+    uploaded_at: Mapped[float | None] = mapped_column(Double())  # lateness's clock: LastModified, or first receipt
+    # of an inline output (heurist.ledger.inline)
 
 
 class PointsEntry(Base):

@@ -112,7 +112,7 @@ def check_token_counts(v: Verifier, a: Attempt) -> Refusal | None:
     from heurist.ledger.reader import PARAMS
     from heurist.ledger.verify import Refusal
 
-    assert a.job is not None and a.spec is not None and a.frozen_key is not None and a.info is not None
+    assert a.job is not None and a.spec is not None and a.info is not None
     if a.spec.kind is not JobKind.TEXT:
         return None
     params = PARAMS.validate_python(a.job.params)
@@ -121,7 +121,10 @@ def check_token_counts(v: Verifier, a: Attempt) -> Refusal | None:
     if a.job.sealed is not None:
         problem = private_bounds(PrivateEnvelope.model_validate(a.job.sealed), a.info.size, params, claimed)
     else:
-        data = a.signed.output if a.signed.output is not None else v.store.get(a.frozen_key)  # inline: no GET
+        data = a.signed.output  # inline: checked before it is stored (``heurist.ledger.verify``), no GET
+        if data is None:
+            assert a.frozen_key is not None
+            data = v.store.get(a.frozen_key)
         problem = claim_mismatch(data, params, claimed,
                                  v.tokenizers(a.spec) if v.tokenizers else None)
     if problem is not None:

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import WeightPins
 from heurist.catalog.tokenizer import ModelTokenizer
-from heurist.jobs import Completion, DeviceInfo, JobState, SignedCompletion
+from heurist.jobs import Completion, DeviceInfo, JobState, SignedCompletion, output_content_type
 from heurist.ledger.inline import inline_info
 from heurist.ledger.standing import MinerStanding, read_standings
 from heurist.ledger.tables import CompletionRow, Job, Miner, Reason
@@ -278,15 +278,25 @@ def _freeze_output(v: Verifier, a: Attempt) -> Refusal | None:
     """Copy exactly the verified bytes (conditional on the ETag the HEAD saw) to a key no URL can write.
     Clients and auditors read that copy, so an overwrite after the credit changes nothing they see. An
     overwrite racing between the HEAD and the copy is not frozen, and the completion is refused. An inline output
-    is written there by the ledger itself: the bytes it hashed (``heurist.ledger.inline``)."""
+    is stored by ``_store_inline`` instead, after its last check."""
     assert a.job is not None and a.info is not None
     if a.signed.output is not None:
-        a.frozen_key = freeze_bytes(v.store, a.info.key, a.signed.output, a.claim.content_type)
         return None
     a.frozen_key = freeze(v.store, a.info, a.claim.output_sha256)
     if a.frozen_key is None:
         return Refusal(Reason.OUTPUT_CHANGED, f"the object at {a.job.output_key} changed between verification "
                        "and freezing", miner=a.signer, marks_job=True)
+    return None
+
+
+def _store_inline(v: Verifier, a: Attempt) -> Refusal | None:
+    """Write an inline output, the bytes the ledger hashed and checked, to its frozen key with one PUT
+    (``heurist.ledger.inline``), as the type the ledger knows the job's output to be, never the claim's."""
+    if a.signed.output is None:
+        return None
+    assert a.job is not None and a.info is not None and a.spec is not None
+    kind = PRIVATE_CONTENT_TYPE if a.job.sealed is not None else output_content_type(a.spec.kind)
+    a.frozen_key = freeze_bytes(v.store, a.info.key, a.signed.output, kind)
     return None
 
 
@@ -310,6 +320,7 @@ CHECKS: tuple[Check, ...] = (
     _check_size,
     _freeze_output,  # only verified bytes are frozen, and nothing is credited unfrozen
     check_token_counts,  # text: counts read from the frozen answer (``heurist.ledger.token_counts``)
+    _store_inline,  # last: a refused inline output costs no PUT and leaves nothing in storage
 )
 
 
