@@ -190,6 +190,20 @@ def test_the_frozen_copy_has_the_jobs_type_never_the_claimed_one(
     assert info is not None and info.content_type == "image/png"
 
 
+def test_an_inline_output_is_late_by_its_first_receipt(ledger: Ledger, catalog: Catalog, clock: Clock,
+                                                       miner: Wallet) -> None:
+    """No store clock: received after the deadline it is LATE (no points), unless a retry carries an earlier
+    first receipt, which is what a ledger outage leaves it with."""
+    job, early = image_job(ledger, catalog, clock, deadline_s=60.0), image_job(ledger, catalog, clock, deadline_s=60.0)
+    clock.now += 61.5
+    late = ledger.record_completion(inline(job, miner, PNG))
+    assert (late.accepted, late.state, late.points) == (True, JobState.LATE, 0.0)
+    view = ledger.reader.job(job.id)
+    assert view is not None and view.error is not None and "the ledger's first receipt" in view.error
+    kept = ledger.record_completion(inline(early, miner, PNG), received_at=clock.now - 30.0)
+    assert (kept.accepted, kept.state, kept.points) == (True, JobState.COMPLETED, 8.0)
+
+
 def test_a_retry_keeps_the_first_receipt_only_from_the_trusted_queue() -> None:
     """An inline output is judged late by its receipt; a retry after an outage carries the first one, believed
     only on the ``ledger`` queue (a miner writes its inbox's headers) and never in the future."""

@@ -297,7 +297,9 @@ class Ledger:
     @staticmethod
     def _job_end(a: Attempt, plan: _Plan) -> dict[str, Any]:
         """The job's new state, miner, end time and error, as the bind parameters of ``heurist.ledger.batch``."""
-        error = f"delivered {plan.late_by:.0f}s after the deadline: no points" if plan.late else None
+        clock = ("the store's clock" if a.info is not None and a.info.last_modified is not None
+                 else "the ledger's first receipt")  # an inline output (heurist.ledger.inline)
+        error = f"delivered {plan.late_by:.0f}s after the deadline ({clock}): no points" if plan.late else None
         return {"b_state": plan.state, "b_miner": a.signer, "b_finished": a.received_at, "b_error": error}
 
     @staticmethod
