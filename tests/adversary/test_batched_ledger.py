@@ -78,9 +78,10 @@ Message = tuple[str, dict[str, Any], bytes, str]  # (expected dead-letter reason
 @pytest.fixture(scope="module")
 def network_settings() -> dict[str, Any]:
     """No audits; batches wait up to 200 ms when busy (50 by default), so that how the burst and the honest
-    completions mix in them depends less on this machine's timing."""
+    completions mix in them depends less on this machine's timing. The honest miner uploads its outputs (no
+    inline outputs: heurist.ledger.inline), so the test can see them stored while the ledger is stopped."""
     return {"audit_base_rate": 0.0, "audit_new_miner_rate": 0.0, "audit_suspicious_rate": 0.0,
-            "ledger_batch_window_ms": 200.0}
+            "ledger_batch_window_ms": 200.0, "miner_inline_bytes": 0}
 
 
 @pytest.fixture(scope="module")
