@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from heurist.settings import Settings
 from heurist.signing import sign_failure
 from heurist.storage.backend import ObjectStore
 from tests.fixtures.ledger import Clock, Job, answer, completion, deliver, sign, text_job
+from tests.fixtures.race import raced
 
 GRACE, WAIT = 10.0, 100.0
 POLICY = SweepPolicy(grace_s=GRACE, output_wait_s=WAIT, resends=2)
@@ -185,19 +185,7 @@ def test_reports_and_bad_results_send_the_job_to_another_miner_and_never_fail_it
 
 def _race(sweeps: list[Sweep]) -> list[list[str]]:
     """Run one round of each sweep at the same instant, on its own thread; what each re-sent and failed."""
-    barrier, out = threading.Barrier(len(sweeps)), [list[str]() for _ in sweeps]
-
-    def run(i: int) -> None:
-        barrier.wait()
-        done = sweeps[i].run_once()
-        out[i] = done.resent + done.failed
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(sweeps))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return out
+    return [done.resent + done.failed for done in raced(*[sweep.run_once for sweep in sweeps])]
 
 
 def test_two_ledgers_sweeping_at_once_resend_fail_and_refund_each_job_once(

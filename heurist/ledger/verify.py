@@ -295,8 +295,8 @@ def _store_inline(v: Verifier, a: Attempt) -> Refusal | None:
     if a.signed.output is None:
         return None
     assert a.job is not None and a.info is not None and a.spec is not None
-    kind = PRIVATE_CONTENT_TYPE if a.job.sealed is not None else output_content_type(a.spec.kind)
-    a.frozen_key = freeze_bytes(v.store, a.info.key, a.signed.output, kind)
+    content_type = PRIVATE_CONTENT_TYPE if a.job.sealed is not None else output_content_type(a.spec.kind)
+    a.frozen_key = freeze_bytes(v.store, a.info.key, a.signed.output, content_type)
     return None
 
 
@@ -319,7 +319,7 @@ CHECKS: tuple[Check, ...] = (
     _check_sha256,
     _check_size,
     _freeze_output,  # only verified bytes are frozen, and nothing is credited unfrozen
-    check_token_counts,  # text: counts read from the frozen answer (``heurist.ledger.token_counts``)
+    check_token_counts,  # text: counts read from the frozen answer or the inline bytes (heurist.ledger.token_counts)
     _store_inline,  # last: a refused inline output costs no PUT and leaves nothing in storage
 )
 
