@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
 from kombu.serialization import dumps
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from heurist.access.backend import inbox_exchange
 from heurist.access.senders import RECEIVED_HEADER, received_at
 from heurist.catalog import Catalog
 from heurist.celery_app import create_app
 from heurist.deadletters.consumer import _header_bytes
+from heurist.errors import StorageError
 from heurist.identity import Wallet
 from heurist.jobs import (
     INLINE_MARGIN_S,
@@ -36,6 +41,7 @@ from heurist.jobs import (
     TextParams,
     sends_inline,
 )
+from heurist.ledger.middleware import Accepted, LedgerMiddleware
 from heurist.ledger.service import Ledger, Reason
 from heurist.settings import Settings
 from heurist.storage.backend import ObjectInfo, ObjectStore
@@ -188,6 +194,112 @@ def test_the_frozen_copy_has_the_jobs_type_never_the_claimed_one(
     assert (verdict.accepted, verdict.state) == (True, JobState.COMPLETED)
     info = object_store.stat(frozen_key(job.output_key, sha(PNG)))
     assert info is not None and info.content_type == "image/png"
+
+
+class Gated(DelegatingStore):
+    """The real store, its PUTs held until ``release`` (or failing with ``fail``): the credit runs beside them."""
+
+    def __init__(self, inner: ObjectStore, fail: bool = False) -> None:
+        super().__init__(inner)
+        self.fail, self.started, self.release = fail, threading.Event(), threading.Event()
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.started.set()
+        assert self.release.wait(30)
+        if self.fail:
+            raise StorageError("the store went away in the middle of the PUT")
+        self.inner.put(key, data, content_type)
+
+
+class Noting(LedgerMiddleware):
+    """Notes an outbox key in each credit's transaction, as the audit's sampling does; keeps what each verdict saw."""
+
+    def __init__(self) -> None:
+        self.keys: list[list[str]] = []
+
+    def within_accept(self, session: Session, accepted: Accepted) -> None:
+        accepted.outbox_keys.append(f"noted:{accepted.job_id}")
+
+    def after_accept(self, ledger: Ledger, accepted: Accepted) -> None:
+        self.keys.append(list(accepted.outbox_keys))
+
+
+@pytest.fixture(params=["alone", "batched"])
+def crediting(request: pytest.FixtureRequest, ledger: Ledger) -> Iterator[Ledger]:
+    """The ledger crediting each completion alone, or in batches (``heurist.ledger.batch``) as ``heurist ledger``."""
+    if request.param == "batched":
+        ledger.batch(8, 0.0)
+    yield ledger
+    if ledger.batches is not None:
+        ledger.batches.close()
+
+
+def test_the_credit_commits_only_after_its_put(crediting: Ledger, catalog: Catalog, clock: Clock,
+                                               object_store: S3ObjectStore, miner: Wallet) -> None:
+    """The PUT runs beside the credit's transaction, which waits for it before it commits: while the PUT is held the
+    job stays QUEUED and uncredited, and a client never hears of a job whose bytes are not in storage yet."""
+    ledger = crediting
+    store = ledger.store = Gated(object_store)
+    noted = Noting()
+    ledger.middleware.append(noted)
+    job = image_job(ledger, catalog, clock)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(ledger.record_completion, inline(job, miner, PNG))
+        assert store.started.wait(30)
+        time.sleep(0.3)  # time enough for the credit's statements, which must not commit yet
+        assert not pending.done() and ledger.reader.job(job.id).state is JobState.QUEUED  # type: ignore[union-attr]
+        assert_nothing_credited(ledger, job)
+        store.release.set()
+        verdict = pending.result(30)
+    assert (verdict.accepted, verdict.state, verdict.points) == (True, JobState.COMPLETED, 8.0)
+    assert object_store.get(frozen_key(job.output_key, sha(PNG))) == PNG
+    assert noted.keys == [[f"noted:{job.id}"]]  # the transaction that let go of the PUT left nothing noted twice
+
+
+def test_a_held_put_holds_no_lock_and_no_other_credit(crediting: Ledger, catalog: Catalog, clock: Clock,
+                                                      object_store: S3ObjectStore, miner: Wallet) -> None:
+    """S3 never holds the database for long: while one inline output's PUT is held (past the 0.1 s its transaction
+    waits), another job's uploaded completion is credited (batched: by the same batch thread) and a client records a
+    new job (on SQLite: the one write lock is free). Once the PUT is done, its job is credited too, once."""
+    ledger = crediting
+    store = ledger.store = Gated(object_store)
+    held, other = image_job(ledger, catalog, clock), image_job(ledger, catalog, clock)
+    object_store.put(other.output_key, PNG, "image/png")  # uploaded: the ledger makes no PUT for it
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            pending = pool.submit(ledger.record_completion, inline(held, miner, PNG))
+            assert store.started.wait(30)
+            time.sleep(0.3)
+            verdict = pool.submit(ledger.record_completion, sign(completion(other, miner, PNG), miner)).result(10)
+            assert (verdict.accepted, verdict.state) == (True, JobState.COMPLETED)
+            image_job(ledger, catalog, clock)  # a client's write, while the PUT is still held
+            assert not pending.done() and ledger.reader.job(held.id).state is JobState.QUEUED  # type: ignore[union-attr]
+        finally:
+            store.release.set()
+        assert pending.result(30).points == 8.0
+    assert [e.amount_micro for e in credited_entries(ledger.engine, held.id)] == [8_000_000]
+
+
+@pytest.mark.parametrize("fails_after_s", [0.0, 0.3])
+def test_a_put_that_fails_rolls_its_credit_back(crediting: Ledger, catalog: Catalog, clock: Clock,
+                                                object_store: S3ObjectStore, miner: Wallet, fails_after_s: float
+                                                ) -> None:
+    """A store outage during the PUT, while the credit's transaction waits for it or after it let go (0.3 s), is
+    the delivery's own exception (retried as an outage by ``heurist.transient``), with nothing credited; the
+    retry, the store back, credits the job once."""
+    ledger = crediting
+    store = ledger.store = Gated(object_store, fail=True)
+    threading.Timer(fails_after_s, store.release.set).start()
+    job = image_job(ledger, catalog, clock)
+    signed = inline(job, miner, PNG)
+    with pytest.raises(StorageError, match="went away"):
+        ledger.record_completion(signed)
+    assert ledger.reader.job(job.id).state is JobState.QUEUED  # type: ignore[union-attr]
+    assert_nothing_credited(ledger, job)
+    store.fail = False
+    verdict = ledger.record_completion(signed)
+    assert (verdict.accepted, verdict.duplicate, verdict.points) == (True, False, 8.0)
+    assert [e.amount_micro for e in credited_entries(ledger.engine, job.id)] == [8_000_000]
 
 
 def test_an_inline_output_is_late_by_its_first_receipt(ledger: Ledger, catalog: Catalog, clock: Clock,

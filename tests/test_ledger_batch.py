@@ -24,7 +24,7 @@ from heurist.identity import Wallet
 from heurist.jobs import JobState, SignedCompletion
 from heurist.ledger.middleware import Accepted, LedgerMiddleware
 from heurist.ledger.service import CompletionVerdict, Ledger, Reason
-from heurist.ledger.standing import read_standing, read_standings
+from heurist.ledger.standing import read_signers, read_standing
 from heurist.ledger.tables import Audit, AuditOutcome, Miner, MinerEvent, MinerEventKind
 from heurist.storage.backend import ObjectInfo, ObjectStore
 from tests.fixtures.ledger import PNG, Clock, Job, answer, completion, image_job, register, sign, text_job
@@ -215,9 +215,10 @@ def test_a_job_written_meanwhile_redoes_the_batch_item_by_item(
     assert [batched.reader.points_entries(job.id) for job in jobs] == [int(meanwhile.startswith("another")), 1, 1, 1]
 
 
-def test_read_standings_is_read_standing_for_each_miner(ledger: Ledger, engine: Engine, catalog: Catalog,
-                                                         clock: Clock) -> None:
-    """Audits (more than the recent window, ties in time), bans lifted and not, flags, an operator's keys."""
+def test_read_signers_is_read_standing_for_each_miner(ledger: Ledger, engine: Engine, catalog: Catalog,
+                                                       clock: Clock) -> None:
+    """Audits (more than the recent window, ties in time), bans lifted and not, flags, an operator's keys; an
+    unregistered address is left out."""
     wallets = [Wallet.create() for _ in range(7)]
     for w in wallets:
         register(ledger, w)
@@ -245,10 +246,12 @@ def test_read_standings_is_read_standing_for_each_miner(ledger: Ledger, engine: 
                 session.add(MinerEvent(miner_address=wallets[i].address, kind=MinerEventKind(kind), detail="",
                                        created_at=0.0))
     with session_scope(engine) as session:
-        addresses = {w.address: session.get(Miner, w.address).broker_user for w in wallets}  # type: ignore[union-attr]
-        many = read_standings(session, addresses)
+        addresses = [w.address for w in wallets]
+        many = read_signers(session, [*addresses, Wallet.create().address])
         one = {address: read_standing(session, address) for address in addresses}
-    assert many == one
+        assert {a: (m.address, m.broker_user) for a, (m, _) in many.items()} == \
+            {a: (a, users.get(a)) for a in addresses}
+    assert {a: standing for a, (_, standing) in many.items()} == one
     assert [one[w.address].banned for w in wallets] == [False, False, True, True, True, False, False]
     assert [one[w.address].recent_failed for w in wallets] == [2, 1, 0, 1, 0, 0, 0]
     assert one[wallets[3].address].odd_metrics and one[wallets[5].address].odd_metrics

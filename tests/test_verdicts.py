@@ -16,18 +16,22 @@ from amqp.exceptions import NotFound, ResourceLocked
 from fastapi.testclient import TestClient
 from kombu import Connection, Producer
 from sqlalchemy import Engine, event, select
+from sqlalchemy.orm import Session
 
 from heurist.celery_app import create_app
 from heurist.client import Client, ImageRequest, TextRequest
 from heurist.credits.ledger import CreditLedger
+from heurist.db.engine import make_engine, session_factory
 from heurist.dispatch import JobsNotSentError
 from heurist.embedded import wait_until
 from heurist.errors import JobTimeoutError
 from heurist.gateway.app import create_app as create_gateway
 from heurist.identity import Wallet
 from heurist.jobs import JobState
+from heurist.ledger.middleware import Accepted, LedgerMiddleware
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import Job
+from heurist.outbox import OutboxEntry, OutboxRelay, put
 from heurist.settings import Settings
 from heurist.storage.backend import ObjectStore
 from heurist.verdicts import EXCHANGE, VerdictNotice
@@ -97,6 +101,42 @@ def test_a_credit_wakes_the_waiting_client(client: Client, ledger: Ledger, objec
     assert client.verdicts.received >= 1  # type: ignore[union-attr]
     # The publisher counts a batch once it is handed over: the notice may reach the client before that.
     wait_until(lambda: publisher.published >= 1, 5, "the publisher to count its notice", interval=0.05)
+
+
+class Sampled(LedgerMiddleware):
+    """Every credit decides an outbox message (as the audit's sampling does), committed with it."""
+
+    def within_accept(self, session: Session, accepted: Accepted) -> None:
+        put(session, f"test:{accepted.job_id}", "test.sampled", "test-sampled", [accepted.job_id], accepted.at)
+        accepted.outbox_keys.append(f"test:{accepted.job_id}")
+
+
+def test_a_credits_notice_goes_first_and_reads_nothing(client: Client, ledger: Ledger, object_store: ObjectStore,
+                                                       miner: Wallet, publisher: VerdictPublisher) -> None:
+    """The notice of a credit is built from what the ledger just committed: it reaches the client while the
+    outbox's publish after the same credit is still held, and while the publisher cannot read the database."""
+    held, release = threading.Event(), threading.Event()
+
+    def stuck(entry: OutboxEntry) -> None:
+        held.set()
+        assert release.wait(30)
+
+    ledger.outbox = OutboxRelay(ledger.engine, stuck)
+    ledger.middleware.insert(0, Sampled())
+    publisher._sessions = session_factory(make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    handle = client.submit(TINY)
+    view = ledger.reader.job(handle.id)
+    assert view is not None
+    job = LedgerJob(handle.id, handle.spec, ledger.reader.job_params(handle.id), handle.output_key,  # type: ignore[arg-type]
+                    view.deadline_at)
+    delivery = _later(0.3, lambda: deliver(ledger, object_store, job, miner))
+    try:
+        elapsed, state = _timed_wait(client, handle.id, timeout=20)
+        assert state is JobState.COMPLETED and elapsed < 2.0, f"{state} after {elapsed:.2f}s: not by the notice"
+        assert held.is_set() and delivery.is_alive()  # the outbox's publish was still held
+    finally:
+        release.set()
+        delivery.join(30)
 
 
 def test_a_failure_ended_by_the_trusted_side_wakes_it_too(client: Client, ledger: Ledger,

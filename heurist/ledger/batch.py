@@ -12,11 +12,12 @@ check stay per message, in ``tasks.ledger`` and ``heurist.transient``) and still
 (``heurist.ledger.verify``) and verdict code (``heurist.ledger.service``). Three steps go through a
 ``heurist.batching.MicroBatcher`` each instead of running alone:
 
-- the reads (``_load``: signer, standing, job, existing completion): one session for a batch, the signers and
-  their standings in 5 statements however many (``standing.read_standings``), the jobs and their completions in
-  one query each (``verify.load_rows``);
+- the reads (``_load``: signer, standing, job, existing completion): one session for a batch, the signers with
+  their standings in one statement however many (``standing.read_signers``), the jobs with whether each has a
+  completion in another (``verify.load_rows``);
 - the credit (``Ledger._accept``): the batch's completion rows, points entries, job updates (one executemany) and
-  middleware rows in ONE transaction. Exactly once still rests on the unique keys: if that transaction fails for
+  middleware rows in ONE transaction, which commits only once the inline outputs' PUTs it ran beside are done
+  (``heurist.ledger.inline``). Exactly once still rests on the unique keys: if that transaction fails for
   any reason (a completion another ledger process stored meanwhile, a job ended meanwhile, an item the
   middleware refuses, the database going away), it is rolled back and each item is credited alone, exactly as
   without batching, so one bad item fails only itself and an outage reaches each item as its own exception
@@ -24,9 +25,10 @@ check stay per message, in ``tasks.ledger`` and ``heurist.transient``) and still
   of reads that fails is read again item by item the same way;
 - the outbox's fast path after a credit (``OutboxRelay.send_many``: one lease and one mark for the batch).
 
-The signature, the S3 round trips (each thread does its own, so many run at once) and the hooks after a verdict
-run in each delivery's own thread, so the batch threads only do database work. A batch takes what waited while
-the previous one ran; when the ledger is busy (the last batch had more than one) it waits up to
+The signature, the S3 round trips (each thread does its own, so many run at once) and the hooks after a verdict run
+in each delivery's own thread, so the batch threads only do database work; an inline output's PUT, which runs beside
+the credit, is waited for at most 0.1 s in the transaction (``heurist.ledger.inline``). A batch takes what waited
+while the previous one ran; when the ledger is busy (the last batch had more than one) it waits up to
 ``HEURIST_LEDGER_BATCH_WINDOW_MS`` (50) for more, and an idle ledger's lone completion never waits.
 
 Now (with ``heurist.storage.backends.s3_fast``): 5.7 ms of CPU per completion, batches of about 10, and one
@@ -37,6 +39,7 @@ Celery's per-message work, the signature and the batches' statements, spread thi
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -47,6 +50,7 @@ from sqlalchemy import bindparam, update
 from heurist.batching import MicroBatcher
 from heurist.db.engine import is_disconnect, session_scope
 from heurist.jobs import JobState
+from heurist.ledger.inline import PUT_WAIT_IN_CREDIT_S, PutPending
 from heurist.ledger.middleware import Accepted
 from heurist.ledger.tables import Job
 from heurist.ledger.verify import Attempt, load_rows
@@ -120,8 +124,8 @@ class CompletionBatches:
         if written is not None:
             results = dict(zip(order, written, strict=True))
         for i, item in enumerate(items):  # what was not written together: each alone, as without batching
-            if i not in results:
-                results[i] = self._alone(item)
+            if i not in results:  # (a PUT still running: its delivery's thread waits for it, then comes back)
+                results[i] = PutPending(item[0].job_id) if item[0].put_pending else self._alone(item)
         return [results[i] for i in range(len(items))]
 
     def _alone(self, item: Credit) -> CompletionVerdict | BaseException:
@@ -147,6 +151,9 @@ class CompletionBatches:
                 for trial in trials:
                     for mw in ledger.middleware:
                         mw.within_accept(session, trial)
+                waited_until = time.monotonic() + PUT_WAIT_IN_CREDIT_S  # inline outputs' PUTs, run beside
+                for a, _ in items:  # this transaction: stored before it commits, or it lets go (PutPending)
+                    a.wait_stored(max(0.0, waited_until - time.monotonic()))
         except Exception as err:  # each item is credited alone next, and raises what is its own
             if is_disconnect(err):
                 return err

@@ -40,6 +40,7 @@ class Accepted:
     standing: MinerStanding
     late: bool
     at: float = 0.0  # when the ledger received it (its clock)
+    notify_key: str | None = None  # the job's client's key on heurist.verdicts (heurist.verdicts), if any
     outbox_keys: list[str] = field(default_factory=list)  # outbox rows written with the credit (heurist.outbox)
 
 

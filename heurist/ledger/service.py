@@ -1,11 +1,12 @@
 """The trusted ledger: verify miners' signed completions and credit points exactly once per job.
 
-Verification (``heurist.ledger.verify``) reads first (signature, miner, job, stored object) without holding
-a write transaction, so S3 round trips never keep a database lock; then this module writes the verdict in
-one short transaction: accepted, rejected, or a duplicate answered with the first verdict. Exactly once
-rests on unique constraints, not on the earlier read: ``completions.job_id`` is the primary key (one
-accepted completion per job) and ``points_entries.idempotency_key`` is unique. Two ledger workers racing on
-the same job both pass the reads; the second insert fails, rolls back, and is answered with the first verdict.
+Verification (``heurist.ledger.verify``) reads first (signature, miner, job, stored object) without holding a write
+transaction, so S3 round trips never keep a database lock (an inline output's PUT runs beside the credit, which
+waits for it at most 0.1 s, else lets go and waits holding nothing: ``heurist.ledger.inline``); then this module
+writes the verdict in one short transaction: accepted, rejected, or a duplicate answered with the first verdict.
+Exactly once rests on unique constraints, not on the earlier read: ``completions.job_id`` is the primary key (one
+accepted completion per job) and ``points_entries.idempotency_key`` is unique. Two ledger workers racing on the same
+job both pass the reads; the second insert fails, rolls back, and is answered with the first verdict.
 
 Lateness is judged by the store's upload time of the output (``Attempt.uploaded_at``), never by when the
 ledger processed the message; an output sent inline (``heurist.ledger.inline``) by when the ledger first received
@@ -37,6 +38,7 @@ from heurist.db.engine import session_factory, session_scope
 from heurist.jobs import ImageParams, JobState, SignedCompletion, SignedFailure, SignedHello
 from heurist.ledger.batch import CompletionBatches
 from heurist.ledger.failures import log_refused, record_report, refuse_failure
+from heurist.ledger.inline import PUT_WAIT_IN_CREDIT_S, PutPending
 from heurist.ledger.jobbook import JobBook
 from heurist.ledger.locks import share_miners
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
@@ -168,8 +170,8 @@ class Ledger:
             accepted = self._accepted(attempt)
             verdict = self._accept(attempt, accepted)
             if verdict.accepted and not verdict.duplicate:
+                self._after(lambda mw: mw.after_accept(self, accepted))  # first: a client waits on its notice
                 self._publish_now(accepted.outbox_keys)
-                self._after(lambda mw: mw.after_accept(self, accepted))
             return verdict
         if refusal.reason is Reason.DUPLICATE:
             return self._duplicate(attempt)
@@ -213,7 +215,7 @@ class Ledger:
         return Accepted(job_id=a.job_id, miner=a.signer, spec=a.spec, params=PARAMS.validate_python(a.job.params),
                         claim=a.claim, wall_s=a.received_at - a.job.created_at,
                         registered_device=a.registered_device, standing=a.standing,
-                        late=a.uploaded_at > a.job.deadline_at, at=a.received_at)
+                        late=a.uploaded_at > a.job.deadline_at, at=a.received_at, notify_key=a.job.notify_key)
 
     # ----------------------------------------------------------------------------------------- verdicts
 
@@ -229,9 +231,14 @@ class Ledger:
     def _accept(self, a: Attempt, accepted: Accepted) -> CompletionVerdict:
         """Credit an accepted completion: with others in one transaction when batching
         (``heurist.ledger.batch``), else alone."""
-        if self.batches is not None:
-            return self.batches.credit(a, accepted)
-        return self._accept_alone(a, accepted)
+        credit = self.batches.credit if self.batches is not None else self._accept_alone
+        standing = accepted.standing
+        try:
+            return credit(a, accepted)
+        except PutPending:  # its PUT outlasted what a transaction waits: waited for here, holding nothing
+            a.wait_stored()
+            accepted.standing, accepted.outbox_keys[:] = standing, []  # undo what the rolled-back middleware noted
+            return credit(a, accepted)
 
     def _accept_alone(self, a: Attempt, accepted: Accepted) -> CompletionVerdict:
         """Store the completion, credit the job, set its state, and what the middleware decides with it (an
@@ -253,6 +260,7 @@ class Ledger:
                     raise _Closed  # the trusted side ended it since the checks read it: roll all of it back
                 for mw in self.middleware:  # a hook that raises rolls the credit back: it is retried whole
                     mw.within_accept(session, accepted)
+                a.wait_stored(PUT_WAIT_IN_CREDIT_S)  # an inline output's PUT, run beside: stored before it commits
         except IntegrityError:
             if not self._has_completion(a.job_id):
                 raise

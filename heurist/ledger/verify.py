@@ -2,7 +2,8 @@
 
 The order is cheapest and least trusting first: the signature before any database read, the database
 before object storage, so a forged or misaddressed completion costs no S3 round trip. No check writes to
-the database or holds a transaction, so S3 never keeps a database lock; the writer
+the database or holds a transaction, so S3 never keeps a database lock (an inline output's PUT, started by the
+last check, runs beside the credit, which waits for it at most 0.1 s: ``heurist.ledger.inline``); the writer
 (``heurist.ledger.service.Ledger``) then records the verdict in one short transaction. The last check,
 ``_freeze_output``, is the one that writes, and only to storage: it makes an idempotent, content-addressed
 copy of the verified bytes (``heurist.storage.freeze``), so nothing is credited that is not frozen.
@@ -20,23 +21,24 @@ fill the attempt in, and returns a ``Refusal`` or None. Adding one is a function
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import WeightPins
 from heurist.catalog.tokenizer import ModelTokenizer
 from heurist.jobs import Completion, DeviceInfo, JobState, SignedCompletion, output_content_type
-from heurist.ledger.inline import inline_info
-from heurist.ledger.standing import MinerStanding, read_standings
-from heurist.ledger.tables import CompletionRow, Job, Miner, Reason
+from heurist.ledger.inline import PutPending, inline_info, store_inline
+from heurist.ledger.standing import MinerStanding, read_signers
+from heurist.ledger.tables import CompletionRow, Job, Reason
 from heurist.ledger.token_counts import check_token_counts
 from heurist.privacy.metering import PRIVATE_CONTENT_TYPE
 from heurist.signing import DEFAULT_DOMAIN, Domain, message_signer
 from heurist.storage.backend import ObjectInfo, ObjectStore
-from heurist.storage.freeze import freeze, freeze_bytes
+from heurist.storage.freeze import freeze
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,30 @@ class Attempt:
     standing: MinerStanding = field(default_factory=MinerStanding)
     registered_device: DeviceInfo | None = None
     frozen_key: str | None = None  # where the verified bytes were copied (``heurist.storage.freeze``)
+    stored: Future[str] | None = None  # an inline output's PUT to ``frozen_key``, still running (``inline``)
     counts: tuple[int, int] | None = None  # text: (input, output) tokens read from the stored answer
 
     @property
     def claim(self) -> Completion:
         return self.signed.completion
+
+    def wait_stored(self, timeout: float | None = None) -> None:
+        """Until an inline output's PUT is done; raises what it raised (StorageError: an outage, retried), or
+        ``PutPending`` past ``timeout``. The credit calls it last inside its transaction: a job is never credited
+        before its bytes are stored."""
+        if self.stored is None:
+            return
+        try:
+            self.stored.result(timeout)
+        except TimeoutError:
+            if self.stored.done():  # the PUT's own error, not our wait's
+                raise
+            raise PutPending(f"the PUT of {self.frozen_key} is still running after {timeout} s") from None
+
+    @property
+    def put_pending(self) -> bool:
+        """An inline output's PUT is still running."""
+        return self.stored is not None and not self.stored.done()
 
     @property
     def job_id(self) -> str:
@@ -139,22 +160,25 @@ def _load(v: Verifier, a: Attempt) -> Refusal | None:
     return None
 
 
+# The jobs of a batch, each with whether it has a completion: one statement, built once.
+_JOBS = select(Job, select(CompletionRow.job_id).where(CompletionRow.job_id == Job.id).exists()).where(
+    Job.id.in_(bindparam("ids", expanding=True)))
+
+
 def load_rows(v: Verifier, attempts: Sequence[Attempt]) -> None:
-    """``_load`` for many attempts in one session: each signer and its standing once, the jobs and their
-    completions in one query each."""
+    """``_load`` for many attempts in one session and two statements: each signer with its standing
+    (``standing.read_signers``), then the jobs, each with whether it has a completion."""
     with v.sessions() as session:
-        signers = {a.signer for a in attempts if a.signer is not None}
-        miners = {m.address: m for m in session.scalars(select(Miner).where(Miner.address.in_(signers)))}
-        standings = read_standings(session, {address: m.broker_user for address, m in miners.items()})
-        ids = {a.job_id for a in attempts}
-        jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(ids)))}
-        done = set(session.scalars(select(CompletionRow.job_id).where(CompletionRow.job_id.in_(jobs))))
+        signers = read_signers(session, {a.signer for a in attempts if a.signer is not None})
+        rows = session.execute(_JOBS, {"ids": list({a.job_id for a in attempts})}).all()
+    jobs = {job.id: job for job, _ in rows}
+    done = {job.id for job, has in rows if has}
     for a in attempts:
-        miner = miners.get(a.signer or "")
+        miner, standing = signers.get(a.signer or "", (None, MinerStanding()))
         a.registered = miner is not None
         if miner is not None:
             a.broker_user = miner.broker_user
-            a.standing = standings[miner.address]
+            a.standing = standing
             a.registered_device = DeviceInfo.model_validate(miner.device) if miner.device else None
         a.banned = a.standing.banned
         a.escrow = a.registered and v.escrow_new_miners and a.standing.is_new(v.new_miner_audits)
@@ -296,7 +320,7 @@ def _store_inline(v: Verifier, a: Attempt) -> Refusal | None:
         return None
     assert a.job is not None and a.info is not None and a.spec is not None
     content_type = PRIVATE_CONTENT_TYPE if a.job.sealed is not None else output_content_type(a.spec.kind)
-    a.frozen_key = freeze_bytes(v.store, a.info.key, a.signed.output, content_type)
+    a.frozen_key, a.stored = store_inline(v.store, a.info.key, a.signed.output, content_type)
     return None
 
 
