@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -41,8 +41,10 @@ from heurist.jobs import (
     TextParams,
     sends_inline,
 )
+from heurist.ledger.inline import PutPending
 from heurist.ledger.middleware import Accepted, LedgerMiddleware
 from heurist.ledger.service import Ledger, Reason
+from heurist.ledger.verify import Attempt
 from heurist.settings import Settings
 from heurist.storage.backend import ObjectInfo, ObjectStore
 from heurist.storage.backends.s3 import S3ObjectStore
@@ -300,6 +302,43 @@ def test_a_put_that_fails_rolls_its_credit_back(crediting: Ledger, catalog: Cata
     verdict = ledger.record_completion(signed)
     assert (verdict.accepted, verdict.duplicate, verdict.points) == (True, False, 8.0)
     assert [e.amount_micro for e in credited_entries(ledger.engine, job.id)] == [8_000_000]
+
+
+class DoneRightAfterTheWait(Future[str]):
+    """A PUT that ends in the instant after the credit's bounded wait gave up, as a thread switch can make it."""
+
+    def __init__(self, outcome: str | BaseException) -> None:
+        super().__init__()
+        self.outcome = outcome
+
+    def result(self, timeout: float | None = None) -> str:
+        if timeout is None or self.done():
+            return super().result(timeout)
+        try:
+            return super().result(timeout)
+        except TimeoutError:
+            if isinstance(self.outcome, BaseException):
+                self.set_exception(self.outcome)
+            else:
+                self.set_result(self.outcome)
+            raise
+
+
+@pytest.mark.parametrize("outcome", ["stored", StorageError("the store went away"), TimeoutError("its own")],
+                         ids=["stored", "store-error", "own-timeout"])
+def test_a_put_ending_as_the_wait_gives_up_is_read_for_its_own_outcome(outcome: str | BaseException) -> None:
+    """Never the wait's TimeoutError (``heurist.transient`` would dead-letter the delivery, its job never credited):
+    the PUT's result, or its own error, a timeout of its own included; still running, ``PutPending``."""
+    attempt = Attempt(signed=None, received_at=0.0, frozen_key="frozen/x")  # type: ignore[arg-type]
+    attempt.stored = DoneRightAfterTheWait(outcome)
+    if isinstance(outcome, BaseException):
+        with pytest.raises(type(outcome), match=str(outcome)):
+            attempt.wait_stored(0.01)
+    else:
+        attempt.wait_stored(0.01)
+    attempt.stored = Future()
+    with pytest.raises(PutPending):
+        attempt.wait_stored(0.01)
 
 
 def test_an_inline_output_is_late_by_its_first_receipt(ledger: Ledger, catalog: Catalog, clock: Clock,

@@ -86,9 +86,9 @@ class Attempt:
         try:
             self.stored.result(timeout)
         except TimeoutError:
-            if self.stored.done():  # the PUT's own error, not our wait's
-                raise
-            raise PutPending(f"the PUT of {self.frozen_key} is still running after {timeout} s") from None
+            if not self.stored.done():
+                raise PutPending(f"the PUT of {self.frozen_key} is still running after {timeout} s") from None
+            self.stored.result()  # done since the wait gave up: its own result, or its own error (a timeout too)
 
     @property
     def put_pending(self) -> bool:
