@@ -135,9 +135,10 @@ def test_queue_depth_counters_and_latency_follow_real_jobs(network: EmbeddedNetw
     assert value(after, "heurist_miners_active", tier="vram8") == 1
     assert value(after, "heurist_miners_active", tier="vram24") == 0
     assert delta("heurist_miners_registered") == 1
-    # Every job of the new miner was sampled for audit; no auditor runs, so they wait on audit.tiny-sd.
-    assert value(after, "heurist_queue_messages", queue="audit.tiny-sd", role="audit", model="tiny-sd",
-                 tier="vram8") == 3
+    # Every job of the new miner was sampled for audit; no auditor runs, so they wait on audit.tiny-sd. The ledger
+    # publishes a sample just after its client's verdict notice (heurist.verdicts.publisher): wait for all three.
+    audits = {"queue": "audit.tiny-sd", "role": "audit", "model": "tiny-sd", "tier": "vram8"}
+    wait_until(lambda: value(scrape(exporter)[0], "heurist_queue_messages", **audits) == 3, 30, "3 audit samples")
     assert delta("heurist_job_latency_seconds_count", model="tiny-sd") == 3
     assert delta("heurist_job_compute_seconds_count", model="tiny-sd") == 3
     views = [client.ledger.job(r.job_id) for r in results]
