@@ -39,7 +39,6 @@ Celery's per-message work, the signature and the batches' statements, spread thi
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -50,10 +49,10 @@ from sqlalchemy import bindparam, update
 from heurist.batching import MicroBatcher
 from heurist.db.engine import is_disconnect, session_scope
 from heurist.jobs import JobState
-from heurist.ledger.inline import PUT_WAIT_IN_CREDIT_S, PutPending
+from heurist.ledger.inline import PutPending
 from heurist.ledger.middleware import Accepted
 from heurist.ledger.tables import Job
-from heurist.ledger.verify import Attempt, load_rows
+from heurist.ledger.verify import Attempt, load_rows, wait_all_stored
 
 if TYPE_CHECKING:
     from heurist.ledger.service import CompletionVerdict, Ledger
@@ -151,9 +150,7 @@ class CompletionBatches:
                 for trial in trials:
                     for mw in ledger.middleware:
                         mw.within_accept(session, trial)
-                waited_until = time.monotonic() + PUT_WAIT_IN_CREDIT_S  # inline outputs' PUTs, run beside
-                for a, _ in items:  # this transaction: stored before it commits, or it lets go (PutPending)
-                    a.wait_stored(max(0.0, waited_until - time.monotonic()))
+                wait_all_stored([a for a, _ in items])  # inline outputs' PUTs, run beside: stored first
         except Exception as err:  # each item is credited alone next, and raises what is its own
             if is_disconnect(err):
                 return err

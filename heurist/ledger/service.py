@@ -38,7 +38,7 @@ from heurist.db.engine import session_factory, session_scope
 from heurist.jobs import ImageParams, JobState, SignedCompletion, SignedFailure, SignedHello
 from heurist.ledger.batch import CompletionBatches
 from heurist.ledger.failures import log_refused, record_report, refuse_failure
-from heurist.ledger.inline import PUT_WAIT_IN_CREDIT_S, PutPending
+from heurist.ledger.inline import PutPending
 from heurist.ledger.jobbook import JobBook
 from heurist.ledger.locks import share_miners
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
@@ -46,7 +46,7 @@ from heurist.ledger.reader import PARAMS, LedgerReader, sum_micro
 from heurist.ledger.registration import RegistrationVerdict, register_miner
 from heurist.ledger.standing import NEW_MINER_AUDITS, release_key
 from heurist.ledger.tables import CompletionRow, EntryKind, Job, PointsEntry, Reason, Rejection
-from heurist.ledger.verify import Attempt, Refusal, Verifier
+from heurist.ledger.verify import Attempt, Refusal, Verifier, wait_all_stored
 from heurist.outbox.relay import OutboxRelay
 from heurist.points import MICRO, from_micro, job_points, to_micro
 from heurist.privacy.keyrelease.registry import record_registration
@@ -260,7 +260,7 @@ class Ledger:
                     raise _Closed  # the trusted side ended it since the checks read it: roll all of it back
                 for mw in self.middleware:  # a hook that raises rolls the credit back: it is retried whole
                     mw.within_accept(session, accepted)
-                a.wait_stored(PUT_WAIT_IN_CREDIT_S)  # an inline output's PUT, run beside: stored before it commits
+                wait_all_stored([a])  # an inline output's PUT, run beside: stored before it commits
         except IntegrityError:
             if not self._has_completion(a.job_id):
                 raise

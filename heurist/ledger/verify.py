@@ -20,6 +20,7 @@ fill the attempt in, and returns a ``Refusal`` or None. Adding one is a function
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import WeightPins
 from heurist.catalog.tokenizer import ModelTokenizer
 from heurist.jobs import Completion, DeviceInfo, JobState, SignedCompletion, output_content_type
-from heurist.ledger.inline import PutPending, inline_info, store_inline
+from heurist.ledger.inline import PUT_WAIT_IN_CREDIT_S, PutPending, inline_info, store_inline
 from heurist.ledger.standing import MinerStanding, read_signers
 from heurist.ledger.tables import CompletionRow, Job, Reason
 from heurist.ledger.token_counts import check_token_counts
@@ -158,6 +159,14 @@ def _load(v: Verifier, a: Attempt) -> Refusal | None:
         return None
     load_rows(v, [a])
     return None
+
+
+def wait_all_stored(attempts: Sequence[Attempt]) -> None:
+    """Inside a credit's transaction, just before it commits: every inline PUT of ``attempts`` done, all within one
+    ``PUT_WAIT_IN_CREDIT_S``; past it ``PutPending`` (``Attempt.wait_stored``), so S3 never holds the lock long."""
+    until = time.monotonic() + PUT_WAIT_IN_CREDIT_S
+    for a in attempts:
+        a.wait_stored(max(0.0, until - time.monotonic()))
 
 
 # The jobs of a batch, each with whether it has a completion: one statement, built once.
@@ -314,8 +323,9 @@ def _freeze_output(v: Verifier, a: Attempt) -> Refusal | None:
 
 
 def _store_inline(v: Verifier, a: Attempt) -> Refusal | None:
-    """Write an inline output, the bytes the ledger hashed and checked, to its frozen key with one PUT
-    (``heurist.ledger.inline``), as the type the ledger knows the job's output to be, never the claim's."""
+    """Start writing an inline output, the bytes the ledger hashed and checked, to its frozen key with one PUT
+    (``heurist.ledger.inline``), as the type the ledger knows the job's output to be, never the claim's; the
+    credit waits for it before it commits (``wait_all_stored``)."""
     if a.signed.output is None:
         return None
     assert a.job is not None and a.info is not None and a.spec is not None
@@ -348,4 +358,4 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
-__all__ = ["CHECKS", "Attempt", "Check", "Refusal", "Verifier", "load_rows"]
+__all__ = ["CHECKS", "Attempt", "Check", "Refusal", "Verifier", "load_rows", "wait_all_stored"]
