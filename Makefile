@@ -34,7 +34,8 @@ lint: install
 demo: install
 	$(VENV)/bin/heurist demo
 
-# Test files run on TEST_WORKERS pytest-xdist workers (a file stays on one worker: its network is module-scoped).
+# Test files run on TEST_WORKERS pytest-xdist workers (a file stays on one worker: its network is module-scoped);
+# test-slow hands out its longest files first (tests/conftest.py, LONGEST_FIRST), not by xdist's count of tests.
 # Half of a serial run is idle CPU (networks starting, jobs waiting on a broker), so 2 workers on 2 cores
 # took the default suite from 28:14 to 19:37 before LLM loads were cached. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
@@ -49,7 +50,7 @@ test: install services lint $(GANACHE)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-slow: install services $(GANACHE)
-	$(PY) -m pytest -m slow -n $(TEST_WORKERS) --dist loadfile --durations=10
+	$(PY) -m pytest -m slow -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10
 
 # Flower, the Celery dashboard, on HEURIST_BROKER_URL (RabbitMQ); needs HEURIST_FLOWER_PASSWORD. PORT=5555 default.
 flower: install

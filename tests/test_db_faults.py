@@ -4,8 +4,8 @@ On the real services (RabbitMQ, PostgreSQL, SeaweedFS, a ``heurist ledger`` proc
 database goes away through a TCP proxy, never by stopping PostgreSQL. Before, the ledger gave up on a completion
 after 20 retries (2.8 to 4.6 min with its 30 s back-off) and acked it: 9 of 10 were lost in a 330 s outage;
 ``Client.wait_all`` raised OperationalError 4 s into it; a completion that raised anything else was acked and
-dropped. Here the ledger's back-off is capped at 1 s (``ledger_retry_max_s``), so one message meets more than
-the old 20 retries inside a 40 s outage; ``tests/test_db_faults_slow.py`` holds the 330 s outage at the
+dropped. Here the ledger's back-off is capped at 0.3 s (``ledger_retry_max_s``), so one message meets more than
+the old 20 retries inside a 12 s outage; ``tests/test_db_faults_slow.py`` holds the 330 s outage at the
 production back-off.
 """
 
@@ -42,7 +42,7 @@ from tests.fixtures.broker import ready
 from tests.fixtures.dbfaults import credits_per_job, free_port, jobs_recorded, sample, scrape
 from tests.fixtures.proxy import TcpProxy
 
-OUTAGE_S = 40.0
+OUTAGE_S = 12.0  # at least: it lasts until the retries and the alert are seen
 JOBS = 6
 OLD_MAX_RETRIES = 20
 IMAGE = {"model": "tiny-sd", "width": 64, "height": 64, "steps": 4}
@@ -51,7 +51,7 @@ DB = {"source": "database"}
 
 @pytest.fixture(scope="module")
 def db_fault_settings() -> dict[str, Any]:
-    return {"ledger_retry_max_s": 1.0, "ledger_outage_alert_s": 10.0}
+    return {"ledger_retry_max_s": 0.3, "ledger_outage_alert_s": 5.0}
 
 
 

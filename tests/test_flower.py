@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -35,6 +36,13 @@ def _free_port() -> int:
 def _env(**heurist: str) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("HEURIST_")}
     return {**clean, **{f"HEURIST_{k.upper()}": v for k, v in heurist.items()}}
+
+
+@pytest.fixture(scope="module")
+def network_settings() -> dict[str, Any]:
+    """Heartbeats every 2 s: Flower shows a miner alive from its first (at the default 30 s, this module waited
+    about 30 s for it)."""
+    return {"heartbeat_interval_s": 2.0}
 
 
 @pytest.fixture(scope="module")
