@@ -248,10 +248,11 @@ class Client:
         limit) a JobTimeoutError names the unfinished jobs in its message and in ``job_ids``.
 
         Where verdicts are pushed (``verdicts``, RabbitMQ) it reads every unfinished job once, then sleeps until
-        the ledger notifies one of them and reads just the notified ones; every ``verdict_fallback_poll_s`` it
-        reads all of them again (a notice can be lost). It polls every ``result_poll_interval_s`` instead
-        while the listener is disconnected, while some job is not this client's (submitted elsewhere: its
-        notices go to another queue), and on the embedded broker.
+        the ledger notifies one of them: a notice sealed for this client carries the job's view, taken as it is
+        (``heurist.verdicts.notice``), and only notified jobs without one are read. Every
+        ``verdict_fallback_poll_s`` it reads all of them again (a notice can be lost). It polls every
+        ``result_poll_interval_s`` instead while the listener is disconnected, while some job is not this
+        client's (submitted elsewhere: its notices go to another queue), and on the embedded broker.
 
         A database outage is waited out, not raised: the jobs keep running and the ledger keeps their
         completions until it can record them (``heurist.transient``). A read that cannot reach the database
@@ -277,12 +278,13 @@ class Client:
         outage = _Outage(self.settings.result_poll_interval_s)
         read_all_at = 0.0  # when to read every unfinished job (monotonic); at once first
         while True:
+            notified, resync = watch.take() if watch is not None else ({}, True)
+            finished.update((j, v) for j, v in notified.items() if v is not None and j in wanted)  # sealed: no read
             pending = [j for j in wanted if j not in finished]
-            notified, resync = watch.take() if watch is not None else (set(), True)
             now = time.monotonic()
             full = resync or now >= read_all_at or (give_up is not None and now > give_up)
             ids = pending if full else [j for j in pending if j in notified]
-            views = self._read_through(ids, outage)
+            views = self._read_through(ids, outage) if ids else []  # (all brought by sealed notices)
             if views is None:
                 read_all_at = 0.0
             else:

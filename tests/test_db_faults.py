@@ -269,6 +269,77 @@ def test_only_an_unreachable_database_is_transient(postgres_url: str) -> None:
     engine.dispose()
 
 
+def test_a_pooled_connection_is_pinged_only_after_idling(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection back in use within ``PING_IDLE_S`` is not pinged (a round trip saved per read); one idle
+    longer is, and a dead one is then replaced unseen; a connection killed within the window fails its statement
+    as a disconnect (what the ledger retries), and the next checkout reconnects."""
+    from sqlalchemy import text
+
+    from heurist.db import engine as engines
+
+    monkeypatch.setattr(engines, "PING_IDLE_S", 0.3)
+    engine = engines.make_engine(postgres_url, pool_size=1, max_overflow=0)
+    killer = engines.make_engine(postgres_url)
+    pings: list[int] = []
+    real = engine.dialect.do_ping
+
+    def counted(dbapi_connection: Any) -> bool:
+        pings.append(1)
+        return real(dbapi_connection)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counted)
+
+    def pid() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+    def kill(backend: int) -> None:
+        with killer.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": backend})
+
+    first = pid()
+    assert [pid() for _ in range(5)] == [first] * 5 and pings == []  # in use at once: never pinged
+    kill(first)
+    time.sleep(0.5)  # idle past the window: pinged, found dead, replaced before the statement
+    second = pid()
+    assert second != first and len(pings) >= 1
+    kill(second)  # and used again at once: no ping, so the statement meets the dead socket
+    with pytest.raises(OperationalError) as dead:
+        pid()
+    assert is_disconnect(dead.value)
+    assert pid() not in (first, second)  # the pool was invalidated: a new connection
+    engine.dispose()
+    killer.dispose()
+
+
+def test_reads_run_outside_a_transaction_and_hand_back_a_transactional_connection(postgres_url: str) -> None:
+    """``read_factory``: on PostgreSQL a read's statement runs in autocommit (no BEGIN, no ROLLBACK round trip),
+    and the same pooled connection is transactional again for the next writer (its rollback undoes its write)."""
+    from psycopg.pq import TransactionStatus
+    from sqlalchemy import text
+
+    from heurist.db.engine import make_engine, read_factory, session_factory
+
+    engine = make_engine(postgres_url, pool_size=1, max_overflow=0)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x int)"))
+
+    def status(session: Any) -> TransactionStatus:
+        return session.connection().connection.dbapi_connection.info.transaction_status  # type: ignore[no-any-return]
+
+    with read_factory(engine)() as session:
+        assert session.execute(text("SELECT count(*) FROM t")).scalar_one() == 0
+        assert status(session) is TransactionStatus.IDLE  # the SELECT opened no transaction
+    with session_factory(engine)() as session:
+        session.execute(text("INSERT INTO t VALUES (1)"))
+        assert status(session) is TransactionStatus.INTRANS
+        session.rollback()
+    with read_factory(engine)() as session:
+        assert session.execute(text("SELECT count(*) FROM t")).scalar_one() == 0
+    engine.dispose()
+    assert read_factory(make_engine("sqlite://")).kw["bind"].get_execution_options() == {}  # SQLite: as ever
+
+
 def test_the_ledger_metrics_port_serves_and_a_busy_one_names_the_setting() -> None:
     outages = Outages(alert_after_s=60, stale_after_s=100)
     outages.kept(RECORD_COMPLETION)

@@ -1,13 +1,14 @@
 """Pushed verdicts (``heurist.verdicts``) on RabbitMQ, with the ledger on SQLite and PostgreSQL: a verdict wakes the
-waiting client (the fallback poll is set to a minute, so nothing else could), a lost notice is found by the
-fallback poll, a forged notice changes nothing, the gateway's wait wakes the same way, and ``submit_many`` records
-its jobs in one INSERT and publishes them all."""
+waiting client (the fallback poll is set to a minute, so nothing else could) and hands it the job as committed,
+sealed, so it reads nothing more; a lost notice is found by the fallback poll, a forged notice changes nothing,
+the gateway's wait wakes the same way, and ``submit_many`` records its jobs in one INSERT and publishes them all."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,14 @@ import pytest
 from amqp.exceptions import NotFound, ResourceLocked
 from fastapi.testclient import TestClient
 from kombu import Connection, Producer
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, event, select, update
 from sqlalchemy.orm import Session
 
+from heurist.catalog import JobKind
 from heurist.celery_app import create_app
 from heurist.client import Client, ImageRequest, TextRequest
 from heurist.credits.ledger import CreditLedger
-from heurist.db.engine import make_engine, session_factory
+from heurist.db.engine import make_engine
 from heurist.dispatch import JobsNotSentError
 from heurist.embedded import wait_until
 from heurist.errors import JobTimeoutError
@@ -29,18 +31,21 @@ from heurist.gateway.app import create_app as create_gateway
 from heurist.identity import Wallet
 from heurist.jobs import JobState
 from heurist.ledger.middleware import Accepted, LedgerMiddleware
+from heurist.ledger.reader import JobView, LedgerReader
 from heurist.ledger.service import Ledger
 from heurist.ledger.tables import Job
 from heurist.outbox import OutboxEntry, OutboxRelay, put
 from heurist.settings import Settings
 from heurist.storage.backend import ObjectStore
 from heurist.verdicts import EXCHANGE, VerdictNotice
+from heurist.verdicts.notice import new_notify_key, opened, routing_key, sealed
 from heurist.verdicts.publisher import VerdictPublisher, install_verdicts
 from tests.fixtures.broker import ready
+from tests.fixtures.ledger import Clock, deliver, image_job
 from tests.fixtures.ledger import Job as LedgerJob
-from tests.fixtures.ledger import deliver
 
 TINY = ImageRequest("a kite", "tiny-sd", width=64, height=64, steps=2, seed=1)
+TINY_KIND = JobKind.IMAGE
 
 
 def _settings(tmp_path: Path, rabbit_url: str, **overrides: Any) -> Settings:
@@ -103,6 +108,81 @@ def test_a_credit_wakes_the_waiting_client(client: Client, ledger: Ledger, objec
     wait_until(lambda: publisher.published >= 1, 5, "the publisher to count its notice", interval=0.05)
 
 
+def _counting_reads(client: Client) -> list[list[str]]:
+    """Every read of the ledger the client's waits make, as the job ids each asked for."""
+    reads: list[list[str]] = []
+    real = client._read
+
+    def read(job_ids: list[str]) -> list[JobView]:
+        reads.append(list(job_ids))
+        return real(job_ids)
+
+    client._read = read  # type: ignore[method-assign]
+    return reads
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["credited", "late"])
+def test_the_notice_hands_the_client_its_view_and_it_reads_nothing(client: Client, ledger: Ledger,
+                                                                   object_store: ObjectStore, miner: Wallet,
+                                                                   publisher: VerdictPublisher,
+                                                                   late: bool) -> None:
+    """The wait reads its job once when it starts; the notice then brings the job as the ledger committed it, which
+    is exactly what a read of the row returns now, so it is not read again."""
+    handle = client.submit(TINY)
+    view = ledger.reader.job(handle.id)
+    assert view is not None
+    deadline = time.time() - 2 if late else view.deadline_at  # the store's upload time is then past it
+    if late:
+        with ledger.engine.begin() as conn:
+            conn.execute(update(Job).where(Job.id == handle.id).values(deadline_at=deadline))
+    job = LedgerJob(handle.id, handle.spec, ledger.reader.job_params(handle.id), handle.output_key,  # type: ignore[arg-type]
+                    deadline)
+    assert client.verdicts is not None and client.verdicts.start(wait_s=10).connected  # (a connect reads all again)
+    reads = _counting_reads(client)
+    _later(0.3, lambda: deliver(ledger, object_store, job, miner))
+    started = time.monotonic()
+    [got] = client.wait_all([handle.id], 20)
+    elapsed = time.monotonic() - started
+    assert got.state is (JobState.LATE if late else JobState.COMPLETED) and elapsed < 2.0
+    assert reads == [[handle.id]]  # the wait's first read, made before the credit
+    assert got == ledger.reader.job(handle.id)  # what the notice brought is the row
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_a_credits_view_is_what_a_read_returns(ledger: Ledger, object_store: ObjectStore, miner: Wallet,
+                                               clock: Clock, batched: bool) -> None:
+    """``Ledger._credited`` describes the job without reading it: for a credit, an escrowed credit and a late one,
+    alone and batched, the view equals the row read after the commit, field for field."""
+    if batched:
+        ledger.batch(8, 0.0)
+    ledger.escrow_new_miners = True
+    for deadline_s in (60.0, -2.0):  # credited (escrowed: a new miner), then late (no points)
+        job = image_job(ledger, ledger.catalog, clock, model="tiny-sd", width=64, height=64, steps=2,
+                        deadline_s=deadline_s)
+        _, verdict = deliver(ledger, object_store, job, miner)
+        assert verdict.accepted and verdict.view is not None
+        assert verdict.view == ledger.reader.job(job.id)
+        assert (verdict.view.points_micro > 0) is (deadline_s > 0)
+
+
+def test_only_a_notice_sealed_with_the_clients_key_is_opened() -> None:
+    key = new_notify_key()
+    view = JobView(job_id="j1", model_id="tiny-sd", kind=TINY_KIND, state=JobState.COMPLETED, output_key="o.png",
+                   points_micro=8_000_000, miner="0xabc", output_sha256="00" * 32, input_tokens=0, output_tokens=0,
+                   error=None, created_at=1.0, deadline_at=9.0, finished_at=2.0, frozen_key="f.png", notify_key=key)
+    notice = sealed(key, view)
+    assert key not in notice.model_dump_json()  # the key never travels
+    assert opened(VerdictNotice.model_validate_json(notice.model_dump_json()), key) == view
+    assert opened(notice, new_notify_key()) is None  # another client's key
+    assert opened(sealed(routing_key(key), view), key) is None  # sealed with what the broker knows of the key
+    richer = notice.model_copy(update={"view": notice.view.replace("8000000", "9000000")})  # type: ignore[union-attr]
+    assert opened(richer, key) is None  # a changed view
+    assert opened(notice.model_copy(update={"job_id": "j2"}), key) is None  # moved to another job
+    assert opened(notice.model_copy(update={"state": JobState.FAILED}), key) is None  # another state
+    assert opened(VerdictNotice(job_id="j1", state=JobState.COMPLETED), key) is None  # a wake-up only
+    assert opened(sealed(key, replace(view, state=JobState.QUEUED)), key) is None  # not ended
+
+
 class Sampled(LedgerMiddleware):
     """Every credit decides an outbox message (as the audit's sampling does), committed with it."""
 
@@ -123,7 +203,7 @@ def test_a_credits_notice_goes_first_and_reads_nothing(client: Client, ledger: L
 
     ledger.outbox = OutboxRelay(ledger.engine, stuck)
     ledger.middleware.insert(0, Sampled())
-    publisher._sessions = session_factory(make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    publisher.reader = LedgerReader(make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))
     handle = client.submit(TINY)
     view = ledger.reader.job(handle.id)
     assert view is not None
@@ -133,7 +213,7 @@ def test_a_credits_notice_goes_first_and_reads_nothing(client: Client, ledger: L
     try:
         elapsed, state = _timed_wait(client, handle.id, timeout=20)
         assert state is JobState.COMPLETED and elapsed < 2.0, f"{state} after {elapsed:.2f}s: not by the notice"
-        assert held.is_set() and delivery.is_alive()  # the outbox's publish was still held
+        assert held.wait(5) and delivery.is_alive()  # the outbox's publish after it was (or is about to be) held
     finally:
         release.set()
         delivery.join(30)
@@ -141,12 +221,17 @@ def test_a_credits_notice_goes_first_and_reads_nothing(client: Client, ledger: L
 
 def test_a_failure_ended_by_the_trusted_side_wakes_it_too(client: Client, ledger: Ledger,
                                                           publisher: VerdictPublisher) -> None:
+    """Its notices are read by the publisher as a client would read the rows, and sealed: nothing is read again."""
     handles = client.submit_many([TINY, TINY])
+    assert client.verdicts is not None and client.verdicts.start(wait_s=10).connected
+    reads = _counting_reads(client)
     _later(0.3, lambda: [ledger.record_failure(h.id, "an operator ended it") for h in handles])
     started = time.monotonic()
     views = client.wait_all([h.id for h in handles], 20)
     assert [v.state for v in views] == [JobState.FAILED, JobState.FAILED]
     assert time.monotonic() - started < 2.0
+    assert reads == [[h.id for h in handles]]
+    assert views == [ledger.reader.job(h.id) for h in handles]
 
 
 def test_a_lost_notice_is_found_by_the_fallback_poll(tmp_path: Path, rabbit_url: str, ledger: Ledger,
@@ -175,22 +260,29 @@ def test_jobs_of_another_client_are_polled(client: Client, ledger: Ledger, tmp_p
 
 
 def test_a_forged_notice_changes_nothing(client: Client, settings: Settings) -> None:
-    """Even from a publisher the broker lets through (here the trusted user), a notice only wakes the wait: the
-    row says QUEUED, so the job is still waited for."""
+    """Even from a publisher the broker lets through (here the trusted user) and who knows the queue's routing key,
+    a notice without a view sealed under the client's notify key only wakes the wait: the row says QUEUED, so the
+    job is still waited for."""
     handle = client.submit(TINY)
     listener = client.verdicts
     assert listener is not None
+    route = routing_key(listener.key)
+    queued = client.ledger.job(handle.id)
+    assert queued is not None
+    view = replace(queued, state=JobState.COMPLETED, miner="0xevil", points_micro=10**12)
+    forged = [VerdictNotice(job_id=handle.id, state=JobState.COMPLETED), sealed(route, view),
+              sealed(new_notify_key(), view)]
 
     def forge() -> None:
         with Connection(settings.resolved_broker_url()) as conn:
-            Producer(conn.channel()).publish(VerdictNotice(job_id=handle.id, state=JobState.COMPLETED)
-                                             .model_dump_json(), exchange=EXCHANGE, routing_key=listener.key,
-                                             content_type="application/json", retry=False)
+            for notice in forged:
+                Producer(conn.channel()).publish(notice.model_dump_json(), exchange=EXCHANGE, routing_key=route,
+                                                 content_type="application/json", retry=False)
 
     _later(0.2, forge)
     with pytest.raises(JobTimeoutError):
         client.wait_all([handle.id], 1.5)
-    assert listener.received == 1
+    assert listener.received == len(forged)
 
 
 def test_submit_many_records_every_job_in_one_insert(client: Client, ledger: Ledger, engine: Engine) -> None:

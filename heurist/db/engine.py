@@ -7,25 +7,30 @@ A database that goes away is an outage to ride out, never a verdict: ``is_discon
 (connection refused or reset, a pooled connection found dead, a pool or connect timeout) from every other
 database error (a bug, an impossible row), so the ledger retries the first kind without limit and keeps the
 second kind in ``dead-letters`` (``heurist.transient``), and clients keep polling through the first kind
-(``heurist.client.Client.wait_all``). PostgreSQL pools ping each connection as it is checked out, so the
-first query after an outage reconnects instead of failing on a socket the server (or a proxy) reset, and a
+(``heurist.client.Client.wait_all``). PostgreSQL pools ping a connection idle a second or more as it is checked
+out, so the first query after an outage reconnects instead of failing on a socket the server (or a proxy) reset, and a
 connection attempt gives up after ``PG_CONNECT_TIMEOUT_S`` (libpq waits for the kernel's TCP timeout, about
 2 minutes, on a host that drops packets) so that a partition is retried like a refusal."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, false, update
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, InvalidatePoolError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # ledger workers wait for each other's short write transactions
 PG_CONNECT_TIMEOUT_S = 10  # libpq's connect_timeout, unless the URL names one
+PING_IDLE_S = 1.0  # a pooled PostgreSQL connection idle this long is pinged before use (``_ping_if_idle``)
+_CHECKED_IN = "heurist_checked_in"  # the connection's ``info`` key: when it last went back to the pool (monotonic)
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -54,17 +59,38 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
 
 
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
-    """An engine for the database: SQLite gets WAL, a busy timeout and foreign keys; PostgreSQL pings
-    pooled connections so a restarted server does not fail the next verification."""
+    """An engine for the database: SQLite gets WAL, a busy timeout and foreign keys; PostgreSQL pings pooled
+    connections idle a second or more (``_ping_if_idle``; ``pool_pre_ping=True``: every one), so a restarted server
+    does not fail the next verification."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(parsed, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
     if "connect_timeout" not in parsed.query:
         kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, **kwargs.get("connect_args", {})}
-    return create_engine(parsed, **kwargs)
+    engine = create_engine(parsed, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        event.listen(engine, "checkin", _note_checkin)
+        event.listen(engine, "checkout", partial(_ping_if_idle, engine.dialect))
+    return engine
+
+
+def _note_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info[_CHECKED_IN] = time.monotonic()
+
+
+def _ping_if_idle(dialect: Dialect, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+    """SQLAlchemy's pre-ping, but only for a connection idle ``PING_IDLE_S`` or more: a ping is a round trip of
+    its own, one in 4 to 8 of a read or a credit (``heurist bench latency``), and a connection back in use within
+    a second is alive unless the server went away within that second. A failed ping invalidates every pooled
+    connection and checks out another, as pre-ping does; a server lost in the last second is seen by the
+    statement instead (``is_disconnect``: the ledger retries it, a client's wait backs off)."""
+    checked_in = record.info.get(_CHECKED_IN)
+    if checked_in is None or time.monotonic() - checked_in < PING_IDLE_S:
+        return  # fresh from connect, or in use a moment ago
+    if not dialect._do_ping_w_event(dbapi_connection):
+        raise InvalidatePoolError()
 
 
 def sqlite_write_lock(session: Session, column: InstrumentedAttribute[Any]) -> bool:
@@ -93,6 +119,17 @@ def is_disconnect(err: BaseException) -> bool:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions whose loaded rows stay readable after commit (views are built after the transaction ends)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def read_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for reads that need no snapshot across statements (a client's poll of its jobs, verification's
+    loads): on PostgreSQL they run outside a transaction (autocommit), which saves the BEGIN and the ROLLBACK round
+    trips around every read (with a ping and one SELECT, 4 round trips become 2). psycopg switches autocommit on
+    the client side, without a round trip; the pool switches it back when the connection returns. SQLite reads
+    its file in this process: nothing to save there, so its sessions are the usual ones."""
+    if engine.dialect.name != "postgresql":
+        return session_factory(engine)
+    return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
 
 
 @contextmanager

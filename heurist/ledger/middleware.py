@@ -22,6 +22,7 @@ from heurist.ledger.standing import MinerStanding
 from heurist.ledger.tables import Reason
 
 if TYPE_CHECKING:
+    from heurist.ledger.reader import JobView
     from heurist.ledger.service import Ledger
 
 
@@ -42,6 +43,7 @@ class Accepted:
     at: float = 0.0  # when the ledger received it (its clock)
     notify_key: str | None = None  # the job's client's key on heurist.verdicts (heurist.verdicts), if any
     outbox_keys: list[str] = field(default_factory=list)  # outbox rows written with the credit (heurist.outbox)
+    view: JobView | None = None  # the job as the credit committed it (after it: the verdict notice's contents)
 
 
 @dataclass(frozen=True)

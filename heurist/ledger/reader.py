@@ -11,15 +11,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from eth_utils import to_checksum_address
-from pydantic import TypeAdapter
+from pydantic import ConfigDict, TypeAdapter
 from sqlalchemy import Engine, Select, func, select
 
 from heurist.catalog import JobKind
 from heurist.db.base import ID_LEN
-from heurist.db.engine import session_factory
+from heurist.db.engine import read_factory, session_factory
 from heurist.jobs import ImageParams, JobParams, JobState, PrivateEnvelope, TextParams
 from heurist.ledger.pools import PoolPoints, epoch_points, points_by_pool
 from heurist.ledger.tables import (
@@ -44,7 +44,10 @@ def sum_micro(value: Any) -> int:
 
 @dataclass(frozen=True)
 class JobView:
-    """A job as the ledger knows it: for clients polling results."""
+    """A job as the ledger knows it: for clients polling results, and in a verdict notice (``heurist.verdicts``)."""
+
+    # A notice's view (heurist.verdicts.notice) holds these fields and nothing else.
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     job_id: str
     model_id: str
@@ -82,6 +85,21 @@ class JobView:
         return self.input_tokens + self.output_tokens
 
 
+def job_view(job: Job, completion: CompletionRow | None, micro: Any) -> JobView:
+    """A job's row, its completion's and the sum of its points entries, as a client sees them (also how the
+    ledger describes a credit it just committed, in its notice: ``Ledger._credited``)."""
+    return JobView(
+        job_id=job.id, model_id=job.model_id, kind=job.kind, state=job.state, output_key=job.output_key,
+        points_micro=sum_micro(micro), miner=job.miner_address,
+        output_sha256=completion.output_sha256 if completion else None,
+        input_tokens=completion.input_tokens if completion else None,
+        output_tokens=completion.output_tokens if completion else None,
+        error=job.error, created_at=job.created_at, deadline_at=job.deadline_at,
+        finished_at=job.finished_at, frozen_key=completion.frozen_key if completion else None,
+        resends=job.resends, private=job.sealed is not None, notify_key=job.notify_key,
+    )
+
+
 @dataclass(frozen=True)
 class MinerPoints:
     """A registered miner's standing: accepted completions and the sum of its points entries."""
@@ -115,6 +133,7 @@ class LedgerReader:
         self.engine = engine
         self.clock = clock
         self._sessions = session_factory(engine)
+        self._reads = read_factory(engine)  # one-statement reads (``jobs``): no transaction on PostgreSQL
 
     def job_params(self, job_id: str) -> ImageParams | TextParams | None:
         """The parameters recorded at submit time: what an auditor replays (never the miner's claim)."""
@@ -139,9 +158,9 @@ class LedgerReader:
                   .correlate(Job).scalar_subquery())
         stmt = (select(Job, CompletionRow, points).outerjoin(CompletionRow, CompletionRow.job_id == Job.id)
                 .where(Job.id.in_(list(job_ids))))
-        with self._sessions() as session:
+        with self._reads() as session:
             rows = session.execute(stmt).all()
-        return [self._view(row[0], row[1], row[2]) for row in rows]
+        return [job_view(row[0], row[1], row[2]) for row in rows]
 
     def audit_failed(self, job_id: str) -> bool:
         """Whether any auditor failed this job's credited output (then its client is refunded:
@@ -161,20 +180,7 @@ class LedgerReader:
             stmt = stmt.where(Job.resends > 0)
         with self._sessions() as session:
             rows = session.execute(stmt.order_by(Job.created_at.desc()).limit(limit)).all()
-        return [self._view(row[0], row[1], row[2]) for row in rows]
-
-    @staticmethod
-    def _view(job: Job, completion: CompletionRow | None, micro: Any) -> JobView:
-        return JobView(
-            job_id=job.id, model_id=job.model_id, kind=job.kind, state=job.state, output_key=job.output_key,
-            points_micro=sum_micro(micro), miner=job.miner_address,
-            output_sha256=completion.output_sha256 if completion else None,
-            input_tokens=completion.input_tokens if completion else None,
-            output_tokens=completion.output_tokens if completion else None,
-            error=job.error, created_at=job.created_at, deadline_at=job.deadline_at,
-            finished_at=job.finished_at, frozen_key=completion.frozen_key if completion else None,
-            resends=job.resends, private=job.sealed is not None, notify_key=job.notify_key,
-        )
+        return [job_view(row[0], row[1], row[2]) for row in rows]
 
     def miner_points(self) -> list[MinerPoints]:
         """Every registered miner with its accepted completions and points, most points first."""

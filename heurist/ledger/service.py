@@ -34,7 +34,7 @@ from heurist.catalog import Catalog, ModelSpec
 from heurist.catalog.attestation import WeightPins
 from heurist.catalog.tokenizer import TokenizerBook
 from heurist.db.base import ID_LEN
-from heurist.db.engine import session_factory, session_scope
+from heurist.db.engine import read_factory, session_factory, session_scope
 from heurist.jobs import ImageParams, JobState, SignedCompletion, SignedFailure, SignedHello
 from heurist.ledger.batch import CompletionBatches
 from heurist.ledger.failures import log_refused, record_report, refuse_failure
@@ -42,7 +42,7 @@ from heurist.ledger.inline import PutPending
 from heurist.ledger.jobbook import JobBook
 from heurist.ledger.locks import share_miners
 from heurist.ledger.middleware import Accepted, LedgerMiddleware, Refused
-from heurist.ledger.reader import PARAMS, LedgerReader, sum_micro
+from heurist.ledger.reader import PARAMS, JobView, LedgerReader, job_view, sum_micro
 from heurist.ledger.registration import RegistrationVerdict, register_miner
 from heurist.ledger.standing import NEW_MINER_AUDITS, release_key
 from heurist.ledger.tables import CompletionRow, EntryKind, Job, PointsEntry, Reason, Rejection
@@ -75,6 +75,7 @@ class CompletionVerdict:
     points_micro: int
     state: JobState | None
     duplicate: bool = False
+    view: JobView | None = None  # a credit's: the job as committed (what a read of its row returns)
 
     @property
     def points(self) -> float:
@@ -117,6 +118,7 @@ class Ledger:
         self.reader = LedgerReader(engine, clock)
         self.book = JobBook(engine, clock)
         self._sessions = session_factory(engine)
+        self._reads = read_factory(engine)  # verification's loads: no transaction on PostgreSQL
 
     def batch(self, max_size: int, window_s: float) -> None:
         """From now on, completions delivered from many threads at once share their database reads and their
@@ -170,6 +172,7 @@ class Ledger:
             accepted = self._accepted(attempt)
             verdict = self._accept(attempt, accepted)
             if verdict.accepted and not verdict.duplicate:
+                accepted.view = verdict.view
                 self._after(lambda mw: mw.after_accept(self, accepted))  # first: a client waits on its notice
                 self._publish_now(accepted.outbox_keys)
             return verdict
@@ -196,7 +199,7 @@ class Ledger:
     def _verifier(self) -> Verifier:
         """What the checks read, taken from this ledger's attributes at each delivery, so those stay the one
         source (assignable, as before) and ``heurist.ledger.verify`` never needs the ledger itself."""
-        return Verifier(self._sessions, self.catalog, self.store, self.pins, self.escrow_new_miners,
+        return Verifier(self._reads, self.catalog, self.store, self.pins, self.escrow_new_miners,
                         self.new_miner_audits, self.domain, self.tokenizers,
                         loader=self.batches.load if self.batches is not None else None)
 
@@ -312,12 +315,22 @@ class Ledger:
 
     @staticmethod
     def _credited(a: Attempt, plan: _Plan) -> CompletionVerdict:
+        """The verdict of a credit just committed, with the job as a read of its row now returns it: the row as
+        verification loaded it, ended as ``_job_end`` wrote, with the completion row and the points entry (the
+        job's only one: nothing credits a job before its completion). Only a re-send by the sweep in the moment
+        between that load and the credit leaves ``resends`` and ``deadline_at`` one re-send behind: the sweep
+        changes nothing else of a queued job, and no client reads either of them."""
         if plan.late:
             log.info("job %s uploaded %.0fs late: output kept (frozen), no points", a.job_id, plan.late_by)
+        assert a.job is not None
+        end = Ledger._job_end(a, plan)
+        view = replace(job_view(a.job, Ledger._completion_row(a), plan.micro), state=end["b_state"],
+                       miner=end["b_miner"], finished_at=end["b_finished"], error=end["b_error"])
         return CompletionVerdict(job_id=a.job_id, accepted=True, reason=Reason.LATE if plan.late else None,
-                                 points_micro=plan.micro, state=plan.state)
+                                 points_micro=plan.micro, state=plan.state, view=view)
 
-    def _completion_row(self, a: Attempt) -> CompletionRow:
+    @staticmethod
+    def _completion_row(a: Attempt) -> CompletionRow:
         c = a.claim
         assert a.signer is not None
         return CompletionRow(job_id=c.job_id, miner_address=a.signer, output_sha256=c.output_sha256,

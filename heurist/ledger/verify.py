@@ -120,8 +120,9 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Verifier:
-    """What the checks read: the ledger's sessions, the catalog, object storage, the weight pins (None skips
-    the attestation check; the auditor still makes it) and whether new miners are credited in escrow."""
+    """What the checks read: the ledger's read sessions (``read_factory``: each statement its own snapshot; the
+    credit checks again under its locks and unique keys), the catalog, object storage, the weight pins (None
+    skips the attestation check; the auditor still makes it) and whether new miners are credited in escrow."""
 
     sessions: sessionmaker[Session]
     catalog: Catalog

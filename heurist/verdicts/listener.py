@@ -5,6 +5,9 @@ and takes notices off it on its own thread and connection (with heartbeats, so a
 2-3 of them). ``wait_all`` holds a ``Watch`` over its job ids while it waits: a notice for one of them wakes it.
 Every waiting thread of a process shares the one listener (the gateway waits in many threads at once).
 
+A notice whose view is sealed under this listener's key (``heurist.verdicts.notice``) hands the wait the job's
+view, which it then does not read; any other notice for a watched job only wakes it, to read the row.
+
 A notice that arrives while nobody watches its job is dropped: a wait reads all its jobs once when it starts,
 so a job that ended before the wait began is found by that read. When the connection drops, and again when
 it is back (a new queue: notices sent in between are lost), every watch is told to read all its jobs again;
@@ -19,10 +22,22 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING
 
 from kombu import Connection, Consumer, Message, Queue
 
-from heurist.verdicts.notice import EXCHANGE, EXCHANGE_NAME, MAX_NOTICE_BYTES, VerdictNotice, new_notify_key
+from heurist.verdicts.notice import (
+    EXCHANGE,
+    EXCHANGE_NAME,
+    MAX_NOTICE_BYTES,
+    VerdictNotice,
+    new_notify_key,
+    opened,
+    routing_key,
+)
+
+if TYPE_CHECKING:
+    from heurist.ledger.reader import JobView
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +45,19 @@ DRAIN_S = 0.25  # the thread looks at its stop flag and sends heartbeats at leas
 
 
 class Watch:
-    """One wait's view of the listener: the notified ids of its jobs not yet taken, and whether to read all."""
+    """One wait's view of the listener: its jobs notified and not yet taken (with the sealed view each notice
+    brought, or None), and whether to read all."""
 
     def __init__(self, listener: VerdictListener, job_ids: set[str]) -> None:
         self.listener, self.job_ids = listener, job_ids
-        self._notified: set[str] = set()
+        self._notified: dict[str, JobView | None] = {}
         self._generation = listener.generation
 
-    def take(self) -> tuple[set[str], bool]:
-        """The job ids notified since the last take, and True if every job must be read again (the listener
-        connected or dropped since: notices may have been lost)."""
+    def take(self) -> tuple[dict[str, JobView | None], bool]:
+        """The jobs notified since the last take (each with its sealed view, None: read the row), and True if
+        every job must be read again (the listener connected or dropped since: notices may have been lost)."""
         with self.listener.cond:
-            ids, self._notified = self._notified, set()
+            ids, self._notified = self._notified, {}
             full = self._generation != self.listener.generation
             self._generation = self.listener.generation
         return ids, full
@@ -129,8 +145,8 @@ class VerdictListener:
     def _consume(self, conn: Connection) -> None:
         # A fresh name per connection: the previous connection's exclusive queue may outlive it on the broker
         # for a moment (until the broker notices), and re-declaring it would be refused as locked.
-        queue = Queue(f"{EXCHANGE_NAME}.{uuid.uuid4().hex}", EXCHANGE, routing_key=self.key, exclusive=True,
-                      auto_delete=True, durable=False)
+        queue = Queue(f"{EXCHANGE_NAME}.{uuid.uuid4().hex}", EXCHANGE, routing_key=routing_key(self.key),
+                      exclusive=True, auto_delete=True, durable=False)
         consumer = Consumer(conn.channel(), queues=[queue], no_ack=True, on_message=self._on_message)
         consumer.consume()  # declares the exchange and the queue, binds it, then consumes
         self.queue = queue.name
@@ -163,10 +179,12 @@ class VerdictListener:
         except ValueError:
             log.info("verdict notices: dropped a malformed message")
             return
+        view = opened(notice, self.key)
         with self.cond:
             waiting = self._watches.get(notice.job_id, [])
             for watch in waiting:
-                watch._notified.add(notice.job_id)
+                if view is not None or notice.job_id not in watch._notified:  # a wake-up never drops a view
+                    watch._notified[notice.job_id] = view
             if waiting:
                 self.cond.notify_all()
 
