@@ -38,7 +38,7 @@ from heurist.outbox import OutboxEntry, OutboxRelay, put
 from heurist.settings import Settings
 from heurist.storage.backend import ObjectStore
 from heurist.verdicts import EXCHANGE, VerdictNotice
-from heurist.verdicts.notice import new_notify_key, opened, routing_key, sealed
+from heurist.verdicts.notice import MAX_NOTICE_BYTES, new_notify_key, opened, routing_key, sealed
 from heurist.verdicts.publisher import VerdictPublisher, install_verdicts
 from tests.fixtures.broker import ready
 from tests.fixtures.ledger import Clock, deliver, image_job
@@ -181,6 +181,24 @@ def test_only_a_notice_sealed_with_the_clients_key_is_opened() -> None:
     assert opened(notice.model_copy(update={"state": JobState.FAILED}), key) is None  # another state
     assert opened(VerdictNotice(job_id="j1", state=JobState.COMPLETED), key) is None  # a wake-up only
     assert opened(sealed(key, replace(view, state=JobState.QUEUED)), key) is None  # not ended
+
+
+def test_a_notice_too_big_for_its_view_still_wakes_the_wait(client: Client, ledger: Ledger,
+                                                          publisher: VerdictPublisher) -> None:
+    """An error of 1,000 newlines is 2 KB of view but 4 KB once the view is escaped inside the notice: the notice
+    goes without its view (under the listener's limit) and the wait, woken, reads the row."""
+    error = "\n" * 1000
+    handle = client.submit(TINY)
+    assert client.verdicts is not None and client.verdicts.start(wait_s=10).connected
+    reads = _counting_reads(client)
+    _later(0.3, lambda: ledger.record_failure(handle.id, error))
+    elapsed, state = _timed_wait(client, handle.id, timeout=20)
+    assert state is JobState.FAILED and elapsed < 2.0, f"{state} after {elapsed:.2f}s: the notice was dropped"
+    assert len(reads) == 2  # its first read, then the notified row
+    view = ledger.reader.job(handle.id)
+    assert view is not None and view.error == error
+    notice = sealed(client.verdicts.key, view)
+    assert notice.view is None and len(notice.model_dump_json()) <= MAX_NOTICE_BYTES
 
 
 class Sampled(LedgerMiddleware):

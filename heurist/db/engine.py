@@ -70,7 +70,7 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     if "connect_timeout" not in parsed.query:
         kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, **kwargs.get("connect_args", {})}
     engine = create_engine(parsed, **kwargs)
-    if not kwargs.get("pool_pre_ping"):
+    if "pool_pre_ping" not in kwargs:  # (True: every checkout pinged; False: none)
         event.listen(engine, "checkin", _note_checkin)
         event.listen(engine, "checkout", partial(_ping_if_idle, engine.dialect))
     return engine

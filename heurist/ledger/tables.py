@@ -147,8 +147,8 @@ class Job(Base):
     # A private job's ``heurist.jobs.PrivateEnvelope`` (ciphertext, ACC, sealed shares); None for a public job.
     # ``params`` then hold only what is billed (the prompt is ``heurist.privacy.client.PRIVATE_PROMPT``).
     sealed: Mapped[dict[str, Any] | None] = mapped_column(JSON())
-    # The routing key its client listens on for the verdict (``heurist.verdicts``): the ledger tells that client
-    # when the job ends. None: nobody listens (the embedded broker, an older client), so the client polls.
+    # Its client's secret notify key (``heurist.verdicts``): the ledger routes the verdict notice by a hash of it and
+    # seals the job's view under it when the job ends. None: nobody listens (the embedded broker), so the client polls.
     notify_key: Mapped[str | None] = mapped_column(String(64))
 
 

@@ -74,13 +74,16 @@ def _adapter() -> TypeAdapter[JobView]:
 
 
 def sealed(notify_key: str, view: JobView) -> VerdictNotice:
-    """The notice of ``view`` (an ended job) for the client holding ``notify_key``: with the view, sealed, if it
-    fits in ``MAX_VIEW_BYTES``; else the wake-up alone."""
+    """The notice of ``view`` (an ended job) for the client holding ``notify_key``: with the view, sealed, if the
+    notice fits in ``MAX_NOTICE_BYTES`` as it travels (the view is JSON inside JSON: a quote or a newline of a long
+    error doubles); else the wake-up alone, which the listener still takes and the client answers with a read."""
+    wake_up = VerdictNotice(job_id=view.job_id, state=view.state)
     text = _adapter().dump_json(replace(view, notify_key=None)).decode()
     if len(text) > MAX_VIEW_BYTES:
-        return VerdictNotice(job_id=view.job_id, state=view.state)
-    return VerdictNotice(job_id=view.job_id, state=view.state, view=text,
-                         seal=_mac(notify_key, view.job_id, view.state, text))
+        return wake_up
+    notice = VerdictNotice(job_id=view.job_id, state=view.state, view=text,
+                           seal=_mac(notify_key, view.job_id, view.state, text))
+    return notice if len(notice.model_dump_json().encode()) <= MAX_NOTICE_BYTES else wake_up
 
 
 def opened(notice: VerdictNotice, notify_key: str) -> JobView | None:
