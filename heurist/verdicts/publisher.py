@@ -29,7 +29,6 @@ from celery import Celery
 from kombu import Connection, Producer
 from sqlalchemy import Engine
 
-from heurist.jobs import JobState
 from heurist.ledger.middleware import Accepted, LedgerMiddleware
 from heurist.ledger.reader import LedgerReader
 from heurist.ledger.service import Ledger
@@ -57,12 +56,11 @@ class VerdictPublisher(LedgerMiddleware):
         self.published = 0  # notices handed to the broker (tests and operators read it)
 
     def after_accept(self, ledger: Ledger, accepted: Accepted) -> None:
-        """A credit just committed: its notice is queued as it is, nothing read again."""
+        """A credit just committed: its notice is queued as it is, nothing read again (the ledger sets ``view`` on
+        every credit it hands to this hook: ``Ledger.record_completion``)."""
         key, view = accepted.notify_key, accepted.view
-        if key is not None:
-            state = JobState.LATE if accepted.late else JobState.COMPLETED
-            self._queue([(key, VerdictNotice(job_id=accepted.job_id, state=state) if view is None else
-                          sealed(key, view))])
+        if key is not None and view is not None:
+            self._queue([(key, sealed(key, view))])
 
     def announce(self, job_ids: Iterable[str]) -> None:
         """Jobs whose verdict just committed: their clients are told soon, on the publisher's thread."""
